@@ -1,0 +1,220 @@
+"""Image sources: every supported format becomes uint8 ``N x C x H x W`` images, int labels and class names.
+
+Use :func:`load` for data that fits in memory (test sets, laptop training sets) and
+:func:`ray_dataset` to stream a large file-based set through Ray Data. Both read the
+same spec strings (see :mod:`maskcrypt.data.spec`) and apply the same class filters
+and splits, so a model trained on the stream is tested on the matching in-memory split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from maskcrypt.data.sources import INDEXERS, SourceIndex
+from maskcrypt.data.spec import DataSpec, parse_spec
+from maskcrypt.data.splits import split_by_identity, split_by_image
+from maskcrypt.errors import MaskcryptError
+
+if TYPE_CHECKING:
+    import ray.data
+
+__all__ = ["DataSpec", "ImageSet", "describe", "load", "parse_spec", "ray_dataset"]
+
+
+@dataclass
+class ImageSet:
+    """A labelled image set in memory.
+
+    ``labels`` index ``class_names``; the label space is that of the whole source (after
+    class filters), so a train and a test split of one source share it. ``pairs`` (LFW)
+    holds rows ``(index_a, index_b, same, fold)`` into ``images``.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    split: str
+    spec: str
+    paths: list[str] | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    pairs: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    def content_hash(self) -> str:
+        """sha256 of the pixels and labels: records exactly which data a run used."""
+        h = hashlib.sha256()
+        h.update(str(self.images.shape).encode())
+        h.update(np.ascontiguousarray(self.images).tobytes())
+        h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+
+@dataclass
+class _Prepared:
+    spec: DataSpec
+    index: SourceIndex
+    items: np.ndarray  # positions in the index that survive the class filters
+    labels: np.ndarray  # remapped labels of ``items``
+    class_names: list[str]
+    splits: np.ndarray  # split of each of ``items``
+    size: tuple[int, int]
+    channels: int
+
+
+def _as_spec(spec: str | DataSpec) -> DataSpec:
+    return spec if isinstance(spec, DataSpec) else parse_spec(spec)
+
+
+def _prepare(spec: DataSpec) -> _Prepared:
+    index = INDEXERS[spec.kind](spec)
+    labels = index.labels
+    items = np.arange(len(index))
+    counts = np.bincount(labels, minlength=len(index.class_names))
+    keep_classes = np.flatnonzero(counts >= max(spec.get("min_images_per_identity"), 1))
+    if spec.get("max_classes"):
+        keep_classes = keep_classes[: spec.get("max_classes")]
+    if keep_classes.size == 0:
+        raise MaskcryptError(
+            f"data spec {spec.text!r}: no class has at least {spec.get('min_images_per_identity')} images"
+        )
+    if keep_classes.size < len(index.class_names):
+        mask = np.isin(labels, keep_classes)
+        items = items[mask]
+        remap = np.full(len(index.class_names), -1, np.int64)
+        remap[keep_classes] = np.arange(keep_classes.size)
+        labels = remap[labels[mask]]
+    names = [index.class_names[i] for i in keep_classes]
+    if spec.get("split_by") == "identity":
+        splits = split_by_identity(labels, spec.get("test_fraction"), spec.get("seed"))
+    elif index.own_split is not None:
+        splits = index.own_split[items]
+    else:
+        splits = split_by_image(labels, spec.get("test_fraction"), spec.get("seed"))
+    channels = spec.get("channels") or index.default_channels
+    return _Prepared(spec, index, items, labels, names, splits, index.default_size, channels)
+
+
+def _select(prep: _Prepared, split: str) -> np.ndarray:
+    """Positions (into prep.items) of ``split``, after the seeded ``limit``."""
+    chosen = np.arange(prep.items.size) if split == "all" else np.flatnonzero(prep.splits == split)
+    if chosen.size == 0:
+        have = ", ".join(f"{s}={int((prep.splits == s).sum())}" for s in np.unique(prep.splits))
+        raise MaskcryptError(f"data spec {prep.spec.text!r}: split {split!r} is empty (splits: {have})")
+    limit = prep.spec.get("limit")
+    if limit and limit < chosen.size:
+        rng = np.random.default_rng([prep.spec.get("seed"), 0x11A1])
+        chosen = np.sort(rng.choice(chosen, size=limit, replace=False))
+    return chosen
+
+
+def load(spec: str | DataSpec, default_split: str = "all", size: int | tuple[int, int] | None = None,
+         channels: int | None = None) -> ImageSet:
+    """Load one split of a source into memory.
+
+    ``default_split`` applies when the spec names none (``#split=``); ``size`` and
+    ``channels`` override the spec's. Unreadable files are skipped and listed in
+    ``skipped`` (with a warning), or raise with ``strict=1`` in the spec.
+    """
+    spec = _as_spec(spec)
+    if size is not None:
+        spec = spec.with_options(size=f"{size}" if isinstance(size, int) else f"{size[0]}x{size[1]}")
+    if channels is not None:
+        spec = spec.with_options(channels=channels)
+    prep = _prepare(spec)
+    split = spec.split or default_split
+    chosen = _select(prep, split)
+    images, good, bad = prep.index.load(prep.items[chosen], prep.size, prep.channels)
+    if bad:
+        if spec.get("strict"):
+            raise MaskcryptError(
+                f"data spec {spec.text!r}: {len(bad)} unreadable image(s) with strict=1, e.g. {bad[0][1]}"
+            )
+        warnings.warn(f"data spec {spec.text!r}: skipped {len(bad)} unreadable image(s), e.g. {bad[0][1]}",
+                      stacklevel=2)
+    kept = chosen[good]
+    if kept.size == 0:
+        raise MaskcryptError(f"data spec {spec.text!r}: no image of split {split!r} could be read")
+    paths = [prep.index.paths[i] for i in prep.items[kept]] if prep.index.paths else None
+    pairs = None
+    if prep.index.pairs and paths is not None:
+        where = {p: i for i, p in enumerate(paths)}
+        rows = [(where[a], where[b], same, fold) for a, b, same, fold in prep.index.pairs
+                if a in where and b in where]
+        pairs = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+    return ImageSet(images, prep.labels[kept], prep.class_names, split, spec.text, paths, bad, pairs)
+
+
+def describe(spec: str | DataSpec) -> dict[str, Any]:
+    """What ``maskcrypt data info`` prints: counts per split, classes, sizes; decodes no pixels."""
+    spec = _as_spec(spec)
+    prep = _prepare(spec)
+    per_split = {s: int((prep.splits == s).sum()) for s in ("train", "val", "test") if (prep.splits == s).any()}
+    per_class = np.bincount(prep.labels, minlength=len(prep.class_names))
+    out: dict[str, Any] = {
+        "spec": spec.text,
+        "kind": spec.kind,
+        "images": int(prep.items.size),
+        "splits": per_split,
+        "split_source": ("identity (seeded)" if spec.get("split_by") == "identity"
+                         else "own" if prep.index.own_split is not None else "seeded by image"),
+        "classes": len(prep.class_names),
+        "images_per_class": {"min": int(per_class.min()), "mean": float(per_class.mean()),
+                             "max": int(per_class.max())},
+        "native": prep.index.native,
+        "size": list(prep.size),
+        "channels": prep.channels,
+        "first_classes": prep.class_names[:5],
+    }
+    if prep.index.pairs:
+        out["pairs"] = len(prep.index.pairs)
+    return out
+
+
+def ray_dataset(spec: str | DataSpec, default_split: str = "all", blocks: int = 0) -> ray.data.Dataset:
+    """Stream one split through Ray Data: rows ``image`` (uint8 C x H x W) and ``label``.
+
+    File sources decode inside Ray Data tasks (the label comes from the file's path,
+    through the index), so a data set far larger than memory streams; unreadable files
+    are dropped there, and fail the pipeline with ``strict=1``. Array sources are cut
+    into blocks. ``blocks`` sets the parallelism (0 = one block per ~256 images).
+    """
+    import ray.data
+
+    spec = _as_spec(spec)
+    prep = _prepare(spec)
+    chosen = _select(prep, spec.split or default_split)
+    n_blocks = blocks or max(1, min(200, chosen.size // 256))
+    if prep.index.paths is None:
+        images, _, _ = prep.index.load(prep.items[chosen], prep.size, prep.channels)
+        parts = np.array_split(np.arange(chosen.size), n_blocks)
+        return ray.data.from_items([{"image": images[i], "label": int(prep.labels[chosen[i]])}
+                                    for p in parts for i in p], override_num_blocks=n_blocks)
+    rows = [{"path": prep.index.paths[i], "label": int(lab)}
+            for i, lab in zip(prep.items[chosen], prep.labels[chosen])]
+    size, channels, crop, strict = prep.size, prep.channels, prep.index.crop, bool(spec.get("strict"))
+
+    def decode(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from maskcrypt.data.images import decode_many
+
+        images, good, bad = decode_many(list(batch["path"]), size, channels, crop, threads=1)
+        if bad and strict:
+            raise MaskcryptError(f"data spec {spec.text!r}: unreadable image with strict=1: {bad[0][1]}")
+        return {"image": images, "label": np.asarray(batch["label"])[good]}
+
+    return ray.data.from_items(rows, override_num_blocks=n_blocks).map_batches(decode, batch_size=64)
+
