@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maskcrypt.masks import MaskLibrary, plan_masks  # noqa: E402
-from maskcrypt.masks.generate import render_plan  # noqa: E402
+from maskcrypt.masks import MaskLibrary, plan_masks
+from maskcrypt.masks.generate import render_plan
 
 
 def _dir_bytes(path: Path) -> int:
