@@ -1,10 +1,16 @@
 """Main job: ``python jobs/select.py`` locally, or ``ray job submit -- python jobs/select.py`` on a cluster.
 
 Runs the method on a run directory (default ``runs/default/`` with the embedded
-synthetic data). Today it prepares the run's inputs (selection mask library, E's
-disjoint training pool, pictures, run.json); training, Table 1, candidates, the
-inpainting attack and target masks are added by the next stages. Paths are resolved
-to absolute ones because under ``ray job submit`` the working directory is a copy.
+synthetic data), stage by stage, each stage resuming what is already complete:
+
+1. ``prepare``: the selection mask library ``masks/``, E's disjoint training pool
+   ``masks_train/``, pictures, ``run.json``;
+2. ``train``: O, E and R on Ray Train into ``models/``, then a look at how they do
+   on held-out images masked from each bucket (``results/train_quality.json``).
+
+Table 1, candidates, the inpainting attack and target masks are the next stages
+(the determination issue). Paths are resolved to absolute ones because under
+``ray job submit`` the working directory is a temporary copy.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse  # noqa: E402
 
-from maskcrypt.cli import format_mask_stats  # noqa: E402
+from maskcrypt.cli import add_train_arguments, format_mask_stats, train_from_args  # noqa: E402
 from maskcrypt.errors import MaskcryptError  # noqa: E402
 from maskcrypt.masks import MaskLibrary  # noqa: E402
-from maskcrypt.run import PrepareConfig, RunPaths, prepare  # noqa: E402
+from maskcrypt.run import PrepareConfig, RunPaths, prepare, write_json_atomic  # noqa: E402
+from maskcrypt.train import format_quality, training_quality  # noqa: E402
 
 DEFAULT_RUN = Path(__file__).resolve().parents[1] / "runs" / "default"
+STAGES = ("prepare", "train")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,21 +40,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run", default=str(DEFAULT_RUN), help="run directory (default runs/default/)")
     p.add_argument("--data", default=d.data, help="data spec for training and test images (default synthetic:)")
     p.add_argument("--size", type=int, default=d.size, help="image and mask size in pixels")
-    p.add_argument("--masks", type=int, default=d.mask_count, help="masks in the selection library")
+    p.add_argument("--mask-count", type=int, default=d.mask_count, help="masks in the selection library")
     p.add_argument("--mask-seed", type=int, default=d.mask_seed)
-    p.add_argument("--train-masks", type=int, default=d.train_mask_count, help="masks in E's training pool")
+    p.add_argument("--train-mask-count", type=int, default=d.train_mask_count, help="masks in E's training pool")
     p.add_argument("--train-mask-seed", type=int, default=d.train_mask_seed)
     p.add_argument("--buckets", default=d.buckets, help="buckets to fill, e.g. 1-6")
     p.add_argument("--restart", action="store_true", help="rebuild a run prepared with other settings")
+    p.add_argument("--until", default=STAGES[-1], choices=STAGES, help="last stage to run")
+    add_train_arguments(p, with_data=False)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        config = PrepareConfig(data=args.data, size=args.size, mask_count=args.masks, mask_seed=args.mask_seed,
-                               train_mask_count=args.train_masks, train_mask_seed=args.train_mask_seed,
-                               buckets=args.buckets)
+        config = PrepareConfig(data=args.data, size=args.size, mask_count=args.mask_count,
+                               mask_seed=args.mask_seed, train_mask_count=args.train_mask_count,
+                               train_mask_seed=args.train_mask_seed, buckets=args.buckets)
         paths = RunPaths.resolve(args.run)
         print(f"run {paths.root}")
         record = prepare(paths.root, config, restart=args.restart)
@@ -54,7 +64,23 @@ def main(argv: list[str] | None = None) -> int:
         print(format_mask_stats(MaskLibrary.open(str(paths.masks)).stats()))
         print()
         print(f"pictures: {paths.root}/masks.png, masks_train.png, data.png, encrypted.png")
-        print(f"prepared in {record['stages']['prepare']['seconds']}s; run record: {paths.run_json}")
+        print(f"prepared in {record['stages']['prepare']['seconds']}s")
+        if STAGES.index(args.until) >= STAGES.index("train"):
+            args.train_data = args.data
+            print()
+            metas = train_from_args(args, str(paths.root))
+            print()
+            for role, meta in metas.items():
+                m = meta["metrics"]
+                figure = (f"held-out accuracy {m['test_accuracy']:.1%}" if "test_accuracy" in m
+                          else f"hole PSNR {m['hole_psnr']:.2f} dB (mean fill {m['mean_fill_psnr']:.2f} dB)")
+                print(f"{role:>10}: {figure} after {meta['epoch']} epochs -> {paths.models / role}")
+            if set(metas) == {"original", "encrypted", "inpainter"}:
+                quality = training_quality(paths.root, args.data, args.size)
+                write_json_atomic(paths.results / "train_quality.json", quality)
+                print()
+                print(format_quality(quality))
+        print(f"run record: {paths.run_json}")
     except MaskcryptError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

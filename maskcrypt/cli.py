@@ -154,6 +154,88 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train -----------------------------------------------------------------------------------
+def add_train_arguments(p: argparse.ArgumentParser, with_data: bool = True) -> None:
+    """Flags of the training stage, shared by ``maskcrypt train``, jobs/train.py and jobs/select.py."""
+    from maskcrypt.config import TrainConfig
+    from maskcrypt.train import InpaintTrainConfig, MaskSampling, ModelSettings, Resources
+
+    t, i, s, m, r = TrainConfig(), InpaintTrainConfig(), MaskSampling(), ModelSettings(), Resources()
+    g = p.add_argument_group("training (one TrainConfig trains both O and E)")
+    if with_data:
+        g.add_argument("--train-data", default="synthetic:", help="data spec of O's and E's training images")
+        g.add_argument("--size", type=int, default=32, help="image size in pixels")
+    g.add_argument("--val-data", default="", help="held-out images of the training classes (default: the "
+                   "training source's test split)")
+    g.add_argument("--inpaint-data", default="", help="data spec of R's training images (default: --train-data)")
+    g.add_argument("--masks", default="", help="E's and R's training mask pool (default RUN/masks_train)")
+    g.add_argument("--epochs", type=int, default=t.epochs)
+    g.add_argument("--batch-size", type=int, default=t.batch_size, help="global batch size")
+    g.add_argument("--optimizer", default=t.optimizer, choices=("sgd", "adamw"))
+    g.add_argument("--lr", type=float, default=t.lr)
+    g.add_argument("--weight-decay", type=float, default=t.weight_decay)
+    g.add_argument("--schedule", default=t.schedule, choices=("cosine", "step", "constant"))
+    g.add_argument("--warmup-epochs", type=float, default=t.warmup_epochs)
+    g.add_argument("--augment", default=t.augment, choices=("flip", "none"))
+    g.add_argument("--precision", default=t.precision, choices=("auto", "bf16", "fp32"))
+    g.add_argument("--seed", type=int, default=t.seed)
+    g.add_argument("--arch", default=m.arch, help="compact, resnet18/34/50, iresnet18/34/50")
+    g.add_argument("--width", type=int, default=m.width, help="compact: channels of the first stage")
+    g.add_argument("--depth", default=",".join(map(str, m.depth)), help="compact: blocks per stage, e.g. 2,2,2,2")
+    g.add_argument("--head", default=m.head, choices=("softmax", "arcface"))
+    g.add_argument("--masks-per-image", type=int, default=s.k, help="K masks overlaid on every image for E")
+    g.add_argument("--mask-mode", default=s.mode, choices=("fixed", "random"),
+                   help="fixed: K masks x every image; random: a fresh pool mask per image per epoch")
+    g.add_argument("--inpaint-epochs", type=int, default=i.epochs)
+    g.add_argument("--inpaint-batch-size", type=int, default=i.batch_size)
+    g.add_argument("--inpaint-lr", type=float, default=i.lr)
+    g.add_argument("--finetune-epochs", type=int, default=i.finetune_epochs, help="R: BN-frozen fine-tune epochs")
+    g.add_argument("--inpaint-width", type=int, default=m.inpaint_width, help="RFR-Net width (published: 64)")
+    g.add_argument("--iterations", type=int, default=m.inpaint_iterations, help="RFR iterations (published: 6)")
+    g.add_argument("--vgg-weights", default="", help="local torchvision vgg16 state dict for R's feature losses")
+    g.add_argument("--init-original", default="", help="state dict initializing both recognizers")
+    g.add_argument("--init-inpainter", default="", help="state dict initializing R")
+    g.add_argument("--workers", type=int, default=r.workers, help="Ray Train workers per model")
+    g.add_argument("--cpus-per-worker", type=float, default=r.cpus_per_worker)
+    g.add_argument("--gpus-per-worker", type=float, default=r.gpus_per_worker)
+    g.add_argument("--max-failures", type=int, default=r.max_failures)
+    g.add_argument("--retrain", action="store_true", help="retrain models trained with other settings")
+    g.add_argument("--models", default="original,encrypted,inpainter", help="which models to train")
+
+
+def train_from_args(args: argparse.Namespace, run: str, log=print) -> dict:
+    """Build the configs from parsed flags and train (see :func:`maskcrypt.train.train_run`)."""
+    from maskcrypt.config import TrainConfig
+    from maskcrypt.train import ROLES, InpaintTrainConfig, MaskSampling, ModelSettings, Resources, train_run
+
+    try:
+        depth = tuple(int(v) for v in str(args.depth).split(","))
+    except ValueError:
+        raise MaskcryptError(f"--depth: expected blocks per stage like 1,1,1,1, got {args.depth!r}") from None
+    roles = tuple(r.strip() for r in args.models.split(",") if r.strip())
+    if not roles or set(roles) - set(ROLES):
+        raise MaskcryptError(f"--models: expected a comma list of {', '.join(ROLES)}, got {args.models!r}")
+    tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                     weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+                     augment=args.augment, precision=args.precision, seed=args.seed)
+    ic = InpaintTrainConfig(epochs=args.inpaint_epochs, batch_size=args.inpaint_batch_size, lr=args.inpaint_lr,
+                            finetune_epochs=args.finetune_epochs, precision=args.precision, seed=args.seed,
+                            vgg_weights=args.vgg_weights)
+    models = ModelSettings(arch=args.arch, width=args.width, depth=depth, head=args.head,
+                           inpaint_width=args.inpaint_width, inpaint_iterations=args.iterations)
+    return train_run(run, args.train_data, args.size, masks=args.masks, inpaint_data=args.inpaint_data,
+                     val_data=args.val_data, models=models, train_config=tc, inpaint_config=ic,
+                     sampling=MaskSampling(k=args.masks_per_image, mode=args.mask_mode, seed=args.seed),
+                     resources=Resources(args.workers, args.cpus_per_worker, args.gpus_per_worker, args.max_failures),
+                     init_original=args.init_original, init_inpainter=args.init_inpainter, retrain=args.retrain,
+                     roles=roles, log=log)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    train_from_args(args, args.run)
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskcrypt", description=__doc__.splitlines()[0])
@@ -215,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--classes", type=int, default=8)
     ds.add_argument("--per-class", type=int, default=6)
     ds.set_defaults(func=cmd_data_show)
+
+    tr = sub.add_parser("train", help="train O, E and R on Ray Train into RUN/models/")
+    tr.add_argument("--run", default="runs/default", help="run directory (needs masks_train/ unless --masks)")
+    add_train_arguments(tr)
+    tr.set_defaults(func=cmd_train)
     return parser
 
 

@@ -24,3 +24,31 @@ def ray_session():
     yield ray
     if started:
         ray.shutdown()
+
+
+#: The tiny trained run's settings: the same code as the defaults, a few seconds of compute.
+TINY_DATA = "synthetic:identities=6,per_identity=16"
+TINY_SIZE = 16
+
+
+@pytest.fixture(scope="session")
+def tiny_run(ray_session, tmp_path_factory):
+    """A run directory with masks and all three models trained tiny, built once per session.
+
+    Later stages' tests (evaluation, selection, serving) reuse it.
+    """
+    from maskcrypt.config import TrainConfig
+    from maskcrypt.run import PrepareConfig, prepare
+    from maskcrypt.train import InpaintTrainConfig, ModelSettings, train_run
+
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    prepare(run, PrepareConfig(data=TINY_DATA, size=TINY_SIZE, mask_count=24, train_mask_count=12),
+            log=lambda *_: None)
+    metas = train_run(
+        run, TINY_DATA, TINY_SIZE,
+        models=ModelSettings(width=8, inpaint_width=4, inpaint_iterations=1),
+        train_config=TrainConfig(epochs=4, batch_size=16, lr=0.05, warmup_epochs=0.5),
+        inpaint_config=InpaintTrainConfig(epochs=2, batch_size=16),
+        log=lambda *_: None,
+    )
+    return run, metas

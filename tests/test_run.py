@@ -10,7 +10,8 @@ from pathlib import Path
 from maskcrypt.masks import MaskLibrary
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--data", "synthetic:identities=4,per_identity=6", "--size", "16", "--masks", "24", "--train-masks", "12"]
+TINY = ["--data", "synthetic:identities=4,per_identity=6", "--size", "16", "--mask-count", "24",
+        "--train-mask-count", "12"]
 
 
 def job(*args: str) -> subprocess.CompletedProcess[str]:
@@ -20,7 +21,7 @@ def job(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_select_job_prepares_a_run_and_resumes_only_with_the_same_settings(tmp_path):
     run = tmp_path / "run"
-    r = job("--run", str(run), *TINY)
+    r = job("--run", str(run), *TINY, "--until", "prepare")
     assert r.returncode == 0, r.stderr
     for name in ("masks.png", "masks_train.png", "data.png", "encrypted.png", "run.json"):
         assert (run / name).exists(), name
@@ -30,11 +31,30 @@ def test_select_job_prepares_a_run_and_resumes_only_with_the_same_settings(tmp_p
     record = json.loads((run / "run.json").read_text())
     assert record["prepare"]["size"] == 16 and len(record["inputs"]["test_data_sha256"]) == 64
     # Same settings: idempotent.
-    r = job("--run", str(run), *TINY)
+    r = job("--run", str(run), *TINY, "--until", "prepare")
     assert r.returncode == 0 and "(0 new)" in r.stdout
     # Other settings: refused by name, unless --restart.
-    r = job("--run", str(run), *TINY[:-2], "--train-masks", "14")
+    r = job("--run", str(run), *TINY[:-2], "--train-mask-count", "14", "--until", "prepare")
     assert r.returncode == 2 and "train_mask_count: 12 -> 14" in r.stderr
-    r = job("--run", str(run), *TINY[:-2], "--train-masks", "14", "--restart")
+    r = job("--run", str(run), *TINY[:-2], "--train-mask-count", "14", "--restart", "--until", "prepare")
     assert r.returncode == 0, r.stderr
     assert len(MaskLibrary.open(str(run / "masks_train"))) == 14
+
+
+def test_select_job_trains_all_three_models_end_to_end(tmp_path):
+    """``make run``'s path on tiny settings: prepare, then Ray Train with its own local Ray."""
+    run = tmp_path / "run"
+    tiny_train = ["--epochs", "2", "--batch-size", "16", "--width", "8", "--inpaint-width", "4",
+                  "--iterations", "1", "--inpaint-epochs", "1", "--inpaint-batch-size", "16"]
+    r = job("--run", str(run), *TINY, *tiny_train)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for role in ("original", "encrypted", "inpainter"):
+        assert f"{role}: " in r.stdout
+        assert list((run / "models" / role).glob("checkpoint_epoch_*"))
+    record = json.loads((run / "run.json").read_text())
+    assert set(record["stages"]) == {"prepare", "train"}
+    # Training again with the same settings is a no-op; with others it is refused.
+    r = job("--run", str(run), *TINY, *tiny_train)
+    assert r.returncode == 0 and r.stdout.count("not retrained") == 3
+    r = job("--run", str(run), *TINY, *tiny_train[:-2], "--inpaint-batch-size", "8")
+    assert r.returncode == 2 and "--retrain" in r.stderr

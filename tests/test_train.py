@@ -1,0 +1,107 @@
+"""Ray Train on the shared local Ray, 2 workers: the tiny run, resumption, the rules around it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_DATA, TINY_SIZE
+
+from maskcrypt.config import TrainConfig, check_same_training
+from maskcrypt.data import load
+from maskcrypt.errors import MaskcryptError
+from maskcrypt.masks import MaskLibrary, overlay
+from maskcrypt.models import Inpainter, Recognizer
+from maskcrypt.train import (
+    InpaintTrainConfig,
+    MaskSampling,
+    ModelSettings,
+    Resources,
+    TrainInputs,
+    train_model,
+    train_run,
+)
+
+TINY_MODELS = ModelSettings(width=8, inpaint_width=4, inpaint_iterations=1)
+TINY_TRAIN = TrainConfig(epochs=4, batch_size=16, lr=0.05, warmup_epochs=0.5)
+
+
+def test_three_models_train_and_load(tiny_run):
+    run, metas = tiny_run
+    assert set(metas) == {"original", "encrypted", "inpainter"}
+    for role in ("original", "encrypted"):
+        history = metas[role]["history"]
+        assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+        assert history[-1]["loss"] < history[0]["loss"], role  # loss decreases
+        assert metas[role]["world_size"] == 2
+    assert metas["inpainter"]["history"][-1]["loss"] < metas["inpainter"]["history"][0]["loss"]
+    assert metas["inpainter"]["feature_losses"] is False  # no VGG weights here: recorded
+    o = Recognizer.from_checkpoint(run / "models" / "original")
+    e = Recognizer.from_checkpoint(run / "models" / "encrypted")
+    r = Inpainter.from_checkpoint(run / "models" / "inpainter")
+    check_same_training(o.checkpoint_meta, e.checkpoint_meta)  # identical hyperparameters by construction
+    assert o.checkpoint_meta["class_names"] == load(TINY_DATA, default_split="test", size=TINY_SIZE).class_names
+    assert e.checkpoint_meta["mask_sampling"]["k"] == 4 and len(e.checkpoint_meta["mask_sampling"]["mask_indices"]) == 4
+    test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
+    x = torch.from_numpy(test.images)
+    with torch.no_grad():
+        assert o(x).shape == (len(test), 6) and e.embed(x).shape == (len(test), 512)
+    masks = MaskLibrary.open(str(run / "masks_train")).load().masks[: len(test)]
+    m = torch.from_numpy(np.resize(masks, (len(test), TINY_SIZE, TINY_SIZE)))
+    filled = r.inpaint(overlay(x, m), m)
+    assert filled.shape == x.shape
+    record = json.loads((run / "run.json").read_text())
+    assert set(record["stages"]["train"]) == {"original", "encrypted", "inpainter"}
+
+
+def test_complete_models_are_not_retrained_and_other_settings_are_refused(tiny_run):
+    run, metas = tiny_run
+    logs: list[str] = []
+    again = train_run(run, TINY_DATA, TINY_SIZE, models=TINY_MODELS, train_config=TINY_TRAIN,
+                      inpaint_config=InpaintTrainConfig(epochs=2, batch_size=16), log=logs.append)
+    assert sum("not retrained" in line for line in logs) == 3
+    assert again["original"]["model_sha256"] == metas["original"]["model_sha256"]
+    with pytest.raises(MaskcryptError, match=r"trained with other settings.*--retrain"):
+        train_run(run, TINY_DATA, TINY_SIZE, models=TINY_MODELS,
+                  train_config=TrainConfig(epochs=5, batch_size=16, lr=0.05), roles=("original",),
+                  log=lambda *_: None)
+
+
+def test_a_worker_failure_resumes_from_the_checkpoint(ray_session, tmp_path):
+    data = load(TINY_DATA, default_split="train", size=TINY_SIZE)
+    val = load(TINY_DATA, default_split="test", size=TINY_SIZE)
+    inputs = TrainInputs(data.images, data.labels, val.images, val.labels, data.class_names, {"t": "x"})
+    from maskcrypt.models.recognizer import RecognizerConfig
+
+    cfg = RecognizerConfig(num_classes=6, image_size=TINY_SIZE, width=8).to_dict()
+    marker = tmp_path / "failed-once"
+    meta = train_model("original", tmp_path / "models", inputs, cfg, TrainConfig(epochs=3, batch_size=16),
+                       Resources(workers=2, max_failures=1), fail_once={"marker": str(marker), "epoch": 2},
+                       log=lambda *_: None)
+    assert marker.exists()  # the failure happened
+    assert meta["epoch"] == 3
+    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]
+    assert [h["resumed"] for h in meta["history"]] == [False, True, False]  # epoch 2 ran after the restart
+
+
+def test_bad_requests_fail_clearly(ray_session, tmp_path):
+    data = load(TINY_DATA, default_split="train", size=TINY_SIZE)
+    inputs = TrainInputs(data.images, data.labels, data.images, data.labels, data.class_names, {"t": "x"},
+                         np.ones((3, 8, 8), np.uint8))
+    from maskcrypt.models.recognizer import RecognizerConfig
+
+    cfg = RecognizerConfig(num_classes=6, image_size=TINY_SIZE, width=8).to_dict()
+    with pytest.raises(MaskcryptError, match="masks are 8x8"):
+        train_model("encrypted", tmp_path, inputs, cfg, TrainConfig(), sampling=MaskSampling())
+    inputs.masks = None
+    with pytest.raises(MaskcryptError, match="the Ray cluster has 0 GPU"):
+        train_model("original", tmp_path, inputs, cfg, TrainConfig(batch_size=16),
+                    Resources(gpus_per_worker=1))
+    with pytest.raises(MaskcryptError, match="fewer than one global batch"):
+        train_model("original", tmp_path, inputs, cfg, TrainConfig(batch_size=4096))
+    with pytest.raises(MaskcryptError, match="at least two masks"):
+        MaskSampling(k=1)
+    with pytest.raises(MaskcryptError, match="does not exist"):
+        train_run(tmp_path / "norun", TINY_DATA, TINY_SIZE, log=lambda *_: None)
