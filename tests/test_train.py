@@ -43,7 +43,7 @@ def test_three_models_train_and_load(tiny_run):
     r = Inpainter.from_checkpoint(run / "models" / "inpainter")
     check_same_training(o.checkpoint_meta, e.checkpoint_meta)  # identical hyperparameters by construction
     assert o.checkpoint_meta["class_names"] == load(TINY_DATA, default_split="test", size=TINY_SIZE).class_names
-    assert e.checkpoint_meta["mask_sampling"]["k"] == 4 and len(e.checkpoint_meta["mask_sampling"]["mask_indices"]) == 4
+    assert e.checkpoint_meta["mask_sampling"] == {"k": 4, "mode": "random", "seed": 0}
     test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
     x = torch.from_numpy(test.images)
     with torch.no_grad():
@@ -84,6 +84,26 @@ def test_a_worker_failure_resumes_from_the_checkpoint(ray_session, tmp_path):
     assert meta["epoch"] == 3
     assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]
     assert [h["resumed"] for h in meta["history"]] == [False, True, False]  # epoch 2 ran after the restart
+
+
+def test_encrypted_model_on_the_sources_fixed_sample(ray_session, tmp_path):
+    """--mask-mode fixed: K masks drawn once from the pool, each on every image; held out: the rest."""
+    from maskcrypt.models.recognizer import RecognizerConfig
+
+    data = load(TINY_DATA, default_split="train", size=TINY_SIZE)
+    pool = np.stack([np.ones((TINY_SIZE, TINY_SIZE), np.uint8)] * 5)
+    for i in range(5):
+        pool[i, i:i + 4] = 0
+    inputs = TrainInputs(data.images, data.labels, data.images, data.labels, data.class_names, {"t": "x"}, pool)
+    cfg = RecognizerConfig(num_classes=6, image_size=TINY_SIZE, width=8).to_dict()
+    meta = train_model("encrypted", tmp_path, inputs, cfg, TrainConfig(epochs=1, batch_size=16),
+                       sampling=MaskSampling(k=3, mode="fixed"), log=lambda *_: None)
+    indices = meta["mask_sampling"]["mask_indices"]
+    assert len(indices) == 3 and len(set(indices)) == 3 and max(indices) < 5
+    assert meta["history"][0]["epoch"] == 1
+    with pytest.raises(MaskcryptError, match="the pool holds only 5 masks"):
+        train_model("encrypted", tmp_path / "b", inputs, cfg, TrainConfig(epochs=1, batch_size=16),
+                    sampling=MaskSampling(k=6, mode="fixed"))
 
 
 def test_bad_requests_fail_clearly(ray_session, tmp_path):
