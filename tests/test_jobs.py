@@ -1,12 +1,14 @@
 """``ray job submit`` against a real ``ray start --head`` node of the test's own.
 
-The head runs in its own process group with its own ports and temp dir, and the
+The head runs in its own process group with its own ports (every one: the defaults of
+the agents would collide with the shared test Ray's) and temp dir, and the
 teardown stops exactly that group: the shared test Ray and any other Ray on the
 machine are left alone (never ``ray stop``, which would end them too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -35,9 +37,10 @@ def _stop_cluster(proc: subprocess.Popen, temp: Path) -> None:
     """SIGTERM the head's process group, then SIGKILL anything still running from its temp dir."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        proc.wait(timeout=5)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     for pid_dir in Path("/proc").iterdir():
         if not pid_dir.name.isdigit():
             continue
@@ -46,10 +49,8 @@ def _stop_cluster(proc: subprocess.Popen, temp: Path) -> None:
         except OSError:
             continue
         if str(temp).encode() in cmdline:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid_dir.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +59,15 @@ def head_node(tmp_path_factory):
     gcs, dash = _free_port(), _free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
+    log = open(temp / "head.log", "w")  # noqa: SIM115 - lives as long as the head node
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
          "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=true",
          f"--ray-client-server-port={_free_port()}", f"--node-manager-port={_free_port()}",
-         f"--object-manager-port={_free_port()}"],
-        env=env, stdout=open(temp / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+         f"--object-manager-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+         f"--dashboard-agent-grpc-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+         f"--metrics-export-port={_free_port()}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash}"
     try:
@@ -83,6 +87,7 @@ def head_node(tmp_path_factory):
         yield address, env
     finally:
         _stop_cluster(proc, temp)
+        log.close()
 
 
 def test_train_job_runs_under_ray_job_submit(head_node, tmp_path):
