@@ -1,0 +1,323 @@
+"""The selection rules of the method (METHOD.md, "Mask determination"): tables in, tables out.
+
+Nothing here touches Ray or a model: the evaluator produces *counts* (how many images
+of a bucket or mask each model recognized), and these functions turn counts into the
+method's tables and decisions, so every rule is tested in milliseconds on hand-made
+tables. Accuracies are fractions in [0, 1]; so are thresholds.
+
+* :func:`basic_selection` - the basic form: E accuracy > ``t_enc`` and O accuracy < ``t_orig``.
+* :func:`table1` / :func:`target_buckets` - first (E) and second (O) accuracy per bucket,
+  averaged over repetitions; target buckets have first - second > ``t_gap``.
+* :func:`per_mask_table` / :func:`candidates` - third accuracy per mask; the top ``k``
+  of each target bucket are the candidates; :func:`attack_list` names the top
+  ``attack_top`` (>= k) to attack, so ``k`` can change without new model runs.
+* :func:`table2` / :func:`target_masks` - fourth (E on masked) and fifth (E on inpainted)
+  accuracy and the drop; target masks are candidates whose drop > ``t_drop``, best first.
+
+Every accuracy carries a Wilson interval; every drop a paired (Newcombe) interval,
+since the same images are recognized before and after inpainting. A column says
+whether each decision is within its interval, i.e. could flip with other test images.
+When a rule empties the set, :class:`Empty` says which rule and the closest values.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from maskcrypt.errors import MaskcryptError
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Selection thresholds (fractions) and list sizes; defaults are the source's examples."""
+
+    t_enc: float = 0.80  # basic rule: E accuracy above this
+    t_orig: float = 0.50  # basic rule: O accuracy below this
+    t_gap: float = 0.30  # first threshold: first - second accuracy of a target bucket
+    t_drop: float = 0.07  # second threshold: fourth - fifth accuracy of a target mask
+    top_k: int = 3  # candidates per target bucket (at least 2)
+    attack_top: int = 5  # masks per target bucket that the attack stage measures (>= top_k)
+    confidence: float = 0.95  # level of every interval
+
+    def __post_init__(self) -> None:
+        for name in ("t_enc", "t_orig", "t_gap", "t_drop"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise MaskcryptError(
+                    f"threshold {name}: expected a fraction in [0, 1], got {v!r} (write 0.07 for 7 points)"
+                )
+        if self.top_k < 2:
+            raise MaskcryptError(f"top_k: the method keeps at least two candidates per bucket, got {self.top_k}")
+        if self.attack_top < self.top_k:
+            raise MaskcryptError(f"attack_top ({self.attack_top}) must be >= top_k ({self.top_k})")
+        if not 0.5 <= self.confidence < 1.0:
+            raise MaskcryptError(f"confidence: expected a level in [0.5, 1), got {self.confidence}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> Thresholds:
+        """Read thresholds from a JSON or YAML file (keys as the fields); unknown keys are errors."""
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise MaskcryptError(f"--thresholds {p}: cannot read ({exc})") from None
+        try:
+            if p.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        except Exception as exc:
+            raise MaskcryptError(f"--thresholds {p}: not valid {p.suffix.lstrip('.') or 'JSON'} ({exc})") from None
+        if not isinstance(data, dict):
+            raise MaskcryptError(f"--thresholds {p}: expected a mapping of threshold names to values")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise MaskcryptError(f"--thresholds {p}: unknown key(s) {unknown}; known: {sorted(known)}")
+        return cls(**{**data, **overrides})
+
+
+@dataclass(frozen=True)
+class Empty:
+    """Why a selection came out empty: the rule that emptied it and the closest values."""
+
+    rule: str
+    message: str
+    closest: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- intervals ---------------------------------------------------------------------------------------
+def _z(confidence: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+
+
+def wilson_interval(correct: Any, n: Any, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of ``correct / n`` (vectorized; n = 0 gives [0, 1])."""
+    k = np.asarray(correct, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    z = _z(confidence)
+    safe = np.maximum(n, 1.0)
+    p = k / safe
+    denom = 1.0 + z * z / safe
+    centre = (p + z * z / (2 * safe)) / denom
+    half = z * np.sqrt(p * (1 - p) / safe + z * z / (4 * safe * safe)) / denom
+    lo = np.where(n > 0, np.clip(centre - half, 0.0, 1.0), 0.0)
+    hi = np.where(n > 0, np.clip(centre + half, 0.0, 1.0), 1.0)
+    return lo, hi
+
+
+def paired_difference_interval(both: Any, first_only: Any, second_only: Any, neither: Any,
+                               confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Difference of two paired proportions and its Newcombe (1998, method 10) interval.
+
+    ``first_only`` counts images right in the first condition only (e.g. recognized on
+    the masked image but not after inpainting); the difference is
+    ``(first_only - second_only) / n``. Vectorized.
+    """
+    a, b, c, d = (np.asarray(v, dtype=np.float64) for v in (both, first_only, second_only, neither))
+    n = a + b + c + d
+    safe = np.maximum(n, 1.0)
+    p1, p2 = (a + b) / safe, (a + c) / safe
+    l1, u1 = wilson_interval(a + b, n, confidence)
+    l2, u2 = wilson_interval(a + c, n, confidence)
+    ad_bc = a * d - b * c
+    num = np.where(ad_bc > 0, np.maximum(ad_bc - n / 2.0, 0.0), ad_bc)
+    den = np.sqrt((a + b) * (c + d) * (a + c) * (b + d))
+    phi = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    dl = np.sqrt(np.maximum((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    du = np.sqrt(np.maximum((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
+    diff = p1 - p2
+    return diff, np.maximum(diff - dl, -1.0), np.minimum(diff + du, 1.0)
+
+
+def _require(df: pd.DataFrame, columns: list[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise MaskcryptError(f"{what}: missing column(s) {missing}; has {list(df.columns)}")
+    if (df["n"] < 0).any() if "n" in df.columns else False:
+        raise MaskcryptError(f"{what}: negative image counts")
+
+
+# -- Table 1 -------------------------------------------------------------------------------------------
+def table1(counts: pd.DataFrame, th: Thresholds = Thresholds(), labels: dict[int, str] | None = None) -> pd.DataFrame:
+    """First (E) and second (O) accuracy per bucket, over repetitions.
+
+    ``counts`` has one row per (bucket, repeat) with ``n``, ``correct_E``, ``correct_O``
+    (bucket 0 = no mask). ``first``/``second`` are the means of the repetitions'
+    accuracies, with their standard deviations; intervals are Wilson intervals of the
+    pooled counts. ``gap = first - second``; ``target`` marks gap > t_gap (never
+    bucket 0); ``gap_uncertain`` says t_gap lies within the gap's interval (the
+    difference of the two Wilson bounds, a conservative band).
+    """
+    _require(counts, ["bucket", "repeat", "n", "correct_E", "correct_O"], "table1 counts")
+    df = counts.copy()
+    if (df["n"] == 0).any():
+        empty = sorted(df.loc[df["n"] == 0, "bucket"].unique().tolist())
+        raise MaskcryptError(f"table1: bucket(s) {empty} were evaluated on no image (empty bucket or test set)")
+    df["acc_E"] = df["correct_E"] / df["n"]
+    df["acc_O"] = df["correct_O"] / df["n"]
+    g = df.groupby("bucket", sort=True)
+    out = pd.DataFrame({
+        "repeats": g.size(),
+        "n": g["n"].sum(),
+        "first": g["acc_E"].mean(),
+        "first_std": g["acc_E"].std(ddof=1).fillna(0.0),
+        "second": g["acc_O"].mean(),
+        "second_std": g["acc_O"].std(ddof=1).fillna(0.0),
+        "correct_E": g["correct_E"].sum(),
+        "correct_O": g["correct_O"].sum(),
+    }).reset_index()
+    out["first_lo"], out["first_hi"] = wilson_interval(out["correct_E"], out["n"], th.confidence)
+    out["second_lo"], out["second_hi"] = wilson_interval(out["correct_O"], out["n"], th.confidence)
+    out["gap"] = out["first"] - out["second"]
+    gap_lo, gap_hi = out["first_lo"] - out["second_hi"], out["first_hi"] - out["second_lo"]
+    out["target"] = (out["bucket"] > 0) & (out["gap"] > th.t_gap)
+    out["gap_uncertain"] = (out["bucket"] > 0) & (gap_lo <= th.t_gap) & (th.t_gap <= gap_hi)
+    if labels:
+        out.insert(1, "range", out["bucket"].map(lambda b: labels.get(int(b), str(b))))
+    return out
+
+
+def target_buckets(t1: pd.DataFrame, th: Thresholds = Thresholds()) -> tuple[list[int], Empty | None]:
+    """Buckets with first - second > t_gap; when none, why, with the closest buckets.
+
+    Decided from the ``gap`` column with ``th``, so a threshold search reuses one table.
+    """
+    chosen = t1.loc[(t1["bucket"] > 0) & (t1["gap"] > th.t_gap), "bucket"].astype(int).tolist()
+    if chosen:
+        return chosen, None
+    real = t1[t1["bucket"] > 0].sort_values("gap", ascending=False).head(3)
+    closest = [{"bucket": int(r.bucket), "first": float(r.first), "second": float(r.second), "gap": float(r.gap)}
+               for r in real.itertuples()]
+    best = closest[0]["gap"] if closest else float("nan")
+    return [], Empty("t_gap", f"no bucket has first - second accuracy > {th.t_gap:.2f} "
+                              f"(largest gap {best:.4f})", closest)
+
+
+# -- per mask, candidates ---------------------------------------------------------------------------------
+def per_mask_table(counts: pd.DataFrame, th: Thresholds = Thresholds()) -> pd.DataFrame:
+    """Third accuracy (E) and O's accuracy per mask, with intervals and the basic rule's verdict.
+
+    ``counts``: one row per mask with ``mask_id``, ``bucket``, ``n``, ``correct_E``, ``correct_O``.
+    """
+    _require(counts, ["mask_id", "bucket", "n", "correct_E", "correct_O"], "per-mask counts")
+    if counts["mask_id"].duplicated().any():
+        dup = counts.loc[counts["mask_id"].duplicated(), "mask_id"].iloc[0]
+        raise MaskcryptError(f"per-mask counts: mask {dup!r} appears twice")
+    if (counts["n"] == 0).any():
+        raise MaskcryptError("per-mask counts: a mask was evaluated on no image (empty test set?)")
+    out = counts.copy()
+    out["third"] = out["correct_E"] / out["n"]
+    out["acc_O"] = out["correct_O"] / out["n"]
+    out["third_lo"], out["third_hi"] = wilson_interval(out["correct_E"], out["n"], th.confidence)
+    out["acc_O_lo"], out["acc_O_hi"] = wilson_interval(out["correct_O"], out["n"], th.confidence)
+    out["basic_pass"] = (out["third"] > th.t_enc) & (out["acc_O"] < th.t_orig)
+    out["basic_uncertain"] = (((out["third_lo"] <= th.t_enc) & (th.t_enc <= out["third_hi"]))
+                              | ((out["acc_O_lo"] <= th.t_orig) & (th.t_orig <= out["acc_O_hi"])))
+    return out
+
+
+def basic_selection(per_mask: pd.DataFrame, th: Thresholds = Thresholds()) -> tuple[pd.DataFrame, Empty | None]:
+    """The basic form: masks whose E accuracy > t_enc and O accuracy < t_orig, best E first."""
+    passed = (per_mask["third"] > th.t_enc) & (per_mask["acc_O"] < th.t_orig)
+    chosen = per_mask[passed].sort_values(["third", "mask_id"], ascending=[False, True])
+    if len(chosen):
+        return chosen.reset_index(drop=True), None
+    by_e = per_mask.sort_values("third", ascending=False).head(3)
+    closest = [{"mask_id": r.mask_id, "third": float(r.third), "acc_O": float(r.acc_O)} for r in by_e.itertuples()]
+    above = per_mask[per_mask["third"] > th.t_enc]
+    rule = "t_orig" if len(above) else "t_enc"
+    msg = (f"{len(above)} mask(s) pass E accuracy > {th.t_enc:.2f}, none with O accuracy < {th.t_orig:.2f}"
+           if len(above) else f"no mask has E accuracy > {th.t_enc:.2f}")
+    return chosen, Empty(rule, msg, closest)
+
+
+def _rank(per_mask: pd.DataFrame, buckets: list[int]) -> pd.DataFrame:
+    sub = per_mask[per_mask["bucket"].isin(buckets)].copy()
+    sub = sub.sort_values(["bucket", "third", "mask_id"], ascending=[True, False, True])
+    sub["rank"] = sub.groupby("bucket").cumcount() + 1
+    return sub
+
+
+def candidates(per_mask: pd.DataFrame, buckets: list[int], th: Thresholds = Thresholds()) -> pd.DataFrame:
+    """The top ``k`` masks of each target bucket by third accuracy (ties broken by mask id)."""
+    ranked = _rank(per_mask, buckets)
+    return ranked[ranked["rank"] <= th.top_k].reset_index(drop=True)
+
+
+def attack_list(per_mask: pd.DataFrame, buckets: list[int], th: Thresholds = Thresholds()) -> pd.DataFrame:
+    """The top ``attack_top`` masks of each target bucket: what the inpainting attack measures."""
+    ranked = _rank(per_mask, buckets)
+    return ranked[ranked["rank"] <= th.attack_top].reset_index(drop=True)
+
+
+# -- Table 2 ------------------------------------------------------------------------------------------------
+def table2(attack: pd.DataFrame, ranks: pd.DataFrame, th: Thresholds = Thresholds()) -> pd.DataFrame:
+    """Fourth (E on masked) and fifth (E on inpainted) accuracy, the drop and its paired interval.
+
+    ``attack``: one row per attacked mask with ``mask_id``, ``n`` and the paired counts
+    of E's correctness before/after inpainting: ``both``, ``before_only``, ``after_only``,
+    ``neither``; optionally ``correct_O_inpainted`` (O on the inpainted images) and
+    ``correct_O_masked``. ``ranks``: the attack list (``mask_id``, ``bucket``, ``rank``).
+    """
+    _require(attack, ["mask_id", "n", "both", "before_only", "after_only", "neither"], "attack counts")
+    total = attack[["both", "before_only", "after_only", "neither"]].sum(axis=1)
+    if (total != attack["n"]).any():
+        bad = attack.loc[total != attack["n"], "mask_id"].iloc[0]
+        raise MaskcryptError(f"attack counts: mask {bad!r}: both + before_only + after_only + neither != n")
+    out = attack.merge(ranks[["mask_id", "bucket", "rank"]], on="mask_id", how="left", validate="one_to_one")
+    if out["rank"].isna().any():
+        raise MaskcryptError(f"attack counts: mask(s) {out.loc[out['rank'].isna(), 'mask_id'].tolist()[:5]} "
+                             "are not in the attack list")
+    n = out["n"]
+    out["fourth"] = (out["both"] + out["before_only"]) / n
+    out["fifth"] = (out["both"] + out["after_only"]) / n
+    out["fourth_lo"], out["fourth_hi"] = wilson_interval(out["both"] + out["before_only"], n, th.confidence)
+    out["fifth_lo"], out["fifth_hi"] = wilson_interval(out["both"] + out["after_only"], n, th.confidence)
+    out["drop"], out["drop_lo"], out["drop_hi"] = paired_difference_interval(
+        out["both"], out["before_only"], out["after_only"], out["neither"], th.confidence)
+    if "correct_O_inpainted" in out.columns:
+        out["O_inpainted"] = out["correct_O_inpainted"] / n
+    if "correct_O_masked" in out.columns:
+        out["O_masked"] = out["correct_O_masked"] / n
+    out["candidate"] = out["rank"] <= th.top_k
+    out["target"] = out["candidate"] & (out["drop"] > th.t_drop)
+    out["drop_uncertain"] = (out["drop_lo"] <= th.t_drop) & (th.t_drop <= out["drop_hi"])
+    out["rank"] = out["rank"].astype(int)
+    out["bucket"] = out["bucket"].astype(int)
+    return out.sort_values(["bucket", "rank"]).reset_index(drop=True)
+
+
+def target_masks(t2: pd.DataFrame, th: Thresholds = Thresholds()) -> tuple[pd.DataFrame, Empty | None]:
+    """Candidates with drop > t_drop, best first (fourth accuracy, then mask id).
+
+    Decided from ``rank`` and ``drop`` with ``th``, so a threshold search reuses one table.
+    """
+    is_cand = t2["rank"] <= th.top_k
+    chosen = t2[is_cand & (t2["drop"] > th.t_drop)]
+    chosen = chosen.sort_values(["fourth", "mask_id"], ascending=[False, True]).reset_index(drop=True)
+    if len(chosen):
+        return chosen, None
+    cands = t2[is_cand].sort_values("drop", ascending=False).head(3)
+    closest = [{"mask_id": r.mask_id, "bucket": int(r.bucket), "fourth": float(r.fourth), "fifth": float(r.fifth),
+                "drop": float(r.drop)} for r in cands.itertuples()]
+    best = closest[0]["drop"] if closest else float("nan")
+    return chosen, Empty("t_drop", f"no candidate loses more than {th.t_drop:.2f} accuracy to inpainting "
+                                   f"(largest drop {best:.4f})", closest)
+

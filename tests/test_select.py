@@ -1,0 +1,179 @@
+"""The selection rules on hand-made tables (no Ray, no models)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from maskcrypt.errors import MaskcryptError
+from maskcrypt.select import (
+    Thresholds,
+    attack_list,
+    basic_selection,
+    candidates,
+    paired_difference_interval,
+    per_mask_table,
+    table1,
+    table2,
+    target_buckets,
+    target_masks,
+    wilson_interval,
+)
+
+# The source's Table 2: (bucket, mask id, fourth accuracy, fifth accuracy).
+SOURCE_TABLE2 = [
+    (5, "1175", 0.9023, 0.8753),
+    (5, "1403", 0.8890, 0.8442),
+    (5, "0565", 0.8813, 0.8563),
+    (6, "1584", 0.8530, 0.8167),
+    (6, "0007", 0.8582, 0.8032),
+    (6, "1478", 0.8557, 0.7855),
+]
+N = 10_000
+
+
+def _attack_rows() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Paired counts that reproduce the source's percentages on 10,000 images (inpainting fixes none)."""
+    rows, ranks = [], []
+    for i, (bucket, mid, fourth, fifth) in enumerate(SOURCE_TABLE2):
+        before, after = round(fourth * N), round(fifth * N)
+        rows.append({"mask_id": mid, "n": N, "both": after, "before_only": before - after, "after_only": 0,
+                     "neither": N - before})
+        ranks.append({"mask_id": mid, "bucket": bucket, "rank": i % 3 + 1})
+    return pd.DataFrame(rows), pd.DataFrame(ranks)
+
+
+def test_source_table2_chooses_only_mask_1478():
+    attack, ranks = _attack_rows()
+    t2 = table2(attack, ranks)
+    drops = dict(zip(t2["mask_id"], (100 * t2["drop"]).round(2)))
+    assert drops == {"1175": 2.70, "1403": 4.48, "0565": 2.50, "1584": 3.63, "0007": 5.50, "1478": 7.02}
+    chosen, why = target_masks(t2)
+    assert why is None and chosen["mask_id"].tolist() == ["1478"]
+    row = t2.set_index("mask_id").loc["1478"]
+    assert row["fourth"] == pytest.approx(0.8557) and row["fifth"] == pytest.approx(0.7855)
+    # 7.02 > 7.00 is a decision well inside its own interval: flagged, not hidden.
+    assert row["drop_lo"] < 0.07 < row["drop_hi"] and bool(row["drop_uncertain"])
+    assert not t2.set_index("mask_id").loc["1175", "drop_uncertain"]
+
+
+def test_table2_threshold_and_k_change_the_choice_without_new_counts():
+    attack, ranks = _attack_rows()
+    t2 = table2(attack, ranks, Thresholds(t_drop=0.05))
+    chosen, _ = target_masks(t2, Thresholds(t_drop=0.05))
+    # Best first by fourth accuracy: 0007 (85.82%) before 1478 (85.57%).
+    assert chosen["mask_id"].tolist() == ["0007", "1478"]
+    ranks_k2 = ranks.assign(rank=[1, 2, 3, 1, 2, 3])
+    t2k = table2(attack, ranks_k2, Thresholds(top_k=2))
+    chosen, why = target_masks(t2k, Thresholds(top_k=2))
+    assert chosen.empty and why.rule == "t_drop"  # 1478 is rank 3: no longer a candidate
+    assert why.closest[0]["mask_id"] == "0007"
+
+
+def test_table2_rejects_inconsistent_counts():
+    attack, ranks = _attack_rows()
+    attack.loc[0, "neither"] += 1
+    with pytest.raises(MaskcryptError, match=r"mask '1175': both \+ before_only"):
+        table2(attack, ranks)
+    attack, ranks = _attack_rows()
+    with pytest.raises(MaskcryptError, match="not in the attack list"):
+        table2(attack, ranks.iloc[1:])
+
+
+def _table1_counts(gaps: dict[int, tuple[float, float]], n: int = 1000, repeats: int = 5) -> pd.DataFrame:
+    rows = []
+    for b, (e, o) in gaps.items():
+        for r in range(repeats):
+            rows.append({"bucket": b, "repeat": r, "n": n, "correct_E": round(e * n) + r - 2,
+                         "correct_O": round(o * n) - r + 2})
+    return pd.DataFrame(rows)
+
+
+def test_table1_and_target_buckets_like_the_source():
+    counts = _table1_counts({0: (0.99, 0.99), 1: (0.95, 0.90), 2: (0.93, 0.80), 3: (0.91, 0.70),
+                             4: (0.90, 0.62), 5: (0.89, 0.45), 6: (0.86, 0.30)})
+    t1 = table1(counts, labels={0: "no mask", 5: "(0.4,0.5]"})
+    assert t1["repeats"].eq(5).all() and t1["n"].eq(5000).all()
+    row5 = t1.set_index("bucket").loc[5]
+    assert row5["first"] == pytest.approx(0.89) and row5["second"] == pytest.approx(0.45)
+    assert row5["first_std"] > 0 and row5["first_lo"] < 0.89 < row5["first_hi"] and row5["range"] == "(0.4,0.5]"
+    buckets, why = target_buckets(t1)
+    assert buckets == [5, 6] and why is None
+    none, why = target_buckets(t1, Thresholds(t_gap=0.6))
+    assert none == [] and why.rule == "t_gap" and why.closest[0]["bucket"] == 6
+
+
+def test_table1_refuses_empty_buckets_and_missing_columns():
+    counts = _table1_counts({1: (0.9, 0.5)})
+    counts.loc[0, "n"] = 0
+    with pytest.raises(MaskcryptError, match=r"bucket\(s\) \[1\] were evaluated on no image"):
+        table1(counts)
+    with pytest.raises(MaskcryptError, match="missing column"):
+        table1(counts.drop(columns=["correct_O"]))
+
+
+def _per_mask() -> pd.DataFrame:
+    rows = []
+    for b in (4, 5, 6):
+        for i in range(6):
+            rows.append({"mask_id": f"b{b}m{i}", "bucket": b, "n": 200, "correct_E": 190 - 10 * i - b,
+                         "correct_O": 60 + 10 * i})
+    return pd.DataFrame(rows)
+
+
+def test_candidates_attack_list_and_basic_rule():
+    pm = per_mask_table(_per_mask())
+    cands = candidates(pm, [5, 6])
+    assert cands.groupby("bucket")["mask_id"].apply(list).to_dict() == {
+        5: ["b5m0", "b5m1", "b5m2"], 6: ["b6m0", "b6m1", "b6m2"]}
+    assert cands["rank"].tolist() == [1, 2, 3, 1, 2, 3]
+    assert len(attack_list(pm, [5, 6])) == 10  # top 5 per bucket
+    chosen, why = basic_selection(pm)
+    assert why is None and (chosen["third"] > 0.8).all() and (chosen["acc_O"] < 0.5).all()
+    assert chosen["third"].is_monotonic_decreasing
+    none, why = basic_selection(pm, Thresholds(t_enc=0.99))
+    assert none.empty and why.rule == "t_enc"
+    none, why = basic_selection(pm, Thresholds(t_orig=0.1))
+    assert none.empty and why.rule == "t_orig"
+
+
+def test_wilson_and_paired_intervals():
+    lo, hi = wilson_interval([0, 50, 100], [100, 100, 100])
+    assert lo[0] == 0 and 0 < hi[0] < 0.05 and lo[1] < 0.5 < hi[1] and hi[2] == 1
+    np.testing.assert_allclose([lo[1], hi[1]], [0.4038, 0.5962], atol=1e-4)  # textbook value
+    lo, hi = wilson_interval([0], [0])
+    assert (lo[0], hi[0]) == (0.0, 1.0)
+    # Paired difference: mirrors when the discordant cells swap, and agrees with the Wald
+    # interval on large samples (where Wald is fine).
+    d1 = paired_difference_interval(8, 5, 4, 5)
+    d2 = paired_difference_interval(8, 4, 5, 5)
+    np.testing.assert_allclose([d1[0], d1[1], d1[2]], [-d2[0], -d2[2], -d2[1]], atol=1e-12)
+    assert d1[1] < d1[0] < d1[2]
+    n, b, c = 10_000, 702, 31
+    diff, dlo, dhi = paired_difference_interval(n - b - c - 1000, b, c, 1000)
+    se = np.sqrt((b + c) / n**2 - (b - c) ** 2 / n**3)
+    np.testing.assert_allclose([dlo, dhi], [diff - 1.96 * se, diff + 1.96 * se], atol=2e-3)
+    # No discordant pair at all: a degenerate but valid interval around 0.
+    z = paired_difference_interval(50, 0, 0, 50)
+    assert z[0] == 0 and z[1] <= 0 <= z[2]
+
+
+def test_thresholds_validation_and_file(tmp_path):
+    with pytest.raises(MaskcryptError, match=r"t_drop: expected a fraction in \[0, 1\], got 7"):
+        Thresholds(t_drop=7)
+    with pytest.raises(MaskcryptError, match="at least two candidates"):
+        Thresholds(top_k=1)
+    with pytest.raises(MaskcryptError, match="attack_top"):
+        Thresholds(top_k=4, attack_top=3)
+    (tmp_path / "t.json").write_text(json.dumps({"t_gap": 0.25, "top_k": 2}))
+    th = Thresholds.from_file(tmp_path / "t.json")
+    assert (th.t_gap, th.top_k, th.t_drop) == (0.25, 2, 0.07)
+    (tmp_path / "t.yaml").write_text("t_enc: 0.9\nbogus: 1\n")
+    with pytest.raises(MaskcryptError, match=r"unknown key\(s\) \['bogus'\]"):
+        Thresholds.from_file(tmp_path / "t.yaml")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(MaskcryptError, match="not valid json"):
+        Thresholds.from_file(tmp_path / "bad.json")
