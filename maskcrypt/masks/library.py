@@ -399,12 +399,21 @@ class MaskLibrary:
     def to_ray_dataset(self, buckets: Iterable[int] | None = None) -> ray.data.Dataset:
         """A Ray Dataset over the committed parts (rows are masks, ``bits`` still packed).
 
-        Only manifest-listed files are read, so uncommitted parts never leak in; bucket
-        comes from the column, not the directory name.
+        Only manifest-listed parts are read (one Ray Data block each), so uncommitted parts
+        never leak in; bucket comes from the column, not the directory name. The read
+        tasks reserve no CPU: they only decode small Parquet rows, and an actor pool that
+        takes every CPU (the usual evaluation set-up) would otherwise leave them (and
+        ``read_parquet``'s file-listing task) unscheduled, stalling the pipeline.
         """
         import ray.data
 
         paths = self.part_paths(buckets)
         if not paths:
             raise MaskcryptError(f"mask library {self.uri}: no masks in buckets {buckets}")
-        return ray.data.read_parquet(paths, partitioning=None, filesystem=self._fs)
+        fs = self._fs
+
+        def read_part(batch: dict[str, Any]) -> pa.Table:
+            return pa.concat_tables([pq.read_table(p, filesystem=fs) for p in batch["path"]])
+
+        return ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths)).map_batches(
+            read_part, batch_size=1, num_cpus=0, batch_format="numpy")
