@@ -57,7 +57,7 @@ class CrossProductScorer:
 
     def __init__(self, images: Any, labels: Any, models: dict[str, str], height: int, width: int,
                  precision: str = "auto", images_per_chunk: int = 256, mode: str = "masks",
-                 bucket_masks: Any = None):
+                 bucket_masks: Any = None, inpainter: str | None = None):
         import ray
         import torch
 
@@ -84,6 +84,38 @@ class CrossProductScorer:
         self.chunk = images_per_chunk
         self.mode = mode
         self.bucket_masks = {int(b): torch.from_numpy(m).to(self.device) for b, m in (bucket_masks or {}).items()}
+        self.inpainter = None
+        if inpainter is not None:
+            from maskcrypt.models import Inpainter
+
+            self.inpainter = Inpainter.from_checkpoint(inpainter, self.device)
+
+    def _attack(self, mask: Any) -> dict[str, int]:
+        """Paired counts for one mask: E on masked vs E on inpainted images, and O on both."""
+        import torch
+
+        from maskcrypt.masks.core import overlay
+
+        counts = {"both": 0, "before_only": 0, "after_only": 0, "neither": 0,
+                  "correct_O_masked": 0, "correct_O_inpainted": 0}
+        e, o = self.models["E"], self.models["O"]
+        with torch.inference_mode():
+            for s in range(0, self.x.shape[0], self.chunk):
+                yb = self.y[s:s + self.chunk]
+                masked = overlay(self.x[s:s + self.chunk], mask)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    filled = self.inpainter.inpaint(masked, mask[None].expand(len(yb), -1, -1))
+                    if self.bf16:
+                        filled = filled.contiguous(memory_format=torch.channels_last)
+                    before = e(masked).argmax(1) == yb
+                    after = e(filled).argmax(1) == yb
+                    counts["correct_O_masked"] += int((o(masked).argmax(1) == yb).sum())
+                    counts["correct_O_inpainted"] += int((o(filled).argmax(1) == yb).sum())
+                counts["both"] += int((before & after).sum())
+                counts["before_only"] += int((before & ~after).sum())
+                counts["after_only"] += int((~before & after).sum())
+                counts["neither"] += int((~before & ~after).sum())
+        return counts
 
     def _score(self, masks_for: Callable[[int, int], Any]) -> dict[str, tuple[int, float]]:
         """Recognize every test image under ``masks_for(start, stop)`` (None = clean); count per model."""
@@ -110,7 +142,11 @@ class CrossProductScorer:
         from maskcrypt.masks.core import unpack_masks
 
         rows: list[dict[str, Any]] = []
-        if self.mode == "masks":
+        if self.mode == "attack":
+            masks = torch.from_numpy(unpack_masks(list(batch["bits"]), self.h, self.w)).to(self.device)
+            for i in range(masks.shape[0]):
+                rows.append({"mask_id": str(batch["mask_id"][i]), **self._attack(masks[i])})
+        elif self.mode == "masks":
             masks = torch.from_numpy(unpack_masks(list(batch["bits"]), self.h, self.w)).to(self.device)
             for i in range(masks.shape[0]):
                 counts = self._score(lambda s, e, m=masks[i]: m)
@@ -200,6 +236,51 @@ def evaluate_masks(
     out = ds.map_batches(CrossProductScorer, batch_size=settings.masks_per_batch, **_pool(settings, constructor))
     df = out.to_pandas()
     return df.sort_values("mask_id").reset_index(drop=True)
+
+
+def evaluate_attack(
+    library: Any,
+    mask_ids: Sequence[str],
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    models: dict[str, str | Path],
+    inpainter: str | Path,
+    settings: EvalSettings = EvalSettings(),
+) -> pd.DataFrame:
+    """The inpainting attack on ``mask_ids``: R fills each masked test image, E and O recognize it.
+
+    ``models`` must name ``E`` and ``O``. One row per mask with ``n`` and E's paired
+    counts before/after inpainting (``both``, ``before_only``, ``after_only``,
+    ``neither``) plus ``correct_O_masked`` and ``correct_O_inpainted``: does inpainting
+    hand an ordinary model back what the mask hid?
+    """
+    import ray
+    import ray.data
+
+    from maskcrypt.models.checkpoint import find_checkpoint
+
+    if set(models) != {"E", "O"}:
+        raise MaskcryptError(f"attack: needs the models E and O, got {sorted(models)}")
+    size = (images.shape[2], images.shape[3])
+    resolved = _check_models(models, class_names, size)
+    ckpt, _ = find_checkpoint(inpainter, kind="inpainter")
+    if not mask_ids:
+        raise MaskcryptError("attack: no mask to attack")
+    batch = library.get(list(mask_ids))
+    rows = [{"mask_id": m, "bits": b} for m, b in zip(batch.mask_ids, _packed(batch.masks))]
+    constructor = {"images": ray.put(images), "labels": ray.put(labels), "models": resolved,
+                   "height": size[0], "width": size[1], "precision": settings.precision,
+                   "images_per_chunk": settings.images_per_chunk, "mode": "attack", "inpainter": str(ckpt)}
+    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 4 * settings.actors))
+    out = ds.map_batches(CrossProductScorer, batch_size=1, **_pool(settings, constructor))
+    return out.to_pandas().sort_values("mask_id").reset_index(drop=True)
+
+
+def _packed(masks: np.ndarray) -> list[bytes]:
+    from maskcrypt.masks.core import pack_masks
+
+    return pack_masks(masks)
 
 
 def evaluate_sampled(

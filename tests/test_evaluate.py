@@ -91,3 +91,29 @@ def test_size_mismatch_missing_model_and_empty_bucket(setting, tmp_path):
     with pytest.raises(MaskcryptError, match="other classes"):
         evaluate_masks(MaskLibrary.open(str(run / "masks")), test.images, test.labels,
                        [f"x{i}" for i in range(6)], paths, settings=FP32)
+
+
+def test_attack_counts_equal_a_plain_loop(setting):
+    run, test, paths, models = setting
+    from maskcrypt.evaluate import evaluate_attack
+    from maskcrypt.models import Inpainter
+
+    lib = MaskLibrary.open(str(run / "masks"))
+    ids = lib.load([6]).mask_ids[:2]
+    got = evaluate_attack(lib, ids, test.images, test.labels, test.class_names, paths,
+                          run / "models" / "inpainter", settings=FP32).set_index("mask_id")
+    r = Inpainter.from_checkpoint(run / "models" / "inpainter")
+    x, y = torch.from_numpy(test.images), torch.from_numpy(test.labels)
+    for mid, mask in zip(ids, lib.get(ids).masks):
+        m = torch.from_numpy(mask)
+        masked = overlay(x, m)
+        filled = torch.cat([r.inpaint(masked[s:s + 16], m[None].expand(len(masked[s:s + 16]), -1, -1))
+                            for s in range(0, len(x), 16)])
+        with torch.inference_mode():
+            before = models["E"](masked).argmax(1) == y
+            after = models["E"](filled).argmax(1) == y
+            o_after = int((models["O"](filled).argmax(1) == y).sum())
+        row = got.loc[mid]
+        assert row["both"] == int((before & after).sum()) and row["before_only"] == int((before & ~after).sum())
+        assert row["after_only"] == int((~before & after).sum()) and row["correct_O_inpainted"] == o_after
+        assert row["both"] + row["before_only"] + row["after_only"] + row["neither"] == row["n"] == len(test)
