@@ -31,7 +31,7 @@ from maskcrypt.run import PrepareConfig, RunPaths, prepare, write_json_atomic  #
 from maskcrypt.train import format_quality, training_quality  # noqa: E402
 
 DEFAULT_RUN = Path(__file__).resolve().parents[1] / "runs" / "default"
-STAGES = ("prepare", "train")
+STAGES = ("prepare", "train", "determine")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,6 +48,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--restart", action="store_true", help="rebuild a run prepared with other settings")
     p.add_argument("--until", default=STAGES[-1], choices=STAGES, help="last stage to run")
     add_train_arguments(p, with_data=False)
+    g = p.add_argument_group("determination")
+    g.add_argument("--test-data", default="", help="test images (default: --data, test split)")
+    g.add_argument("--repeats", type=int, default=5, help="Table 1 repetitions")
+    g.add_argument("--thresholds", default="", help="JSON/YAML file of thresholds (t_enc, t_orig, t_gap, t_drop, "
+                   "top_k, attack_top, confidence); fractions in [0, 1]")
+    g.add_argument("--per-mask", default="targets", choices=("targets", "all"),
+                   help="third accuracy for the target buckets' masks, or every bucket's")
+    g.add_argument("--eval-actors", type=int, default=2, help="Ray Data actors of the evaluation pool")
+    g.add_argument("--eval-gpus", type=float, default=0.0, help="GPUs per evaluation actor")
+    g.add_argument("--require-targets", action="store_true", help="exit 3 when no target mask is found")
     return p.parse_args(argv)
 
 
@@ -80,6 +90,34 @@ def main(argv: list[str] | None = None) -> int:
                 write_json_atomic(paths.results / "train_quality.json", quality)
                 print()
                 print(format_quality(quality))
+        if STAGES.index(args.until) >= STAGES.index("determine"):
+            from maskcrypt.determine import determine, format_table1
+            from maskcrypt.evaluate import EvalSettings
+            from maskcrypt.select import Thresholds
+
+            th = Thresholds.from_file(args.thresholds) if args.thresholds else Thresholds()
+            settings = EvalSettings(actors=args.eval_actors, gpus_per_actor=args.eval_gpus,
+                                    precision=args.precision)
+            print()
+            result = determine(paths.root, args.test_data or args.data, args.size, th, repeats=args.repeats,
+                               seed=args.seed, per_mask=args.per_mask, settings=settings)
+            import pandas as pd
+
+            print()
+            print("Table 1 (accuracy per bucket, mean ± std over repetitions):")
+            print(format_table1(pd.read_parquet(paths.results / "table1.parquet")))
+            print()
+            if result["targets"]:
+                for t in result["targets"]:
+                    print(f"target mask {t['mask_id']} {t['range']}: E {t['fourth']:.2%} on masked images, "
+                          f"{t['fifth']:.2%} after inpainting (drop {t['drop']:.2%}, interval "
+                          f"[{t['drop_lo']:.2%}, {t['drop_hi']:.2%}]); O {t.get('acc_O', float('nan')):.2%} "
+                          f"masked, {t.get('O_inpainted', float('nan')):.2%} inpainted")
+            else:
+                print(f"no target mask: {result['reason']['message']}")
+            print(f"targets: {paths.root / 'targets.json'}")
+            if args.require_targets and not result["targets"]:
+                return 3
         print(f"run record: {paths.run_json}")
     except MaskcryptError as exc:
         print(f"error: {exc}", file=sys.stderr)

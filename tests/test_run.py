@@ -53,8 +53,14 @@ def test_select_job_trains_all_three_models_end_to_end(tmp_path):
         assert list((run / "models" / role).glob("checkpoint_epoch_*"))
     record = json.loads((run / "run.json").read_text())
     assert set(record["stages"]) == {"prepare", "train"}
-    # Training again with the same settings is a no-op; with others it is refused.
-    r = job("--run", str(run), *TINY, *tiny_train)
-    assert r.returncode == 0 and r.stdout.count("not retrained") == 3
+    for table in ("table1", "per_mask", "candidates", "table2"):
+        assert (run / "results" / f"{table}.parquet").exists() or "no target mask" in r.stdout, table
+    assert "Table 1" in r.stdout and "targets" in json.loads((run / "targets.json").read_text())
+    # Again with the same settings: nothing retrained; impossible thresholds + --require-targets exit 3.
+    (tmp_path / "th.json").write_text(json.dumps({"t_gap": 1.0}))
+    r = job("--run", str(run), *TINY, *tiny_train, "--repeats", "1", "--thresholds", str(tmp_path / "th.json"),
+            "--require-targets")
+    assert r.returncode == 3 and r.stdout.count("not retrained") == 3, r.stderr[-2000:]
+    assert "no target mask: no bucket has first - second accuracy > 1.00" in r.stdout
     r = job("--run", str(run), *TINY, *tiny_train[:-2], "--inpaint-batch-size", "8")
     assert r.returncode == 2 and "--retrain" in r.stderr
