@@ -20,6 +20,7 @@ function of the tables (:mod:`maskcrypt.select`).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -150,6 +151,12 @@ def determine(
         (paths.root / "targets.parquet").unlink(missing_ok=True)
     result["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     write_json_atomic(paths.root / "targets.json", result)
+    record = json.loads(paths.run_json.read_text()) if paths.run_json.exists() else {}
+    record.setdefault("stages", {})["determine"] = {
+        "thresholds": thresholds.to_dict(), "repeats": repeats, "seed": seed, "per_mask": per_mask,
+        "test_data": test.spec, "test_data_sha256": test.content_hash(), "target_buckets": buckets,
+        "targets": ids, "seconds": result["seconds"]}
+    write_json_atomic(paths.run_json, record)
     return result
 
 

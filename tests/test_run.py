@@ -52,7 +52,7 @@ def test_select_job_trains_all_three_models_end_to_end(tmp_path):
         assert f"{role}: " in r.stdout
         assert list((run / "models" / role).glob("checkpoint_epoch_*"))
     record = json.loads((run / "run.json").read_text())
-    assert set(record["stages"]) == {"prepare", "train"}
+    assert set(record["stages"]) == {"prepare", "train", "determine"}
     for table in ("table1", "per_mask", "candidates", "table2"):
         assert (run / "results" / f"{table}.parquet").exists() or "no target mask" in r.stdout, table
     assert "Table 1" in r.stdout and "targets" in json.loads((run / "targets.json").read_text())

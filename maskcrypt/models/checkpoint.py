@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,21 @@ def find_checkpoint(path: str | os.PathLike[str], kind: str | None = None) -> tu
 
 def load_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint / MODEL_FILE, map_location="cpu", weights_only=True)
+
+
+def load_model(path: str | os.PathLike[str], kind: str, build: Callable[[dict[str, Any]], nn.Module],
+               device: str | torch.device = "cpu") -> nn.Module:
+    """Resolve ``path``, build the model from its recorded config, load the weights; eval mode.
+
+    The model carries ``checkpoint_meta`` (class names, image size, TrainConfig hash, ...)
+    and ``checkpoint_path``, so later stages can check what they were given.
+    """
+    ckpt, meta = find_checkpoint(path, kind=kind)
+    model = build(meta["model_config"])
+    model.load_state_dict(load_state(ckpt))
+    model.checkpoint_meta = meta
+    model.checkpoint_path = ckpt
+    return model.eval().to(device)
 
 
 def load_external_weights(model: nn.Module, path: str | os.PathLike[str], what: str) -> dict[str, list[str]]:

@@ -199,6 +199,13 @@ class Inpainter(nn.Module):
         self.tail2 = Bottleneck(32)
         self.out = nn.Conv2d(64, c, 3, 1, 1, bias=False)
 
+    @classmethod
+    def from_checkpoint(cls, path: Any, device: str | torch.device = "cpu") -> Inpainter:
+        """Load from a checkpoint dir or a model folder (its newest complete checkpoint), in eval mode."""
+        from maskcrypt.models.checkpoint import load_model
+
+        return load_model(path, "inpainter", lambda d: cls(InpainterConfig.from_dict(d)), device)
+
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``image`` float N x C x H x W in [0, 1] (holes may hold anything), ``mask`` N x 1 x H x W (1 = known)."""
         _, _, h, w = image.shape
@@ -243,17 +250,3 @@ class Inpainter(nn.Module):
         comp = x * m + out * (1 - m)
         return (comp * 255.0).round().clamp(0, 255).to(torch.uint8)
 
-
-def inpainter_from_checkpoint(path: str | Any, device: str | torch.device = "cpu") -> Inpainter:
-    """Load RFR-Net from a checkpoint dir or a model folder (newest complete checkpoint), in eval mode."""
-    from maskcrypt.models.checkpoint import find_checkpoint, load_state
-
-    ckpt, meta = find_checkpoint(path, kind="inpainter")
-    model = Inpainter(InpainterConfig.from_dict(meta["model_config"]))
-    model.load_state_dict(load_state(ckpt))
-    model.checkpoint_meta = meta
-    model.checkpoint_path = ckpt
-    return model.eval().to(device)
-
-
-Inpainter.from_checkpoint = staticmethod(inpainter_from_checkpoint)  # type: ignore[attr-defined]

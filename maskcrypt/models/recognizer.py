@@ -223,6 +223,13 @@ class Recognizer(nn.Module):
         self.register_buffer("mean", mean.view(1, -1, 1, 1) * 255.0, persistent=False)
         self.register_buffer("inv_std", 1.0 / (std.view(1, -1, 1, 1) * 255.0), persistent=False)
 
+    @classmethod
+    def from_checkpoint(cls, path: Any, device: str | torch.device = "cpu") -> Recognizer:
+        """Load from a checkpoint dir or a model folder (its newest complete checkpoint), in eval mode."""
+        from maskcrypt.models.checkpoint import load_model
+
+        return load_model(path, "recognizer", lambda d: cls(RecognizerConfig.from_dict(d)), device)
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (or float in 0..255) N x C x H x W -> normalized float, in the weights' dtype."""
         if x.dim() != 4 or x.shape[1] != self.config.channels:
@@ -248,21 +255,3 @@ class Recognizer(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-def recognizer_from_checkpoint(path: str | Any, device: str | torch.device = "cpu") -> Recognizer:
-    """Load a recognizer from a checkpoint dir or a model folder (newest complete checkpoint).
-
-    The returned model is in eval mode and carries ``checkpoint_meta`` (class names,
-    image size, TrainConfig hash, ...) and ``checkpoint_path``.
-    """
-    from maskcrypt.models.checkpoint import find_checkpoint, load_state
-
-    ckpt, meta = find_checkpoint(path, kind="recognizer")
-    model = Recognizer(RecognizerConfig.from_dict(meta["model_config"]))
-    model.load_state_dict(load_state(ckpt))
-    model.checkpoint_meta = meta
-    model.checkpoint_path = ckpt
-    return model.eval().to(device)
-
-
-Recognizer.from_checkpoint = staticmethod(recognizer_from_checkpoint)  # type: ignore[attr-defined]
