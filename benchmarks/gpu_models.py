@@ -38,6 +38,18 @@ def timed(fn, steps: int, warm: int = 3) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def measure(name: str, module: torch.nn.Module, train_step, infer, batch: int, bf16: bool, steps: int) -> None:
+    """Time training steps (train mode) and inference batches (eval mode); print both rates."""
+    module.train()
+    t_train = timed(train_step, steps)
+    module.eval()
+    t_inf = timed(infer, steps)
+    tag = "bf16" if bf16 else "fp32"
+    print(f"{name:28} {tag}  train {batch / t_train:9.0f} img/s   inference {batch / t_inf:9.0f} img/s")
+    print(f"RESULT gpu_{name.replace(' ', '_')}_{tag}_train_img_s {batch / t_train:.0f}")
+    print(f"RESULT gpu_{name.replace(' ', '_')}_{tag}_infer_img_s {batch / t_inf:.0f}")
+
+
 def bench_recognizer(name: str, cfg: RecognizerConfig, batch: int, bf16: bool, steps: int) -> None:
     dev = torch.device("cuda")
     model = Recognizer(cfg).to(dev)
@@ -63,14 +75,7 @@ def bench_recognizer(name: str, cfg: RecognizerConfig, batch: int, bf16: bool, s
             out = model(overlay(x, m))
         assert torch.isfinite(out).all()
 
-    model.train()
-    t_train = timed(train_step, steps)
-    model.eval()
-    t_inf = timed(infer, steps)
-    tag = "bf16" if bf16 else "fp32"
-    print(f"{name:28} {tag}  train {batch / t_train:9.0f} img/s   inference {batch / t_inf:9.0f} img/s")
-    print(f"RESULT gpu_{name.replace(' ', '_')}_{tag}_train_img_s {batch / t_train:.0f}")
-    print(f"RESULT gpu_{name.replace(' ', '_')}_{tag}_infer_img_s {batch / t_inf:.0f}")
+    measure(name, model, train_step, infer, batch, bf16, steps)
 
 
 def bench_inpainter(name: str, cfg: InpainterConfig, batch: int, bf16: bool, steps: int) -> None:
@@ -97,14 +102,7 @@ def bench_inpainter(name: str, cfg: InpainterConfig, batch: int, bf16: bool, ste
             out = net(img * mask, mask)
         assert torch.isfinite(out).all()
 
-    net.train()
-    t_train = timed(train_step, steps)
-    net.eval()
-    t_inf = timed(infer, steps)
-    tag = "bf16" if bf16 else "fp32"
-    print(f"{name:28} {tag}  train {batch / t_train:9.0f} img/s   inference {batch / t_inf:9.0f} img/s")
-    print(f"RESULT gpu_{name.replace(' ', '_')}_{tag}_train_img_s {batch / t_train:.0f}")
-    print(f"RESULT gpu_{name.replace(' ', '_')}_{tag}_infer_img_s {batch / t_inf:.0f}")
+    measure(name, net, train_step, infer, batch, bf16, steps)
 
 
 def main() -> int:
