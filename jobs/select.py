@@ -6,11 +6,13 @@ synthetic data), stage by stage, each stage resuming what is already complete:
 1. ``prepare``: the selection mask library ``masks/``, E's disjoint training pool
    ``masks_train/``, pictures, ``run.json``;
 2. ``train``: O, E and R on Ray Train into ``models/``, then a look at how they do
-   on held-out images masked from each bucket (``results/train_quality.json``).
+   on held-out images masked from each bucket (``results/train_quality.json``);
+3. ``determine``: Table 1, target buckets, per-mask third accuracy, candidates, the
+   inpainting attack, target masks (``results/``, ``targets.json``,
+   ``targets.parquet``) and ``report.md``.
 
-Table 1, candidates, the inpainting attack and target masks are the next stages
-(the determination issue). Paths are resolved to absolute ones because under
-``ray job submit`` the working directory is a temporary copy.
+Paths are resolved to absolute ones because under ``ray job submit`` the working
+directory is a temporary copy.
 """
 
 from __future__ import annotations
@@ -50,14 +52,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_train_arguments(p, with_data=False)
     g = p.add_argument_group("determination")
     g.add_argument("--test-data", default="", help="test images (default: --data, test split)")
-    g.add_argument("--repeats", type=int, default=5, help="Table 1 repetitions")
+    g.add_argument("--table1-mode", default="sampled", choices=("sampled", "full"),
+                   help="Table 1: one random mask of the bucket per image and repetition, or every mask x image")
+    g.add_argument("--repeats", type=int, default=5, help="Table 1 repetitions (sampled mode)")
+    g.add_argument("--rank-mode", default="full", choices=("full",),
+                   help="per-mask third accuracy: every mask x every selection image")
+    g.add_argument("--scoring", default="auto", choices=("auto", "closed", "open"),
+                   help="closed set when the test identities are training classes (auto), else open set")
+    g.add_argument("--enroll", type=int, default=2, help="open set: gallery images per identity")
+    g.add_argument("--confirm-fraction", type=float, default=0.5,
+                   help="share of each identity's test images held out for confirmation (0 = none)")
     g.add_argument("--thresholds", default="", help="JSON/YAML file of thresholds (t_enc, t_orig, t_gap, t_drop, "
                    "top_k, attack_top, confidence); fractions in [0, 1]")
     g.add_argument("--per-mask", default="targets", choices=("targets", "all"),
                    help="third accuracy for the target buckets' masks, or every bucket's")
     g.add_argument("--eval-actors", type=int, default=2, help="Ray Data actors of the evaluation pool")
     g.add_argument("--eval-gpus", type=float, default=0.0, help="GPUs per evaluation actor")
+    g.add_argument("--per-image", action="store_true", help="also store per-image correctness (bit-packed)")
     g.add_argument("--require-targets", action="store_true", help="exit 3 when no target mask is found")
+    g.add_argument("--redetermine", action="store_true",
+                   help="discard per-mask results computed with other inputs instead of refusing")
     return p.parse_args(argv)
 
 
@@ -91,16 +105,18 @@ def main(argv: list[str] | None = None) -> int:
                 print()
                 print(format_quality(quality))
         if STAGES.index(args.until) >= STAGES.index("determine"):
-            from maskcrypt.determine import determine, format_table1
+            from maskcrypt.determine import determine, format_table1, format_target
             from maskcrypt.evaluate import EvalSettings
             from maskcrypt.select import Thresholds
 
             th = Thresholds.from_file(args.thresholds) if args.thresholds else Thresholds()
             settings = EvalSettings(actors=args.eval_actors, gpus_per_actor=args.eval_gpus,
-                                    precision=args.precision)
+                                    precision=args.precision, per_image=args.per_image)
             print()
             result = determine(paths.root, args.test_data or args.data, args.size, th, repeats=args.repeats,
-                               seed=args.seed, per_mask=args.per_mask, settings=settings)
+                               seed=args.seed, per_mask=args.per_mask, table1_mode=args.table1_mode,
+                               scoring=args.scoring, confirm_fraction=args.confirm_fraction, enroll=args.enroll,
+                               settings=settings, redo=args.redetermine)
             import pandas as pd
 
             print()
@@ -109,13 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             print()
             if result["targets"]:
                 for t in result["targets"]:
-                    print(f"target mask {t['mask_id']} {t['range']}: E {t['fourth']:.2%} on masked images, "
-                          f"{t['fifth']:.2%} after inpainting (drop {t['drop']:.2%}, interval "
-                          f"[{t['drop_lo']:.2%}, {t['drop_hi']:.2%}]); O {t.get('acc_O', float('nan')):.2%} "
-                          f"masked, {t.get('O_inpainted', float('nan')):.2%} inpainted")
+                    print(format_target(t))
             else:
                 print(f"no target mask: {result['reason']['message']}")
             print(f"targets: {paths.root / 'targets.json'}")
+            print(f"report: {paths.root / 'report.md'}")
             if args.require_targets and not result["targets"]:
                 return 3
         print(f"run record: {paths.run_json}")

@@ -194,6 +194,20 @@ def table1(counts: pd.DataFrame, th: Thresholds = Thresholds(), labels: dict[int
     return out
 
 
+def full_table1_counts(clean: pd.DataFrame, per_mask: pd.DataFrame) -> pd.DataFrame:
+    """Table 1's ``full`` mode as :func:`table1` input: every mask x every image of a bucket.
+
+    ``clean``: the no-mask counts (bucket 0, one or more repeats); ``per_mask``: one row
+    per mask. Each mask plays a repetition, so ``first``/``second`` are the mean over the
+    bucket's masks and the standard deviation is the spread between masks.
+    """
+    _require(per_mask, ["mask_id", "bucket", "n", "correct_E", "correct_O"], "per-mask counts")
+    pm = per_mask.sort_values(["bucket", "mask_id"]).copy()
+    pm["repeat"] = pm.groupby("bucket").cumcount()
+    cols = ["bucket", "repeat", "n", "correct_E", "correct_O"]
+    return pd.concat([clean[cols], pm[cols]], ignore_index=True)
+
+
 def target_buckets(t1: pd.DataFrame, th: Thresholds = Thresholds()) -> tuple[list[int], Empty | None]:
     """Buckets with first - second > t_gap; when none, why, with the closest buckets.
 
@@ -227,6 +241,9 @@ def per_mask_table(counts: pd.DataFrame, th: Thresholds = Thresholds()) -> pd.Da
     out["acc_O"] = out["correct_O"] / out["n"]
     out["third_lo"], out["third_hi"] = wilson_interval(out["correct_E"], out["n"], th.confidence)
     out["acc_O_lo"], out["acc_O_hi"] = wilson_interval(out["correct_O"], out["n"], th.confidence)
+    for name in ("E", "O"):
+        if f"score_{name}" in out.columns:
+            out[f"mean_score_{name}"] = out[f"score_{name}"] / out["n"]
     out["basic_pass"] = (out["third"] > th.t_enc) & (out["acc_O"] < th.t_orig)
     out["basic_uncertain"] = (((out["third_lo"] <= th.t_enc) & (th.t_enc <= out["third_hi"]))
                               | ((out["acc_O_lo"] <= th.t_orig) & (th.t_orig <= out["acc_O_hi"])))

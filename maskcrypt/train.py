@@ -474,6 +474,8 @@ def train_model(
     meta = {
         "kind": kind, "role": role, "model_config": model_config, "train_config": tc,
         "train_config_sha256": config_hash(tc), "job_sha256": job_sha, "class_names": inputs.class_names,
+        # The classes it saw; open-set scoring is chosen when test identities are not among them.
+        "trained_classes": [inputs.class_names[i] for i in np.unique(inputs.train_labels)],
         "image_size": int(inputs.train_images.shape[2]), "channels": int(inputs.train_images.shape[1]),
         "inputs": inputs.hashes, "mask_sampling": mask_info, "init_weights": init_weights, "init_sha256": init_sha,
         "feature_losses": bool(tc.get("vgg_weights")) if kind == "inpainter" else None,

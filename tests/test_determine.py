@@ -1,34 +1,49 @@
-"""The determination stage end to end on the tiny trained run: tables, targets, the empty path."""
+"""The determination stage end to end on the tiny trained run: tables, targets, resume, the empty path."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 from conftest import TINY_DATA, TINY_SIZE
 
 from maskcrypt.determine import determine
+from maskcrypt.errors import MaskcryptError
 from maskcrypt.evaluate import EvalSettings
 from maskcrypt.masks import mask_sha256, unpack_masks
 from maskcrypt.select import Thresholds
 
 FP32 = EvalSettings(masks_per_batch=4, images_per_chunk=32, precision="fp32")
+#: Loose thresholds so the tiny models pass every rule and the whole path runs.
+LOOSE = Thresholds(t_gap=0.0, t_drop=0.0, top_k=2, attack_top=3)
 
 
-def test_determination_writes_every_table_and_consistent_targets(tiny_run):
+def _quiet(*_):
+    return None
+
+
+def test_determination_writes_every_table_consistent_targets_and_the_report(tiny_run):
     run, _ = tiny_run
-    # Loose thresholds so the tiny models pass every rule and the whole path runs.
-    th = Thresholds(t_gap=0.0, t_drop=0.0, top_k=2, attack_top=3)
-    result = determine(run, TINY_DATA, TINY_SIZE, th, repeats=2, settings=FP32, log=lambda *_: None)
+    result = determine(run, TINY_DATA, TINY_SIZE, LOOSE, repeats=2, settings=FP32, log=_quiet)
     t1 = pd.read_parquet(run / "results" / "table1.parquet")
-    assert t1["bucket"].tolist()[0] == 0 and (t1["repeats"] == 2).all()
+    assert t1["bucket"].tolist()[0] == 0 and (t1["repeats"] == 2).all() and (t1["mode"] == "sampled").all()
+    assert (t1["n"] == 2 * result["splits"]["selection"]).all()  # Table 1 sees only the selection split
     pm = pd.read_parquet(run / "results" / "per_mask.parquet")
-    assert set(pm["bucket"]) == set(result["target_buckets"])
+    assert set(pm["bucket"]) == set(result["target_buckets"]) and (pm["n"] == result["splits"]["selection"]).all()
     t2 = pd.read_parquet(run / "results" / "table2.parquet")
     assert (t2.groupby("bucket").size() <= 3).all() and {"drop", "drop_lo", "drop_hi", "O_inpainted"} <= set(t2)
+    t2c = pd.read_parquet(run / "results" / "table2_confirmation.parquet")
+    assert t2c["mask_id"].tolist() == t2["mask_id"].tolist()
+    assert (t2c["n"] == result["splits"]["confirmation"]).all() and result["splits"]["confirmation"] > 0
     on_disk = json.loads((run / "targets.json").read_text())
     assert on_disk["targets"] == result["targets"]
+    assert result["scoring"] == "closed" and result["throughput"]["per_mask_images_per_s"] > 0
+    report = (run / "report.md").read_text()
+    assert "Table 1" in report and (run / "results" / "table1.png").stat().st_size > 1000
+    assert (run / "results" / "table2.png").exists()
     if result["targets"]:
         targets = pq.read_table(run / "targets.parquet")
         assert targets.column("mask_id").to_pylist() == [t["mask_id"] for t in result["targets"]]
@@ -36,15 +51,61 @@ def test_determination_writes_every_table_and_consistent_targets(tiny_run):
         assert [mask_sha256(m) for m in masks] == [t["sha256"] for t in result["targets"]]
         fourths = [t["fourth"] for t in result["targets"]]
         assert fourths == sorted(fourths, reverse=True)  # best first
+        assert all(t["confirmation"]["n"] == result["splits"]["confirmation"] for t in result["targets"])
+        assert result["training_pool_overlap"] == 0 and not any(t["in_training_pool"] for t in result["targets"])
+        assert (run / "results" / "targets.png").exists() and "confirmation" in report
     else:
         assert result["reason"]["rule"] == "t_drop"
 
 
+def test_resume_gives_the_tables_of_an_uninterrupted_run_and_other_inputs_are_refused(tiny_run):
+    run, _ = tiny_run
+    th = Thresholds(t_gap=0.0, t_drop=0.0, top_k=2, attack_top=2)
+    kw = {"repeats": 1, "per_mask": "all", "settings": FP32, "redo": True, "report": False, "log": _quiet}
+    determine(run, TINY_DATA, TINY_SIZE, th, **kw)
+    whole = {n: pd.read_parquet(run / "results" / f"{n}.parquet") for n in ("per_mask", "table2", "table1")}
+    parts = sorted((run / "results" / "per_mask.parts").glob("part-*.parquet"))
+    assert len(parts) >= 2
+    for p in parts[: len(parts) // 2]:  # as if the job had been stopped half way
+        p.unlink()
+    for n in whole:
+        (run / "results" / f"{n}.parquet").unlink()
+    lines: list[str] = []
+    determine(run, TINY_DATA, TINY_SIZE, th, **{**kw, "redo": False, "log": lines.append})
+    assert any("already evaluated" in line for line in lines)
+    for n, df in whole.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(run / "results" / f"{n}.parquet"), df, check_like=True)
+    with pytest.raises(MaskcryptError, match=r"other inputs or settings \(differ: confirm_fraction\).*--redetermine"):
+        determine(run, TINY_DATA, TINY_SIZE, th, **{**kw, "redo": False, "confirm_fraction": 0.25})
+
+
+def test_full_table1_mode_uses_every_mask_and_feeds_the_per_mask_stage(tiny_run):
+    run, _ = tiny_run
+    result = determine(run, TINY_DATA, TINY_SIZE, LOOSE, table1_mode="full", confirm_fraction=0.0,
+                       settings=FP32, redo=True, report=False, log=_quiet)
+    t1 = pd.read_parquet(run / "results" / "table1.parquet").set_index("bucket")
+    pm = pd.read_parquet(run / "results" / "per_mask.parquet")
+    assert result["splits"] == {"selection": 18} and t1.loc[0, "repeats"] == 1
+    for b, grp in pm.groupby("bucket"):
+        assert t1.loc[b, "repeats"] == len(grp)
+        assert t1.loc[b, "first"] == pytest.approx(grp["third"].mean())
+    assert not (run / "results" / "table2_confirmation.parquet").exists()
+
+
 def test_no_target_bucket_is_reported_with_the_closest_values(tiny_run):
     run, _ = tiny_run
-    result = determine(run, TINY_DATA, TINY_SIZE, Thresholds(t_gap=1.0), repeats=1, settings=FP32,
-                       log=lambda *_: None)
+    result = determine(run, TINY_DATA, TINY_SIZE, Thresholds(t_gap=1.0), repeats=1, settings=FP32, redo=True,
+                       log=_quiet)
     assert result["targets"] == [] and result["target_buckets"] == []
     assert result["reason"]["rule"] == "t_gap" and result["reason"]["closest"]
-    assert not (run / "targets.parquet").exists()
+    assert not (run / "targets.parquet").exists() and not (run / "results" / "per_mask.parquet").exists()
     assert json.loads((run / "targets.json").read_text())["reason"]["rule"] == "t_gap"
+    assert "None. Rule `t_gap`" in (run / "report.md").read_text()
+
+
+def test_missing_checkpoint_is_named(tiny_run, tmp_path):
+    run, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("inpainter"))
+    with pytest.raises(MaskcryptError, match="inpainter"):
+        determine(copy, TINY_DATA, TINY_SIZE, LOOSE, settings=FP32, log=_quiet)

@@ -9,7 +9,7 @@ from conftest import TINY_DATA, TINY_SIZE
 
 from maskcrypt.data import load
 from maskcrypt.errors import MaskcryptError
-from maskcrypt.evaluate import EvalSettings, evaluate_masks, evaluate_sampled
+from maskcrypt.evaluate import EvalSettings, evaluate_masks, evaluate_sampled, prepare_test
 from maskcrypt.masks import MaskLibrary, overlay
 from maskcrypt.masks.generate import generate_into
 from maskcrypt.models import Recognizer
@@ -40,12 +40,18 @@ def setting(tiny_run):
     return run, test, paths, models
 
 
+def _closed(test, confirm_fraction=0.0):
+    return prepare_test(test.images, test.labels, test.class_names, test.class_names,
+                        confirm_fraction=confirm_fraction)
+
+
 def test_per_mask_counts_equal_a_plain_loop(setting):
     run, test, paths, models = setting
     lib = MaskLibrary.open(str(run / "masks"))
-    got = evaluate_masks(lib, test.images, test.labels, test.class_names, paths, buckets=[4, 5, 6], settings=FP32)
+    got = evaluate_masks(lib, _closed(test), paths, buckets=[4, 5, 6], settings=FP32)
     batch = lib.load([4, 5, 6])
     assert sorted(got["mask_id"]) == sorted(batch.mask_ids) and (got["n"] == len(test)).all()
+    assert (got["split"] == "selection").all()
     x, y = torch.from_numpy(test.images), torch.from_numpy(test.labels)
     by_id = got.set_index("mask_id")
     for mid, bucket, mask in zip(batch.mask_ids, batch.buckets, batch.masks):
@@ -59,8 +65,7 @@ def test_per_mask_counts_equal_a_plain_loop(setting):
 def test_sampled_table1_counts_equal_a_plain_loop(setting):
     run, test, paths, models = setting
     lib = MaskLibrary.open(str(run / "masks"))
-    got = evaluate_sampled(lib, test.images, test.labels, test.class_names, paths, repeats=2, seed=3,
-                           buckets=[1, 6], settings=FP32)
+    got = evaluate_sampled(lib, _closed(test), paths, repeats=2, seed=3, buckets=[1, 6], settings=FP32)
     assert list(zip(got["bucket"], got["repeat"])) == [(0, 0), (0, 1), (1, 0), (1, 1), (6, 0), (6, 1)]
     x, y = torch.from_numpy(test.images), torch.from_numpy(test.labels)
     for row in got.itertuples():
@@ -79,18 +84,20 @@ def test_size_mismatch_missing_model_and_empty_bucket(setting, tmp_path):
     run, test, paths, _ = setting
     other = MaskLibrary.create(str(tmp_path / "big"), 32, 32)
     generate_into(other, 6, seed=0)
+    ts = _closed(test)
     with pytest.raises(MaskcryptError, match="masks are 32x32, test images 16x16"):
-        evaluate_masks(other, test.images, test.labels, test.class_names, paths, settings=FP32)
+        evaluate_masks(other, ts, paths, settings=FP32)
     with pytest.raises(MaskcryptError, match="does not exist"):
-        evaluate_masks(MaskLibrary.open(str(run / "masks")), test.images, test.labels, test.class_names,
-                       {"E": tmp_path / "nope"}, settings=FP32)
+        evaluate_masks(MaskLibrary.open(str(run / "masks")), ts, {"E": tmp_path / "nope"}, settings=FP32)
     sparse = MaskLibrary.create(str(tmp_path / "sparse"), TINY_SIZE, TINY_SIZE)
     generate_into(sparse, 2, seed=0, buckets=[6])
     with pytest.raises(MaskcryptError, match="bucket 5 holds no mask"):
-        evaluate_sampled(sparse, test.images, test.labels, test.class_names, paths, buckets=[5, 6], settings=FP32)
+        evaluate_sampled(sparse, ts, paths, buckets=[5, 6], settings=FP32)
+    other_classes = prepare_test(test.images, test.labels, test.class_names, test.class_names[::-1])
     with pytest.raises(MaskcryptError, match="other classes"):
-        evaluate_masks(MaskLibrary.open(str(run / "masks")), test.images, test.labels,
-                       [f"x{i}" for i in range(6)], paths, settings=FP32)
+        evaluate_masks(MaskLibrary.open(str(run / "masks")), other_classes, paths, settings=FP32)
+    with pytest.raises(MaskcryptError, match="confirmation split has no probe"):
+        evaluate_masks(MaskLibrary.open(str(run / "masks")), ts, paths, splits=["confirmation"], settings=FP32)
 
 
 def test_attack_counts_equal_a_plain_loop(setting):
@@ -100,10 +107,16 @@ def test_attack_counts_equal_a_plain_loop(setting):
 
     lib = MaskLibrary.open(str(run / "masks"))
     ids = lib.load([6]).mask_ids[:2]
-    got = evaluate_attack(lib, ids, test.images, test.labels, test.class_names, paths,
-                          run / "models" / "inpainter", settings=FP32).set_index("mask_id")
+    ts = _closed(test, confirm_fraction=0.5)
+    both = evaluate_attack(lib, ids, ts, paths, run / "models" / "inpainter", splits=["selection", "confirmation"],
+                           settings=FP32)
+    assert sorted(both.groupby("mask_id")["n"].sum().unique()) == [len(test)]
+    conf = both[both["split"] == "confirmation"].set_index("mask_id")
+    got = both[both["split"] == "selection"].set_index("mask_id")
+    sel = ts.split == 0
+    assert (conf["n"] == (~sel).sum()).all() and (got["n"] == sel.sum()).all()
     r = Inpainter.from_checkpoint(run / "models" / "inpainter")
-    x, y = torch.from_numpy(test.images), torch.from_numpy(test.labels)
+    x, y = torch.from_numpy(ts.images[sel]), torch.from_numpy(ts.labels[sel])
     for mid, mask in zip(ids, lib.get(ids).masks):
         m = torch.from_numpy(mask)
         masked = overlay(x, m)
@@ -116,4 +129,75 @@ def test_attack_counts_equal_a_plain_loop(setting):
         row = got.loc[mid]
         assert row["both"] == int((before & after).sum()) and row["before_only"] == int((before & ~after).sum())
         assert row["after_only"] == int((~before & after).sum()) and row["correct_O_inpainted"] == o_after
-        assert row["both"] + row["before_only"] + row["after_only"] + row["neither"] == row["n"] == len(test)
+        assert row["both"] + row["before_only"] + row["after_only"] + row["neither"] == row["n"] == len(y)
+
+
+def test_prepare_test_scoring_gallery_and_splits():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (40, 3, 8, 8), dtype=np.uint8)
+    labels = np.repeat(np.arange(5), 8)
+    labels[-1] = 4
+    names = ["a", "b", "c", "d", "e"]
+    closed = prepare_test(images, labels, names, ["e", "d", "c", "b", "a", "z"], confirm_fraction=0.5, seed=1)
+    assert closed.scoring == "closed" and closed.classes[0] == "e"
+    # Labels now index the model's classes; every image kept exactly once, half of each identity held out.
+    assert sorted(closed.order.tolist()) == list(range(40))
+    assert [closed.classes[k] for k in closed.labels] == [names[k] for k in labels[closed.order]]
+    for k in range(5):
+        assert (closed.split[closed.labels == 4 - k] == 1).sum() == 4
+    assert (np.diff(closed.split.astype(int)) >= 0).all()  # selection first, then confirmation
+    assert np.array_equal(closed.images, images[closed.order])
+
+    opened = prepare_test(images, labels, names, ["x", "y"], enroll=3, confirm_fraction=0.5, seed=1)
+    assert opened.scoring == "open" and opened.classes == names
+    assert opened.gallery[:15].all() and not opened.gallery[15:].any()  # 3 per identity, gallery first
+    assert opened.probes("selection") + opened.probes("confirmation") == 25
+    # Partly known identities are still open set; forcing closed names the unknown ones.
+    assert prepare_test(images, labels, names, ["a", "b"]).scoring == "open"
+    with pytest.raises(MaskcryptError, match=r"test identities \['c', 'd', 'e'\]"):
+        prepare_test(images, labels, names, ["a", "b"], scoring="closed")
+    few = prepare_test(images[:17], labels[:17], names, ["x"], enroll=2)  # identity c has 1 image: dropped
+    assert few.dropped == ["c"] and len(few) == 16
+    with pytest.raises(MaskcryptError, match="--confirm-fraction"):
+        prepare_test(images, labels, names, names, confirm_fraction=1.0)
+    with pytest.raises(MaskcryptError, match="at least two identities"):
+        prepare_test(images[:8], labels[:8], names, ["x"])
+
+
+def _open_reference(models, ts, mask):
+    """Open-set counts the obvious way: centroids of the gallery (masked for E, clean for O), top-1 cosine."""
+    import torch.nn.functional as F
+
+    x, y, g = torch.from_numpy(ts.images), torch.from_numpy(ts.labels), torch.from_numpy(ts.gallery)
+    masked = overlay(x, torch.from_numpy(mask))
+    out = {}
+    with torch.inference_mode():
+        for name, model in models.items():
+            gal = (x if name == "O" else masked)[g]
+            emb = F.normalize(model.embed(gal), dim=1)
+            cent = F.normalize(torch.zeros(len(ts.classes), emb.shape[1]).index_add_(0, y[g], emb), dim=1)
+            probe = F.normalize(model.embed(masked[~g]), dim=1)
+            hit = (probe @ cent.T).argmax(1) == y[~g]
+            split = torch.from_numpy(ts.split[~ts.gallery])
+            out[name] = {s: int(hit[split == k].sum()) for k, s in enumerate(["selection", "confirmation"])}
+    return out
+
+
+def test_open_set_counts_equal_a_plain_loop(setting):
+    run, _, paths, models = setting
+    other = load("synthetic:identities=4,per_identity=8,seed=7#split=all", size=TINY_SIZE)
+    ts = prepare_test(other.images, other.labels, other.class_names, other.class_names, scoring="open",
+                      enroll=2, confirm_fraction=0.5)
+    assert ts.scoring == "open" and ts.gallery.sum() == 8
+    lib = MaskLibrary.open(str(run / "masks"))
+    got = evaluate_masks(lib, ts, paths, buckets=[2], splits=["selection", "confirmation"],
+                         settings=EvalSettings(actors=1, masks_per_batch=2, images_per_chunk=5, precision="fp32",
+                                               per_image=True))
+    batch = lib.load([2])
+    assert len(got) == 2 * len(batch.mask_ids)
+    for mid, mask in zip(batch.mask_ids, batch.masks):
+        want = _open_reference(models, ts, mask)
+        for row in got[got["mask_id"] == mid].itertuples():
+            assert (row.correct_E, row.correct_O) == (want["E"][row.split], want["O"][row.split]), (mid, row.split)
+            bits = np.unpackbits(np.frombuffer(row.hits_E, np.uint8))[: row.n]
+            assert int(bits.sum()) == row.correct_E

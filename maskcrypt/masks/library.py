@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -396,8 +397,11 @@ class MaskLibrary:
                 found.append(rel)
         return sorted(found)
 
-    def to_ray_dataset(self, buckets: Iterable[int] | None = None) -> ray.data.Dataset:
+    def to_ray_dataset(self, buckets: Iterable[int] | None = None,
+                       exclude: Iterable[str] = ()) -> ray.data.Dataset:
         """A Ray Dataset over the committed parts (rows are masks, ``bits`` still packed).
+
+        ``exclude``: mask ids to leave out (e.g. those a resumed evaluation already has).
 
         Only manifest-listed parts are read (one Ray Data block each), so uncommitted parts
         never leak in; bucket comes from the column, not the directory name. The read
@@ -411,9 +415,13 @@ class MaskLibrary:
         if not paths:
             raise MaskcryptError(f"mask library {self.uri}: no masks in buckets {buckets}")
         fs = self._fs
+        skip = pa.array(sorted(set(exclude)), pa.string())
 
         def read_part(batch: dict[str, Any]) -> pa.Table:
-            return pa.concat_tables([pq.read_table(p, filesystem=fs) for p in batch["path"]])
+            table = pa.concat_tables([pq.read_table(p, filesystem=fs) for p in batch["path"]])
+            if len(skip):
+                table = table.filter(pc.invert(pc.is_in(table.column("mask_id"), value_set=skip)))
+            return table
 
         return ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths)).map_batches(
             read_part, batch_size=1, num_cpus=0, batch_format="numpy")
