@@ -27,6 +27,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 import argparse  # noqa: E402
 
 from maskcrypt.cli import add_train_arguments, format_mask_stats, train_from_args  # noqa: E402
+from maskcrypt.data.spec import absolute_spec  # noqa: E402
 from maskcrypt.errors import MaskcryptError  # noqa: E402
 from maskcrypt.masks import MaskLibrary  # noqa: E402
 from maskcrypt.run import PrepareConfig, RunPaths, prepare, write_json_atomic  # noqa: E402
@@ -36,6 +37,11 @@ DEFAULT_RUN = Path(__file__).resolve().parents[1] / "runs" / "default"
 STAGES = ("prepare", "train", "determine")
 
 
+def absolute_path(path: str) -> str:
+    """Absolute local path (URIs and "" unchanged): under ray job submit the cwd is a temporary copy."""
+    return path if not path or "://" in path else str(Path(path).expanduser().resolve())
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = PrepareConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default=d.data, help="data spec for training and test images (default synthetic:)")
     p.add_argument("--size", type=int, default=d.size, help="image and mask size in pixels")
     p.add_argument("--mask-count", type=int, default=d.mask_count, help="masks in the selection library")
+    p.add_argument("--selection-masks", default="", help="use this mask library (e.g. imported NVIDIA masks) as "
+                   "the selection library instead of generating one; it is copied into RUN/masks")
     p.add_argument("--mask-seed", type=int, default=d.mask_seed)
     p.add_argument("--train-mask-count", type=int, default=d.train_mask_count, help="masks in E's training pool")
     p.add_argument("--train-mask-seed", type=int, default=d.train_mask_seed)
@@ -80,7 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = PrepareConfig(data=args.data, size=args.size, mask_count=args.mask_count,
                                mask_seed=args.mask_seed, train_mask_count=args.train_mask_count,
-                               train_mask_seed=args.train_mask_seed, buckets=args.buckets)
+                               train_mask_seed=args.train_mask_seed, buckets=args.buckets,
+                               selection_masks=absolute_path(args.selection_masks))
+        args.thresholds = absolute_path(args.thresholds)
+        args.data, args.test_data = absolute_spec(args.data), absolute_spec(args.test_data)
+        for name in ("inpaint_data", "val_data"):
+            setattr(args, name, absolute_spec(getattr(args, name)))
+        args.masks = absolute_path(args.masks)
         paths = RunPaths.resolve(args.run)
         print(f"run {paths.root}")
         record = prepare(paths.root, config, restart=args.restart)

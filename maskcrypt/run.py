@@ -42,6 +42,9 @@ class PrepareConfig:
     train_mask_count: int = 120
     train_mask_seed: int = 1
     buckets: str = "1-6"
+    #: An existing library (e.g. imported NVIDIA masks) copied in as the selection library
+    #: instead of generating ``mask_count`` masks; "" = generate.
+    selection_masks: str = ""
 
     def __post_init__(self) -> None:
         if self.size < 8:
@@ -132,7 +135,8 @@ def check_resumable(paths: RunPaths, config: PrepareConfig, restart: bool) -> No
         return
     before = recorded.get("prepare", {})
     now = dataclasses.asdict(config)
-    diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
+    defaults = dataclasses.asdict(PrepareConfig())  # a field added later counts as its default
+    diff = {k: (before.get(k, defaults[k]), v) for k, v in now.items() if before.get(k, defaults[k]) != v}
     if diff:
         shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
         raise MaskcryptError(
@@ -161,8 +165,17 @@ def prepare(run: str | os.PathLike[str], config: PrepareConfig, restart: bool = 
     size = (config.size, config.size)
     lib = MaskLibrary.open_or_create(str(paths.masks), *size)
     buckets = parse_buckets(config.buckets, lib.edges)
-    res = generate_into(lib, config.mask_count, config.mask_seed, buckets)
-    log(f"masks/        {len(lib)} selection masks ({res.added} new)")
+    if config.selection_masks:
+        source = MaskLibrary.open(config.selection_masks)
+        if (source.height, source.width) != size:
+            raise MaskcryptError(f"--selection-masks {config.selection_masks}: masks are {source.height}x"
+                                 f"{source.width}, the run is {size[0]}x{size[1]} (--size)")
+        res = lib.append((b.masks, b.mask_ids, b.sources or [config.selection_masks] * len(b))
+                         for b in source.iter_batches())
+        log(f"masks/        {len(lib)} selection masks copied from {config.selection_masks} ({res.added} new)")
+    else:
+        res = generate_into(lib, config.mask_count, config.mask_seed, buckets)
+        log(f"masks/        {len(lib)} selection masks ({res.added} new)")
     pool = MaskLibrary.open_or_create(str(paths.masks_train), *size)
     res_t = generate_into(pool, config.train_mask_count, config.train_mask_seed, buckets,
                           exclude_sha256=set(lib.column("sha256")))

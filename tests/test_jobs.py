@@ -90,17 +90,19 @@ def head_node(tmp_path_factory):
         log.close()
 
 
-def test_train_job_runs_under_ray_job_submit(head_node, tmp_path):
+def test_select_job_runs_the_whole_method_under_ray_job_submit(head_node, tmp_path):
+    """prepare -> train -> determine, submitted as README shows, on the test's own head node."""
+    import json
+
     address, env = head_node
     run = tmp_path / "run"
-    maskcrypt = BIN / "maskcrypt"
-    gen = subprocess.run([str(maskcrypt), "masks", "generate", "--out", str(run / "masks_train"), "--size", "16",
-                          "--count", "12", "--seed", "1", "--quiet"], capture_output=True, text=True, env=env)
-    assert gen.returncode == 0, gen.stderr
+    thresholds = tmp_path / "loose.json"  # the tiny models pass every rule: the whole path runs
+    thresholds.write_text(json.dumps({"t_gap": 0.0, "t_drop": 0.0, "top_k": 2, "attack_top": 2}))
     cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-           "python", "jobs/train.py", "--run", str(run), "--train-data", "synthetic:identities=4,per_identity=8",
-           "--size", "16", "--epochs", "1", "--batch-size", "16", "--width", "8", "--inpaint-width", "4",
-           "--iterations", "1", "--inpaint-epochs", "1", "--inpaint-batch-size", "16"]
+           "python", "jobs/select.py", "--run", str(run), "--data", "synthetic:identities=4,per_identity=16",
+           "--size", "16", "--mask-count", "12", "--train-mask-count", "12", "--epochs", "1", "--batch-size", "16",
+           "--width", "8", "--inpaint-width", "4", "--iterations", "1", "--inpaint-epochs", "1",
+           "--inpaint-batch-size", "16", "--repeats", "1", "--eval-actors", "1", "--thresholds", str(thresholds)]
     for _attempt in range(20):  # the head's job agent may still be starting
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         if "No available agent" not in r.stdout + r.stderr:
@@ -111,6 +113,12 @@ def test_train_job_runs_under_ray_job_submit(head_node, tmp_path):
     for role in ("original", "encrypted"):
         assert Recognizer.from_checkpoint(run / "models" / role).checkpoint_meta["epoch"] == 1
     assert Inpainter.from_checkpoint(run / "models" / "inpainter").checkpoint_meta["role"] == "inpainter"
+    for artifact in ("table1", "per_mask", "candidates", "table2", "table2_confirmation"):
+        assert (run / "results" / f"{artifact}.parquet").exists(), artifact
+    result = json.loads((run / "targets.json").read_text())
+    assert result["thresholds"]["t_gap"] == 0.0 and (run / "report.md").exists()
+    assert json.loads((run / "run.json").read_text())["stages"]["determine"]["targets"] == [
+        t["mask_id"] for t in result["targets"]]
     # Without the token setting, the client is refused: what README tells users to set.
     no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
     r = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], capture_output=True, text=True,

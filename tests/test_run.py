@@ -64,3 +64,21 @@ def test_select_job_trains_all_three_models_end_to_end(tmp_path):
     assert "no target mask: no bucket has first - second accuracy > 1.00" in r.stdout
     r = job("--run", str(run), *TINY, *tiny_train[:-2], "--inpaint-batch-size", "8")
     assert r.returncode == 2 and "--retrain" in r.stderr
+
+
+def test_an_existing_library_becomes_the_selection_library(tmp_path):
+    from maskcrypt.masks.generate import generate_into
+
+    own = MaskLibrary.create(str(tmp_path / "nvidia"), 16, 16)
+    generate_into(own, 12, seed=5)
+    r = job("--run", str(tmp_path / "run"), *TINY, "--selection-masks", str(tmp_path / "nvidia"),
+            "--until", "prepare")
+    assert r.returncode == 0, r.stderr
+    lib, pool = MaskLibrary.open(str(tmp_path / "run" / "masks")), MaskLibrary.open(str(tmp_path / "run" /
+                                                                                         "masks_train"))
+    assert sorted(lib.column("sha256")) == sorted(own.column("sha256"))
+    assert set(lib.column("sha256")).isdisjoint(pool.column("sha256"))
+    big = MaskLibrary.create(str(tmp_path / "big"), 32, 32)
+    generate_into(big, 2, seed=5)
+    r = job("--run", str(tmp_path / "run2"), *TINY, "--selection-masks", str(tmp_path / "big"), "--until", "prepare")
+    assert r.returncode == 2 and "masks are 32x32, the run is 16x16" in r.stderr

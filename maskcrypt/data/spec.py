@@ -163,3 +163,20 @@ def parse_spec(text: str) -> DataSpec:
     opts.update(_parse_options(text, frag, known))
     _validate(text, kind, opts)
     return DataSpec(kind=kind, path=path, options=opts, text=text)
+
+
+def absolute_spec(text: str) -> str:
+    """The spec with its path made absolute (synthetic, URIs and "" unchanged).
+
+    Jobs call this before any work: under ``ray job submit`` the working directory is a
+    temporary copy, so a relative path would name a different (or no) directory.
+    """
+    if not text:
+        return text
+    spec = parse_spec(text)
+    if not spec.path or "://" in spec.path:
+        return text
+    from pathlib import Path
+
+    _, _, frag = text.split(":", 1)[1].partition("#")
+    return f"{spec.kind}:{Path(spec.path).expanduser().resolve()}" + (f"#{frag}" if frag else "")
