@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = PrepareConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default=str(DEFAULT_RUN), help="run directory (default runs/default/)")
-    p.add_argument("--data", default=d.data, help="data spec for training and test images (default synthetic:)")
+    p.add_argument("--data", "--train-data", dest="data", default=d.data,
+                   help="data spec of O's and E's training images; its test split is the default --test-data")
     p.add_argument("--size", type=int, default=d.size, help="image and mask size in pixels")
     p.add_argument("--mask-count", type=int, default=d.mask_count, help="masks in the selection library")
     p.add_argument("--selection-masks", default="", help="use this mask library (e.g. imported NVIDIA masks) as "

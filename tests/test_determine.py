@@ -109,3 +109,12 @@ def test_missing_checkpoint_is_named(tiny_run, tmp_path):
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("inpainter"))
     with pytest.raises(MaskcryptError, match="inpainter"):
         determine(copy, TINY_DATA, TINY_SIZE, LOOSE, settings=FP32, log=_quiet)
+
+
+def test_open_set_determination_runs_every_stage(tiny_run):
+    run, _ = tiny_run
+    result = determine(run, TINY_DATA, TINY_SIZE, LOOSE, repeats=1, scoring="open", enroll=1,
+                       confirm_fraction=0.0, settings=FP32, redo=True, report=False, log=_quiet)
+    assert result["scoring"] == "open" and result["splits"] == {"selection": 12}  # 6 identities x (3 - 1)
+    t2 = pd.read_parquet(run / "results" / "table2.parquet")
+    assert (t2["n"] == 12).all() and t2["O_inpainted"].between(0, 1).all()
