@@ -64,8 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--table1-mode", default="sampled", choices=("sampled", "full"),
                    help="Table 1: one random mask of the bucket per image and repetition, or every mask x image")
     g.add_argument("--repeats", type=int, default=5, help="Table 1 repetitions (sampled mode)")
-    g.add_argument("--rank-mode", default="full", choices=("full",),
-                   help="per-mask third accuracy: every mask x every selection image")
+    g.add_argument("--rank-mode", default="auto", choices=("auto", "full", "adaptive"),
+                   help="per-mask third accuracy: every mask x every selection image (full), or raced by "
+                   "successive halving (adaptive); auto = adaptive above 1M masked images per model")
+    g.add_argument("--adaptive-confidence", type=float, default=0.99, help="adaptive: level of the Wilson bounds")
+    g.add_argument("--adaptive-first", type=int, default=50, help="adaptive: images in the first round")
     g.add_argument("--scoring", default="auto", choices=("auto", "closed", "open"),
                    help="closed set when the test identities are training classes (auto), else open set")
     g.add_argument("--enroll", type=int, default=2, help="open set: gallery images per identity")
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(format_quality(quality))
         if STAGES.index(args.until) >= STAGES.index("determine"):
             from maskcrypt.determine import determine, format_table1, format_target
-            from maskcrypt.evaluate import EvalSettings
+            from maskcrypt.evaluate import AdaptivePlan, EvalSettings
             from maskcrypt.select import Thresholds
 
             th = Thresholds.from_file(args.thresholds) if args.thresholds else Thresholds()
@@ -130,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             print()
             result = determine(paths.root, args.test_data or args.data, args.size, th, repeats=args.repeats,
                                seed=args.seed, per_mask=args.per_mask, table1_mode=args.table1_mode,
+                               rank_mode=args.rank_mode,
+                               adaptive=AdaptivePlan(first=args.adaptive_first, confidence=args.adaptive_confidence,
+                                                     seed=args.seed),
                                scoring=args.scoring, confirm_fraction=args.confirm_fraction, enroll=args.enroll,
                                settings=settings, redo=args.redetermine)
             import pandas as pd

@@ -41,7 +41,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maskcrypt.errors import MaskcryptError
-from maskcrypt.evaluate import EvalSettings, evaluate_attack, evaluate_masks, evaluate_sampled, prepare_test
+from maskcrypt.evaluate import (
+    AdaptivePlan,
+    EvalSettings,
+    evaluate_adaptive,
+    evaluate_attack,
+    evaluate_masks,
+    evaluate_sampled,
+    prepare_test,
+)
 from maskcrypt.select import (
     Empty,
     Thresholds,
@@ -54,6 +62,9 @@ from maskcrypt.select import (
     target_buckets,
     target_masks,
 )
+
+#: ``rank_mode="auto"`` races masks adaptively above this many masked images per model.
+ADAPTIVE_ABOVE = 1_000_000
 
 
 def _write_table(df: pd.DataFrame, path: Path) -> Path:
@@ -145,6 +156,8 @@ def determine(
     seed: int = 0,
     per_mask: str = "targets",
     table1_mode: str = "sampled",
+    rank_mode: str = "auto",
+    adaptive: AdaptivePlan = AdaptivePlan(),
     scoring: str = "auto",
     confirm_fraction: float = 0.5,
     enroll: int = 2,
@@ -159,7 +172,10 @@ def determine(
     *confirmation* part (``confirm_fraction`` of each identity's images), on which the
     attacked masks are measured again so that selection bias shows. Per-mask results
     are kept in parts (``results/per_mask.parts/``): a relaunch continues them, and
-    refuses parts computed from other inputs unless ``redo``.
+    refuses parts computed from other inputs unless ``redo``. ``rank_mode``: ``full``
+    measures every mask on every selection image; ``adaptive`` races them by successive
+    halving (:func:`maskcrypt.evaluate.evaluate_adaptive`), keeping ``attack_top`` per
+    bucket; ``auto`` picks adaptive above ``ADAPTIVE_ABOVE`` masked images per model.
     """
     import ray
 
@@ -173,6 +189,8 @@ def determine(
         raise MaskcryptError(f"--per-mask: expected targets or all, got {per_mask!r}")
     if table1_mode not in ("sampled", "full"):
         raise MaskcryptError(f"--table1-mode: expected sampled or full, got {table1_mode!r}")
+    if rank_mode not in ("auto", "full", "adaptive"):
+        raise MaskcryptError(f"--rank-mode: expected auto, full or adaptive, got {rank_mode!r}")
     paths = RunPaths.resolve(run)
     models = {"E": paths.models / "encrypted", "O": paths.models / "original"}
     found = {k: find_checkpoint(p, kind="recognizer") for k, p in models.items()}
@@ -237,8 +255,22 @@ def determine(
     if buckets:
         t0 = time.perf_counter()
         measured = present if per_mask == "all" else buckets
-        if pm_counts is None:
+        n_masks = lib.table(measured, columns=["mask_id"]).num_rows
+        mode = rank_mode
+        if mode == "auto":
+            mode = "adaptive" if n_masks * n_sel > ADAPTIVE_ABOVE and pm_counts is None else "full"
+        if pm_counts is None and mode == "adaptive":
+            pm_counts, rounds = evaluate_adaptive(lib, test, models, measured, keep=thresholds.attack_top,
+                                                  plan=adaptive, settings=settings, log=log)
+            spent = sum(r["forward_passes"] for r in rounds)
+            full_cost = n_masks * (n_sel + (int(test.gallery.sum()) if test.scoring == "open" else 0)) * len(models)
+            result["adaptive"] = {"rounds": rounds, "forward_passes": spent, "full_forward_passes": full_cost,
+                                  "confidence": adaptive.confidence, "keep": thresholds.attack_top}
+            log(f"adaptive: {spent:,} forward passes against {full_cost:,} in full mode "
+                f"({full_cost / max(spent, 1):.1f}x fewer)")
+        elif pm_counts is None:
             pm_counts = evaluate_masks(lib, test, models, buckets=measured, settings=settings, parts=parts, log=log)
+        result["rank_mode"] = mode
         counts = pm_counts[pm_counts["bucket"].isin(measured)]
         pm = per_mask_table(counts.drop(columns=["split"]), thresholds)
         _write_table(pm, paths.results / "per_mask.parquet")
@@ -246,7 +278,9 @@ def determine(
         _write_table(cands, paths.results / "candidates.parquet")
         timings["per_mask"] = time.perf_counter() - t0
         images_per_mask = n_sel + (int(test.gallery.sum()) if test.scoring == "open" else 0)
-        rate = len(pm) * images_per_mask * len(models) / max(timings["per_mask"], 1e-9)
+        evaluated = result["adaptive"]["forward_passes"] if "adaptive" in result else (
+            len(pm) * images_per_mask * len(models))
+        rate = evaluated / max(timings["per_mask"], 1e-9)
         log(f"per-mask: {len(pm)} masks x {n_sel} images in {timings['per_mask']:.1f}s "
             f"({rate:,.0f} masked images recognized/s over {len(models)} models); {len(cands)} candidates")
         result["throughput"] = {"per_mask_images_per_s": round(rate, 1), "actors": settings.actors}
@@ -308,6 +342,7 @@ def determine(
     record = json.loads(paths.run_json.read_text()) if paths.run_json.exists() else {}
     record.setdefault("stages", {})["determine"] = {
         "thresholds": thresholds.to_dict(), "repeats": repeats, "per_mask": per_mask, "table1_mode": table1_mode,
+        "rank_mode": result.get("rank_mode"),
         **key, "inpainter_sha256": r_meta.get("model_sha256"), "target_buckets": buckets, "targets": ids,
         "seconds": result["seconds"]}
     write_json_atomic(paths.run_json, record)

@@ -94,6 +94,16 @@ class TestSet:
     def size(self) -> tuple[int, int]:
         return int(self.images.shape[2]), int(self.images.shape[3])
 
+    def subset(self, positions: np.ndarray) -> TestSet:
+        """The gallery plus the probes at ``positions`` (indices into this set), all as selection."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self.gallery[positions].any():
+            raise MaskcryptError("TestSet.subset: positions must name probes, not gallery images")
+        rows = np.concatenate([np.flatnonzero(self.gallery), positions])
+        split = np.zeros(rows.size, np.int8)
+        return TestSet(np.ascontiguousarray(self.images[rows]), self.labels[rows], split, self.gallery[rows],
+                       self.scoring, self.classes, self.order[rows], self.n_input, self.dropped)
+
 
 def choose_scoring(test_classes: Sequence[str], model_classes: Sequence[str], scoring: str = "auto") -> str:
     """Closed set when every test identity is a class the models were trained on, else open."""
@@ -478,8 +488,9 @@ def evaluate_masks(
     settings: EvalSettings = EvalSettings(),
     parts: Path | None = None,
     log: Callable[[str], None] | None = None,
+    exclude: set[str] | frozenset[str] = frozenset(),
 ) -> pd.DataFrame:
-    """Per-mask counts: every mask of ``buckets`` x every probe of ``splits``, through an actor pool.
+    """Per-mask counts: every mask of ``buckets`` (but ``exclude``) x every probe of ``splits``, via an actor pool.
 
     Returns one row per (mask, split): ``mask_id``, ``bucket``, ``split``, ``n``,
     ``correct_<model>``, ``score_<model>`` (and ``hits_<model>`` with per-image
@@ -496,13 +507,14 @@ def evaluate_masks(
         raise MaskcryptError(f"per-mask parts in {parts}: computed for splits {sorted(set(done['split']))}, "
                              f"asked for {list(splits)}")
     done_ids = set(done["mask_id"]) if len(done) else set()
-    wanted = set(library.table(buckets, columns=["mask_id"]).column("mask_id").to_pylist())
+    wanted = set(library.table(buckets, columns=["mask_id"]).column("mask_id").to_pylist()) - set(exclude)
     todo = len(wanted - done_ids)
     if log and done_ids:
         log(f"per-mask: {len(done_ids & wanted)} masks already evaluated in {parts}, {todo} to go")
     results = [done] if len(done) else []
     if todo != 0:
-        ds = library.to_ray_dataset(buckets, exclude=done_ids).select_columns(["mask_id", "bucket", "bits"])
+        ds = library.to_ray_dataset(buckets, exclude=done_ids | set(exclude)).select_columns(
+            ["mask_id", "bucket", "bits"])
         constructor = _constructor(test, resolved, splits, settings, "masks", per_image=settings.per_image)
         out = ds.map_batches(CrossProductScorer, batch_size=settings.masks_per_batch, **_pool(settings, constructor))
         if parts is not None:
@@ -520,6 +532,8 @@ def evaluate_masks(
                 last = now
                 log(f"per-mask: {seen}/{todo} masks, {seen * per_mask_images:,} masked images per model in "
                     f"{now:.0f}s ({seen * per_mask_images / max(now, 1e-9):,.0f}/s)")
+    if not results:
+        return pd.DataFrame(columns=["mask_id", "bucket", "split", "n"])
     df = pd.concat(results, ignore_index=True)
     # Parts read back and blocks fresh from Ray carry different string dtypes: one table, one dtype.
     df = df.astype({"mask_id": str, "split": str})
@@ -601,3 +615,89 @@ def evaluate_sampled(
     ds = ray.data.from_items(tasks, override_num_blocks=min(len(tasks), 4 * settings.actors))
     out = ds.map_batches(CrossProductScorer, batch_size=1, **_pool(settings, constructor, len(tasks)))
     return out.to_pandas().sort_values(["bucket", "repeat", "split"]).reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class AdaptivePlan:
+    """Successive halving over images: how many images the first round sees, how fast rounds grow."""
+
+    first: int = 50  # selection images in the first round
+    growth: float = 2.0  # each round sees this many times the previous round's images
+    confidence: float = 0.99  # level of the Wilson bounds used to drop masks
+    seed: int = 0  # order in which selection images are revealed
+
+    def __post_init__(self) -> None:
+        if self.first < 1 or self.growth <= 1.0:
+            raise MaskcryptError(f"adaptive search: first >= 1 and growth > 1 needed, got {self.first}, {self.growth}")
+        if not 0.5 <= self.confidence < 1.0:
+            raise MaskcryptError(f"--adaptive-confidence: expected a level in [0.5, 1), got {self.confidence}")
+
+
+def evaluate_adaptive(
+    library: Any,
+    test: TestSet,
+    models: dict[str, str | Path],
+    buckets: Sequence[int],
+    keep: int,
+    plan: AdaptivePlan = AdaptivePlan(),
+    settings: EvalSettings = EvalSettings(),
+    log: Callable[[str], None] | None = None,
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Per-mask counts by successive halving: the top ``keep`` of each bucket at a fraction of the cost.
+
+    Round 1 measures every mask of ``buckets`` on ``plan.first`` selection images (a
+    seeded random order); after each round, masks whose upper confidence bound on E's
+    accuracy falls below the ``keep``-th best lower bound of their bucket are dropped
+    (:func:`maskcrypt.select.adaptive_survivors`); the survivors see the next, larger
+    batch of images. Once every bucket is down to ``keep`` masks, the survivors see all
+    remaining images at once. Survivors end with counts on every selection image, as in
+    full mode; dropped masks keep the counts of the images they saw (smaller ``n``).
+
+    Returns the counts (one row per mask, ``split`` = selection, plus ``rounds``: how
+    many rounds it raced) and one record per round: images, masks, forward passes.
+    """
+    from maskcrypt.select import adaptive_survivors
+
+    if keep < 1:
+        raise MaskcryptError(f"adaptive search: keep must be >= 1, got {keep}")
+    probes = np.flatnonzero(~test.gallery & (test.split == 0))
+    if probes.size == 0:
+        raise MaskcryptError("adaptive search: the selection split has no probe image")
+    reveal = probes[np.random.default_rng([plan.seed, 0xADA]).permutation(probes.size)]
+    racing = set(library.table(buckets, columns=["mask_id"]).column("mask_id").to_pylist())
+    if not racing:
+        raise MaskcryptError(f"mask library {library.uri}: no mask in buckets {list(buckets)}")
+    all_ids = set(racing)
+    total: pd.DataFrame | None = None
+    rounds: list[dict[str, Any]] = []
+    start, size = 0, plan.first
+    gallery = int(test.gallery.sum()) if test.scoring == "open" else 0
+    while start < probes.size:
+        stop = min(start + size, probes.size)
+        t0 = time.perf_counter()
+        part = evaluate_masks(library, test.subset(reveal[start:stop]), models, buckets=buckets,
+                              settings=settings, exclude=all_ids - racing)
+        cols = [c for c in part.columns if c.startswith(("correct_", "score_"))] + ["n"]
+        part = part.set_index("mask_id")
+        if total is None:
+            total = part.assign(rounds=1)
+        else:
+            total.loc[part.index, cols] += part[cols]
+            total.loc[part.index, "rounds"] += 1
+        rounds.append({"round": len(rounds) + 1, "images": stop - start, "images_seen": stop, "masks": len(part),
+                       "forward_passes": len(part) * (stop - start + gallery) * len(models),
+                       "seconds": round(time.perf_counter() - t0, 1)})
+        start = stop
+        if start >= probes.size:
+            break
+        race = total.loc[sorted(racing)].reset_index()
+        alive = adaptive_survivors(race, keep, plan.confidence)
+        racing = set(race.loc[alive.to_numpy(), "mask_id"])
+        per_bucket = race.loc[alive.to_numpy()].groupby("bucket").size()
+        if log:
+            log(f"adaptive: round {len(rounds)}: {rounds[-1]['masks']} masks x {rounds[-1]['images']} images; "
+                f"{len(racing)} still racing after {start} images")
+        size = probes.size - start if (per_bucket <= keep).all() else int(np.ceil(size * plan.growth))
+    assert total is not None
+    out = total.reset_index()
+    return out.sort_values("mask_id").reset_index(drop=True), rounds

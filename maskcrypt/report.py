@@ -206,6 +206,14 @@ def write_report(run: str | os.PathLike[str], test: Any, log: Any = print) -> Pa
         out += ["", _md_table(["bucket", "rank", "mask", "third (E)", "O"],
                               [[r["bucket"], r["rank"], r["mask_id"], _interval(r, "third"), _pct(r["acc_O"])]
                                for _, r in cands.iterrows()])]
+    if result.get("adaptive"):
+        ad = result["adaptive"]
+        out += ["", f"Ranked adaptively (successive halving, {ad['confidence']:.0%} Wilson bounds, top "
+                f"{ad['keep']} kept per bucket): {ad['forward_passes']:,} forward passes against "
+                f"{ad['full_forward_passes']:,} in full mode.", "",
+                _md_table(["round", "images", "images seen", "masks", "forward passes", "seconds"],
+                          [[r["round"], r["images"], r["images_seen"], r["masks"], f"{r['forward_passes']:,}",
+                            r["seconds"]] for r in ad["rounds"]])]
     if (res / "table2.parquet").exists():
         t2 = pd.read_parquet(res / "table2.parquet")
         plot_table2(t2, res / "table2.png")

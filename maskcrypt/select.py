@@ -266,8 +266,11 @@ def basic_selection(per_mask: pd.DataFrame, th: Thresholds = Thresholds()) -> tu
 
 
 def _rank(per_mask: pd.DataFrame, buckets: list[int]) -> pd.DataFrame:
+    """Rank by third accuracy within each bucket; masks an adaptive search measured on every image first."""
     sub = per_mask[per_mask["bucket"].isin(buckets)].copy()
-    sub = sub.sort_values(["bucket", "third", "mask_id"], ascending=[True, False, True])
+    sub["_complete"] = sub["n"] == sub.groupby("bucket")["n"].transform("max")
+    sub = sub.sort_values(["bucket", "_complete", "third", "mask_id"], ascending=[True, False, False, True])
+    sub = sub.drop(columns=["_complete"])
     sub["rank"] = sub.groupby("bucket").cumcount() + 1
     return sub
 
@@ -282,6 +285,26 @@ def attack_list(per_mask: pd.DataFrame, buckets: list[int], th: Thresholds = Thr
     """The top ``attack_top`` masks of each target bucket: what the inpainting attack measures."""
     ranked = _rank(per_mask, buckets)
     return ranked[ranked["rank"] <= th.attack_top].reset_index(drop=True)
+
+
+def adaptive_survivors(counts: pd.DataFrame, keep: int, confidence: float) -> pd.Series:
+    """One round of the adaptive search's pruning: which masks stay in the race.
+
+    ``counts``: one row per mask still racing, with ``bucket``, ``n`` (images seen so
+    far, the same images for every mask) and ``correct_E``. Within each bucket, a mask
+    survives unless its Wilson upper bound is below the ``keep``-th best lower bound:
+    with the bounds valid, it cannot be among the bucket's top ``keep`` on all images.
+    A bucket with at most ``keep`` masks keeps them all. Returns a boolean Series
+    aligned with ``counts``.
+    """
+    _require(counts, ["mask_id", "bucket", "n", "correct_E"], "adaptive counts")
+    if keep < 1:
+        raise MaskcryptError(f"adaptive search: keep must be >= 1, got {keep}")
+    lo, hi = wilson_interval(counts["correct_E"], counts["n"], confidence)
+    lo_s = pd.Series(lo, index=counts.index)
+    kth = lo_s.groupby(counts["bucket"]).transform(
+        lambda v: np.sort(v.to_numpy())[::-1][keep - 1] if len(v) > keep else -np.inf)
+    return pd.Series(hi >= kth.to_numpy(), index=counts.index)
 
 
 # -- Table 2 ------------------------------------------------------------------------------------------------

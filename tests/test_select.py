@@ -177,3 +177,21 @@ def test_thresholds_validation_and_file(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(MaskcryptError, match="not valid json"):
         Thresholds.from_file(tmp_path / "bad.json")
+
+
+def test_adaptive_survivors_drop_only_masks_that_cannot_reach_the_top():
+    from maskcrypt.select import adaptive_survivors
+
+    counts = pd.DataFrame({
+        "mask_id": ["a", "b", "c", "d", "e", "f"],
+        "bucket": [1, 1, 1, 1, 2, 2],
+        "n": [100] * 6,
+        "correct_E": [99, 97, 60, 96, 10, 90],
+    })
+    alive = adaptive_survivors(counts, keep=2, confidence=0.99)
+    # Bucket 1: c's upper bound (~0.71) is below the 2nd best lower bound (~0.88); d overlaps and stays.
+    # Bucket 2 has only two masks: both stay, however bad.
+    assert alive.tolist() == [True, True, False, True, True, True]
+    assert adaptive_survivors(counts, keep=4, confidence=0.99).all()
+    with pytest.raises(MaskcryptError, match="keep must be >= 1"):
+        adaptive_survivors(counts, keep=0, confidence=0.99)
