@@ -53,13 +53,15 @@ class EvalSettings:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     masks_per_batch: int = 8  # masks per Ray Data batch (one actor call)
+    masks_per_block: int = 64  # masks per Ray Data block (one actor task; the unit of progress and resume)
     images_per_chunk: int = 256  # images per forward pass
     precision: str = "auto"
     per_image: bool = False  # also emit per-image correctness, bit-packed (hits_<model>)
+    timing: bool = False  # also emit when each row was done and by which worker (benchmarks)
 
     def __post_init__(self) -> None:
-        if self.actors < 1 or self.masks_per_batch < 1 or self.images_per_chunk < 1:
-            raise MaskcryptError("evaluation: actors, masks_per_batch and images_per_chunk must be >= 1")
+        if min(self.actors, self.masks_per_batch, self.masks_per_block, self.images_per_chunk) < 1:
+            raise MaskcryptError("evaluation: actors, masks per batch/block and images_per_chunk must be >= 1")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise MaskcryptError(f"--precision: expected auto, bf16 or fp32, got {self.precision!r}")
 
@@ -209,7 +211,8 @@ class CrossProductScorer:
 
     def __init__(self, test: Any, models: dict[str, str], splits: Sequence[str] = ("selection",),
                  precision: str = "auto", images_per_chunk: int = 256, mode: str = "masks",
-                 bucket_masks: Any = None, inpainter: str | None = None, per_image: bool = False):
+                 bucket_masks: Any = None, inpainter: str | None = None, per_image: bool = False,
+                 timing: bool = False):
         import ray
         import torch
 
@@ -248,6 +251,7 @@ class CrossProductScorer:
         self.chunk = images_per_chunk
         self.mode = mode
         self.per_image = per_image
+        self.timing = timing
         self.bucket_masks = {int(b): torch.from_numpy(m).to(self.device) for b, m in (bucket_masks or {}).items()}
         self.inpainter = None
         if inpainter is not None:
@@ -384,6 +388,8 @@ class CrossProductScorer:
                     found = self._counts(lambda s, e, m=masks[i]: m)
                 else:
                     found = self._attack(masks[i])
+                if self.timing:
+                    key |= {"t_done": time.time(), "worker": os.getpid()}
                 rows.extend(key | r for r in found)
         else:
             for bucket, repeat, seed in zip(batch["bucket"], batch["repeat"], batch["seed"]):
@@ -489,6 +495,7 @@ def evaluate_masks(
     parts: Path | None = None,
     log: Callable[[str], None] | None = None,
     exclude: set[str] | frozenset[str] = frozenset(),
+    on_block: Callable[[pd.DataFrame], None] | None = None,
 ) -> pd.DataFrame:
     """Per-mask counts: every mask of ``buckets`` (but ``exclude``) x every probe of ``splits``, via an actor pool.
 
@@ -513,9 +520,11 @@ def evaluate_masks(
         log(f"per-mask: {len(done_ids & wanted)} masks already evaluated in {parts}, {todo} to go")
     results = [done] if len(done) else []
     if todo != 0:
-        ds = library.to_ray_dataset(buckets, exclude=done_ids | set(exclude)).select_columns(
+        ds = library.to_ray_dataset(buckets, exclude=done_ids | set(exclude),
+                                    rows_per_block=settings.masks_per_block).select_columns(
             ["mask_id", "bucket", "bits"])
-        constructor = _constructor(test, resolved, splits, settings, "masks", per_image=settings.per_image)
+        constructor = _constructor(test, resolved, splits, settings, "masks", per_image=settings.per_image,
+                                   timing=settings.timing)
         out = ds.map_batches(CrossProductScorer, batch_size=settings.masks_per_batch, **_pool(settings, constructor))
         if parts is not None:
             parts.mkdir(parents=True, exist_ok=True)
@@ -526,6 +535,8 @@ def evaluate_masks(
             if parts is not None:
                 _write_part(block, parts)
             results.append(block)
+            if on_block is not None:
+                on_block(block)
             seen += block["mask_id"].nunique()
             now = time.perf_counter() - t0
             if log and (now - last > 30 or seen == todo):
