@@ -198,6 +198,20 @@ def prepare_test(
                    classes, order, n, dropped)
 
 
+def choose_device(gpus_per_actor: float, cuda_available: bool) -> str:
+    """The actor's device: CUDA when it was given a GPU, else the CPU; a GPU it cannot see is an error.
+
+    Ray hides GPUs from actors that did not ask for one (``CUDA_VISIBLE_DEVICES``), so an
+    actor without a GPU share never lands on one by accident.
+    """
+    if gpus_per_actor > 0:
+        if not cuda_available:
+            raise MaskcryptError(f"evaluation actor: given {gpus_per_actor} GPU but CUDA is not available in it "
+                                 "(driver or torch build without CUDA)")
+        return "cuda"
+    return "cpu"
+
+
 class CrossProductScorer:
     """A Ray Data callable class: test images and recognizers resident, masks streaming through.
 
@@ -212,7 +226,7 @@ class CrossProductScorer:
     def __init__(self, test: Any, models: dict[str, str], splits: Sequence[str] = ("selection",),
                  precision: str = "auto", images_per_chunk: int = 256, mode: str = "masks",
                  bucket_masks: Any = None, inpainter: str | None = None, per_image: bool = False,
-                 timing: bool = False):
+                 timing: bool = False, gpus: float = 0.0):
         import ray
         import torch
 
@@ -223,7 +237,7 @@ class CrossProductScorer:
         test = ray.get(test) if isinstance(test, ray.ObjectRef) else test
         if isinstance(bucket_masks, ray.ObjectRef):
             bucket_masks = ray.get(bucket_masks)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(choose_device(gpus, torch.cuda.is_available()))
         self.bf16 = use_bf16(precision, self.device.type)
         self.models = {name: Recognizer.from_checkpoint(path, self.device) for name, path in models.items()}
         if self.bf16:
@@ -452,9 +466,16 @@ def _check_splits(test: TestSet, splits: Sequence[str]) -> None:
 
 def _pool(settings: EvalSettings, constructor: dict[str, Any], rows: int | None = None) -> dict[str, Any]:
     """map_batches arguments for the actor pool; no more actors than input rows (idle actors cost a start)."""
+    import ray
     import ray.data
 
     size = settings.actors if rows is None else max(1, min(settings.actors, rows))
+    if settings.gpus_per_actor > 0:
+        have = ray.cluster_resources().get("GPU", 0)
+        if have < settings.gpus_per_actor and not os.environ.get("MASKCRYPT_AUTOSCALING_GPUS"):
+            # Ray Data would wait forever for actors no node can host.
+            raise MaskcryptError(f"--eval-gpus {settings.gpus_per_actor}: the cluster has {have:g} GPU(s); on an "
+                                 "autoscaling cluster that adds GPU nodes on demand set MASKCRYPT_AUTOSCALING_GPUS=1")
     return {
         "fn_constructor_kwargs": constructor,
         "compute": ray.data.ActorPoolStrategy(size=size),
@@ -469,7 +490,7 @@ def _constructor(test: TestSet, resolved: dict[str, str], splits: Sequence[str],
     import ray
 
     return {"test": ray.put(test), "models": resolved, "splits": tuple(splits), "precision": settings.precision,
-            "images_per_chunk": settings.images_per_chunk, "mode": mode, **extra}
+            "images_per_chunk": settings.images_per_chunk, "mode": mode, "gpus": settings.gpus_per_actor, **extra}
 
 
 def _write_part(df: pd.DataFrame, parts: Path) -> None:

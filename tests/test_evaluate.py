@@ -225,3 +225,19 @@ def test_adaptive_ranking_finds_the_full_modes_top_k(setting):
         # The same top k up to ties: any mask the adaptive search ranks in is as good as the full k-th.
         assert (by_id[top_fast["mask_id"]] >= kth - 0.01).all(), (b, top_full, top_fast)
         assert (top_fast["n"] == len(test)).all()  # the winners were measured on every image
+
+
+def test_device_selection_and_gpu_requests_without_gpus(setting):
+    from maskcrypt.evaluate import choose_device
+
+    assert choose_device(1, cuda_available=True) == "cuda"
+    assert choose_device(0.5, cuda_available=True) == "cuda"
+    assert choose_device(0, cuda_available=True) == "cpu"
+    assert choose_device(0, cuda_available=False) == "cpu"
+    with pytest.raises(MaskcryptError, match="CUDA is not available"):
+        choose_device(1, cuda_available=False)
+    run, test, paths, _ = setting
+    # This machine's Ray has no GPU: asking for one fails at once instead of waiting forever.
+    with pytest.raises(MaskcryptError, match="--eval-gpus 1: the cluster has 0 GPU"):
+        evaluate_masks(MaskLibrary.open(str(run / "masks")), _closed(test), paths,
+                       settings=EvalSettings(gpus_per_actor=1))

@@ -125,3 +125,21 @@ def test_select_job_runs_the_whole_method_under_ray_job_submit(head_node, tmp_pa
     r = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], capture_output=True, text=True,
                        env=no_token, timeout=120)
     assert r.returncode != 0
+
+
+def test_capacity_job_reports_throughput_memory_and_a_projection(tmp_path):
+    """Tiny sizes of jobs/capacity.py, as a user runs it (its own local Ray)."""
+    import json
+
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "capacity.py"), "--count", "60", "--size", "16",
+                        "--images", "20", "--repeats", "1", "--eval-actors", "1", "--out", str(tmp_path / "cap"),
+                        "--project-devices", "1,8"], capture_output=True, text=True, timeout=600, cwd="/")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "cap" / "capacity.json").read_text())
+    assert report["masks"] == 60 and report["library_bytes_per_mask"] > 0
+    assert report["adaptive"]["full_forward_passes"] == 60 * 20
+    assert 0 < report["adaptive"]["forward_passes"] <= 60 * 20
+    rows = report["projection"]["rows"]
+    assert [row["devices"] for row in rows] == [1, 8] and rows[0]["full_seconds"] == pytest.approx(
+        8 * rows[1]["full_seconds"], rel=0.01)
+    assert "masked images/s per evaluation device" in r.stdout

@@ -1,0 +1,104 @@
+"""Adaptive per-mask ranking against full mode: forward passes spent and whether the top k agree.
+
+    make run                                    # once: the trained default run this uses
+    python benchmarks/adaptive.py --quick       # 600 masks, ~3 minutes
+    python benchmarks/adaptive.py               # 2,000 masks
+
+Both modes rank the same freshly generated masks (seed 7, the run's size, every
+bucket) by E's accuracy on the run's test images (all of them in selection), E only
+(the ranking needs only E). *Full*: every mask x every image. *Adaptive*:
+``evaluate_adaptive`` keeping ``--keep`` per bucket. Agreement: for each bucket and
+k in (3, keep), every mask adaptive ranks in the top k must have a full-mode accuracy
+within 0.01 of full mode's k-th (the issue's "up to ties"). Reported: forward passes
+and wall time of both, their ratios, agreement, and the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="600 masks instead of 2,000")
+    p.add_argument("--masks", type=int, default=0)
+    p.add_argument("--run", default=str(ROOT / "runs" / "default"), help="a trained run (make run)")
+    p.add_argument("--keep", type=int, default=5, help="masks kept per bucket (the attack list size)")
+    p.add_argument("--first", type=int, default=25, help="images in the first round")
+    p.add_argument("--confidence", type=float, default=0.99)
+    p.add_argument("--actors", type=int, default=2)
+    args = p.parse_args()
+    n_masks = args.masks or (600 if args.quick else 2000)
+
+    import ray
+
+    from maskcrypt.data import load
+    from maskcrypt.evaluate import AdaptivePlan, EvalSettings, evaluate_adaptive, evaluate_masks, prepare_test
+    from maskcrypt.masks import MaskLibrary
+    from maskcrypt.masks.generate import generate_into
+    from maskcrypt.select import _rank, per_mask_table
+
+    run = Path(args.run)
+    record = run / "run.json"
+    if not (run / "models" / "encrypted").exists() or not record.exists():
+        print(f"error: {run} has no trained E; run `make run` first (or pass --run)", file=sys.stderr)
+        return 2
+    prep = json.loads(record.read_text())["prepare"]
+    test = load(prep["data"], default_split="test", size=prep["size"])
+    ts = prepare_test(test.images, test.labels, test.class_names, test.class_names, confirm_fraction=0.0)
+    models = {"E": run / "models" / "encrypted"}
+    ray.init(num_cpus=args.actors, include_dashboard=False, log_to_driver=False)
+    settings = EvalSettings(actors=args.actors, masks_per_block=32)
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = MaskLibrary.create(str(Path(tmp) / "masks"), prep["size"], prep["size"])
+        generate_into(lib, n_masks, seed=7)
+        buckets = sorted({int(b) for b in lib.column("bucket")} - {-1})
+        t0 = time.perf_counter()
+        full = per_mask_table(evaluate_masks(lib, ts, models, buckets=buckets, settings=settings)
+                              .assign(correct_O=0).drop(columns="split"))
+        t_full = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        counts, rounds = evaluate_adaptive(lib, ts, models, buckets, keep=args.keep, settings=settings,
+                                           plan=AdaptivePlan(first=args.first, confidence=args.confidence))
+        t_fast = time.perf_counter() - t0
+    fast = per_mask_table(counts.assign(correct_O=0).drop(columns="split"))
+    passes_full = len(full) * len(ts)
+    passes_fast = sum(r["forward_passes"] for r in rounds)
+    acc = full.set_index("mask_id")["third"]
+    agree = True
+    for b in buckets:
+        for k in sorted({3, args.keep}):
+            kth = _rank(full, [b]).head(k)["third"].min()
+            picked = _rank(fast, [b]).head(k)["mask_id"]
+            ok = bool((acc[picked] >= kth - 0.01).all())
+            agree &= ok
+            if not ok:
+                print(f"bucket {b}, top {k}: adaptive picked {list(picked)}, full k-th accuracy {kth:.4f}")
+    print(f"{n_masks} masks x {len(ts)} images, E only, {args.actors} actors; keep {args.keep} per bucket, "
+          f"first round {args.first} images, {args.confidence:.0%} Wilson bounds")
+    for r in rounds:
+        print(f"  round {r['round']}: {r['masks']} masks x {r['images']} images ({r['images_seen']} seen), "
+              f"{r['forward_passes']:,} forward passes, {r['seconds']} s")
+    print(f"full: {passes_full:,} forward passes in {t_full:.1f} s; adaptive: {passes_fast:,} in {t_fast:.1f} s")
+    print(f"top-k agreement (up to 0.01 ties, k = 3 and {args.keep}, every bucket): {'yes' if agree else 'NO'}")
+    spread = full.groupby("bucket")["third"].agg(["min", "max", "mean"])
+    print("E's per-mask accuracy per bucket (full mode):")
+    print(spread.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"RESULT adaptive_forward_pass_reduction {passes_full / passes_fast:.2f}")
+    print(f"RESULT adaptive_wall_time_reduction {t_full / t_fast:.2f}")
+    print(f"RESULT adaptive_topk_agreement {int(agree)}")
+    ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Memory of the evaluator as the mask library grows: it must stay flat (within 1.2x).
+
+    python benchmarks/memory.py --quick     # 1k and 10k masks, ~1 minute
+    python benchmarks/memory.py             # 1k, 10k and 100k masks, ~4 minutes
+
+For each library size a fresh process (so peaks are its own) generates the masks at
+32 x 32, starts a local Ray, and streams every mask against 4 test images through
+``evaluate_masks`` (2 actors, the embedded default recognizer, untrained). A sampler
+thread reads, every 0.2 s, the driver's RSS and the RSS of every evaluation actor
+(``ray::MapWorker`` processes) from ``/proc`` (Linux). Reported: the peaks, and their ratios to the smallest
+library's. The object store is not sampled here (Ray exposes its use only through
+internal APIs); what travels through it is the test images once and result rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def measure(n_masks: int) -> dict[str, float]:
+    """One library size, in this process: peak driver and actor RSS in MB."""
+    import ray
+
+    from maskcrypt.data import load
+    from maskcrypt.evaluate import EvalSettings, evaluate_masks, prepare_test
+    from maskcrypt.masks import MaskLibrary
+    from maskcrypt.masks.generate import generate_into
+    from maskcrypt.monitor import PeakRSS
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from cross_product import SPEC, make_checkpoint
+
+    test = load(SPEC + "#limit=4", default_split="test")
+    ts = prepare_test(test.images, test.labels, test.class_names, test.class_names, confirm_fraction=0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ckpt = make_checkpoint(root, test.class_names).parent
+        lib = MaskLibrary.create(str(root / "masks"), 32, 32)
+        generate_into(lib, n_masks, seed=0)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        t0 = time.perf_counter()
+        with PeakRSS() as peak:
+            counts = evaluate_masks(lib, ts, {"E": ckpt}, settings=EvalSettings(actors=2, masks_per_batch=64))
+        seconds = time.perf_counter() - t0
+        ray.shutdown()
+    assert len(counts) == n_masks
+    return {"driver_mb": peak.driver_mb, "actor_mb": peak.actor_mb, "seconds": seconds,
+            "masks_per_s": n_masks / seconds}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="1k and 10k masks only")
+    p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # internal: measure one size
+    args = p.parse_args()
+    if args.one:
+        print("MEASURED " + json.dumps(measure(args.one)))
+        return
+    sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
+    rows = {}
+    for n in sizes:
+        out = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True, text=True,
+                             check=True).stdout
+        rows[n] = json.loads(next(line for line in out.splitlines() if line.startswith("MEASURED "))[9:])
+        r = rows[n]
+        print(f"{n:>7,} masks x 4 images: driver peak {r['driver_mb']:.0f} MB, actor peak {r['actor_mb']:.0f} MB, "
+              f"{r['seconds']:.1f} s ({r['masks_per_s']:,.0f} masks/s)")
+    base, top = rows[sizes[0]], rows[sizes[-1]]
+    for key in ("driver_mb", "actor_mb"):
+        print(f"RESULT memory_{key[:-3]}_ratio_{sizes[-1] // 1000}k_vs_1k {top[key] / base[key]:.3f}")
+    print(f"RESULT memory_masks_per_s_{sizes[-1] // 1000}k {top['masks_per_s']:.0f}")
+
+
+if __name__ == "__main__":
+    main()
