@@ -1,15 +1,16 @@
 """Memory of the evaluator as the mask library grows: it must stay flat (within 1.2x).
 
     python benchmarks/memory.py --quick     # 1k and 10k masks, ~1 minute
-    python benchmarks/memory.py             # 1k, 10k and 100k masks, ~4 minutes
+    python benchmarks/memory.py             # 1k, 10k and 100k masks, ~8 minutes
 
-For each library size a fresh process (so peaks are its own) generates the masks at
-32 x 32, starts a local Ray, and streams every mask against 4 test images through
-``evaluate_masks`` (2 actors, the embedded default recognizer, untrained). A sampler
-thread reads, every 0.2 s, the driver's RSS and the RSS of every evaluation actor
-(``ray::MapWorker`` processes) from ``/proc`` (Linux). Reported: the peaks, and their ratios to the smallest
-library's. The object store is not sampled here (Ray exposes its use only through
-internal APIs); what travels through it is the test images once and result rows.
+For each library size the masks are generated at 32 x 32, then a fresh process (so
+peaks are its own, and hold nothing of the generation) starts a local Ray and streams
+every mask against 4 test images through ``evaluate_masks`` (2 actors, the embedded
+default recognizer, untrained). A sampler thread reads, every 0.2 s, the driver's RSS
+and the RSS of every evaluation actor (``ray::MapWorker`` processes) from ``/proc``
+(Linux). Reported: the peaks, and their ratios to the smallest library's. The object
+store is not sampled (Ray exposes its use only through internal APIs); what travels
+through it is the test images once, the bit-packed masks and small result rows.
 """
 
 from __future__ import annotations
@@ -25,14 +26,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def measure(n_masks: int) -> dict[str, float]:
-    """One library size, in this process: peak driver and actor RSS in MB."""
+def measure(library: str) -> dict[str, float]:
+    """One library, in this process: peak driver and actor RSS in MB while every mask is evaluated."""
     import ray
 
     from maskcrypt.data import load
     from maskcrypt.evaluate import EvalSettings, evaluate_masks, prepare_test
     from maskcrypt.masks import MaskLibrary
-    from maskcrypt.masks.generate import generate_into
     from maskcrypt.monitor import PeakRSS
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,8 +43,8 @@ def measure(n_masks: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ckpt = make_checkpoint(root, test.class_names).parent
-        lib = MaskLibrary.create(str(root / "masks"), 32, 32)
-        generate_into(lib, n_masks, seed=0)
+        lib = MaskLibrary.open(library)
+        n_masks = len(lib)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         t0 = time.perf_counter()
         with PeakRSS() as peak:
@@ -59,16 +59,22 @@ def measure(n_masks: int) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1k and 10k masks only")
-    p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # internal: measure one size
+    p.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: measure one library
     args = p.parse_args()
     if args.one:
         print("MEASURED " + json.dumps(measure(args.one)))
         return
+    from maskcrypt.masks import MaskLibrary
+    from maskcrypt.masks.generate import generate_into
+
     sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
     rows = {}
     for n in sizes:
-        out = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True, text=True,
-                             check=True).stdout
+        with tempfile.TemporaryDirectory() as tmp:
+            # Generated here, so the measured process holds nothing but the evaluation.
+            generate_into(MaskLibrary.create(f"{tmp}/masks", 32, 32), n, seed=0)
+            out = subprocess.run([sys.executable, __file__, "--one", f"{tmp}/masks"], capture_output=True,
+                                 text=True, check=True).stdout
         rows[n] = json.loads(next(line for line in out.splitlines() if line.startswith("MEASURED "))[9:])
         r = rows[n]
         print(f"{n:>7,} masks x 4 images: driver peak {r['driver_mb']:.0f} MB, actor peak {r['actor_mb']:.0f} MB, "

@@ -27,11 +27,10 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from maskcrypt.errors import MaskcryptError  # noqa: E402
+from maskcrypt.errors import exit_status  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -134,6 +133,9 @@ def run(args: argparse.Namespace, out: Path) -> dict:
           f"full mode would need {full_passes:,} ({report['adaptive']['reduction']}x more)")
     print(f"throughput: {rate:,.0f} masked images/s per evaluation device ({args.eval_actors} actors, "
           f"{args.eval_gpus:g} GPU each); peak RSS driver {peak.driver_mb:.0f} MB, actor {peak.actor_mb:.0f} MB")
+    if not args.model:
+        print("note: untrained weights score every mask alike, so the adaptive search cannot drop any; pass "
+              "--model with a trained E for a realistic reduction")
     projection = []
     reduction = full_passes / adaptive_passes
     for g in (int(x) for x in args.project_devices.split(",")):
@@ -148,18 +150,18 @@ def run(args: argparse.Namespace, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+
+    def body() -> None:
+        from maskcrypt.run import write_json_atomic
+
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(args.out).resolve() if args.out else Path(tmp)
             out.mkdir(parents=True, exist_ok=True)
-            report = run(args, out)
-            (out / "capacity.json").write_text(json.dumps(report, indent=1))
+            write_json_atomic(out / "capacity.json", run(args, out))
             if args.out:
                 print(f"capacity report: {out / 'capacity.json'}")
-    except MaskcryptError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(body)
 
 
 if __name__ == "__main__":

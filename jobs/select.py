@@ -28,7 +28,7 @@ import argparse  # noqa: E402
 
 from maskcrypt.cli import add_train_arguments, format_mask_stats, train_from_args  # noqa: E402
 from maskcrypt.data.spec import absolute_spec  # noqa: E402
-from maskcrypt.errors import MaskcryptError  # noqa: E402
+from maskcrypt.errors import exit_status  # noqa: E402
 from maskcrypt.masks import MaskLibrary  # noqa: E402
 from maskcrypt.run import PrepareConfig, RunPaths, prepare, write_json_atomic  # noqa: E402
 from maskcrypt.train import format_quality, training_quality  # noqa: E402
@@ -87,77 +87,78 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def run(args: argparse.Namespace) -> int:
+    """The stages up to ``--until``; 3 when ``--require-targets`` finds none."""
+    config = PrepareConfig(data=args.data, size=args.size, mask_count=args.mask_count,
+                           mask_seed=args.mask_seed, train_mask_count=args.train_mask_count,
+                           train_mask_seed=args.train_mask_seed, buckets=args.buckets,
+                           selection_masks=absolute_path(args.selection_masks))
+    args.thresholds = absolute_path(args.thresholds)
+    args.data, args.test_data = absolute_spec(args.data), absolute_spec(args.test_data)
+    for name in ("inpaint_data", "val_data"):
+        setattr(args, name, absolute_spec(getattr(args, name)))
+    args.masks = absolute_path(args.masks)
+    paths = RunPaths.resolve(args.run)
+    print(f"run {paths.root}")
+    record = prepare(paths.root, config, restart=args.restart)
+    print()
+    print(format_mask_stats(MaskLibrary.open(str(paths.masks)).stats()))
+    print()
+    print(f"pictures: {paths.root}/masks.png, masks_train.png, data.png, encrypted.png")
+    print(f"prepared in {record['stages']['prepare']['seconds']}s")
+    if STAGES.index(args.until) >= STAGES.index("train"):
+        args.train_data = args.data
+        print()
+        metas = train_from_args(args, str(paths.root))
+        print()
+        for role, meta in metas.items():
+            m = meta["metrics"]
+            figure = (f"held-out accuracy {m['test_accuracy']:.1%}" if "test_accuracy" in m
+                      else f"hole PSNR {m['hole_psnr']:.2f} dB (mean fill {m['mean_fill_psnr']:.2f} dB)")
+            print(f"{role:>10}: {figure} after {meta['epoch']} epochs -> {paths.models / role}")
+        if set(metas) == {"original", "encrypted", "inpainter"}:
+            quality = training_quality(paths.root, args.data, args.size)
+            write_json_atomic(paths.results / "train_quality.json", quality)
+            print()
+            print(format_quality(quality))
+    if STAGES.index(args.until) >= STAGES.index("determine"):
+        from maskcrypt.determine import determine, format_table1, format_target
+        from maskcrypt.evaluate import AdaptivePlan, EvalSettings
+        from maskcrypt.select import Thresholds
+
+        th = Thresholds.from_file(args.thresholds) if args.thresholds else Thresholds()
+        settings = EvalSettings(actors=args.eval_actors, gpus_per_actor=args.eval_gpus,
+                                precision=args.precision, per_image=args.per_image)
+        print()
+        result = determine(paths.root, args.test_data or args.data, args.size, th, repeats=args.repeats,
+                           seed=args.seed, per_mask=args.per_mask, table1_mode=args.table1_mode,
+                           rank_mode=args.rank_mode,
+                           adaptive=AdaptivePlan(first=args.adaptive_first, confidence=args.adaptive_confidence,
+                                                 seed=args.seed),
+                           scoring=args.scoring, confirm_fraction=args.confirm_fraction, enroll=args.enroll,
+                           settings=settings, redo=args.redetermine)
+        import pandas as pd
+
+        print()
+        print("Table 1 (accuracy per bucket, mean ± std over repetitions):")
+        print(format_table1(pd.read_parquet(paths.results / "table1.parquet")))
+        print()
+        if result["targets"]:
+            for t in result["targets"]:
+                print(format_target(t))
+        else:
+            print(f"no target mask: {result['reason']['message']}")
+        print(f"targets: {paths.root / 'targets.json'}")
+        print(f"report: {paths.root / 'report.md'}")
+        if args.require_targets and not result["targets"]:
+            return 3
+    print(f"run record: {paths.run_json}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        config = PrepareConfig(data=args.data, size=args.size, mask_count=args.mask_count,
-                               mask_seed=args.mask_seed, train_mask_count=args.train_mask_count,
-                               train_mask_seed=args.train_mask_seed, buckets=args.buckets,
-                               selection_masks=absolute_path(args.selection_masks))
-        args.thresholds = absolute_path(args.thresholds)
-        args.data, args.test_data = absolute_spec(args.data), absolute_spec(args.test_data)
-        for name in ("inpaint_data", "val_data"):
-            setattr(args, name, absolute_spec(getattr(args, name)))
-        args.masks = absolute_path(args.masks)
-        paths = RunPaths.resolve(args.run)
-        print(f"run {paths.root}")
-        record = prepare(paths.root, config, restart=args.restart)
-        print()
-        print(format_mask_stats(MaskLibrary.open(str(paths.masks)).stats()))
-        print()
-        print(f"pictures: {paths.root}/masks.png, masks_train.png, data.png, encrypted.png")
-        print(f"prepared in {record['stages']['prepare']['seconds']}s")
-        if STAGES.index(args.until) >= STAGES.index("train"):
-            args.train_data = args.data
-            print()
-            metas = train_from_args(args, str(paths.root))
-            print()
-            for role, meta in metas.items():
-                m = meta["metrics"]
-                figure = (f"held-out accuracy {m['test_accuracy']:.1%}" if "test_accuracy" in m
-                          else f"hole PSNR {m['hole_psnr']:.2f} dB (mean fill {m['mean_fill_psnr']:.2f} dB)")
-                print(f"{role:>10}: {figure} after {meta['epoch']} epochs -> {paths.models / role}")
-            if set(metas) == {"original", "encrypted", "inpainter"}:
-                quality = training_quality(paths.root, args.data, args.size)
-                write_json_atomic(paths.results / "train_quality.json", quality)
-                print()
-                print(format_quality(quality))
-        if STAGES.index(args.until) >= STAGES.index("determine"):
-            from maskcrypt.determine import determine, format_table1, format_target
-            from maskcrypt.evaluate import AdaptivePlan, EvalSettings
-            from maskcrypt.select import Thresholds
-
-            th = Thresholds.from_file(args.thresholds) if args.thresholds else Thresholds()
-            settings = EvalSettings(actors=args.eval_actors, gpus_per_actor=args.eval_gpus,
-                                    precision=args.precision, per_image=args.per_image)
-            print()
-            result = determine(paths.root, args.test_data or args.data, args.size, th, repeats=args.repeats,
-                               seed=args.seed, per_mask=args.per_mask, table1_mode=args.table1_mode,
-                               rank_mode=args.rank_mode,
-                               adaptive=AdaptivePlan(first=args.adaptive_first, confidence=args.adaptive_confidence,
-                                                     seed=args.seed),
-                               scoring=args.scoring, confirm_fraction=args.confirm_fraction, enroll=args.enroll,
-                               settings=settings, redo=args.redetermine)
-            import pandas as pd
-
-            print()
-            print("Table 1 (accuracy per bucket, mean ± std over repetitions):")
-            print(format_table1(pd.read_parquet(paths.results / "table1.parquet")))
-            print()
-            if result["targets"]:
-                for t in result["targets"]:
-                    print(format_target(t))
-            else:
-                print(f"no target mask: {result['reason']['message']}")
-            print(f"targets: {paths.root / 'targets.json'}")
-            print(f"report: {paths.root / 'report.md'}")
-            if args.require_targets and not result["targets"]:
-                return 3
-        print(f"run record: {paths.run_json}")
-    except MaskcryptError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from maskcrypt.cli import add_train_arguments, train_from_args  # noqa: E402
-from maskcrypt.errors import MaskcryptError  # noqa: E402
+from maskcrypt.errors import exit_status  # noqa: E402
 
 DEFAULT_RUN = Path(__file__).resolve().parents[1] / "runs" / "default"
 
@@ -25,12 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", default=str(DEFAULT_RUN), help="run directory (default runs/default/)")
     add_train_arguments(p)
     args = p.parse_args(argv)
-    try:
+
+    def body() -> None:
         train_from_args(args, args.run)
-    except MaskcryptError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(body)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.errors import MaskcryptError, exit_status
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -307,11 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except MaskcryptError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return exit_status(lambda: args.func(args))
 
 
 if __name__ == "__main__":
