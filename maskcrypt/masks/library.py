@@ -446,4 +446,4 @@ class MaskLibrary:
             return table
 
         return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            read_slice, batch_size=1, num_cpus=0, concurrency=1, batch_format="numpy")
+            read_slice, batch_size=1, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=1), batch_format="numpy")
