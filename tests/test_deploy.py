@@ -1,0 +1,58 @@
+"""The cluster configs: cluster.yaml against the schema inside the ray package, the KubeRay job manifest."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cluster_yaml_is_valid_for_the_installed_ray_and_keeps_our_policies():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(raw))  # fills the AWS defaults, then checks ray-schema.json
+    nodes = raw["available_node_types"]
+    assert nodes[raw["head_node_type"]]["resources"] == {"CPU": 0}  # no work on the head
+    gpu = [n for n in nodes.values() if "g5" in n["node_config"]["InstanceType"]]
+    assert gpu and all(n["min_workers"] == 0 for n in gpu)  # GPU nodes scale from zero
+    head_start = " ".join(raw["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start  # reached through `ray dashboard`, not public
+    for cmds in (raw["head_start_ray_commands"], raw["worker_start_ray_commands"]):
+        assert "RAY_AUTH_MODE=token" in " ".join(cmds)
+    setup = " ".join(raw["setup_commands"])
+    assert "torch==2.14.1" in setup and "ray[default,train,tune,data,serve]==2.60.0" in setup
+    assert "ray_auth_token" in (ROOT / ".gitignore").read_text()
+
+
+def test_rayjob_manifest_is_well_formed_and_its_entrypoint_parses():
+    doc = yaml.safe_load((ROOT / "deploy" / "k8s" / "rayjob-select.yaml").read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob" and doc["metadata"]["name"]
+    spec = doc["spec"]
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == "2.60.0"
+    head = cluster["headGroupSpec"]
+    assert "rayStartParams" in head and head["template"]["spec"]["containers"][0]["image"]
+    for group in cluster["workerGroupSpecs"]:
+        assert group["groupName"] and "rayStartParams" in group
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert limits["nvidia.com/gpu"] == "1"
+    # The entrypoint is our job with flags it accepts (parsed by the job's own parser).
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[0] == "python" and argv[1].endswith("jobs/select.py")
+    import importlib.util
+
+    saved = list(sys.path)
+    try:
+        loader = importlib.util.spec_from_file_location("select_job", ROOT / "jobs" / "select.py")
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+        args = module.parse_args(argv[2:])
+    finally:
+        sys.path[:] = saved  # the job rewrites sys.path[0] (its name clashes with the stdlib's select)
+    assert args.eval_gpus == 1 and args.gpus_per_worker == 1 and args.test_data.startswith("lfw:")
