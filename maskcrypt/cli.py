@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -237,6 +238,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # -- parser --------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a run on this machine's (or RAY_ADDRESS's) Ray until interrupted."""
+    from ray import serve
+
+    from maskcrypt.serving import ServiceConfig, build_app
+
+    config = ServiceConfig(run=args.run, allow_candidates=args.allow_candidates,
+                           api_key=os.environ.get("MASKCRYPT_API_KEY", ""), precision=args.precision)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(build_app(config, max_batch_size=args.max_batch_size, num_replicas=args.replicas),
+              name="maskcrypt", route_prefix="/")
+    print(f"serving {config.run} on http://{args.host}:{args.port} (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskcrypt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="group", required=True)
@@ -302,6 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--run", default="runs/default", help="run directory (needs masks_train/ unless --masks)")
     add_train_arguments(tr)
     tr.set_defaults(func=cmd_train)
+    sv = sub.add_parser("serve", help="serve mask-then-recognize over HTTP on Ray Serve")
+    sv.add_argument("run", nargs="?", default="runs/default", help="a run with target masks (default runs/default)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--allow-candidates", action="store_true", help="serve the best candidates when no target")
+    sv.add_argument("--replicas", type=int, default=1)
+    sv.add_argument("--max-batch-size", type=int, default=16)
+    sv.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    sv.set_defaults(func=cmd_serve)
     return parser
 
 
