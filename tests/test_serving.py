@@ -140,6 +140,49 @@ def test_multipart_upload_and_sixteen_concurrent_clients(served):
     assert all(s == 200 for s, _ in answers)
 
 
+def test_client_masks_locally_and_agrees_with_server_side_masking(served):
+    from maskcrypt.client import Client
+
+    url, run, config = served
+    if config.allow_candidates:
+        pytest.skip("the tiny run found no target mask: the client needs targets.parquet")
+    test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
+    client = Client(url, run / "targets.parquet", api_key=KEY)
+    for i in range(3):
+        ours = client.recognize(test.images[i])
+        status, theirs = _call(f"{url}/v1/recognize?mask=best", _png(test.images[i]))
+        assert status == 200 and ours["premasked"] is True
+        assert (ours["label"], ours["mask_id"]) == (theirs["label"], theirs["mask_id"])
+    with pytest.raises(MaskcryptError, match="unknown mask id"):
+        client.recognize(test.images[0], mask="nope")
+    with pytest.raises(MaskcryptError, match="service answered 401"):
+        Client(url, run / "targets.parquet", api_key="wrong").recognize(test.images[0])
+
+
+def test_requests_succeed_again_after_a_replica_is_killed(served):
+    import time
+
+    import ray
+
+    url, _, _ = served
+    body = _png(np.zeros((3, TINY_SIZE, TINY_SIZE), np.uint8))
+    names = [a for a in ray.util.list_named_actors(all_namespaces=True)
+             if "SERVE_REPLICA" in a["name"] and "RecognitionService" in a["name"]]
+    assert names, ray.util.list_named_actors(all_namespaces=True)
+    ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+    deadline = time.time() + 120
+    while True:
+        try:
+            status, _ = _call(f"{url}/v1/recognize", body)
+        except OSError:
+            status = 0
+        if status == 200 or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert status == 200  # Serve replaced the replica
+    assert all(_call(f"{url}/v1/recognize", body)[0] == 200 for _ in range(5))
+
+
 def test_targets_are_verified_and_uploads_decoded_without_serve(served, tmp_path):
     _, run, _ = served
     copy = tmp_path / "run"
