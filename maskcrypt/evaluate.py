@@ -333,13 +333,10 @@ class CrossProductScorer:
     def _gallery_centroids(self, masks_for: Callable[[int, int], Any] | None) -> dict[str, Any]:
         if not self.open:
             return {}
+        # E-like models see the gallery under the same masks as the probes (clean when masks_for is None).
         masked = [n for n in self.models if n not in CLEAN_GALLERY]
-        outs = self._outputs(self.gallery, masks_for, masked) if masks_for is not None else {}
-        cents = {n: self._centroids(o) for n, o in outs.items()}
-        for n in masked:
-            if masks_for is None:  # clean evaluation: every model's gallery is clean
-                cents[n] = self._centroids(self._outputs(self.gallery, None, [n])[n])
-        return {**cents, **self.clean_centroids}
+        outs = self._outputs(self.gallery, masks_for, masked)
+        return {**{n: self._centroids(o) for n, o in outs.items()}, **self.clean_centroids}
 
     def _recognize(self, masks_for: Callable[[int, int], Any] | None) -> dict[str, tuple[Any, Any]]:
         """Per-probe (correct, score) for every model under one mask assignment."""
