@@ -245,7 +245,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from maskcrypt.serving import ServiceConfig, build_app
 
     config = ServiceConfig(run=args.run, allow_candidates=args.allow_candidates,
-                           api_key=os.environ.get("MASKCRYPT_API_KEY", ""), precision=args.precision)
+                           api_key=os.environ.get("MASKCRYPT_API_KEY", ""), precision=args.precision,
+                           scoring=args.scoring, share_masks=args.share_masks, min_score=args.min_score)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app(config, max_batch_size=args.max_batch_size, num_replicas=args.replicas),
               name="maskcrypt", route_prefix="/")
@@ -331,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--replicas", type=int, default=1)
     sv.add_argument("--max-batch-size", type=int, default=16)
     sv.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    sv.add_argument("--scoring", default="auto", choices=("auto", "closed", "open"),
+                    help="closed: E's classes; open: an enrolled gallery (/v1/enroll); auto: as the run was scored")
+    sv.add_argument("--share-masks", action="store_true", help="let clients fetch mask pixels (/v1/masks?pixels=true)")
+    sv.add_argument("--min-score", type=float, default=-1.0,
+                    help="open set: answer identity null below this cosine (default -1: always the best match)")
     sv.set_defaults(func=cmd_serve)
     return parser
 

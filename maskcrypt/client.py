@@ -1,21 +1,25 @@
 """A Python client that masks on its side, so the service never sees clean pixels.
 
-The operator hands out the run's ``targets.parquet`` (the target masks in library
-format); :class:`Client` verifies every mask's sha256, masks each image locally with the
-chosen mask (after the same centre crop and resize as the service), and sends the
-encrypted image with ``premasked=true``::
+The masks come from the run's ``targets.parquet`` (handed out by the operator) or, when
+the operator enabled it (``share_masks``), from ``GET /v1/masks?pixels=true``.
+:class:`Client` verifies every mask's sha256, masks each image locally with the chosen
+mask (after the same centre crop and resize as the service), and sends the encrypted
+image with ``premasked=true`` and the id of the mask it used::
 
     from maskcrypt.client import Client
-    c = Client("http://127.0.0.1:8000", targets="targets.parquet", api_key="...")
+    c = Client("http://127.0.0.1:8000", targets="targets.parquet", api_key="...")  # targets=None: fetch
     c.recognize("face.jpg")          # or a uint8 C x H x W array; mask="best", "random" or an id
+    c.enroll("alice", ["a1.jpg", "a2.jpg"])   # open-set services: one premasked upload per mask
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -26,26 +30,73 @@ from maskcrypt.errors import MaskcryptError
 
 
 class Client:
-    def __init__(self, url: str, targets: str | os.PathLike[str], api_key: str = "", timeout: float = 30.0,
-                 crop: str = "center"):
+    def __init__(self, url: str, targets: str | os.PathLike[str] | None = None, api_key: str = "",
+                 timeout: float = 30.0, crop: str = "center"):
+        self.url, self.api_key, self.timeout, self.crop = url.rstrip("/"), api_key, timeout, crop
+        self.ids, self.masks, digests = self._from_parquet(targets) if targets is not None else self._fetch()
+        from maskcrypt.masks import mask_sha256
+
+        where = targets if targets is not None else f"{self.url}/v1/masks"
+        for mid, mask, digest in zip(self.ids, self.masks, digests):
+            if mask_sha256(mask) != digest:
+                raise MaskcryptError(f"{where}: mask {mid} does not match its sha256")
+        if not self.ids:
+            raise MaskcryptError(f"{where}: holds no mask")
+        self.rng = np.random.default_rng()
+
+    @staticmethod
+    def _from_parquet(targets: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, list[str]]:
         import pyarrow.parquet as pq
 
-        from maskcrypt.masks import mask_sha256, unpack_masks
+        from maskcrypt.masks import unpack_masks
 
         table = pq.read_table(targets)
         height = json.loads((table.schema.metadata or {}).get(b"maskcrypt.height", b"0"))
         width = json.loads((table.schema.metadata or {}).get(b"maskcrypt.width", b"0"))
         if not height or not width:
             raise MaskcryptError(f"{targets}: not a maskcrypt targets file (no mask size in its metadata)")
-        self.ids = table.column("mask_id").to_pylist()
-        self.masks = unpack_masks(table.column("bits").to_pylist(), height, width)
-        for mid, mask, digest in zip(self.ids, self.masks, table.column("sha256").to_pylist()):
-            if mask_sha256(mask) != digest:
-                raise MaskcryptError(f"{targets}: mask {mid} does not match its sha256")
-        if not self.ids:
-            raise MaskcryptError(f"{targets}: holds no mask")
-        self.url, self.api_key, self.timeout, self.crop = url.rstrip("/"), api_key, timeout, crop
-        self.rng = np.random.default_rng()
+        masks = unpack_masks(table.column("bits").to_pylist(), height, width)
+        return table.column("mask_id").to_pylist(), masks, table.column("sha256").to_pylist()
+
+    def _fetch(self) -> tuple[list[str], np.ndarray, list[str]]:
+        from maskcrypt.masks import unpack_masks
+
+        listed = self._send("GET", "/v1/masks?pixels=true")
+        pixels = listed.get("pixels") or []
+        if not pixels:
+            return [], np.zeros((0, 0, 0), np.uint8), []
+        h, w = pixels[0]["height"], pixels[0]["width"]
+        masks = unpack_masks([base64.b64decode(p["bits"]) for p in pixels], h, w)
+        return [p["mask_id"] for p in pixels], masks, [p["sha256"] for p in pixels]
+
+    def _send(self, method: str, path: str, body: bytes | None = None,
+              content_type: str = "image/png") -> dict[str, Any]:
+        headers = {"X-API-Key": self.api_key}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        req = urllib.request.Request(f"{self.url}{path}", data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            raise MaskcryptError(f"service answered {exc.code}: {exc.read().decode(errors='replace')}") from None
+
+    def _index(self, mask: str) -> int:
+        if mask == "best":
+            return 0
+        if mask == "random":
+            return int(self.rng.integers(len(self.ids)))
+        if mask in self.ids:
+            return self.ids.index(mask)
+        raise MaskcryptError(f"client: unknown mask id {mask!r}; have {self.ids}")
+
+    def _encrypted_png(self, image: Any, k: int) -> bytes:
+        from PIL import Image
+
+        encrypted = self._image(image) * self.masks[k][None]
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(encrypted.transpose(1, 2, 0))).save(buf, format="PNG")
+        return buf.getvalue()
 
     def _image(self, image: Any) -> np.ndarray:
         """A path, bytes or uint8 C x H x W array -> uint8 3 x H x W at the masks' size."""
@@ -64,25 +115,26 @@ class Client:
         return to_chw(pil, (int(size[0]), int(size[1])), 3, self.crop)
 
     def recognize(self, image: Any, mask: str = "best", top_k: int = 5) -> dict[str, Any]:
-        """Mask ``image`` locally, send it premasked, return the service's answer with our mask id."""
-        from PIL import Image
+        """Mask ``image`` locally, send it premasked with the mask's id, return the service's answer."""
+        k = self._index(mask)
+        query = urllib.parse.urlencode({"premasked": "true", "mask": self.ids[k], "top_k": top_k})
+        return self._send("POST", f"/v1/recognize?{query}", self._encrypted_png(image, k))
 
-        if mask == "best":
-            k = 0
-        elif mask == "random":
-            k = int(self.rng.integers(len(self.ids)))
-        elif mask in self.ids:
-            k = self.ids.index(mask)
-        else:
-            raise MaskcryptError(f"client: unknown mask id {mask!r}; have {self.ids}")
-        encrypted = self._image(image) * self.masks[k][None]
-        buf = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(encrypted.transpose(1, 2, 0))).save(buf, format="PNG")
-        req = urllib.request.Request(f"{self.url}/v1/recognize?premasked=true&top_k={top_k}", data=buf.getvalue(),
-                                     headers={"Content-Type": "image/png", "X-API-Key": self.api_key})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                answer = json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            raise MaskcryptError(f"service answered {exc.code}: {exc.read().decode(errors='replace')}") from None
-        return {**answer, "mask_id": self.ids[k]}
+    def enroll(self, identity: str, images: list[Any]) -> dict[str, Any]:
+        """Enroll ``identity`` in an open-set service under every mask, masking on this side.
+
+        One request per mask: each carries the images masked by that mask, so the server
+        stores embeddings for every mask a later probe may use and never sees clean pixels.
+        """
+        if not images:
+            raise MaskcryptError(f"client: no image to enroll for {identity!r}")
+        answer: dict[str, Any] = {}
+        boundary = f"maskcrypt{self.rng.integers(1 << 62):x}"
+        for k, mid in enumerate(self.ids):
+            parts = [(f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{i}.png\"\r\n"
+                      "Content-Type: image/png\r\n\r\n").encode() + self._encrypted_png(image, k) + b"\r\n"
+                     for i, image in enumerate(images)]
+            body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+            query = urllib.parse.urlencode({"identity": identity, "premasked": "true", "mask": mid})
+            answer = self._send("POST", f"/v1/enroll?{query}", body, f"multipart/form-data; boundary={boundary}")
+        return answer

@@ -67,9 +67,25 @@ def served(tiny_run, tmp_path_factory):
     config = ServiceConfig(run=str(run), api_key=KEY, precision="fp32", max_bytes=200_000)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(config, max_batch_size=8), name="maskcrypt-test", route_prefix="/")
+    serve.run(build_app(config, max_batch_size=8, num_cpus=0.5), name="maskcrypt-test", route_prefix="/")
     yield f"http://127.0.0.1:{port}", run, config
     serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def served_open(served, tmp_path_factory):
+    """The same run served open set (E's embeddings against an enrolled gallery), beside the closed app."""
+    from ray import serve
+
+    from maskcrypt.serving import build_app
+
+    url, src, _ = served
+    run = tmp_path_factory.mktemp("serving-open") / "run"
+    shutil.copytree(src, run)
+    config = ServiceConfig(run=str(run), api_key=KEY, precision="fp32", scoring="open", share_masks=True)
+    serve.run(build_app(config, max_batch_size=8, num_cpus=0.5), name="maskcrypt-open", route_prefix="/open")
+    yield f"{url}/open", run, config
+    serve.delete("maskcrypt-open")
 
 
 def test_predictions_equal_the_offline_model_under_the_same_mask(served):
@@ -94,7 +110,9 @@ def test_predictions_equal_the_offline_model_under_the_same_mask(served):
     # A client that masks on its side: the server never sees the clean pixels.
     pre = test.images[0] * targets.masks[0][None]
     status, got = _call(f"{url}/v1/recognize?premasked=true", _png(pre))
-    assert status == 200 and got["mask_id"] is None and got["premasked"] is True
+    assert status == 200 and got["mask_id"] == targets.ids[0] and got["premasked"] is True
+    assert got["label"] == _call(f"{url}/v1/recognize", _png(test.images[0]))[1]["label"]
+    assert _call(f"{url}/v1/recognize?premasked=true&mask=random", _png(pre))[0] == 400
     status, listed = _call(f"{url}/v1/masks")
     assert status == 200 and [m["mask_id"] for m in listed["masks"]] == targets.ids
 
@@ -165,7 +183,7 @@ def test_requests_succeed_again_after_a_replica_is_killed(served):
     url, _, _ = served
     body = _png(np.zeros((3, TINY_SIZE, TINY_SIZE), np.uint8))
     names = [a for a in ray.util.list_named_actors(all_namespaces=True)
-             if "SERVE_REPLICA" in a["name"] and "RecognitionService" in a["name"]]
+             if "SERVE_REPLICA" in a["name"] and "maskcrypt-test#RecognitionService" in a["name"]]
     assert names, ray.util.list_named_actors(all_namespaces=True)
     ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
     deadline = time.time() + 120
@@ -201,3 +219,104 @@ def test_targets_are_verified_and_uploads_decoded_without_serve(served, tmp_path
     with pytest.raises(ServiceError) as err:
         decode_upload(b"x" * 20, (16, 16), 3, ServiceConfig(max_bytes=10))
     assert err.value.status == 413
+
+
+def _multipart(images: list[bytes], **fields: str) -> tuple[bytes, str]:
+    boundary = "maskcryptboundary"
+    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n".encode()
+             for k, v in fields.items()]
+    parts += [(f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{i}.png\"\r\n"
+               "Content-Type: image/png\r\n\r\n").encode() + body + b"\r\n" for i, body in enumerate(images)]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _delete(url: str, key: str = KEY):
+    req = urllib.request.Request(url, method="DELETE", headers={"X-API-Key": key})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_open_set_enroll_then_recognize_equals_offline_centroids(served_open):
+    import torch.nn.functional as F
+
+    from maskcrypt.models import Recognizer
+
+    url, run, _ = served_open
+    targets = load_targets(run)
+    test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
+    names = test.class_names
+    gallery = {c: np.flatnonzero(test.labels == c)[0] for c in range(len(names))}
+    probes = [i for i in range(len(test)) if i not in set(gallery.values())]
+    status, health = _call(f"{url}/healthz", key=None)
+    assert status == 200 and health["scoring"] == "open" and health["identities"] == 0
+    status, got = _call(f"{url}/v1/recognize", _png(test.images[probes[0]]))
+    assert status == 409 and "enroll" in got["error"]
+    for c, i in gallery.items():  # one identity per request: the name as a form field, then as a query
+        if c % 2:
+            body, kind = _multipart([_png(test.images[i])], identity=names[c])
+            status, got = _call(f"{url}/v1/enroll", body, content_type=kind)
+        else:
+            status, got = _call(f"{url}/v1/enroll?identity={names[c]}", _png(test.images[i]))
+        assert status == 200 and got["masks"] == targets.ids and got["images"] == 1, got
+    # Embeddings only: every stored array is float or an index; no pixels.
+    files = sorted((run / "gallery").glob("*.npz"))
+    assert len(files) == len(names)
+    with np.load(files[0]) as z:
+        assert z["embeddings"].dtype == np.float32 and not any(z[k].dtype == np.uint8 for k in z.files)
+    e = Recognizer.from_checkpoint(run / "models" / "encrypted")
+    for k in (0, len(targets.ids) - 1):
+        mask = torch.from_numpy(targets.masks[k])
+        with torch.inference_mode():
+            g = F.normalize(e.embed(torch.from_numpy(test.images[list(gallery.values())]) * mask), dim=1)
+            p = F.normalize(e.embed(torch.from_numpy(test.images[probes]) * mask), dim=1)
+        sims = p @ g.T  # one gallery image per identity: its unit embedding is the centroid
+        for j, i in enumerate(probes[:6]):
+            status, got = _call(f"{url}/v1/recognize?mask={targets.ids[k]}&top_k=2", _png(test.images[i]))
+            assert status == 200 and got["mask_id"] == targets.ids[k], got
+            assert got["identity"] == names[int(sims[j].argmax())] and len(got["top_k"]) == 2
+            assert got["score"] == pytest.approx(float(sims[j].max()), abs=1e-5)
+    status, listed = _call(f"{url}/v1/gallery")
+    assert status == 200 and [g["identity"] for g in listed["identities"]] == sorted(names)
+    assert _delete(f"{url}/v1/enroll/{names[0]}")[0] == 200
+    status, got = _delete(f"{url}/v1/enroll/{names[0]}")
+    assert status == 404 and "unknown identity" in got["error"]
+    assert names[0] not in [g["identity"] for g in _call(f"{url}/v1/gallery")[1]["identities"]]
+    status, got = _call(f"{url}/v1/recognize?top_k=10", _png(test.images[gallery[0]]))
+    assert status == 200 and names[0] not in [t["identity"] for t in got["top_k"]]
+    assert got["gallery_size"] == len(names) - 1
+
+
+def test_enrollment_errors_and_client_fetching_shared_masks(served, served_open):
+    from maskcrypt.client import Client
+
+    closed_url, _, _ = served
+    url, run, _ = served_open
+    test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
+    face = _png(test.images[0])
+    assert _call(f"{url}/v1/enroll?identity=%20padded", face)[0] == 400
+    assert _call(f"{url}/v1/enroll", face)[0] == 400  # no identity at all
+    status, got = _call(f"{closed_url}/v1/enroll?identity=x", face)
+    assert status == 409 and "closed set" in got["error"]
+    assert _call(f"{url}/v1/enroll?identity=x&premasked=true", face)[0] == 200  # best: the client's mask
+    status, got = _call(f"{url}/v1/enroll?identity=x&premasked=true&mask=all", face)
+    assert status == 400 and "name the mask" in got["error"]
+    body, kind = _multipart([face] * 3, identity="x")
+    assert _call(f"{url}/v1/enroll", body, content_type=kind)[1]["images"] == 4
+    status, got = _call(f"{closed_url}/v1/masks?pixels=true")
+    assert status == 403 and "share_masks" in got["error"]
+    with pytest.raises(MaskcryptError, match="service answered 403"):
+        Client(closed_url, api_key=KEY)
+    # A client that fetched the shared masks enrolls and recognizes without the server seeing clean pixels.
+    client = Client(url, api_key=KEY)
+    assert client.ids == load_targets(run).ids
+    probe = test.images[int(np.flatnonzero(test.labels == 0)[1])]  # not the one enrolled for identity 0
+    enrolled = client.enroll("client-face", [probe])
+    assert enrolled["images"] == 1 and enrolled["masks"] == client.ids
+    for mask in ("best", client.ids[-1]):
+        ours = client.recognize(probe, mask=mask)
+        theirs = _call(f"{url}/v1/recognize?mask={ours['mask_id']}", _png(probe))[1]
+        assert ours["premasked"] is True and ours["identity"] == theirs["identity"] == "client-face"
+        assert ours["score"] == pytest.approx(theirs["score"], abs=1e-5)
