@@ -12,7 +12,8 @@ tables. Accuracies are fractions in [0, 1]; so are thresholds.
   of each target bucket are the candidates; :func:`attack_list` names the top
   ``attack_top`` (>= k) to attack, so ``k`` can change without new model runs.
 * :func:`table2` / :func:`target_masks` - fourth (E on masked) and fifth (E on inpainted)
-  accuracy and the drop; target masks are candidates whose drop > ``t_drop``, best first.
+  accuracy and the drop; target masks are candidates whose drop > ``t_drop`` that pass
+  the basic form, best first.
 
 Every accuracy carries a Wilson interval; every drop a paired (Newcombe) interval,
 since the same images are recognized before and after inpainting. A column says
@@ -345,19 +346,36 @@ def table2(attack: pd.DataFrame, ranks: pd.DataFrame, th: Thresholds = Threshold
 
 
 def target_masks(t2: pd.DataFrame, th: Thresholds = Thresholds()) -> tuple[pd.DataFrame, Empty | None]:
-    """Candidates with drop > t_drop, best first (fourth accuracy, then mask id).
+    """Candidates with drop > t_drop that also pass the basic form, best first (fourth accuracy, then id).
 
-    Decided from ``rank`` and ``drop`` with ``th``, so a threshold search reuses one table.
+    The basic form (E accuracy > t_enc, O accuracy < t_orig) is the method's first
+    definition of a target mask; the bucketed refinement keeps it as a floor, so a
+    candidate of a target bucket that O still recognizes too well, or E too poorly, is
+    not a target. It is judged on the attack's own masked figures (``fourth``, and
+    ``O_masked`` when O was measured). Decided from ``rank``, ``drop`` and those columns
+    with ``th``, so a threshold search reuses one table.
     """
     is_cand = t2["rank"] <= th.top_k
-    chosen = t2[is_cand & (t2["drop"] > th.t_drop)]
+    dropped = is_cand & (t2["drop"] > th.t_drop)
+    basic = t2["fourth"] > th.t_enc
+    if "O_masked" in t2.columns:
+        basic &= t2["O_masked"] < th.t_orig
+    chosen = t2[dropped & basic]
     chosen = chosen.sort_values(["fourth", "mask_id"], ascending=[False, True]).reset_index(drop=True)
     if len(chosen):
         return chosen, None
+    if dropped.any():
+        failed = t2[dropped].sort_values("fourth", ascending=False).head(3)
+        closest = [{"mask_id": r.mask_id, "bucket": int(r.bucket), "fourth": float(r.fourth),
+                    **({"O_masked": float(r.O_masked)} if "O_masked" in t2.columns else {}), "drop": float(r.drop)}
+                   for r in failed.itertuples()]
+        rule = "t_enc" if not (dropped & (t2["fourth"] > th.t_enc)).any() else "t_orig"
+        return chosen, Empty(rule, f"{int(dropped.sum())} candidate(s) lose more than {th.t_drop:.2f} to "
+                                   f"inpainting, none with E accuracy > {th.t_enc:.2f} and O accuracy < "
+                                   f"{th.t_orig:.2f} (the basic form)", closest)
     cands = t2[is_cand].sort_values("drop", ascending=False).head(3)
     closest = [{"mask_id": r.mask_id, "bucket": int(r.bucket), "fourth": float(r.fourth), "fifth": float(r.fifth),
                 "drop": float(r.drop)} for r in cands.itertuples()]
     best = closest[0]["drop"] if closest else float("nan")
     return chosen, Empty("t_drop", f"no candidate loses more than {th.t_drop:.2f} accuracy to inpainting "
                                    f"(largest drop {best:.4f})", closest)
-

@@ -195,3 +195,14 @@ def test_adaptive_survivors_drop_only_masks_that_cannot_reach_the_top():
     assert adaptive_survivors(counts, keep=4, confidence=0.99).all()
     with pytest.raises(MaskcryptError, match="keep must be >= 1"):
         adaptive_survivors(counts, keep=0, confidence=0.99)
+
+
+def test_targets_must_also_pass_the_basic_form():
+    attack, ranks = _attack_rows()
+    t2 = table2(attack, ranks)
+    chosen, why = target_masks(t2, Thresholds(t_enc=0.86))  # 1478 keeps 85.57%: not enough for E
+    assert chosen.empty and why.rule == "t_enc" and why.closest[0]["mask_id"] == "1478"
+    leaky = table2(attack.assign(correct_O_masked=[0, 0, 0, 0, 0, N // 2]), ranks)
+    chosen, why = target_masks(leaky, Thresholds(t_orig=0.5))  # O still recognizes half of 1478's images
+    assert chosen.empty and why.rule == "t_orig"
+    assert target_masks(leaky, Thresholds(t_orig=0.51))[0]["mask_id"].tolist() == ["1478"]
