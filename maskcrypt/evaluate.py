@@ -57,7 +57,7 @@ class EvalSettings:
     images_per_chunk: int = 256  # images per forward pass
     precision: str = "auto"
     per_image: bool = False  # also emit per-image correctness, bit-packed (hits_<model>)
-    timing: bool = False  # also emit when each row was done and by which worker (benchmarks)
+    timing: bool = False  # also emit when each row was done, by which worker and on which node (benchmarks)
 
     def __post_init__(self) -> None:
         if min(self.actors, self.masks_per_batch, self.masks_per_block, self.images_per_chunk) < 1:
@@ -266,6 +266,11 @@ class CrossProductScorer:
         self.mode = mode
         self.per_image = per_image
         self.timing = timing
+        self.node = ""
+        if timing:
+            import ray
+
+            self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
         self.bucket_masks = {int(b): torch.from_numpy(m).to(self.device) for b, m in (bucket_masks or {}).items()}
         self.inpainter = None
         if inpainter is not None:
@@ -400,7 +405,7 @@ class CrossProductScorer:
                 else:
                     found = self._attack(masks[i])
                 if self.timing:
-                    key |= {"t_done": time.time(), "worker": os.getpid()}
+                    key |= {"t_done": time.time(), "worker": os.getpid(), "node": self.node}
                 rows.extend(key | r for r in found)
         else:
             for bucket, repeat, seed in zip(batch["bucket"], batch["repeat"], batch["seed"]):
