@@ -45,7 +45,7 @@ class ServiceConfig:
 
     run: str = "runs/default"
     allow_candidates: bool = False  # serve the best candidates when the run found no target mask
-    api_key: str = ""  # "" = open; else every endpoint but /healthz needs header X-API-Key
+    api_key: str = ""  # "" = $MASKCRYPT_API_KEY of the replica, if set; else open. X-API-Key on all but /healthz
     max_bytes: int = 10_000_000
     max_pixels: int = 25_000_000
     crop: str = "center"
@@ -246,6 +246,7 @@ def build_app(config: ServiceConfig | dict[str, Any], max_batch_size: int = 16, 
             self.bf16 = use_bf16(new.precision, "cpu")
             self.model = model.to(memory_format=torch.channels_last) if self.bf16 else model
             self.config, self.targets = new, targets
+            self.api_key = new.api_key or os.environ.get("MASKCRYPT_API_KEY", "")
             self.scoring = targets.scoring if new.scoring == "auto" else new.scoring
             self.open = self.scoring == "open"
             self.gallery = Gallery(Path(new.run) / "gallery")
@@ -261,7 +262,7 @@ def build_app(config: ServiceConfig | dict[str, Any], max_batch_size: int = 16, 
                 raise RuntimeError("model not loaded")
 
         def _auth(self, request: Request) -> None:
-            if self.config.api_key and request.headers.get("x-api-key") != self.config.api_key:
+            if self.api_key and request.headers.get("x-api-key") != self.api_key:
                 raise ServiceError(401, "missing or wrong API key (header X-API-Key)")
 
         def _decode(self, data: bytes) -> np.ndarray:

@@ -26,6 +26,7 @@ def test_cluster_yaml_is_valid_for_the_installed_ray_and_keeps_our_policies():
         assert "RAY_AUTH_MODE=token" in " ".join(cmds)
     setup = " ".join(raw["setup_commands"])
     assert "torch==2.14.1" in setup and "ray[default,train,tune,data,serve]==2.60.0" in setup
+    assert "mount -t nfs4" in setup and "/mnt/maskcrypt" in setup  # every node sees the same run directories
     assert "ray_auth_token" in (ROOT / ".gitignore").read_text()
 
 
@@ -56,3 +57,36 @@ def test_rayjob_manifest_is_well_formed_and_its_entrypoint_parses():
     finally:
         sys.path[:] = saved  # the job rewrites sys.path[0] (its name clashes with the stdlib's select)
     assert args.eval_gpus == 1 and args.gpus_per_worker == 1 and args.test_data.startswith("lfw:")
+
+
+def test_rayservice_manifest_is_well_formed_and_serves_our_app():
+    doc = yaml.safe_load((ROOT / "deploy" / "k8s" / "rayservice-serve.yaml").read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayService" and doc["metadata"]["name"]
+    spec = doc["spec"]
+    cluster = spec["rayClusterConfig"]
+    assert cluster["rayVersion"] == "2.60.0" and "rayStartParams" in cluster["headGroupSpec"]
+    for group in cluster["workerGroupSpecs"]:
+        assert group["groupName"] and "rayStartParams" in group
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    # serveConfigV2 is a Serve config: our builder accepts its args, the autoscaling keys are Serve's.
+    serve_config = yaml.safe_load(spec["serveConfigV2"])
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(serve_config)
+    app = serve_config["applications"][0]
+    assert app["import_path"] == "serve.app:app_builder"
+    from maskcrypt.serving import ServiceConfig
+
+    service_args = {k: v for k, v in app["args"].items()
+                    if k not in ("max_batch_size", "batch_wait_timeout_s", "num_replicas", "num_cpus")}
+    assert ServiceConfig.from_dict(service_args).scoring == "open"
+    assert not app["args"].get("api_key")  # the key comes from a Secret through MASKCRYPT_API_KEY
+    env = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    assert any(e["name"] == "MASKCRYPT_API_KEY" and "secretKeyRef" in e["valueFrom"] for e in env)
+    assert "COPY --chown=ray:users serve ./serve" in (ROOT / "deploy" / "Dockerfile").read_text()
+
+
+def test_serve_config_yaml_is_a_valid_serve_config():
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve" / "config.yaml").read_text()))
