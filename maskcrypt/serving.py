@@ -211,8 +211,9 @@ async def _images(request: Request, limit: int) -> tuple[list[bytes], dict[str, 
     return [await u.read() for u in uploads], fields
 
 
-def build_app(config: ServiceConfig | dict[str, Any], max_batch_size: int = 16, batch_wait_timeout_s: float = 0.01,
-              num_replicas: int | str = 1, num_cpus: float = 1.0) -> Any:
+def build_app(config: ServiceConfig | dict[str, Any], max_batch_size: int = 16, batch_wait_timeout_s: float = 0.002,
+              num_replicas: int | str = 1, num_cpus: float = 1.0,
+              autoscaling_config: dict[str, Any] | None = None) -> Any:
     """The Serve application: a FastAPI ingress deployment over E and the run's target masks."""
     from ray import serve
 
@@ -225,8 +226,11 @@ def build_app(config: ServiceConfig | dict[str, Any], max_batch_size: int = 16, 
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse(status_code=exc.status, content={"error": str(exc)})
 
-    @serve.deployment(num_replicas=num_replicas, max_ongoing_requests=64, health_check_period_s=10,
-                      ray_actor_options={"num_cpus": num_cpus})
+    scaling: dict[str, Any] = ({"autoscaling_config": autoscaling_config} if autoscaling_config
+                               else {"num_replicas": num_replicas})
+
+    @serve.deployment(max_ongoing_requests=64, health_check_period_s=10, ray_actor_options={"num_cpus": num_cpus},
+                      **scaling)
     @serve.ingress(api)
     class RecognitionService:
         def __init__(self) -> None:
