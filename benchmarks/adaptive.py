@@ -35,6 +35,8 @@ def main() -> int:
     p.add_argument("--keep", type=int, default=5, help="masks kept per bucket (the attack list size)")
     p.add_argument("--first", type=int, default=25, help="images in the first round")
     p.add_argument("--confidence", type=float, default=0.99)
+    p.add_argument("--tolerance", type=float, default=0.01, help="ties: see AdaptivePlan.tolerance (0 = exact race)")
+    p.add_argument("--test-data", default="", help="test images (default: the run's test split)")
     p.add_argument("--actors", type=int, default=2)
     args = p.parse_args()
     n_masks = args.masks or (600 if args.quick else 2000)
@@ -53,7 +55,7 @@ def main() -> int:
         print(f"error: {run} has no trained E; run `make run` first (or pass --run)", file=sys.stderr)
         return 2
     prep = json.loads(record.read_text())["prepare"]
-    test = load(prep["data"], default_split="test", size=prep["size"])
+    test = load(args.test_data or prep["data"], default_split="test", size=prep["size"])
     ts = prepare_test(test.images, test.labels, test.class_names, test.class_names, confirm_fraction=0.0)
     models = {"E": run / "models" / "encrypted"}
     ray.init(num_cpus=args.actors, include_dashboard=False, log_to_driver=False)
@@ -68,7 +70,8 @@ def main() -> int:
         t_full = time.perf_counter() - t0
         t0 = time.perf_counter()
         counts, rounds = evaluate_adaptive(lib, ts, models, buckets, keep=args.keep, settings=settings,
-                                           plan=AdaptivePlan(first=args.first, confidence=args.confidence))
+                                           plan=AdaptivePlan(first=args.first, confidence=args.confidence,
+                                                             tolerance=args.tolerance))
         t_fast = time.perf_counter() - t0
     fast = per_mask_table(counts.assign(correct_O=0).drop(columns="split"))
     passes_full = len(full) * len(ts)
@@ -84,7 +87,7 @@ def main() -> int:
             if not ok:
                 print(f"bucket {b}, top {k}: adaptive picked {list(picked)}, full k-th accuracy {kth:.4f}")
     print(f"{n_masks} masks x {len(ts)} images, E only, {args.actors} actors; keep {args.keep} per bucket, "
-          f"first round {args.first} images, {args.confidence:.0%} Wilson bounds")
+          f"first round {args.first} images, {args.confidence:.0%} Wilson bounds, tolerance {args.tolerance}")
     for r in rounds:
         print(f"  round {r['round']}: {r['masks']} masks x {r['images']} images ({r['images_seen']} seen), "
               f"{r['forward_passes']:,} forward passes, {r['seconds']} s")

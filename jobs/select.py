@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "successive halving (adaptive); auto = adaptive above 1M masked images per model")
     g.add_argument("--adaptive-confidence", type=float, default=0.99, help="adaptive: level of the Wilson bounds")
     g.add_argument("--adaptive-first", type=int, default=50, help="adaptive: images in the first round")
+    g.add_argument("--adaptive-tolerance", type=float, default=0.01,
+                   help="adaptive: stop racing masks provably within this accuracy of the top k (ties); 0 = exact")
     g.add_argument("--scoring", default="auto", choices=("auto", "closed", "open"),
                    help="closed set when the test identities are training classes (auto), else open set")
     g.add_argument("--enroll", type=int, default=2, help="open set: gallery images per identity")
@@ -134,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
                            seed=args.seed, per_mask=args.per_mask, table1_mode=args.table1_mode,
                            rank_mode=args.rank_mode,
                            adaptive=AdaptivePlan(first=args.adaptive_first, confidence=args.adaptive_confidence,
+                                                 tolerance=args.adaptive_tolerance,
                                                  seed=args.seed),
                            scoring=args.scoring, confirm_fraction=args.confirm_fraction, enroll=args.enroll,
                            settings=settings, redo=args.redetermine)

@@ -659,10 +659,13 @@ class AdaptivePlan:
     growth: float = 2.0  # each round sees this many times the previous round's images
     confidence: float = 0.99  # level of the Wilson bounds used to drop masks
     seed: int = 0  # order in which selection images are revealed
+    tolerance: float = 0.01  # ties: stop racing masks provably within this of the top ``keep``
 
     def __post_init__(self) -> None:
         if self.first < 1 or self.growth <= 1.0:
             raise MaskcryptError(f"adaptive search: first >= 1 and growth > 1 needed, got {self.first}, {self.growth}")
+        if not 0.0 <= self.tolerance < 1.0:
+            raise MaskcryptError(f"--adaptive-tolerance: expected a fraction in [0, 1), got {self.tolerance}")
         if not 0.5 <= self.confidence < 1.0:
             raise MaskcryptError(f"--adaptive-confidence: expected a level in [0.5, 1), got {self.confidence}")
 
@@ -682,15 +685,17 @@ def evaluate_adaptive(
     Round 1 measures every mask of ``buckets`` on ``plan.first`` selection images (a
     seeded random order); after each round, masks whose upper confidence bound on E's
     accuracy falls below the ``keep``-th best lower bound of their bucket are dropped
-    (:func:`maskcrypt.select.adaptive_survivors`); the survivors see the next, larger
-    batch of images. Once every bucket is down to ``keep`` masks, the survivors see all
-    remaining images at once. Survivors end with counts on every selection image, as in
+    (:func:`maskcrypt.select.adaptive_survivors`), and in a bucket whose current top
+    ``keep`` is separated from the rest up to ``plan.tolerance`` the rest stop too
+    (:func:`maskcrypt.select.adaptive_settled`: ties that cannot matter); the survivors
+    see the next, larger batch of images. Once every bucket is down to ``keep`` masks,
+    the survivors see all remaining images at once. Survivors end with counts on every selection image, as in
     full mode; dropped masks keep the counts of the images they saw (smaller ``n``).
 
     Returns the counts (one row per mask, ``split`` = selection, plus ``rounds``: how
     many rounds it raced) and one record per round: images, masks, forward passes.
     """
-    from maskcrypt.select import adaptive_survivors
+    from maskcrypt.select import adaptive_settled, adaptive_survivors
 
     if keep < 1:
         raise MaskcryptError(f"adaptive search: keep must be >= 1, got {keep}")
@@ -726,6 +731,8 @@ def evaluate_adaptive(
             break
         race = total.loc[sorted(racing)].reset_index()
         alive = adaptive_survivors(race, keep, plan.confidence)
+        alive &= ~adaptive_settled(race[alive], keep, plan.confidence, plan.tolerance).reindex(
+            race.index, fill_value=False)
         racing = set(race.loc[alive.to_numpy(), "mask_id"])
         per_bucket = race.loc[alive.to_numpy()].groupby("bucket").size()
         if log:

@@ -308,6 +308,36 @@ def adaptive_survivors(counts: pd.DataFrame, keep: int, confidence: float) -> pd
     return pd.Series(hi >= kth.to_numpy(), index=counts.index)
 
 
+def adaptive_settled(counts: pd.DataFrame, keep: int, confidence: float, tolerance: float) -> pd.Series:
+    """Which racing masks an epsilon-tolerant race can stop measuring: ties that cannot matter.
+
+    Per bucket, let S be the current top ``keep`` by accuracy so far (ties by mask id, as
+    the final ranking breaks them). When every lower bound in S is at least every upper
+    bound outside S minus ``tolerance``, each mask of S is, at the bounds' confidence,
+    within ``tolerance`` of every mask left out: S is a top ``keep`` up to ties of that
+    size, the agreement full mode is judged by. The masks outside S are then settled
+    (``True``): they stop; S goes on to be measured on every image. Buckets with at most
+    ``keep`` masks, or not yet separated, settle nothing. ``tolerance`` 0 never settles
+    a bucket that :func:`adaptive_survivors` could not decide.
+    """
+    _require(counts, ["mask_id", "bucket", "n", "correct_E"], "adaptive counts")
+    if not 0.0 <= tolerance < 1.0:
+        raise MaskcryptError(f"adaptive tolerance: expected a fraction in [0, 1), got {tolerance}")
+    lo, hi = wilson_interval(counts["correct_E"], counts["n"], confidence)
+    df = counts.assign(_acc=counts["correct_E"] / counts["n"].clip(lower=1), _lo=lo, _hi=hi)
+    settled = pd.Series(False, index=counts.index)
+    if tolerance == 0.0:
+        return settled
+    for _, g in df.groupby("bucket"):
+        if len(g) <= keep:
+            continue
+        order = g.sort_values(["_acc", "mask_id"], ascending=[False, True])
+        top, rest = order.iloc[:keep], order.iloc[keep:]
+        if top["_lo"].min() >= rest["_hi"].max() - tolerance:
+            settled.loc[rest.index] = True
+    return settled
+
+
 # -- Table 2 ------------------------------------------------------------------------------------------------
 def table2(attack: pd.DataFrame, ranks: pd.DataFrame, th: Thresholds = Thresholds()) -> pd.DataFrame:
     """Fourth (E on masked) and fifth (E on inpainted) accuracy, the drop and its paired interval.

@@ -52,3 +52,25 @@ def tiny_run(ray_session, tmp_path_factory):
         log=lambda *_: None,
     )
     return run, metas
+
+
+@pytest.fixture(scope="session")
+def determined_run(tiny_run, tmp_path_factory):
+    """A copy of the tiny run with a finished determination under loose thresholds (every rule passes).
+
+    Built once; tests that write into a run (serving galleries, a re-determination) copy it.
+    """
+    import shutil
+
+    from maskcrypt.determine import determine
+    from maskcrypt.evaluate import EvalSettings
+    from maskcrypt.select import Thresholds
+
+    src, _ = tiny_run
+    run = tmp_path_factory.mktemp("determined") / "run"
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("per_mask.parts", "targets.json", "targets.parquet"))
+    loose = Thresholds(t_gap=0.0, t_drop=0.0, t_enc=0.0, t_orig=1.0, top_k=2, attack_top=3)
+    result = determine(run, TINY_DATA, TINY_SIZE, loose, repeats=1, settings=EvalSettings(precision="fp32"),
+                       redo=True, report=False, log=lambda *_: None)
+    assert result["targets"], result["reason"]
+    return run, result

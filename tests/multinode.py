@@ -57,9 +57,10 @@ def work(run: Path) -> dict:
                             settings=EvalSettings(actors=2, cpus_per_actor=1, masks_per_block=4, masks_per_batch=4,
                                                   precision="fp32", timing=True))
     nodes = [n for n in ray.nodes() if n["Alive"]]
+    with_cpu = {n["NodeID"] for n in nodes if n["Resources"].get("CPU", 0) > 0}
     return {"weights": weights, "counts": counts, "nodes": len(nodes),
             "node_cpus": sorted(n["Resources"].get("CPU", 0) for n in nodes),
-            "actor_nodes": counts["node"].nunique()}
+            "actor_nodes": counts["node"].nunique(), "rows_on_cpu_nodes": bool(counts["node"].isin(with_cpu).all())}
 
 
 def on_cluster(run: Path, head_cpus: int, workers: int) -> dict:
@@ -92,7 +93,8 @@ def main(root: Path) -> int:
                for k in multi["weights"])
     print(json.dumps({
         "multi_nodes": multi["nodes"], "multi_node_cpus": multi["node_cpus"], "single_nodes": single["nodes"],
-        "multi_actor_nodes": int(multi["actor_nodes"]), "masks": len(a),
+        "multi_actor_nodes": int(multi["actor_nodes"]),
+        "multi_rows_on_worker_nodes": multi["rows_on_cpu_nodes"], "masks": len(a),
         "counts_equal": bool(a[keys[:4]].equals(b[keys[:4]])),
         "score_diff": float(np.abs(a["score_E"] - b["score_E"]).max()), "weight_diff": diff,
     }))

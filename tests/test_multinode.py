@@ -4,7 +4,9 @@
 every port free-chosen) and shuts them down itself; the shared test Ray is not touched.
 The multi-node cluster has a head with no CPU and two 1-CPU worker nodes, so the two
 Ray Train workers (1 CPU each) and the two evaluation actors (1 CPU each) can only run
-on different nodes; the actors report their node ids to prove it.
+on different nodes. Every result row carries the node that computed it: all come from
+the worker nodes (usually both; on a loaded machine one actor may finish every block
+before the other has started, so that is not asserted).
 """
 
 from __future__ import annotations
@@ -23,6 +25,6 @@ def test_two_worker_nodes_give_the_results_of_one(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["multi_nodes"] == 3 and got["multi_node_cpus"] == [0, 1.0, 1.0] and got["single_nodes"] == 1
-    assert got["multi_actor_nodes"] == 2  # the evaluation really ran on both worker nodes
+    assert got["multi_rows_on_worker_nodes"] and got["multi_actor_nodes"] in (1, 2)
     assert got["masks"] == 24 and got["counts_equal"] and got["score_diff"] < 1e-5
     assert got["weight_diff"] < 1e-6  # E trained by 2 DDP workers on 2 nodes = on 1 node (fp32)

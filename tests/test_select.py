@@ -206,3 +206,21 @@ def test_targets_must_also_pass_the_basic_form():
     chosen, why = target_masks(leaky, Thresholds(t_orig=0.5))  # O still recognizes half of 1478's images
     assert chosen.empty and why.rule == "t_orig"
     assert target_masks(leaky, Thresholds(t_orig=0.51))[0]["mask_id"].tolist() == ["1478"]
+
+
+def test_tolerant_race_settles_ties_only_when_bounds_allow():
+    from maskcrypt.select import adaptive_settled
+
+    # Bucket 1: two masks perfect on 2,000 images, three at 99.5%: ties within 0.01 at 99% bounds.
+    # Bucket 2: the same accuracies on 100 images: the bounds are too wide to call them ties.
+    rows = []
+    for bucket, n in ((1, 2000), (2, 100)):
+        for i, acc in enumerate([1.0, 1.0, 0.995, 0.995, 0.995]):
+            rows.append({"mask_id": f"b{bucket}-{i}", "bucket": bucket, "n": n, "correct_E": round(acc * n)})
+    counts = pd.DataFrame(rows)
+    settled = adaptive_settled(counts, keep=2, confidence=0.99, tolerance=0.01)
+    assert settled.tolist() == [False, False, True, True, True] + [False] * 5
+    assert not adaptive_settled(counts, keep=2, confidence=0.99, tolerance=0.0).any()
+    assert not adaptive_settled(counts, keep=5, confidence=0.99, tolerance=0.01).any()  # nothing to drop
+    with pytest.raises(MaskcryptError, match="tolerance"):
+        adaptive_settled(counts, keep=2, confidence=0.99, tolerance=1.5)

@@ -68,21 +68,18 @@ def test_grid_space_spans_each_threshold_and_k():
         search_space(tables, "bayes")
 
 
-def test_tuned_thresholds_reproduce_their_choice_in_the_determination(tiny_run, tmp_path):
+def test_tuned_thresholds_reproduce_their_choice_in_the_determination(determined_run, tmp_path):
     from maskcrypt.determine import determine
     from maskcrypt.evaluate import EvalSettings
     from maskcrypt.tune import search
 
-    src, _ = tiny_run
+    src, _ = determined_run
     run = tmp_path / "run"
-    shutil.copytree(src, run, ignore=shutil.ignore_patterns("per_mask.parts"))
-    (run / "targets.json").unlink(missing_ok=True)  # the shared tiny run may have been determined already
+    shutil.copytree(src, run)
+    shutil.copytree(src, tmp_path / "bare", ignore=shutil.ignore_patterns("targets.json"))
     with pytest.raises(MaskcryptError, match=r"no targets\.json"):
-        Tables.load(run)
+        Tables.load(tmp_path / "bare")
     settings = EvalSettings(precision="fp32")
-    loose = Thresholds(t_gap=0.0, t_drop=0.0, t_enc=0.0, t_orig=1.0, top_k=2, attack_top=3)
-    determine(run, TINY_DATA, TINY_SIZE, loose, repeats=1, settings=settings, redo=True, report=False,
-              log=lambda *_: None)
     summary = search(run, Budget(o_masked=1.0, o_inpainted=1.0), samples=8, seed=1, log=lambda *_: None)
     out = run / "tune"
     assert summary["trials"] == 8 and summary["feasible_trials"] >= 1
