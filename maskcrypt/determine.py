@@ -49,6 +49,7 @@ from maskcrypt.evaluate import (
     evaluate_masks,
     evaluate_sampled,
     prepare_test,
+    read_parts,
 )
 from maskcrypt.select import (
     Empty,
@@ -255,6 +256,7 @@ def determine(
     if buckets:
         t0 = time.perf_counter()
         measured = present if per_mask == "all" else buckets
+        resumed: set[str] = set()
         n_masks = lib.table(measured, columns=["mask_id"]).num_rows
         mode = rank_mode
         if mode == "auto":
@@ -269,6 +271,8 @@ def determine(
             log(f"adaptive: {spent:,} forward passes against {full_cost:,} in full mode "
                 f"({full_cost / max(spent, 1):.1f}x fewer)")
         elif pm_counts is None:
+            before = read_parts(parts)
+            resumed = set(before["mask_id"]) if len(before) else set()
             pm_counts = evaluate_masks(lib, test, models, buckets=measured, settings=settings, parts=parts, log=log)
         result["rank_mode"] = mode
         counts = pm_counts[pm_counts["bucket"].isin(measured)]
@@ -278,13 +282,18 @@ def determine(
         _write_table(cands, paths.results / "candidates.parquet")
         timings["per_mask"] = time.perf_counter() - t0
         images_per_mask = n_sel + (int(test.gallery.sum()) if test.scoring == "open" else 0)
+        # Masks measured by this stage: none when Table 1's full mode measured them, nor resumed parts.
+        fresh = 0 if table1_mode == "full" else len(set(pm["mask_id"]) - resumed)
         evaluated = result["adaptive"]["forward_passes"] if "adaptive" in result else (
-            len(pm) * images_per_mask * len(models))
+            fresh * images_per_mask * len(models))
         rate = evaluated / max(timings["per_mask"], 1e-9)
-        log(f"per-mask: {len(pm)} masks x {n_sel} images in {timings['per_mask']:.1f}s "
-            f"({rate:,.0f} masked images recognized/s over {len(models)} models); {len(cands)} candidates")
-        result["throughput"] = {"per_mask_images_per_s": round(rate, 1), "actors": settings.actors}
-        if settings.gpus_per_actor == 0:
+        log(f"per-mask: {len(pm)} masks x {n_sel} images ({fresh} evaluated now) in {timings['per_mask']:.1f}s "
+            + (f"({rate:,.0f} masked images recognized/s over {len(models)} models); " if fresh else "")
+            + f"{len(cands)} candidates")
+        # A throughput is only a throughput when this run evaluated masks (not all resumed from parts).
+        result["throughput"] = {"per_mask_images_per_s": round(rate, 1) if fresh else None,
+                                "actors": settings.actors, "resumed_masks": len(pm) - fresh}
+        if settings.gpus_per_actor == 0 and fresh:
             bare = bare_forward_rate([found["E"][0], found["O"][0]], test.images, settings.images_per_chunk,
                                      settings.precision, int(settings.cpus_per_actor))
             result["throughput"] |= {"bare_forward_images_per_s": round(bare * settings.actors, 1),

@@ -260,7 +260,11 @@ def write_report(run: str | os.PathLike[str], test: Any, log: Any = print) -> Pa
     out += ["", "## Time and throughput", ""]
     out.append(", ".join(f"{k} {v} s" for k, v in result.get("seconds", {}).items()) + ".")
     tp = result.get("throughput")
-    if tp:
+    if tp and tp.get("per_mask_images_per_s") is None:
+        out.append(f"Per-mask stage: every mask's counts came from earlier work ({tp.get('resumed_masks', 0)} masks "
+                   "resumed from results/per_mask.parts, or measured by Table 1's full mode): no throughput to "
+                   "report.")
+    elif tp:
         line = f"Per-mask stage: {tp['per_mask_images_per_s']:,.0f} masked images recognized per second"
         if "ratio" in tp:
             line += (f", {tp['ratio']:.2f}x the bare forward pass of the same models on pre-built tensors "

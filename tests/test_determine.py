@@ -71,8 +71,10 @@ def test_resume_gives_the_tables_of_an_uninterrupted_run_and_other_inputs_are_re
     for n in whole:
         (run / "results" / f"{n}.parquet").unlink()
     lines: list[str] = []
-    determine(run, TINY_DATA, TINY_SIZE, th, **{**kw, "redo": False, "log": lines.append})
+    again = determine(run, TINY_DATA, TINY_SIZE, th, **{**kw, "redo": False, "log": lines.append})
     assert any("already evaluated" in line for line in lines)
+    tp = again["throughput"]  # measured over the masks evaluated now, not the resumed ones
+    assert 0 < tp["resumed_masks"] < len(whole["per_mask"]) and tp["per_mask_images_per_s"] > 0
     for n, df in whole.items():
         pd.testing.assert_frame_equal(pd.read_parquet(run / "results" / f"{n}.parquet"), df, check_like=True)
     with pytest.raises(MaskcryptError, match=r"other inputs or settings \(differ: confirm_fraction\).*--redetermine"):
@@ -86,6 +88,7 @@ def test_full_table1_mode_uses_every_mask_and_feeds_the_per_mask_stage(tiny_run)
     t1 = pd.read_parquet(run / "results" / "table1.parquet").set_index("bucket")
     pm = pd.read_parquet(run / "results" / "per_mask.parquet")
     assert result["splits"] == {"selection": 18} and t1.loc[0, "repeats"] == 1
+    assert result["throughput"]["per_mask_images_per_s"] is None  # Table 1 measured them: no rate to claim
     for b, grp in pm.groupby("bucket"):
         assert t1.loc[b, "repeats"] == len(grp)
         assert t1.loc[b, "first"] == pytest.approx(grp["third"].mean())
