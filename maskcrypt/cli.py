@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -247,15 +249,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServiceConfig(run=args.run, allow_candidates=args.allow_candidates,
                            api_key=os.environ.get("MASKCRYPT_API_KEY", ""), precision=args.precision,
                            scoring=args.scoring, share_masks=args.share_masks, min_score=args.min_score)
-    serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(build_app(config, max_batch_size=args.max_batch_size, num_replicas=args.replicas),
-              name="maskcrypt", route_prefix="/")
-    print(f"serving {config.run} on http://{args.host}:{args.port} (Ctrl-C stops)")
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one shutdown, however many signals follow
+        raise KeyboardInterrupt  # SIGTERM (kill, systemd, a container stop) shuts down like Ctrl-C
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()  # before our handler: ray.init installs its own for SIGTERM
+    signal.signal(signal.SIGTERM, _stop)
     try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(build_app(config, max_batch_size=args.max_batch_size, num_replicas=args.replicas),
+                  name="maskcrypt", route_prefix="/")
+        print(f"serving {config.run} on http://{args.host}:{args.port} (Ctrl-C or SIGTERM stops)", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         serve.shutdown()
+        ray.shutdown()
     return 0
 
 
