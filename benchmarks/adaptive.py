@@ -36,6 +36,7 @@ def main() -> int:
     p.add_argument("--first", type=int, default=25, help="images in the first round")
     p.add_argument("--confidence", type=float, default=0.99)
     p.add_argument("--tolerance", type=float, default=0.01, help="ties: see AdaptivePlan.tolerance (0 = exact race)")
+    p.add_argument("--growth", type=float, default=0.0, help="images per round grow by this (default: AdaptivePlan's)")
     p.add_argument("--test-data", default="", help="test images (default: the run's test split)")
     p.add_argument("--actors", type=int, default=2)
     args = p.parse_args()
@@ -71,7 +72,8 @@ def main() -> int:
         t0 = time.perf_counter()
         counts, rounds = evaluate_adaptive(lib, ts, models, buckets, keep=args.keep, settings=settings,
                                            plan=AdaptivePlan(first=args.first, confidence=args.confidence,
-                                                             tolerance=args.tolerance))
+                                                             tolerance=args.tolerance,
+                                                             growth=args.growth or AdaptivePlan.growth))
         t_fast = time.perf_counter() - t0
     fast = per_mask_table(counts.assign(correct_O=0).drop(columns="split"))
     passes_full = len(full) * len(ts)
@@ -87,7 +89,8 @@ def main() -> int:
             if not ok:
                 print(f"bucket {b}, top {k}: adaptive picked {list(picked)}, full k-th accuracy {kth:.4f}")
     print(f"{n_masks} masks x {len(ts)} images, E only, {args.actors} actors; keep {args.keep} per bucket, "
-          f"first round {args.first} images, {args.confidence:.0%} Wilson bounds, tolerance {args.tolerance}")
+          f"first round {args.first} images, growth {args.growth or AdaptivePlan.growth}, "
+          f"{args.confidence:.0%} Wilson bounds, tolerance {args.tolerance}")
     for r in rounds:
         print(f"  round {r['round']}: {r['masks']} masks x {r['images']} images ({r['images_seen']} seen), "
               f"{r['forward_passes']:,} forward passes, {r['seconds']} s")
