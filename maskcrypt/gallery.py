@@ -96,6 +96,7 @@ class Gallery:
         self._stamp: tuple[int, int] | None = None
         self._entries: dict[str, Entry] = {}
         self._read_at = 0
+        self._matrices: dict[tuple[str, str], tuple[list[str], np.ndarray, list[str]]] = {}
 
     def _path(self, identity: str) -> Path:
         return self.root / f"{hashlib.sha256(identity.encode()).hexdigest()[:24]}.npz"
@@ -113,7 +114,7 @@ class Gallery:
         try:
             st = self.root.stat()
         except FileNotFoundError:
-            self._stamp, self._entries = None, {}
+            self._stamp, self._entries, self._matrices = None, {}, {}
             return self._entries
         stamp = (st.st_mtime_ns, st.st_ino)
         # A folder's mtime ticks coarsely (ms on ext4, s on some NFS): a listing read within
@@ -124,6 +125,7 @@ class Gallery:
             for path in sorted(self.root.glob("[!.]*.npz")):
                 entry = self._read(path)
                 found[entry.identity] = entry
+            self._matrices = {}
             self._stamp, self._entries, self._read_at = stamp, found, read_at
         return self._entries
 
@@ -156,10 +158,15 @@ class Gallery:
         """Identities, their unit centroids under ``mask_id`` (rows), and those that fell back to all masks.
 
         Entries embedded by another model version are left out: their embeddings live in
-        another space.
+        another space. Cached until the gallery changes: recognition asks for it on every
+        request.
         """
+        entries = self.entries()
+        key = (mask_id, model_version)
+        if key in self._matrices:
+            return self._matrices[key]
         names, rows, fallback = [], [], []
-        for name, entry in sorted(self.entries().items()):
+        for name, entry in sorted(entries.items()):
             if entry.model_version != model_version:
                 continue
             c, exact = entry.centroid(mask_id)
@@ -167,4 +174,6 @@ class Gallery:
             rows.append(c)
             if not exact:
                 fallback.append(name)
-        return names, (np.stack(rows) if rows else np.zeros((0, 0), np.float32)), fallback
+        result = names, (np.stack(rows) if rows else np.zeros((0, 0), np.float32)), fallback
+        self._matrices[key] = result
+        return result

@@ -23,6 +23,9 @@ def test_centroids_are_per_mask_and_fall_back_to_all_masks(tmp_path):
     names, mat, fallback = g.matrix("m9", "v1")  # a mask served after the enrollment
     assert fallback == ["ann"] and np.isclose(np.linalg.norm(mat[0]), 1)
     assert g.matrix("m0", "v2")[0] == []  # another model's embeddings are never matched
+    # A second replica enrolls: the cached matrix of this one gives way once it sees the change.
+    Gallery(tmp_path / "gallery").add(entry_from("cy", "v1", ["m0", "m1"], _emb(5, 1, 2)))
+    assert g.matrix("m1", "v1")[0] == ["ann", "cy"]
 
 
 def test_merging_counts_images_and_a_retrained_model_replaces_stale_entries(tmp_path):
