@@ -36,12 +36,18 @@ def main() -> int:
     p.add_argument("--first", type=int, default=25, help="images in the first round")
     p.add_argument("--confidence", type=float, default=0.99)
     p.add_argument("--tolerance", type=float, default=0.01, help="ties: see AdaptivePlan.tolerance (0 = exact race)")
-    p.add_argument("--growth", type=float, default=0.0, help="images per round grow by this (default: AdaptivePlan's)")
+    p.add_argument("--growth", type=float, default=0.0, help="a mask's steps of images grow by this "
+                   "(default: AdaptivePlan's)")
+    p.add_argument("--share", type=float, default=0.0, help="challengers measured per round (default: AdaptivePlan's)")
     p.add_argument("--test-data", default="", help="test images (default: the run's test split)")
     p.add_argument("--actors", type=int, default=2)
+    p.add_argument("--full-cache", default="", help="Parquet file keeping full mode's per-mask table between runs "
+                   "with the same masks, test data and run (to compare adaptive settings); written when missing")
     args = p.parse_args()
     n_masks = args.masks or (600 if args.quick else 2000)
 
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     import ray
 
     from maskcrypt.data import load
@@ -65,15 +71,27 @@ def main() -> int:
         lib = MaskLibrary.create(str(Path(tmp) / "masks"), prep["size"], prep["size"])
         generate_into(lib, n_masks, seed=7)
         buckets = sorted({int(b) for b in lib.column("bucket")} - {-1})
-        t0 = time.perf_counter()
-        full = per_mask_table(evaluate_masks(lib, ts, models, buckets=buckets, settings=settings)
-                              .assign(correct_O=0).drop(columns="split"))
-        t_full = time.perf_counter() - t0
+        key = json.dumps({"masks": n_masks, "test": args.test_data or prep["data"], "run": str(run.resolve()),
+                          "trained": (run / "models" / "encrypted").stat().st_mtime_ns})
+        cache = Path(args.full_cache) if args.full_cache else None
+        if cache is not None and cache.exists() and pq.read_metadata(cache).metadata.get(b"key") == key.encode():
+            table = pq.read_table(cache)
+            full, t_full = table.to_pandas(), float(table.schema.metadata[b"seconds"])
+            print(f"full mode read from {cache} (measured earlier in {t_full:.1f} s)")
+        else:
+            t0 = time.perf_counter()
+            full = per_mask_table(evaluate_masks(lib, ts, models, buckets=buckets, settings=settings)
+                                  .assign(correct_O=0).drop(columns="split"))
+            t_full = time.perf_counter() - t0
+            if cache is not None:
+                table = pa.Table.from_pandas(full, preserve_index=False)
+                pq.write_table(table.replace_schema_metadata({"key": key, "seconds": str(t_full)}), cache)
         t0 = time.perf_counter()
         counts, rounds = evaluate_adaptive(lib, ts, models, buckets, keep=args.keep, settings=settings,
                                            plan=AdaptivePlan(first=args.first, confidence=args.confidence,
                                                              tolerance=args.tolerance,
-                                                             growth=args.growth or AdaptivePlan.growth))
+                                                             growth=args.growth or AdaptivePlan.growth,
+                                                             share=args.share or AdaptivePlan.share))
         t_fast = time.perf_counter() - t0
     fast = per_mask_table(counts.assign(correct_O=0).drop(columns="split"))
     passes_full = len(full) * len(ts)
@@ -90,10 +108,14 @@ def main() -> int:
                 print(f"bucket {b}, top {k}: adaptive picked {list(picked)}, full k-th accuracy {kth:.4f}")
     print(f"{n_masks} masks x {len(ts)} images, E only, {args.actors} actors; keep {args.keep} per bucket, "
           f"first round {args.first} images, growth {args.growth or AdaptivePlan.growth}, "
+          f"share {args.share or AdaptivePlan.share}, "
           f"{args.confidence:.0%} Wilson bounds, tolerance {args.tolerance}")
     for r in rounds:
-        print(f"  round {r['round']}: {r['masks']} masks x {r['images']} images ({r['images_seen']} seen), "
-              f"{r['forward_passes']:,} forward passes, {r['seconds']} s")
+        print(f"  round {r['round']}: {r['masks']} masks, {r['images']:,} masked images, "
+              f"{r['forward_passes']:,} forward passes, {r['open']} open after, {r['seconds']} s")
+    done = counts[counts["n"] == len(ts)]
+    print(f"masks measured on every image: {len(done)}; images per mask: median {counts['n'].median():.0f}, "
+          f"max {counts['n'].max()}")
     print(f"full: {passes_full:,} forward passes in {t_full:.1f} s; adaptive: {passes_fast:,} in {t_fast:.1f} s")
     print(f"top-k agreement (up to 0.01 ties, k = 3 and {args.keep}, every bucket): {'yes' if agree else 'NO'}")
     spread = full.groupby("bucket")["third"].agg(["min", "max", "mean"])

@@ -325,11 +325,11 @@ class CrossProductScorer:
         cent.index_add_(0, self.y[self.gallery], emb)
         return F.normalize(cent, dim=1)
 
-    def _judge(self, name: str, out: Any, centroids: dict[str, Any]) -> tuple[Any, Any]:
-        """Per-probe correctness and score from a model's outputs on the probes."""
+    def _judge(self, name: str, out: Any, centroids: dict[str, Any], rows: slice | None = None) -> tuple[Any, Any]:
+        """Per-probe correctness and score from a model's outputs on the probes (or on ``rows``)."""
         import torch
 
-        y = self.y[self.probes]
+        y = self.y[self.probes if rows is None else rows]
         if self.open:
             sims = out @ centroids[name].T
             return sims.argmax(1) == y, sims.gather(1, y[:, None])[:, 0]
@@ -372,6 +372,20 @@ class CrossProductScorer:
             vectors[f"score_{name}"] = score
         return self._per_split(vectors)
 
+    def _range_counts(self, mask: Any, start: int, stop: int) -> list[dict[str, Any]]:
+        """Counts for one mask on probes ``start:stop`` only (positions among the probes): the adaptive race."""
+        def fixed(s: int, e: int) -> Any:
+            return mask
+
+        cents = self._gallery_centroids(fixed)
+        rows = slice(self.probes.start + start, self.probes.start + stop)
+        row: dict[str, Any] = {"split": "selection", "n": stop - start}
+        for name, out in self._outputs(rows, fixed, list(self.models)).items():
+            correct, score = self._judge(name, out, cents, rows)
+            row[f"correct_{name}"] = int(correct.sum())
+            row[f"score_{name}"] = float(score.double().sum())
+        return [row]
+
     def _attack(self, mask: Any) -> list[dict[str, Any]]:
         """Paired counts for one mask: E on masked vs on inpainted probes, and O on both."""
         def fixed(s: int, e: int) -> Any:
@@ -401,7 +415,10 @@ class CrossProductScorer:
                 key = {"mask_id": str(batch["mask_id"][i])}
                 if self.mode == "masks":
                     key["bucket"] = int(batch["bucket"][i])
-                    found = self._counts(lambda s, e, m=masks[i]: m)
+                    if "start" in batch:
+                        found = self._range_counts(masks[i], int(batch["start"][i]), int(batch["stop"][i]))
+                    else:
+                        found = self._counts(lambda s, e, m=masks[i]: m)
                 else:
                     found = self._attack(masks[i])
                 if self.timing:
@@ -423,6 +440,10 @@ class CrossProductScorer:
                 rows.extend(key | r for r in found)
         return {k: np.asarray([r[k] for r in rows], dtype=object if k.startswith("hits_") else None)
                 for k in rows[0]}
+
+    def score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The same as calling the instance: the method name a plain Ray actor is called by."""
+        return self(batch)
 
 
 # -- driver side -----------------------------------------------------------------------------------------
@@ -466,18 +487,24 @@ def _check_splits(test: TestSet, splits: Sequence[str]) -> None:
                                  "the confirmation fraction or gallery size)")
 
 
+def _check_gpus(settings: EvalSettings) -> None:
+    import ray
+
+    if settings.gpus_per_actor > 0:
+        have = ray.cluster_resources().get("GPU", 0)
+        if have < settings.gpus_per_actor and not os.environ.get("MASKCRYPT_AUTOSCALING_GPUS"):
+            # Ray would wait forever for actors no node can host.
+            raise MaskcryptError(f"--eval-gpus {settings.gpus_per_actor}: the cluster has {have:g} GPU(s); on an "
+                                 "autoscaling cluster that adds GPU nodes on demand set MASKCRYPT_AUTOSCALING_GPUS=1")
+
+
 def _pool(settings: EvalSettings, constructor: dict[str, Any], rows: int | None = None) -> dict[str, Any]:
     """map_batches arguments for the actor pool; no more actors than input rows (idle actors cost a start)."""
     import ray
     import ray.data
 
     size = settings.actors if rows is None else max(1, min(settings.actors, rows))
-    if settings.gpus_per_actor > 0:
-        have = ray.cluster_resources().get("GPU", 0)
-        if have < settings.gpus_per_actor and not os.environ.get("MASKCRYPT_AUTOSCALING_GPUS"):
-            # Ray Data would wait forever for actors no node can host.
-            raise MaskcryptError(f"--eval-gpus {settings.gpus_per_actor}: the cluster has {have:g} GPU(s); on an "
-                                 "autoscaling cluster that adds GPU nodes on demand set MASKCRYPT_AUTOSCALING_GPUS=1")
+    _check_gpus(settings)
     return {
         "fn_constructor_kwargs": constructor,
         "compute": ray.data.ActorPoolStrategy(size=size),
@@ -653,13 +680,14 @@ def evaluate_sampled(
 
 @dataclass(frozen=True)
 class AdaptivePlan:
-    """Successive halving over images: how many images the first round sees, how fast rounds grow."""
+    """The adaptive race's knobs: first step of images, how steps grow, bounds, ties, how much to sample."""
 
-    first: int = 50  # selection images in the first round
-    growth: float = 1.5  # each round sees this many times the previous round's images (1.5 beat 2.0: BENCHMARKS.md)
-    confidence: float = 0.99  # level of the Wilson bounds used to drop masks
+    first: int = 50  # selection images every mask sees first
+    growth: float = 1.5  # each step of a mask's images is this many times the previous one (BENCHMARKS.md)
+    confidence: float = 0.99  # level of the Wilson bounds
     seed: int = 0  # order in which selection images are revealed
-    tolerance: float = 0.01  # ties: stop racing masks provably within this of the top ``keep``
+    tolerance: float = 0.01  # ties: stop once the top ``keep`` is provably within this of every other mask
+    share: float = 0.1  # per round, the share of open challengers measured further (BENCHMARKS.md)
 
     def __post_init__(self) -> None:
         if self.first < 1 or self.growth <= 1.0:
@@ -668,6 +696,29 @@ class AdaptivePlan:
             raise MaskcryptError(f"--adaptive-tolerance: expected a fraction in [0, 1), got {self.tolerance}")
         if not 0.5 <= self.confidence < 1.0:
             raise MaskcryptError(f"--adaptive-confidence: expected a level in [0.5, 1), got {self.confidence}")
+        if not 0.0 < self.share <= 1.0:
+            raise MaskcryptError(f"adaptive share: expected a fraction in (0, 1], got {self.share}")
+
+    def steps(self, population: int) -> np.ndarray:
+        """Image counts a mask moves through: first, first x growth, ... and finally all ``population``."""
+        levels = [min(self.first, population)]
+        while levels[-1] < population:
+            levels.append(min(population, max(levels[-1] + 1, int(np.ceil(levels[-1] * self.growth)))))
+        return np.asarray(levels, np.int64)
+
+
+def _range_tasks(todo: pd.DataFrame, bits: dict[str, bytes], actors: int) -> list[dict[str, np.ndarray]]:
+    """Actor calls for one round: masks grouped by image range, cut so the pool stays busy and balanced."""
+    tasks = []
+    for (start, stop), g in todo.groupby(["start", "stop"], sort=True):
+        # ~8k masked images a call, but at least two calls per actor when the group allows.
+        per = max(1, min(int(np.ceil(8192 / (stop - start))), int(np.ceil(len(g) / (2 * actors)))))
+        for i in range(0, len(g), per):
+            part = g.iloc[i:i + per]
+            tasks.append({"mask_id": part["mask_id"].to_numpy(), "bucket": part["bucket"].to_numpy(),
+                          "bits": np.asarray([bits[m] for m in part["mask_id"]], dtype=object),
+                          "start": np.full(len(part), start), "stop": np.full(len(part), stop)})
+    return tasks
 
 
 def evaluate_adaptive(
@@ -680,65 +731,88 @@ def evaluate_adaptive(
     settings: EvalSettings = EvalSettings(),
     log: Callable[[str], None] | None = None,
 ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """Per-mask counts by successive halving: the top ``keep`` of each bucket at a fraction of the cost.
+    """Per-mask counts by an adaptive race: the top ``keep`` of each bucket at a fraction of the cost.
 
-    Round 1 measures every mask of ``buckets`` on ``plan.first`` selection images (a
-    seeded random order); after each round, masks whose upper confidence bound on E's
-    accuracy falls below the ``keep``-th best lower bound of their bucket are dropped
-    (:func:`maskcrypt.select.adaptive_survivors`), and in a bucket whose current top
-    ``keep`` is separated from the rest up to ``plan.tolerance`` the rest stop too
-    (:func:`maskcrypt.select.adaptive_settled`: ties that cannot matter); the survivors
-    see the next, larger batch of images. Once every bucket is down to ``keep`` masks,
-    the survivors see all remaining images at once. Survivors end with counts on every selection image, as in
-    full mode; dropped masks keep the counts of the images they saw (smaller ``n``).
+    The selection probes are revealed in one seeded random order; each mask has seen a
+    prefix of it. Round 1 measures every mask of ``buckets`` on ``plan.first`` images;
+    after each round :func:`maskcrypt.select.race_step` decides, from confidence bounds,
+    which masks are eliminated, which buckets are settled (their top ``keep`` provably
+    within ``plan.tolerance`` of the rest: they are then measured on every image) and
+    which masks near the boundary see their next step of images (``plan.steps``). It
+    ends when every bucket is settled. Winners end with counts on every selection image,
+    as in full mode; other masks keep the counts of the images they saw (smaller ``n``).
 
-    Returns the counts (one row per mask, ``split`` = selection, plus ``rounds``: how
-    many rounds it raced) and one record per round: images, masks, forward passes.
+    One pool of ``settings.actors`` Ray actors serves every round (rounds are small and
+    many; starting a pool per round cost 10-15 s each). Returns the counts (one row per
+    mask, ``split`` = selection, ``rounds`` = how many times it was measured) and one
+    record per round: masks, masked images, forward passes, still open, seconds.
     """
-    from maskcrypt.select import adaptive_settled, adaptive_survivors
+    import ray
+    from ray.util import ActorPool
+
+    from maskcrypt.select import race_step
 
     if keep < 1:
         raise MaskcryptError(f"adaptive search: keep must be >= 1, got {keep}")
+    _check_library(library, test)
     probes = np.flatnonzero(~test.gallery & (test.split == 0))
     if probes.size == 0:
         raise MaskcryptError("adaptive search: the selection split has no probe image")
+    resolved = check_models(models, test)
     reveal = probes[np.random.default_rng([plan.seed, 0xADA]).permutation(probes.size)]
-    racing = set(library.table(buckets, columns=["mask_id"]).column("mask_id").to_pylist())
-    if not racing:
+    table = library.table(buckets, columns=["mask_id", "bucket", "bits"])
+    if table.num_rows == 0:
         raise MaskcryptError(f"mask library {library.uri}: no mask in buckets {list(buckets)}")
-    all_ids = set(racing)
-    total: pd.DataFrame | None = None
-    rounds: list[dict[str, Any]] = []
-    start, size = 0, plan.first
+    ids = [str(m) for m in table.column("mask_id").to_pylist()]
+    bits = dict(zip(ids, table.column("bits").to_pylist()))
+    state = pd.DataFrame({"mask_id": ids, "bucket": table.column("bucket").to_numpy().astype(np.int64), "n": 0,
+                          "rounds": 0, "eliminated": False})
+    del table
+    population = int(probes.size)
+    steps = plan.steps(population)
     gallery = int(test.gallery.sum()) if test.scoring == "open" else 0
-    while start < probes.size:
-        stop = min(start + size, probes.size)
-        t0 = time.perf_counter()
-        part = evaluate_masks(library, test.subset(reveal[start:stop]), models, buckets=buckets,
-                              settings=settings, exclude=all_ids - racing)
-        cols = [c for c in part.columns if c.startswith(("correct_", "score_"))] + ["n"]
-        part = part.set_index("mask_id")
-        if total is None:
-            total = part.assign(rounds=1)
-        else:
-            total.loc[part.index, cols] += part[cols]
-            total.loc[part.index, "rounds"] += 1
-        rounds.append({"round": len(rounds) + 1, "images": stop - start, "images_seen": stop, "masks": len(part),
-                       "forward_passes": len(part) * (stop - start + gallery) * len(models),
-                       "seconds": round(time.perf_counter() - t0, 1)})
-        start = stop
-        if start >= probes.size:
-            break
-        race = total.loc[sorted(racing)].reset_index()
-        alive = adaptive_survivors(race, keep, plan.confidence)
-        alive &= ~adaptive_settled(race[alive], keep, plan.confidence, plan.tolerance).reindex(
-            race.index, fill_value=False)
-        racing = set(race.loc[alive.to_numpy(), "mask_id"])
-        per_bucket = race.loc[alive.to_numpy()].groupby("bucket").size()
-        if log:
-            log(f"adaptive: round {len(rounds)}: {rounds[-1]['masks']} masks x {rounds[-1]['images']} images; "
-                f"{len(racing)} still racing after {start} images")
-        size = probes.size - start if (per_bucket <= keep).all() else int(np.ceil(size * plan.growth))
-    assert total is not None
-    out = total.reset_index()
+    _check_gpus(settings)
+    scorer = ray.remote(CrossProductScorer).options(num_cpus=settings.cpus_per_actor,
+                                                     num_gpus=settings.gpus_per_actor)
+    constructor = _constructor(test.subset(reveal), resolved, ("selection",), settings, "masks")
+    actors = [scorer.remote(**constructor) for _ in range(max(1, min(settings.actors, len(state))))]
+    pool = ActorPool(actors)
+    rounds: list[dict[str, Any]] = []
+    todo = state.assign(start=0, stop=int(steps[0]))
+    try:
+        while len(todo):
+            t0 = time.perf_counter()
+            found = [pd.DataFrame(r) for r in pool.map_unordered(lambda a, t: a.score.remote(t),
+                                                                   _range_tasks(todo, bits, len(actors)))]
+            got = pd.concat(found, ignore_index=True).groupby("mask_id").sum(numeric_only=True)
+            got = got.drop(columns=[c for c in ("bucket",) if c in got.columns])
+            state = state.set_index("mask_id")
+            for c in got.columns:
+                if c not in state.columns:
+                    state[c] = 0 if c.startswith("correct_") or c == "n" else 0.0
+                state.loc[got.index, c] += got[c]
+            state.loc[got.index, "rounds"] += 1
+            state = state.reset_index()
+            images = int((todo["stop"] - todo["start"]).sum())
+            decided = race_step(state, keep, population, plan.confidence, plan.tolerance, plan.share)
+            state["eliminated"] = decided["eliminated"].to_numpy()
+            nxt = decided[decided["action"] != ""]
+            if len(nxt):
+                after = np.searchsorted(steps, nxt["n"].to_numpy(), side="right")
+                stop = np.where(nxt["action"] == "complete", population, steps[np.minimum(after, len(steps) - 1)])
+                nxt = nxt[["mask_id", "bucket"]].assign(start=nxt["n"].to_numpy(), stop=stop)
+            rounds.append({"round": len(rounds) + 1, "masks": len(todo), "images": images,
+                           "forward_passes": (images + len(todo) * gallery) * len(resolved),
+                           "open": len(nxt), "settled_buckets": int(decided.groupby("bucket")["settled"].all()
+                                                                          .sum()),
+                           "seconds": round(time.perf_counter() - t0, 2)})
+            if log and (len(rounds) % 5 == 1 or not len(nxt)):
+                log(f"adaptive: round {len(rounds)}: {len(todo)} masks, {images:,} masked images; "
+                    f"{len(nxt)} to measure next, {rounds[-1]['settled_buckets']} of "
+                    f"{state['bucket'].nunique()} buckets settled")
+            todo = nxt
+    finally:
+        for a in actors:
+            ray.kill(a)
+    out = state.drop(columns=["eliminated"]).assign(split="selection")
     return out.sort_values("mask_id").reset_index(drop=True), rounds

@@ -208,12 +208,13 @@ def write_report(run: str | os.PathLike[str], test: Any, log: Any = print) -> Pa
                                for _, r in cands.iterrows()])]
     if result.get("adaptive"):
         ad = result["adaptive"]
-        out += ["", f"Ranked adaptively (successive halving, {ad['confidence']:.0%} Wilson bounds, top "
-                f"{ad['keep']} kept per bucket): {ad['forward_passes']:,} forward passes against "
-                f"{ad['full_forward_passes']:,} in full mode.", "",
-                _md_table(["round", "images", "images seen", "masks", "forward passes", "seconds"],
-                          [[r["round"], r["images"], r["images_seen"], r["masks"], f"{r['forward_passes']:,}",
-                            r["seconds"]] for r in ad["rounds"]])]
+        rounds = ad["rounds"]
+        out += ["", f"Ranked adaptively (a race on {ad['confidence']:.0%} Wilson bounds, top {ad['keep']} kept per "
+                f"bucket): {ad['forward_passes']:,} forward passes against {ad['full_forward_passes']:,} in full mode "
+                f"({ad['full_forward_passes'] / max(ad['forward_passes'], 1):.1f}x fewer), {len(rounds)} rounds.", "",
+                _md_table(["round", "masks", "masked images", "forward passes", "still open after", "seconds"],
+                          [[r["round"], r["masks"], f"{r['images']:,}", f"{r['forward_passes']:,}", r["open"],
+                            r["seconds"]] for r in rounds])]
     if (res / "table2.parquet").exists():
         t2 = pd.read_parquet(res / "table2.parquet")
         plot_table2(t2, res / "table2.png")

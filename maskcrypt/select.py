@@ -108,16 +108,27 @@ def _z(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
-def wilson_interval(correct: Any, n: Any, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of ``correct / n`` (vectorized; n = 0 gives [0, 1])."""
+def wilson_interval(correct: Any, n: Any, confidence: float = 0.95,
+                    population: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of ``correct / n`` (vectorized; n = 0 gives [0, 1]).
+
+    With ``population`` (the N images the ``n`` were drawn from without replacement),
+    the interval is for the accuracy on all N, with the finite-population correction
+    ``(N - n) / (N - 1)`` on the variance: it narrows as ``n`` nears N and is the exact
+    count at ``n = N``. That is the right bound when the reference is full mode on the
+    same N images (the adaptive search).
+    """
     k = np.asarray(correct, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
-    z = _z(confidence)
+    z2 = np.full(np.broadcast(k, n).shape, _z(confidence) ** 2)
+    if population is not None:
+        big = np.asarray(population, dtype=np.float64)
+        z2 = z2 * np.clip((big - n) / np.maximum(big - 1.0, 1.0), 0.0, 1.0)
     safe = np.maximum(n, 1.0)
     p = k / safe
-    denom = 1.0 + z * z / safe
-    centre = (p + z * z / (2 * safe)) / denom
-    half = z * np.sqrt(p * (1 - p) / safe + z * z / (4 * safe * safe)) / denom
+    denom = 1.0 + z2 / safe
+    centre = (p + z2 / (2 * safe)) / denom
+    half = np.sqrt(z2 * (p * (1 - p) / safe + z2 / (4 * safe * safe))) / denom
     lo = np.where(n > 0, np.clip(centre - half, 0.0, 1.0), 0.0)
     hi = np.where(n > 0, np.clip(centre + half, 0.0, 1.0), 1.0)
     return lo, hi
@@ -288,54 +299,70 @@ def attack_list(per_mask: pd.DataFrame, buckets: list[int], th: Thresholds = Thr
     return ranked[ranked["rank"] <= th.attack_top].reset_index(drop=True)
 
 
-def adaptive_survivors(counts: pd.DataFrame, keep: int, confidence: float) -> pd.Series:
-    """One round of the adaptive search's pruning: which masks stay in the race.
+def race_step(counts: pd.DataFrame, keep: int, population: int, confidence: float = 0.99,
+              tolerance: float = 0.01, share: float = 0.1) -> pd.DataFrame:
+    """One decision of the adaptive search (an LUCB-style race): which masks to measure next.
 
-    ``counts``: one row per mask still racing, with ``bucket``, ``n`` (images seen so
-    far, the same images for every mask) and ``correct_E``. Within each bucket, a mask
-    survives unless its Wilson upper bound is below the ``keep``-th best lower bound:
-    with the bounds valid, it cannot be among the bucket's top ``keep`` on all images.
-    A bucket with at most ``keep`` masks keeps them all. Returns a boolean Series
-    aligned with ``counts``.
+    ``counts``: one row per mask with ``mask_id``, ``bucket``, ``n`` (how many of the
+    ``population`` selection images it has seen, always a prefix of one shared random
+    order), ``correct_E`` and ``eliminated``. Bounds are Wilson bounds at ``confidence``
+    with the finite-population correction (full mode's accuracy on the same N images is
+    what they bound). Per bucket, among masks not eliminated:
+
+    1. *Eliminate* masks whose upper bound is below the ``keep``-th best lower bound:
+       they cannot be in the top ``keep``, now or later.
+    2. Let S be the current top ``keep`` by accuracy so far (ties: more images, then mask
+       id), L the lowest lower bound in S and H the highest upper bound outside S. If
+       ``L >= H - tolerance``, every mask of S is within ``tolerance`` of whatever the
+       true ``keep``-th is: the bucket is *settled*, and S is measured on every image
+       (``complete``); the others stop where they are.
+    3. Otherwise only masks that can still change that verdict are measured further
+       (``advance``: one more step of images): S's members whose lower bound is below
+       ``H - tolerance``, and of the masks outside S whose upper bound is above
+       ``L + tolerance``, those with the highest upper bounds (a ``share`` of them, at
+       least ``keep``; ties: fewer images first). Sampling the boundary and not the
+       whole bucket is what makes the race cheaper than halving every mask together.
+
+    Returns ``counts`` with ``eliminated`` updated and ``action`` in {``advance``,
+    ``complete``, ``""``}, plus ``settled`` (the bucket's verdict holds and S has seen
+    every image) and the bounds ``lo``/``hi``. Pure: no Ray, no model.
     """
-    _require(counts, ["mask_id", "bucket", "n", "correct_E"], "adaptive counts")
+    _require(counts, ["mask_id", "bucket", "n", "correct_E", "eliminated"], "adaptive counts")
     if keep < 1:
         raise MaskcryptError(f"adaptive search: keep must be >= 1, got {keep}")
-    lo, hi = wilson_interval(counts["correct_E"], counts["n"], confidence)
-    lo_s = pd.Series(lo, index=counts.index)
-    kth = lo_s.groupby(counts["bucket"]).transform(
-        lambda v: np.sort(v.to_numpy())[::-1][keep - 1] if len(v) > keep else -np.inf)
-    return pd.Series(hi >= kth.to_numpy(), index=counts.index)
-
-
-def adaptive_settled(counts: pd.DataFrame, keep: int, confidence: float, tolerance: float) -> pd.Series:
-    """Which racing masks an epsilon-tolerant race can stop measuring: ties that cannot matter.
-
-    Per bucket, let S be the current top ``keep`` by accuracy so far (ties by mask id, as
-    the final ranking breaks them). When every lower bound in S is at least every upper
-    bound outside S minus ``tolerance``, each mask of S is, at the bounds' confidence,
-    within ``tolerance`` of every mask left out: S is a top ``keep`` up to ties of that
-    size, the agreement full mode is judged by. The masks outside S are then settled
-    (``True``): they stop; S goes on to be measured on every image. Buckets with at most
-    ``keep`` masks, or not yet separated, settle nothing. ``tolerance`` 0 never settles
-    a bucket that :func:`adaptive_survivors` could not decide.
-    """
-    _require(counts, ["mask_id", "bucket", "n", "correct_E"], "adaptive counts")
     if not 0.0 <= tolerance < 1.0:
         raise MaskcryptError(f"adaptive tolerance: expected a fraction in [0, 1), got {tolerance}")
-    lo, hi = wilson_interval(counts["correct_E"], counts["n"], confidence)
-    df = counts.assign(_acc=counts["correct_E"] / counts["n"].clip(lower=1), _lo=lo, _hi=hi)
-    settled = pd.Series(False, index=counts.index)
-    if tolerance == 0.0:
-        return settled
-    for _, g in df.groupby("bucket"):
-        if len(g) <= keep:
-            continue
-        order = g.sort_values(["_acc", "mask_id"], ascending=[False, True])
+    if not 0.0 < share <= 1.0:
+        raise MaskcryptError(f"adaptive share: expected a fraction in (0, 1], got {share}")
+    if population < 1 or (counts["n"] > population).any():
+        raise MaskcryptError(f"adaptive counts: n must lie in [0, {population}] (the selection images)")
+    lo, hi = wilson_interval(counts["correct_E"], counts["n"], confidence, population)
+    out = counts.assign(lo=lo, hi=hi, acc=counts["correct_E"] / counts["n"].clip(lower=1), action="",
+                        settled=False, eliminated=counts["eliminated"].astype(bool))
+    for _, g in out.groupby("bucket", sort=False):
+        alive = g[~g["eliminated"]]
+        if len(alive) > keep:
+            kth = np.sort(alive["lo"].to_numpy())[::-1][keep - 1]
+            out.loc[alive.index[alive["hi"].to_numpy() < kth], "eliminated"] = True
+        alive = out.loc[g.index][~out.loc[g.index, "eliminated"]]
+        order = alive.sort_values(["acc", "n", "mask_id"], ascending=[False, False, True])
         top, rest = order.iloc[:keep], order.iloc[keep:]
-        if top["_lo"].min() >= rest["_hi"].max() - tolerance:
-            settled.loc[rest.index] = True
-    return settled
+        low = float(top["lo"].min())
+        high = float(rest["hi"].max()) if len(rest) else -np.inf
+        incomplete = top.index[top["n"].to_numpy() < population]
+        if low >= high - tolerance:
+            out.loc[incomplete, "action"] = "complete"
+            out.loc[g.index, "settled"] = len(incomplete) == 0
+            continue
+        out.loc[top.index[(top["lo"].to_numpy() < high - tolerance) & (top["n"].to_numpy() < population)],
+                "action"] = "advance"
+        open_rest = rest[(rest["hi"] > low + tolerance) & (rest["n"] < population)]
+        picked = open_rest.sort_values(["hi", "n", "mask_id"], ascending=[False, True, True]).head(
+            max(keep, int(np.ceil(share * len(open_rest)))))
+        out.loc[picked.index, "action"] = "advance"
+        if not (out.loc[g.index, "action"] != "").any():  # cannot happen with exact bounds; never stall
+            out.loc[alive.index[alive["n"].to_numpy() < population], "action"] = "advance"
+    return out
 
 
 # -- Table 2 ------------------------------------------------------------------------------------------------

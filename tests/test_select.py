@@ -179,23 +179,62 @@ def test_thresholds_validation_and_file(tmp_path):
         Thresholds.from_file(tmp_path / "bad.json")
 
 
-def test_adaptive_survivors_drop_only_masks_that_cannot_reach_the_top():
-    from maskcrypt.select import adaptive_survivors
+def _race(n, correct, bucket=None, eliminated=None):
+    k = len(n)
+    return pd.DataFrame({"mask_id": [f"m{i}" for i in range(k)], "bucket": bucket or [1] * k, "n": n,
+                         "correct_E": correct, "eliminated": eliminated or [False] * k})
 
-    counts = pd.DataFrame({
-        "mask_id": ["a", "b", "c", "d", "e", "f"],
-        "bucket": [1, 1, 1, 1, 2, 2],
-        "n": [100] * 6,
-        "correct_E": [99, 97, 60, 96, 10, 90],
-    })
-    alive = adaptive_survivors(counts, keep=2, confidence=0.99)
-    # Bucket 1: c's upper bound (~0.71) is below the 2nd best lower bound (~0.88); d overlaps and stays.
+
+def test_race_eliminates_only_masks_that_cannot_reach_the_top():
+    from maskcrypt.select import race_step
+
+    # Bucket 1: m2's upper bound (~0.71) is below the 2nd best lower bound (~0.88); m3 overlaps and stays.
     # Bucket 2 has only two masks: both stay, however bad.
-    assert alive.tolist() == [True, True, False, True, True, True]
-    assert adaptive_survivors(counts, keep=4, confidence=0.99).all()
+    got = race_step(_race([100] * 6, [99, 97, 60, 96, 10, 90], bucket=[1, 1, 1, 1, 2, 2]), keep=2,
+                    population=1000, tolerance=0.0)
+    assert got["eliminated"].tolist() == [False, False, True, False, False, False]
+    assert race_step(_race([100] * 6, [99, 97, 60, 96, 10, 90]), keep=6, population=1000,
+                     tolerance=0.0)["eliminated"].sum() == 0
+    # An eliminated mask stays eliminated and is never measured again.
+    again = race_step(got.drop(columns=["lo", "hi", "acc", "action", "settled"]), keep=2, population=1000)
+    assert again.loc[2, "eliminated"] and again.loc[2, "action"] == ""
     with pytest.raises(MaskcryptError, match="keep must be >= 1"):
-        adaptive_survivors(counts, keep=0, confidence=0.99)
+        race_step(_race([10], [5]), keep=0, population=10)
+    with pytest.raises(MaskcryptError, match=r"n must lie in \[0, 10\]"):
+        race_step(_race([11], [5]), keep=1, population=10)
+    with pytest.raises(MaskcryptError, match="tolerance"):
+        race_step(_race([10], [5]), keep=1, population=10, tolerance=1.5)
 
+
+def test_race_measures_the_boundary_and_settles_ties_only_when_bounds_allow():
+    from maskcrypt.select import race_step
+
+    # m0, m1 perfect on 2,000 of 5,000 images, m2-m4 at 99.5%: a tie within 0.01 at 99% bounds.
+    tie = race_step(_race([2000] * 5, [2000, 2000, 1990, 1990, 1990]), keep=2, population=5000)
+    assert tie["action"].tolist() == ["complete", "complete", "", "", ""] and not tie["settled"].any()
+    # The same accuracies on 100 images: too wide to call a tie; the top and the highest challengers go on.
+    wide = race_step(_race([100] * 5, [100, 100, 99, 99, 99]), keep=2, population=5000)
+    assert wide.loc[[0, 1], "action"].eq("advance").all() and (wide["action"] == "advance").sum() >= 4
+    assert race_step(_race([100] * 5, [100, 100, 99, 99, 99]), keep=2, population=5000,
+                     tolerance=0.0)["action"].ne("complete").all()
+    # Once the top has seen every image, the bucket is settled and nothing is measured.
+    done = race_step(_race([5000, 5000, 2000, 2000, 2000], [5000, 5000, 1990, 1990, 1990]), keep=2,
+                     population=5000)
+    assert done["settled"].all() and (done["action"] == "").all()
+    # While the boundary is open, only the share of challengers with the highest upper bounds (at least
+    # keep) is measured; one far below the top is left alone.
+    many = race_step(_race([50] * 12, [50, 50] + [49] * 8 + [30, 30]), keep=2, population=5000)
+    assert many.loc[[0, 1], "action"].eq("advance").all()
+    assert (many.loc[2:9, "action"] == "advance").sum() == 2 and (many.loc[10:, "action"] == "").all()
+
+
+def test_finite_population_bounds_close_on_the_whole_set():
+    from maskcrypt.select import wilson_interval
+
+    lo, hi = wilson_interval([90, 450, 1000], [100, 500, 1000], 0.99, population=1000)
+    plain_lo, plain_hi = wilson_interval([90, 450], [100, 500], 0.99)
+    assert (hi[:2] - lo[:2] < plain_hi - plain_lo).all()  # narrower once a good share of N is seen
+    assert lo[2] == hi[2] == 1.0  # every image seen: the exact count, no interval
 
 def test_targets_must_also_pass_the_basic_form():
     attack, ranks = _attack_rows()
@@ -206,21 +245,3 @@ def test_targets_must_also_pass_the_basic_form():
     chosen, why = target_masks(leaky, Thresholds(t_orig=0.5))  # O still recognizes half of 1478's images
     assert chosen.empty and why.rule == "t_orig"
     assert target_masks(leaky, Thresholds(t_orig=0.51))[0]["mask_id"].tolist() == ["1478"]
-
-
-def test_tolerant_race_settles_ties_only_when_bounds_allow():
-    from maskcrypt.select import adaptive_settled
-
-    # Bucket 1: two masks perfect on 2,000 images, three at 99.5%: ties within 0.01 at 99% bounds.
-    # Bucket 2: the same accuracies on 100 images: the bounds are too wide to call them ties.
-    rows = []
-    for bucket, n in ((1, 2000), (2, 100)):
-        for i, acc in enumerate([1.0, 1.0, 0.995, 0.995, 0.995]):
-            rows.append({"mask_id": f"b{bucket}-{i}", "bucket": bucket, "n": n, "correct_E": round(acc * n)})
-    counts = pd.DataFrame(rows)
-    settled = adaptive_settled(counts, keep=2, confidence=0.99, tolerance=0.01)
-    assert settled.tolist() == [False, False, True, True, True] + [False] * 5
-    assert not adaptive_settled(counts, keep=2, confidence=0.99, tolerance=0.0).any()
-    assert not adaptive_settled(counts, keep=5, confidence=0.99, tolerance=0.01).any()  # nothing to drop
-    with pytest.raises(MaskcryptError, match="tolerance"):
-        adaptive_settled(counts, keep=2, confidence=0.99, tolerance=1.5)
