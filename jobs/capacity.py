@@ -109,7 +109,7 @@ def run(args: argparse.Namespace, out: Path) -> dict:
     settings = EvalSettings(actors=args.eval_actors, gpus_per_actor=args.eval_gpus, precision=args.precision)
     buckets = sorted({int(b) for b in lib.column("bucket")} - {-1})
 
-    with PeakRSS() as peak:
+    with PeakRSS(object_store=True) as peak:
         t0 = time.perf_counter()
         evaluate_sampled(lib, ts, models, repeats=args.repeats, buckets=buckets, settings=settings)
         sampled_s = time.perf_counter() - t0
@@ -127,12 +127,15 @@ def run(args: argparse.Namespace, out: Path) -> dict:
                      "full_forward_passes": full_passes, "reduction": round(full_passes / adaptive_passes, 2)},
         "masked_images_per_s_per_device": round(rate, 1),
         "peak_driver_mb": round(peak.driver_mb), "peak_actor_mb": round(peak.actor_mb),
+        "peak_object_store_mb": None if peak.object_store_mb is None else round(peak.object_store_mb, 1),
     }
     print(f"Table 1 sampled: {sampled_passes:,} forward passes in {sampled_s:.1f} s")
     print(f"adaptive ranking: {adaptive_passes:,} forward passes in {adaptive_s:.1f} s over {len(rounds)} rounds; "
           f"full mode would need {full_passes:,} ({report['adaptive']['reduction']}x more)")
     print(f"throughput: {rate:,.0f} masked images/s per evaluation device ({args.eval_actors} actors, "
-          f"{args.eval_gpus:g} GPU each); peak RSS driver {peak.driver_mb:.0f} MB, actor {peak.actor_mb:.0f} MB")
+          f"{args.eval_gpus:g} GPU each); peak RSS driver {peak.driver_mb:.0f} MB, actor {peak.actor_mb:.0f} MB, "
+          "object store " + ("not reported by Ray" if peak.object_store_mb is None
+                             else f"{peak.object_store_mb:.1f} MB"))
     if not args.model:
         print("note: untrained weights score every mask alike, so the adaptive search cannot drop any; pass "
               "--model with a trained E for a realistic reduction")
