@@ -65,10 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Table 1: one random mask of the bucket per image and repetition, or every mask x image")
     g.add_argument("--repeats", type=int, default=5, help="Table 1 repetitions (sampled mode)")
     g.add_argument("--rank-mode", default="auto", choices=("auto", "full", "adaptive"),
-                   help="per-mask third accuracy: every mask x every selection image (full), or raced by "
-                   "successive halving (adaptive); auto = adaptive above 1M masked images per model")
+                   help="per-mask third accuracy: every mask x every selection image (full), or a race on "
+                   "confidence bounds (adaptive); auto = adaptive above 1M masked images per model")
     g.add_argument("--adaptive-confidence", type=float, default=0.99, help="adaptive: level of the Wilson bounds")
-    g.add_argument("--adaptive-first", type=int, default=50, help="adaptive: images in the first round")
+    g.add_argument("--adaptive-first", type=int, default=50, help="adaptive: images every mask sees first")
+    g.add_argument("--adaptive-share", type=float, default=0.1,
+                   help="adaptive: share of the open challengers (highest upper bounds) measured further each round")
     g.add_argument("--adaptive-tolerance", type=float, default=0.01,
                    help="adaptive: stop racing masks provably within this accuracy of the top k (ties); 0 = exact")
     g.add_argument("--scoring", default="auto", choices=("auto", "closed", "open"),
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
                            seed=args.seed, per_mask=args.per_mask, table1_mode=args.table1_mode,
                            rank_mode=args.rank_mode,
                            adaptive=AdaptivePlan(first=args.adaptive_first, confidence=args.adaptive_confidence,
-                                                 tolerance=args.adaptive_tolerance,
+                                                 tolerance=args.adaptive_tolerance, share=args.adaptive_share,
                                                  seed=args.seed),
                            scoring=args.scoring, confirm_fraction=args.confirm_fraction, enroll=args.enroll,
                            settings=settings, redo=args.redetermine)

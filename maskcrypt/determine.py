@@ -174,8 +174,8 @@ def determine(
     attacked masks are measured again so that selection bias shows. Per-mask results
     are kept in parts (``results/per_mask.parts/``): a relaunch continues them, and
     refuses parts computed from other inputs unless ``redo``. ``rank_mode``: ``full``
-    measures every mask on every selection image; ``adaptive`` races them by successive
-    halving (:func:`maskcrypt.evaluate.evaluate_adaptive`), keeping ``attack_top`` per
+    measures every mask on every selection image; ``adaptive`` races them on confidence
+    bounds (:func:`maskcrypt.evaluate.evaluate_adaptive`), keeping ``attack_top`` per
     bucket; ``auto`` picks adaptive above ``ADAPTIVE_ABOVE`` masked images per model.
     """
     import ray

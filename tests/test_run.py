@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import TINY_DATA, TINY_SIZE
 
 from maskcrypt.masks import MaskLibrary
 
@@ -41,28 +44,30 @@ def test_select_job_prepares_a_run_and_resumes_only_with_the_same_settings(tmp_p
     assert len(MaskLibrary.open(str(run / "masks_train"))) == 14
 
 
-def test_select_job_trains_all_three_models_end_to_end(tmp_path):
-    """``make run``'s path on tiny settings: prepare, then Ray Train with its own local Ray."""
+def test_select_job_on_a_trained_run_retrains_nothing_and_determines(tiny_run, tmp_path):
+    """``make run``'s path with its own local Ray, on the session's trained tiny run (training itself runs
+    end to end in tests/test_jobs.py under ``ray job submit``, and in test_train.py)."""
     run = tmp_path / "run"
-    tiny_train = ["--epochs", "2", "--batch-size", "16", "--width", "8", "--inpaint-width", "4",
-                  "--iterations", "1", "--inpaint-epochs", "1", "--inpaint-batch-size", "16"]
-    r = job("--run", str(run), *TINY, *tiny_train)
+    shutil.copytree(tiny_run[0], run)
+    same = ["--data", TINY_DATA, "--size", str(TINY_SIZE), "--mask-count", "24", "--train-mask-count", "12",
+            "--epochs", "4", "--batch-size", "16", "--lr", "0.05", "--warmup-epochs", "0.5", "--width", "8",
+            "--inpaint-width", "4", "--iterations", "1", "--inpaint-epochs", "2", "--inpaint-batch-size", "16",
+            "--repeats", "1"]
+    r = job("--run", str(run), *same)
     assert r.returncode == 0, r.stderr[-3000:]
-    for role in ("original", "encrypted", "inpainter"):
-        assert f"{role}: " in r.stdout
-        assert list((run / "models" / role).glob("checkpoint_epoch_*"))
+    assert r.stdout.count("not retrained") == 3, r.stdout[-3000:]
     record = json.loads((run / "run.json").read_text())
     assert set(record["stages"]) == {"prepare", "train", "determine"}
     for table in ("table1", "per_mask", "candidates", "table2"):
         assert (run / "results" / f"{table}.parquet").exists() or "no target mask" in r.stdout, table
     assert "Table 1" in r.stdout and "targets" in json.loads((run / "targets.json").read_text())
-    # Again with the same settings: nothing retrained; impossible thresholds + --require-targets exit 3.
+    # Impossible thresholds + --require-targets exit 3, with the reason.
     (tmp_path / "th.json").write_text(json.dumps({"t_gap": 1.0}))
-    r = job("--run", str(run), *TINY, *tiny_train, "--repeats", "1", "--thresholds", str(tmp_path / "th.json"),
-            "--require-targets")
-    assert r.returncode == 3 and r.stdout.count("not retrained") == 3, r.stderr[-2000:]
+    r = job("--run", str(run), *same, "--thresholds", str(tmp_path / "th.json"), "--require-targets")
+    assert r.returncode == 3, r.stderr[-2000:]
     assert "no target mask: no bucket has first - second accuracy > 1.00" in r.stdout
-    r = job("--run", str(run), *TINY, *tiny_train[:-2], "--inpaint-batch-size", "8")
+    # Other training settings: refused by name before anything runs.
+    r = job("--run", str(run), *same[:-4], "--inpaint-batch-size", "8", "--repeats", "1")
     assert r.returncode == 2 and "--retrain" in r.stderr
 
 
