@@ -80,10 +80,14 @@ def main() -> None:
         store = "n/a" if r["store_mb"] is None else f"{r['store_mb']:.2f} MB"
         print(f"{n:>7,} masks x 4 images: driver peak {r['driver_mb']:.0f} MB, actor peak {r['actor_mb']:.0f} MB, "
               f"object store peak {store}, {r['seconds']:.1f} s ({r['masks_per_s']:,.0f} masks/s)")
-    base, top = rows[sizes[0]], rows[sizes[-1]]
+    top = rows[sizes[-1]]
     for key in ("driver_mb", "actor_mb", "store_mb"):
-        if base[key] and top[key] is not None:
-            print(f"RESULT memory_{key[:-3]}_ratio_{sizes[-1] // 1000}k_vs_1k {top[key] / base[key]:.3f}")
+        # Against 1k, and against 10k: the object store holds the pipeline's in-flight blocks, a queue a 1k
+        # run ends before filling; flat from 10k on is the claim that matters there.
+        for small in sizes[:-1]:
+            if rows[small][key] and top[key] is not None:
+                print(f"RESULT memory_{key[:-3]}_ratio_{sizes[-1] // 1000}k_vs_{small // 1000}k "
+                      f"{top[key] / rows[small][key]:.3f}")
     print(f"RESULT memory_masks_per_s_{sizes[-1] // 1000}k {top['masks_per_s']:.0f}")
 
 
