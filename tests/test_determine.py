@@ -95,6 +95,23 @@ def test_full_table1_mode_uses_every_mask_and_feeds_the_per_mask_stage(tiny_run)
     assert not (run / "results" / "table2_confirmation.parquet").exists()
 
 
+def test_adaptive_rank_mode_reports_its_rounds_and_measures_candidates_on_every_image(tiny_run, tmp_path):
+    from maskcrypt.evaluate import AdaptivePlan
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("per_mask.parts", "targets.*"))
+    result = determine(run, TINY_DATA, TINY_SIZE, LOOSE, repeats=1, per_mask="all", rank_mode="adaptive",
+                       adaptive=AdaptivePlan(first=3, growth=2.0), settings=FP32, redo=True, log=_quiet)
+    ad = result["adaptive"]
+    assert result["rank_mode"] == "adaptive" and ad["rounds"][-1]["open"] == 0
+    assert 0 < ad["forward_passes"] <= ad["full_forward_passes"]
+    assert ad["rounds"][0]["masks"] == len(pd.read_parquet(run / "results" / "per_mask.parquet"))
+    cands = pd.read_parquet(run / "results" / "candidates.parquet")
+    assert (cands["n"] == result["splits"]["selection"]).all()  # ranked on every selection image
+    report = (run / "report.md").read_text()
+    assert "Ranked adaptively" in report and f"{ad['forward_passes']:,} forward passes" in report
+
+
 def test_no_target_bucket_is_reported_with_the_closest_values(tiny_run):
     run, _ = tiny_run
     result = determine(run, TINY_DATA, TINY_SIZE, Thresholds(t_gap=1.0), repeats=1, settings=FP32, redo=True,
