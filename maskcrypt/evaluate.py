@@ -544,10 +544,9 @@ def evaluate_masks(
     settings: EvalSettings = EvalSettings(),
     parts: Path | None = None,
     log: Callable[[str], None] | None = None,
-    exclude: set[str] | frozenset[str] = frozenset(),
     on_block: Callable[[pd.DataFrame], None] | None = None,
 ) -> pd.DataFrame:
-    """Per-mask counts: every mask of ``buckets`` (but ``exclude``) x every probe of ``splits``, via an actor pool.
+    """Per-mask counts: every mask of ``buckets`` x every probe of ``splits``, via an actor pool.
 
     Returns one row per (mask, split): ``mask_id``, ``bucket``, ``split``, ``n``,
     ``correct_<model>``, ``score_<model>`` (and ``hits_<model>`` with per-image
@@ -564,13 +563,13 @@ def evaluate_masks(
         raise MaskcryptError(f"per-mask parts in {parts}: computed for splits {sorted(set(done['split']))}, "
                              f"asked for {list(splits)}")
     done_ids = set(done["mask_id"]) if len(done) else set()
-    wanted = set(library.table(buckets, columns=["mask_id"]).column("mask_id").to_pylist()) - set(exclude)
+    wanted = set(library.table(buckets, columns=["mask_id"]).column("mask_id").to_pylist())
     todo = len(wanted - done_ids)
     if log and done_ids:
         log(f"per-mask: {len(done_ids & wanted)} masks already evaluated in {parts}, {todo} to go")
     results = [done] if len(done) else []
     if todo != 0:
-        ds = library.to_ray_dataset(buckets, exclude=done_ids | set(exclude),
+        ds = library.to_ray_dataset(buckets, exclude=done_ids,
                                     rows_per_block=settings.masks_per_block).select_columns(
             ["mask_id", "bucket", "bits"])
         constructor = _constructor(test, resolved, splits, settings, "masks", per_image=settings.per_image,
