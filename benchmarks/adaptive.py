@@ -50,11 +50,14 @@ def main() -> int:
     import pyarrow.parquet as pq
     import ray
 
+    from maskcrypt.adaptive import evaluate_adaptive
+    from maskcrypt.config import AdaptivePlan, EvalSettings
     from maskcrypt.data import load
-    from maskcrypt.evaluate import AdaptivePlan, EvalSettings, evaluate_adaptive, evaluate_masks, prepare_test
+    from maskcrypt.evaluate import evaluate_masks
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.masks.generate import generate_into
     from maskcrypt.select import _rank, per_mask_table
+    from maskcrypt.testset import prepare_test
 
     run = Path(args.run)
     record = run / "run.json"

@@ -52,29 +52,17 @@ def make_checkpoint(root: Path, classes: list[str]) -> Path:
 
 
 def bare_rate(ckpt: str, images: np.ndarray, mask: np.ndarray, chunk: int, precision: str, passes: int) -> float:
-    """Images/s of the bare forward on one CPU: pre-masked tensors, same chunk, precision and layout."""
+    """Images/s of the bare forward on one CPU: the evaluator's Predictor on pre-masked tensors, no overlay."""
     import torch
 
+    from maskcrypt.capacity import forward_rate
     from maskcrypt.masks import overlay
-    from maskcrypt.models import Recognizer
-    from maskcrypt.train import use_bf16
+    from maskcrypt.models.predictor import Predictor
 
     torch.set_num_threads(1)
-    bf16 = use_bf16(precision, "cpu")
-    model = Recognizer.from_checkpoint(ckpt)
-    x = overlay(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(mask))
-    if bf16:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    chunks = [x[s:s + chunk] for s in range(0, len(x), chunk)]
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for c in chunks:  # warm-up
-            model(c).float().argmax(1)
-        t0 = time.perf_counter()
-        for _ in range(passes):
-            for c in chunks:
-                model(c).float().argmax(1)
-        return passes * len(x) / (time.perf_counter() - t0)
+    predictor = Predictor.from_checkpoint(ckpt, precision=precision, chunk=chunk)
+    masked = predictor.to_device(overlay(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(mask)))
+    return forward_rate(predictor, masked, seconds=passes * 0.5)
 
 
 def main() -> None:
@@ -91,10 +79,12 @@ def main() -> None:
 
     import ray
 
+    from maskcrypt.config import EvalSettings
     from maskcrypt.data import load
-    from maskcrypt.evaluate import EvalSettings, evaluate_masks, prepare_test
+    from maskcrypt.evaluate import evaluate_masks
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.masks.generate import generate_into
+    from maskcrypt.testset import prepare_test
 
     test = load(SPEC, default_split="test")
     n_masks = max(1, round(total / len(test)))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from maskcrypt.masks.core import overlay
 from maskcrypt.models import Inpainter, InpainterConfig, Recognizer, RecognizerConfig
 from maskcrypt.models.losses import inpaint_loss
-from maskcrypt.train import use_bf16
+from maskcrypt.precision import autocast, use_bf16
 
 
 def timed(fn, steps: int, warm: int = 3) -> float:
@@ -63,7 +63,7 @@ def bench_recognizer(name: str, cfg: RecognizerConfig, batch: int, bf16: bool, s
         x = x.contiguous(memory_format=torch.channels_last)
 
     def train_step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        with autocast("cuda", bf16):
             loss = F.cross_entropy(model(overlay(x, m), y).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -71,7 +71,7 @@ def bench_recognizer(name: str, cfg: RecognizerConfig, batch: int, bf16: bool, s
         assert torch.isfinite(loss)
 
     def infer():
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        with torch.inference_mode(), autocast("cuda", bf16):
             out = model(overlay(x, m))
         assert torch.isfinite(out).all()
 
@@ -89,7 +89,7 @@ def bench_inpainter(name: str, cfg: InpainterConfig, batch: int, bf16: bool, ste
     mask = (torch.rand(batch, 1, s, s, device=dev) > 0.4).float()
 
     def train_step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        with autocast("cuda", bf16):
             out = net(img * mask, mask)
             loss, _ = inpaint_loss(out, img, mask)
         opt.zero_grad(set_to_none=True)
@@ -98,7 +98,7 @@ def bench_inpainter(name: str, cfg: InpainterConfig, batch: int, bf16: bool, ste
         assert torch.isfinite(loss)
 
     def infer():
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        with torch.inference_mode(), autocast("cuda", bf16):
             out = net(img * mask, mask)
         assert torch.isfinite(out).all()
 

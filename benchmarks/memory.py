@@ -30,10 +30,12 @@ def measure(library: str) -> dict[str, float]:
     """One library, in this process: peak driver and actor RSS in MB while every mask is evaluated."""
     import ray
 
+    from maskcrypt.config import EvalSettings
     from maskcrypt.data import load
-    from maskcrypt.evaluate import EvalSettings, evaluate_masks, prepare_test
+    from maskcrypt.evaluate import evaluate_masks
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.monitor import PeakRSS
+    from maskcrypt.testset import prepare_test
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from cross_product import SPEC, make_checkpoint

@@ -104,28 +104,23 @@ def cpu_seconds() -> dict[str, float]:
 
 
 def bare_rates(run: Path, image: np.ndarray, mask: np.ndarray, precision: str) -> dict[str, float]:
-    """E's forward on one thread at batch 1 and 16, pre-masked tensors, median of 3 timed passes."""
+    """E's forward through the service's Predictor on one thread at batch 1 and 16, pre-masked, median of 3."""
     import torch
 
-    from maskcrypt.models import Recognizer
-    from maskcrypt.train import use_bf16
+    from maskcrypt.masks import overlay
+    from maskcrypt.models.predictor import Predictor
 
     torch.set_num_threads(1)
-    model = Recognizer.from_checkpoint(run / "models" / "encrypted")
-    bf16 = use_bf16(precision, "cpu")
-    if bf16:
-        model = model.to(memory_format=torch.channels_last)
+    predictor = Predictor.from_checkpoint(run / "models" / "encrypted", precision=precision, chunk=16)
+    masked = overlay(torch.from_numpy(image[None]), torch.from_numpy(mask))
     out = {}
     for batch in (1, 16):
-        x = torch.from_numpy(np.repeat((image * mask[None])[None], batch, 0))
-        if bf16:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = predictor.to_device(masked.repeat(batch, 1, 1, 1))
         rates = []
         for rep in range(4):
             n, t = 0, time.perf_counter()
             while time.perf_counter() - t < 1.0:
-                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    model(x)
+                predictor.outputs(x)
                 n += batch
             if rep:  # the first pass warms up
                 rates.append(n / (time.perf_counter() - t))

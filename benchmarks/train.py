@@ -25,10 +25,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maskcrypt.config import TrainConfig
+from maskcrypt.config import Resources, TrainConfig
 from maskcrypt.data import load
 from maskcrypt.models.recognizer import RecognizerConfig
-from maskcrypt.train import Resources, TrainInputs, augment_flip, lr_lambda, train_model, use_bf16
+from maskcrypt.precision import autocast, use_bf16
+from maskcrypt.train import TrainInputs, train_model
+from maskcrypt.train_loop import augment_flip, lr_lambda
 
 SPEC = "synthetic:identities=50,per_identity=40,size=32"
 
@@ -62,7 +64,7 @@ def plain_loop(x: np.ndarray, y: np.ndarray, cfg: RecognizerConfig, tc: TrainCon
             if bf16:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             yb = torch.from_numpy(y[idx])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with autocast("cpu", bf16):
                 loss = F.cross_entropy(model(xb, yb).float(), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -62,22 +62,6 @@ def cmd_masks_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_mask_stats(stats: dict) -> str:
-    """A fixed-width table of per-bucket counts and ratios."""
-    from maskcrypt.masks import bucket_label
-
-    edges = stats["edges"]
-    lines = [f"{stats['uri']}: {stats['count']} masks of {stats['height']}x{stats['width']}, "
-             f"{stats['bytes_on_disk'] / 1e6:.2f} MB on disk"
-             + (f" ({stats['bytes_per_mask']:.0f} B/mask)" if stats["bytes_per_mask"] else ""),
-             f"{'bucket':>7} {'range':>12} {'count':>8} {'min':>7} {'mean':>7} {'max':>7}"]
-    for b in [*range(1, len(edges)), -1]:
-        row = stats["buckets"][str(b)]
-        vals = ["" if row[k] is None else f"{row[k]:.4f}" for k in ("ratio_min", "ratio_mean", "ratio_max")]
-        lines.append(f"{b:>7} {bucket_label(b, edges):>12} {row['count']:>8} {vals[0]:>7} {vals[1]:>7} {vals[2]:>7}")
-    return "\n".join(lines)
-
-
 def cmd_masks_stats(args: argparse.Namespace) -> int:
     from maskcrypt.masks import MaskLibrary
 
@@ -88,6 +72,8 @@ def cmd_masks_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, indent=1))
     else:
+        from maskcrypt.pipeline import format_mask_stats
+
         print(format_mask_stats(stats))
         if orphans:
             print(f"{len(orphans)} uncommitted part file(s) from an interrupted write are ignored")
@@ -96,8 +82,7 @@ def cmd_masks_stats(args: argparse.Namespace) -> int:
 
 def cmd_masks_show(args: argparse.Namespace) -> int:
     from maskcrypt.masks import MaskLibrary
-    from maskcrypt.masks.show import mask_grid
-    from maskcrypt.report import save_png
+    from maskcrypt.pictures import mask_grid, save_png
 
     lib = MaskLibrary.open(args.lib)
     picture = mask_grid(lib, ids=args.ids, per_bucket=args.per_bucket)
@@ -140,7 +125,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 def cmd_data_show(args: argparse.Namespace) -> int:
     from maskcrypt.data import load
-    from maskcrypt.report import auto_scale, grid_image, save_png
+    from maskcrypt.pictures import auto_scale, grid_image, save_png
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -157,89 +142,81 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- train -----------------------------------------------------------------------------------
-def add_train_arguments(p: argparse.ArgumentParser, with_data: bool = True) -> None:
-    """Flags of the training stage, shared by ``maskcrypt train``, jobs/train.py and jobs/select.py."""
-    from maskcrypt.config import TrainConfig
-    from maskcrypt.train import InpaintTrainConfig, MaskSampling, ModelSettings, Resources
-
-    t, i, s, m, r = TrainConfig(), InpaintTrainConfig(), MaskSampling(), ModelSettings(), Resources()
-    g = p.add_argument_group("training (one TrainConfig trains both O and E)")
-    if with_data:
-        g.add_argument("--train-data", default="synthetic:", help="data spec of O's and E's training images")
-        g.add_argument("--size", type=int, default=32, help="image size in pixels")
-    g.add_argument("--val-data", default="", help="held-out images of the training classes (default: the "
-                   "training source's test split)")
-    g.add_argument("--inpaint-data", default="", help="data spec of R's training images (default: --train-data)")
-    g.add_argument("--masks", default="", help="E's and R's training mask pool (default RUN/masks_train)")
-    g.add_argument("--epochs", type=int, default=t.epochs)
-    g.add_argument("--batch-size", type=int, default=t.batch_size, help="global batch size")
-    g.add_argument("--optimizer", default=t.optimizer, choices=("sgd", "adamw"))
-    g.add_argument("--lr", type=float, default=t.lr)
-    g.add_argument("--weight-decay", type=float, default=t.weight_decay)
-    g.add_argument("--schedule", default=t.schedule, choices=("cosine", "step", "constant"))
-    g.add_argument("--warmup-epochs", type=float, default=t.warmup_epochs)
-    g.add_argument("--augment", default=t.augment, choices=("flip", "none"))
-    g.add_argument("--precision", default=t.precision, choices=("auto", "bf16", "fp32"))
-    g.add_argument("--seed", type=int, default=t.seed)
-    g.add_argument("--arch", default=m.arch, help="compact, resnet18/34/50, iresnet18/34/50")
-    g.add_argument("--width", type=int, default=m.width, help="compact: channels of the first stage")
-    g.add_argument("--depth", default=",".join(map(str, m.depth)), help="compact: blocks per stage, e.g. 2,2,2,2")
-    g.add_argument("--head", default=m.head, choices=("softmax", "arcface"))
-    g.add_argument("--masks-per-image", type=int, default=s.k, help="K masks overlaid on every image for E")
-    g.add_argument("--mask-mode", default=s.mode, choices=("fixed", "random"),
-                   help="fixed: K masks x every image; random: a fresh pool mask per image per epoch")
-    g.add_argument("--inpaint-epochs", type=int, default=i.epochs)
-    g.add_argument("--inpaint-batch-size", type=int, default=i.batch_size)
-    g.add_argument("--inpaint-lr", type=float, default=i.lr)
-    g.add_argument("--finetune-epochs", type=int, default=i.finetune_epochs, help="R: BN-frozen fine-tune epochs")
-    g.add_argument("--inpaint-width", type=int, default=m.inpaint_width, help="RFR-Net width (published: 64)")
-    g.add_argument("--iterations", type=int, default=m.inpaint_iterations, help="RFR iterations (published: 6)")
-    g.add_argument("--vgg-weights", default="", help="local torchvision vgg16 state dict for R's feature losses")
-    g.add_argument("--init-original", default="", help="state dict initializing both recognizers")
-    g.add_argument("--init-inpainter", default="", help="state dict initializing R")
-    g.add_argument("--workers", type=int, default=r.workers, help="Ray Train workers per model")
-    g.add_argument("--cpus-per-worker", type=float, default=r.cpus_per_worker)
-    g.add_argument("--gpus-per-worker", type=float, default=r.gpus_per_worker)
-    g.add_argument("--max-failures", type=int, default=r.max_failures)
-    g.add_argument("--retrain", action="store_true", help="retrain models trained with other settings")
-    g.add_argument("--models", default="original,encrypted,inpainter", help="which models to train")
+# -- the method's stages --------------------------------------------------------------------
+#: Subcommands over the pipeline: (first stage, last stage or None = --until, help).
+STAGE_COMMANDS = {
+    "run": ("prepare", None, "the whole method: prepare -> train -> determine (-> tune with --until tune)"),
+    "prepare": ("prepare", "prepare", "build the run's mask libraries and pictures"),
+    "train": ("prepare", "train", "prepare if needed, then train O, E and R on Ray Train into RUN/models/"),
+    "determine": ("determine", "determine", "determine the target masks of a trained run (Ray Data)"),
+}
 
 
-def train_from_args(args: argparse.Namespace, run: str, log=print) -> dict:
-    """Build the configs from parsed flags and train (see :func:`maskcrypt.train.train_run`)."""
-    from maskcrypt.config import TrainConfig
-    from maskcrypt.train import ROLES, InpaintTrainConfig, MaskSampling, ModelSettings, Resources, train_run
+def cmd_stages(args: argparse.Namespace) -> int:
+    """``run``/``prepare``/``train``/``determine``: a RunConfig from --config and flags, then the pipeline."""
+    from maskcrypt.cluster import init_ray
+    from maskcrypt.flags import RUN_FLAGS, build_config
+    from maskcrypt.pipeline import run_pipeline
 
-    try:
-        depth = tuple(int(v) for v in str(args.depth).split(","))
-    except ValueError:
-        raise MaskcryptError(f"--depth: expected blocks per stage like 1,1,1,1, got {args.depth!r}") from None
-    roles = tuple(r.strip() for r in args.models.split(",") if r.strip())
-    if not roles or set(roles) - set(ROLES):
-        raise MaskcryptError(f"--models: expected a comma list of {', '.join(ROLES)}, got {args.models!r}")
-    tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                     weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
-                     augment=args.augment, precision=args.precision, seed=args.seed)
-    ic = InpaintTrainConfig(epochs=args.inpaint_epochs, batch_size=args.inpaint_batch_size, lr=args.inpaint_lr,
-                            finetune_epochs=args.finetune_epochs, precision=args.precision, seed=args.seed,
-                            vgg_weights=args.vgg_weights)
-    models = ModelSettings(arch=args.arch, width=args.width, depth=depth, head=args.head,
-                           inpaint_width=args.inpaint_width, inpaint_iterations=args.iterations)
-    return train_run(run, args.train_data, args.size, masks=args.masks, inpaint_data=args.inpaint_data,
-                     val_data=args.val_data, models=models, train_config=tc, inpaint_config=ic,
-                     sampling=MaskSampling(k=args.masks_per_image, mode=args.mask_mode, seed=args.seed),
-                     resources=Resources(args.workers, args.cpus_per_worker, args.gpus_per_worker, args.max_failures),
-                     init_original=args.init_original, init_inpainter=args.init_inpainter, retrain=args.retrain,
-                     roles=roles, log=log)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    train_from_args(args, args.run)
+    start, until, _ = STAGE_COMMANDS[args.command]
+    config = build_config(args, RUN_FLAGS, {"until": until} if until else None)
+    if config.until != "prepare":
+        init_ray()
+    out = run_pipeline(config, start=start, restart=args.restart, retrain=args.retrain,
+                       redetermine=args.redetermine, log=print)
+    if "determine" in out and config.determine.require_targets and not out["determine"]["targets"]:
+        return 3
     return 0
 
 
-# -- parser --------------------------------------------------------------------------------
+def cmd_tune(args: argparse.Namespace) -> int:
+    """The threshold search over a determined run's tables (Ray Tune)."""
+    from maskcrypt.cluster import init_ray
+    from maskcrypt.flags import TUNE_FLAGS, build_config
+    from maskcrypt.pipeline import resolve, tune_stage
+
+    config = resolve(build_config(args, TUNE_FLAGS))
+    init_ray()
+    summary = tune_stage(config, log=print)
+    print(f"best thresholds: {summary['best_thresholds']}")
+    if "note" in summary:
+        print(summary["note"])
+    return 0
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    """The capacity measurement (maskcrypt.capacity) into OUT/capacity.json."""
+    import tempfile
+    from pathlib import Path
+
+    from maskcrypt.capacity import CapacityConfig, measure
+    from maskcrypt.cluster import init_ray
+    from maskcrypt.config import EvalSettings
+    from maskcrypt.fileio import write_json
+    from maskcrypt.pipeline import absolute_path
+
+    if args.quick:
+        args.count, args.size, args.images = 2_000, 32, 100
+    try:
+        devices = tuple(int(x) for x in args.project_devices.split(","))
+    except ValueError:
+        raise MaskcryptError(f"--project-devices: expected a comma list of counts, got {args.project_devices!r}") \
+            from None
+    cfg = CapacityConfig(count=args.count, size=args.size, masks=absolute_path(args.masks), arch=args.arch,
+                         width=args.width, model=absolute_path(args.model), images=args.images, repeats=args.repeats,
+                         keep=args.keep, max_rounds=args.max_rounds, project_images=args.project_images,
+                         project_devices=devices)
+    settings = EvalSettings(actors=args.eval_actors, gpus_per_actor=args.eval_gpus, precision=args.precision)
+    init_ray()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(absolute_path(args.out) or tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "capacity.json", measure(out, cfg, settings))
+        if args.out:
+            print(f"capacity report: {out / 'capacity.json'}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a run on this machine's (or RAY_ADDRESS's) Ray until interrupted."""
     from ray import serve
@@ -256,8 +233,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import ray
 
-    if not ray.is_initialized():
-        ray.init()  # before our handler: ray.init installs its own for SIGTERM
+    from maskcrypt.cluster import init_ray
+
+    init_ray()  # before our handler: ray.init installs its own for SIGTERM
     signal.signal(signal.SIGTERM, _stop)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
@@ -336,10 +314,41 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--per-class", type=int, default=6)
     ds.set_defaults(func=cmd_data_show)
 
-    tr = sub.add_parser("train", help="train O, E and R on Ray Train into RUN/models/")
-    tr.add_argument("--run", default="runs/default", help="run directory (needs masks_train/ unless --masks)")
-    add_train_arguments(tr)
-    tr.set_defaults(func=cmd_train)
+    from maskcrypt.flags import RUN_FLAGS, TUNE_FLAGS, add_flags
+
+    for name, (_, until, text) in STAGE_COMMANDS.items():
+        st = sub.add_parser(name, help=text, description=text)
+        st.add_argument("--config", default="", help="YAML run configuration (RunConfig keys); flags override it")
+        add_flags(st, [f for f in RUN_FLAGS if not (until and f[1] == ("until",))])
+        act = st.add_argument_group("actions")
+        act.add_argument("--restart", action="store_true", help="rebuild a run prepared with other settings")
+        act.add_argument("--retrain", action="store_true", help="retrain models trained with other settings")
+        act.add_argument("--redetermine", action="store_true",
+                         help="discard per-mask results computed with other inputs instead of refusing")
+        st.set_defaults(func=cmd_stages, command=name)
+    tu = sub.add_parser("tune", help="search the selection thresholds on Ray Tune over a determined run's tables")
+    tu.add_argument("--config", default="", help="YAML run configuration (its tune: section)")
+    add_flags(tu, TUNE_FLAGS, "search")
+    tu.set_defaults(func=cmd_tune)
+    ca = sub.add_parser("capacity", help="measure generation, library I/O and evaluation for a large library")
+    ca.add_argument("--quick", action="store_true", help="2,000 masks at 32 px, 100 images")
+    ca.add_argument("--count", type=int, default=100_000, help="masks to generate")
+    ca.add_argument("--size", type=int, default=112)
+    ca.add_argument("--masks", default="", help="an existing library to copy in instead of generating")
+    ca.add_argument("--out", default="", help="directory for the library and capacity.json (default: temporary)")
+    ca.add_argument("--arch", default="compact")
+    ca.add_argument("--width", type=int, default=32)
+    ca.add_argument("--model", default="", help="a trained recognizer (folder) instead of untrained weights")
+    ca.add_argument("--images", type=int, default=400, help="synthetic test faces")
+    ca.add_argument("--repeats", type=int, default=5, help="Table 1 repetitions")
+    ca.add_argument("--keep", type=int, default=5, help="adaptive: masks kept per bucket")
+    ca.add_argument("--max-rounds", type=int, default=0, help="adaptive: stop after this many rounds (0 = finish)")
+    ca.add_argument("--eval-actors", type=int, default=2)
+    ca.add_argument("--eval-gpus", type=float, default=0.0)
+    ca.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    ca.add_argument("--project-images", type=int, default=13_233, help="test images of the projection (LFW)")
+    ca.add_argument("--project-devices", default="1,8,64", help="device counts of the projection")
+    ca.set_defaults(func=cmd_capacity)
     sv = sub.add_parser("serve", help="serve mask-then-recognize over HTTP on Ray Serve")
     sv.add_argument("run", nargs="?", default="runs/default", help="a run with target masks (default runs/default)")
     sv.add_argument("--host", default="127.0.0.1")
@@ -360,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return exit_status(lambda: args.func(args))
+
+
+def job_main(command: str, argv: Sequence[str] | None = None) -> int:
+    """``jobs/<x>.py``: the ``maskcrypt <command>`` subcommand with the script's arguments."""
+    return main([command, *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from maskcrypt.errors import MaskcryptError
+from maskcrypt.masks.core import overlay
 
 
 class Client:
@@ -93,7 +94,7 @@ class Client:
     def _encrypted_png(self, image: Any, k: int) -> bytes:
         from PIL import Image
 
-        encrypted = self._image(image) * self.masks[k][None]
+        encrypted = overlay(self._image(image)[None], self.masks[k])[0]
         buf = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(encrypted.transpose(1, 2, 0))).save(buf, format="PNG")
         return buf.getvalue()

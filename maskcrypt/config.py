@@ -1,24 +1,69 @@
-"""Configuration objects shared by the stages: frozen dataclasses, defaults = the embedded defaults.
+"""Every setting of a run, as frozen dataclasses whose defaults are the embedded defaults.
+
+One :class:`RunConfig` describes a whole run (prepare -> train -> determine -> tune);
+it is built from a YAML file (``--config run.yaml``: the same nested keys as
+:meth:`RunConfig.to_dict`), from command-line flags (:mod:`maskcrypt.cli` maps each flag
+to a field), or both (flags override the file), and the resolved config is recorded in
+``run.json``. Each section validates its own fields once, in ``__post_init__``.
 
 ``TrainConfig`` is the one hyperparameter set that trains *both* recognizers: the
 method requires E to be trained "with exactly the same hyperparameters and the same
-number of epochs as O". Mask sampling for E lives outside it, so the object itself
-can be identical; each checkpoint stores its hash, and loading O and E as a pair
-with different hashes is refused (:func:`check_same_training`).
+number of epochs as O". Mask sampling for E lives outside it, so the object itself is
+identical; each checkpoint stores its hash, and loading O and E as a pair with
+different hashes is refused (:func:`check_same_training`).
+
+The selection thresholds (:class:`maskcrypt.select.Thresholds`), the serving config
+(:class:`maskcrypt.serving.ServiceConfig`) and the tuning budget
+(:class:`maskcrypt.tune.Budget`) live beside the code they parameterize.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from maskcrypt.errors import MaskcryptError
+from maskcrypt.precision import check_precision
+from maskcrypt.select import Thresholds
 
-PRECISIONS = ("auto", "bf16", "fp32")
+ROLES = ("original", "encrypted", "inpainter")
+STAGES = ("prepare", "train", "determine", "tune")
 
 
+# -- prepare ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Inputs of a run. Defaults are the embedded laptop defaults (synthetic faces, 32 px)."""
+
+    data: str = "synthetic:"
+    size: int = 32
+    mask_count: int = 600
+    mask_seed: int = 0
+    train_mask_count: int = 120
+    train_mask_seed: int = 1
+    buckets: str = "1-6"
+    #: An existing library (e.g. imported NVIDIA masks) copied in as the selection library
+    #: instead of generating ``mask_count`` masks; "" = generate.
+    selection_masks: str = ""
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise MaskcryptError(f"--size: expected at least 8 pixels, got {self.size}")
+        if self.mask_count < 1 or self.train_mask_count < 2:
+            raise MaskcryptError(
+                "mask counts: expected at least 1 selection mask and 2 training masks, got "
+                f"{self.mask_count} and {self.train_mask_count}"
+            )
+        if self.mask_seed == self.train_mask_seed:
+            raise MaskcryptError("mask seeds: the selection library and E's training pool need different seeds")
+
+
+# -- train -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainConfig:
     """Training hyperparameters of a recognizer (O and E share one instance)."""
@@ -47,8 +92,7 @@ class TrainConfig:
             raise MaskcryptError(f"--schedule: expected cosine, step or constant, got {self.schedule!r}")
         if self.augment not in ("flip", "none"):
             raise MaskcryptError(f"--augment: expected flip or none, got {self.augment!r}")
-        if self.precision not in PRECISIONS:
-            raise MaskcryptError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
         if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
             raise MaskcryptError("train config: lr must be > 0, weight_decay >= 0, label_smoothing in [0, 1)")
 
@@ -57,12 +101,349 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """From a checkpoint's record (fields added later take their defaults)."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def sha256(self) -> str:
         """Hash of every field: equal hashes mean identical hyperparameters."""
         return config_hash(self.to_dict())
+
+
+@dataclass(frozen=True)
+class InpaintTrainConfig:
+    """R's training hyperparameters (RFR-Net: Adam 2e-4, then a BN-frozen fine-tune at 5e-5)."""
+
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 2e-4
+    finetune_epochs: int = 0
+    finetune_lr: float = 5e-5
+    precision: str = "auto"
+    seed: int = 0
+    vgg_weights: str = ""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.finetune_epochs < 0 or self.batch_size < 2 or not self.lr > 0:
+            raise MaskcryptError("inpainter training: epochs >= 1, finetune_epochs >= 0, batch_size >= 2, lr > 0")
+        check_precision(self.precision)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MaskSampling:
+    """How E's second training sample is built (outside TrainConfig, by design)."""
+
+    k: int = 4
+    # random: every image gets K masks drawn afresh from the pool each epoch (default: E must
+    # generalize to masks it never saw); fixed: the source's literal sample, the same K masks
+    # on every image for the whole training.
+    mode: str = "random"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.k < 2:
+            raise MaskcryptError(f"--masks-per-image K: the method samples at least two masks, got {self.k}")
+        if self.mode not in ("fixed", "random"):
+            raise MaskcryptError(f"--mask-mode: expected fixed or random, got {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Architectures of the three models (the recognizers share one)."""
+
+    arch: str = "compact"
+    width: int = 32
+    depth: tuple[int, ...] = (1, 1, 1, 1)
+    head: str = "softmax"
+    inpaint_width: int = 16
+    inpaint_iterations: int = 3
+
+    def __post_init__(self) -> None:
+        if len(self.depth) != 4 or min(self.depth) < 1:
+            raise MaskcryptError(f"--depth: expected 4 blocks-per-stage counts >= 1 like 1,1,1,1, got {self.depth}")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Where training runs: Ray Train workers and what each one gets."""
+
+    workers: int = 2
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_failures: int = 1
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or self.max_failures < 0:
+            raise MaskcryptError(
+                "resources: workers >= 1, cpus_per_worker > 0, gpus_per_worker >= 0, max_failures >= 0"
+            )
+
+
+@dataclass(frozen=True)
+class TrainSources:
+    """Where training reads from besides the run's own data: held-out images, R's data, pool, init weights."""
+
+    val_data: str = ""  # "" = the training source's test split
+    inpaint_data: str = ""  # "" = the training data
+    masks: str = ""  # "" = RUN/masks_train
+    init_original: str = ""  # a state dict initializing both recognizers
+    init_inpainter: str = ""
+    models: str = ",".join(ROLES)  # which models to train
+
+    def roles(self) -> tuple[str, ...]:
+        roles = tuple(r.strip() for r in self.models.split(",") if r.strip())
+        if not roles or set(roles) - set(ROLES):
+            raise MaskcryptError(f"--models: expected a comma list of {', '.join(ROLES)}, got {self.models!r}")
+        return roles
+
+    def __post_init__(self) -> None:
+        self.roles()
+
+
+# -- determine -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalSettings:
+    """How the cross product runs: pool size, resources per actor, batch sizes, precision."""
+
+    actors: int = 2
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    masks_per_batch: int = 8  # masks per Ray Data batch (one actor call)
+    masks_per_block: int = 64  # masks per Ray Data block (one actor task; the unit of progress and resume)
+    images_per_chunk: int = 256  # images per forward pass
+    precision: str = "auto"
+    per_image: bool = False  # also emit per-image correctness, bit-packed (hits_<model>)
+    timing: bool = False  # also emit when each row was done, by which worker and on which node (benchmarks)
+
+    def __post_init__(self) -> None:
+        if min(self.actors, self.masks_per_batch, self.masks_per_block, self.images_per_chunk) < 1:
+            raise MaskcryptError("evaluation: actors, masks per batch/block and images_per_chunk must be >= 1")
+        if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0:
+            raise MaskcryptError("evaluation: cpus per actor must be > 0 and gpus per actor >= 0")
+        check_precision(self.precision)
+
+
+@dataclass(frozen=True)
+class AdaptivePlan:
+    """The adaptive race's knobs: first step of images, how steps grow, bounds, ties, how much to sample."""
+
+    first: int = 50  # selection images every mask sees first
+    growth: float = 1.5  # each step of a mask's images is this many times the previous one (BENCHMARKS.md)
+    confidence: float = 0.99  # level of the Wilson bounds
+    seed: int = 0  # order in which selection images are revealed
+    tolerance: float = 0.01  # ties: stop once the top ``keep`` is provably within this of every other mask
+    share: float = 0.1  # per round, the share of open challengers measured further (BENCHMARKS.md)
+
+    def __post_init__(self) -> None:
+        if self.first < 1 or self.growth <= 1.0:
+            raise MaskcryptError(f"adaptive search: first >= 1 and growth > 1 needed, got {self.first}, {self.growth}")
+        if not 0.0 <= self.tolerance < 1.0:
+            raise MaskcryptError(f"--adaptive-tolerance: expected a fraction in [0, 1), got {self.tolerance}")
+        if not 0.5 <= self.confidence < 1.0:
+            raise MaskcryptError(f"--adaptive-confidence: expected a level in [0.5, 1), got {self.confidence}")
+        if not 0.0 < self.share <= 1.0:
+            raise MaskcryptError(f"adaptive share: expected a fraction in (0, 1], got {self.share}")
+
+    def steps(self, population: int) -> Any:
+        """Image counts a mask moves through: first, first x growth, ... and finally all ``population``."""
+        import numpy as np
+
+        levels = [min(self.first, population)]
+        while levels[-1] < population:
+            levels.append(min(population, max(levels[-1] + 1, int(np.ceil(levels[-1] * self.growth)))))
+        return np.asarray(levels, np.int64)
+
+
+@dataclass(frozen=True)
+class DetermineConfig:
+    """What the determination measures and how (METHOD.md, "Mask determination")."""
+
+    test_data: str = ""  # "" = the run's data, test split
+    scoring: str = "auto"  # closed | open | auto
+    enroll: int = 2  # open set: gallery images per identity
+    confirm_fraction: float = 0.5
+    table1_mode: str = "sampled"  # sampled | full
+    repeats: int = 5
+    rank_mode: str = "auto"  # full | adaptive | auto
+    per_mask: str = "targets"  # targets | all
+    seed: int = 0
+    require_targets: bool = False  # the entry point exits 3 when no target mask is found
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("--scoring", self.scoring, ("auto", "closed", "open")),
+                                     ("--table1-mode", self.table1_mode, ("sampled", "full")),
+                                     ("--rank-mode", self.rank_mode, ("auto", "full", "adaptive")),
+                                     ("--per-mask", self.per_mask, ("targets", "all"))):
+            if value not in allowed:
+                raise MaskcryptError(f"{name}: expected {', '.join(allowed)}, got {value!r}")
+        if self.repeats < 1:
+            raise MaskcryptError(f"--repeats: expected at least 1, got {self.repeats}")
+        if not 0.0 <= self.confirm_fraction < 1.0:
+            raise MaskcryptError(f"--confirm-fraction: expected a fraction in [0, 1), got {self.confirm_fraction}")
+        if self.enroll < 1:
+            raise MaskcryptError(f"--enroll: expected at least 1 gallery image per identity, got {self.enroll}")
+
+
+# -- tune ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Budget:
+    """The privacy budget and the inpainting floor a tuned choice must respect (fractions)."""
+
+    o_masked: float = 0.5  # O's accuracy on masked images, every chosen mask
+    o_inpainted: float = 0.5  # O's accuracy on inpainted images, every chosen mask
+    min_drop: float = 0.0  # E's inpainting drop, every chosen mask
+    utility: str = "mean"  # or "best": E's accuracy of the best chosen mask
+
+    def __post_init__(self) -> None:
+        for name in ("o_masked", "o_inpainted", "min_drop"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise MaskcryptError(f"budget {name}: expected a fraction in [0, 1], got {v!r}")
+        if self.utility not in ("mean", "best"):
+            raise MaskcryptError(f"budget utility: expected mean or best, got {self.utility!r}")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """The threshold search: its objective's budget and how it searches (README, "Threshold search")."""
+
+    budget: Budget = field(default_factory=Budget)
+    search: str = "random"  # random | grid
+    samples: int = 64  # random search: trials
+    grid_points: int = 4  # grid search: values per threshold
+    seed: int = 0
+    trial_cpus: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.search not in ("random", "grid"):
+            raise MaskcryptError(f"--search: expected random or grid, got {self.search!r}")
+        if self.samples < 1 or self.grid_points < 2 or self.trial_cpus <= 0:
+            raise MaskcryptError(f"--samples must be >= 1, --grid-points >= 2 and --trial-cpus > 0 (got "
+                                 f"{self.samples}, {self.grid_points}, {self.trial_cpus})")
+
+
+# -- the whole run ---------------------------------------------------------------------------------------
+#: RunConfig's sections and their classes: the YAML file's top-level keys.
+SECTIONS: dict[str, type] = {
+    "prepare": PrepareConfig, "sources": TrainSources, "model": ModelSettings, "train": TrainConfig,
+    "inpaint": InpaintTrainConfig, "sampling": MaskSampling, "resources": Resources, "determine": DetermineConfig,
+    "evaluation": EvalSettings, "adaptive": AdaptivePlan, "thresholds": Thresholds, "tune": TuneConfig,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run does, stage by stage; ``until`` is the last stage run."""
+
+    run: str = "runs/default"
+    until: str = "determine"
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    sources: TrainSources = field(default_factory=TrainSources)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inpaint: InpaintTrainConfig = field(default_factory=InpaintTrainConfig)
+    sampling: MaskSampling = field(default_factory=MaskSampling)
+    resources: Resources = field(default_factory=Resources)
+    determine: DetermineConfig = field(default_factory=DetermineConfig)
+    evaluation: EvalSettings = field(default_factory=EvalSettings)
+    adaptive: AdaptivePlan = field(default_factory=AdaptivePlan)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+
+    def __post_init__(self) -> None:
+        if self.until not in STAGES:
+            raise MaskcryptError(f"--until: expected one of {', '.join(STAGES)}, got {self.until!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "run config") -> RunConfig:
+        """From nested mappings (a YAML file); unknown keys are errors that name the known ones."""
+        if not isinstance(data, Mapping):
+            raise MaskcryptError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
+        top = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - top)
+        if unknown:
+            raise MaskcryptError(f"{where}: unknown key(s) {unknown}; known: {sorted(top)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in SECTIONS:
+                if key == "thresholds" and isinstance(value, str):
+                    kwargs[key] = Thresholds.from_file(value)
+                else:
+                    kwargs[key] = section(SECTIONS[key], value, f"{where}: {key}")
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RunConfig:
+        import yaml
+
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except OSError as exc:
+            raise MaskcryptError(f"--config {p}: cannot read ({exc})") from None
+        except yaml.YAMLError as exc:
+            raise MaskcryptError(f"--config {p}: not valid YAML ({exc})") from None
+        return cls.from_dict(data, f"--config {p}")
+
+    def with_values(self, values: Mapping[str, Any]) -> RunConfig:
+        """A copy with ``{"section.field": value, "run": ...}`` replaced (each section validated again)."""
+        top: dict[str, Any] = {}
+        per: dict[str, dict[str, Any]] = {}
+        for path, value in values.items():
+            head, _, rest = path.partition(".")
+            if rest:
+                per.setdefault(head, {})[rest] = value
+            else:
+                top[head] = value
+        for name, changes in per.items():
+            top[name] = _replace(getattr(self, name), changes)
+        return dataclasses.replace(self, **top)
+
+
+def _replace(obj: Any, changes: Mapping[str, Any]) -> Any:
+    """``dataclasses.replace`` that follows dotted names into nested sections (``budget.o_masked``)."""
+    flat: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in changes.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            flat[key] = value
+    for head, sub in nested.items():
+        flat[head] = _replace(getattr(obj, head), sub)
+    return dataclasses.replace(obj, **flat)
+
+
+def section(cls: type, value: Any, where: str) -> Any:
+    """One config section from a mapping: unknown keys named, lists turned into the tuples fields expect."""
+    if not isinstance(value, Mapping):
+        raise MaskcryptError(f"{where}: expected a mapping of settings, got {value!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise MaskcryptError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    defaults = cls()
+    kwargs = {}
+    for k, v in value.items():
+        default = getattr(defaults, k)
+        if dataclasses.is_dataclass(default):
+            v = section(type(default), v, f"{where}.{k}")
+        elif isinstance(default, tuple) and isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise MaskcryptError(f"{where}: {exc}") from None
 
 
 def config_hash(d: dict[str, Any]) -> str:

@@ -373,6 +373,8 @@ def table2(attack: pd.DataFrame, ranks: pd.DataFrame, th: Thresholds = Threshold
     of E's correctness before/after inpainting: ``both``, ``before_only``, ``after_only``,
     ``neither``; optionally ``correct_O_inpainted`` (O on the inpainted images) and
     ``correct_O_masked``. ``ranks``: the attack list (``mask_id``, ``bucket``, ``rank``).
+    Figures and ``*_uncertain`` flags only: which masks are targets is decided once, by
+    :func:`decide`, and marked on the table by :func:`mark_decision`.
     """
     _require(attack, ["mask_id", "n", "both", "before_only", "after_only", "neither"], "attack counts")
     total = attack[["both", "before_only", "after_only", "neither"]].sum(axis=1)
@@ -394,8 +396,6 @@ def table2(attack: pd.DataFrame, ranks: pd.DataFrame, th: Thresholds = Threshold
         out["O_inpainted"] = out["correct_O_inpainted"] / n
     if "correct_O_masked" in out.columns:
         out["O_masked"] = out["correct_O_masked"] / n
-    out["candidate"] = out["rank"] <= th.top_k
-    out["target"] = out["candidate"] & (out["drop"] > th.t_drop)
     out["drop_uncertain"] = (out["drop_lo"] <= th.t_drop) & (th.t_drop <= out["drop_hi"])
     out["rank"] = out["rank"].astype(int)
     out["bucket"] = out["bucket"].astype(int)
@@ -436,3 +436,42 @@ def target_masks(t2: pd.DataFrame, th: Thresholds = Thresholds()) -> tuple[pd.Da
     best = closest[0]["drop"] if closest else float("nan")
     return chosen, Empty("t_drop", f"no candidate loses more than {th.t_drop:.2f} accuracy to inpainting "
                                    f"(largest drop {best:.4f})", closest)
+
+
+# -- the one target decision ---------------------------------------------------------------------------------
+@dataclass
+class Decision:
+    """What the thresholds pick from Table 1 and Table 2: target buckets, target masks best first, or why none."""
+
+    buckets: list[int]
+    targets: pd.DataFrame
+    reason: Empty | None
+
+    @property
+    def ids(self) -> list[str]:
+        return [str(m) for m in self.targets["mask_id"]] if len(self.targets) else []
+
+
+def decide(t1: pd.DataFrame, t2: pd.DataFrame | None, th: Thresholds = Thresholds()) -> Decision:
+    """The method's decision, in one place: target buckets by t_gap, then :func:`target_masks` within them.
+
+    ``t2`` is Table 2 of the attacked masks (None when no bucket was a target). The
+    determination, the threshold search and every artifact (both Table 2 files,
+    ``targets.json``, the report, the plots) take their target flags from here.
+    """
+    buckets, why = target_buckets(t1, th)
+    empty = pd.DataFrame(columns=["mask_id"])
+    if why is not None:
+        return Decision([], empty, why)
+    if t2 is None or t2.empty:
+        return Decision(buckets, empty, Empty("t_gap", "no mask of the target buckets was attacked", []))
+    chosen, why = target_masks(t2[t2["bucket"].isin(buckets)], th)
+    return Decision(buckets, chosen, why)
+
+
+def mark_decision(t2: pd.DataFrame, decision: Decision, th: Thresholds = Thresholds()) -> pd.DataFrame:
+    """Table 2 with ``candidate`` (rank <= top_k) and ``target`` (chosen by :func:`decide`) columns."""
+    out = t2.copy()
+    out["candidate"] = out["rank"] <= th.top_k
+    out["target"] = out["mask_id"].isin(decision.ids)
+    return out

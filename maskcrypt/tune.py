@@ -39,29 +39,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from maskcrypt.config import Budget
 from maskcrypt.errors import MaskcryptError
-from maskcrypt.select import Thresholds, target_buckets, target_masks
+from maskcrypt.fileio import write_json, write_parquet
+from maskcrypt.select import Thresholds, decide
 
 INFEASIBLE = -1.0
 EMPTY = -3.0
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The privacy budget and the inpainting floor a tuned choice must respect (fractions)."""
-
-    o_masked: float = 0.5  # O's accuracy on masked images, every chosen mask
-    o_inpainted: float = 0.5  # O's accuracy on inpainted images, every chosen mask
-    min_drop: float = 0.0  # E's inpainting drop, every chosen mask
-    utility: str = "mean"  # or "best": E's accuracy of the best chosen mask
-
-    def __post_init__(self) -> None:
-        for name in ("o_masked", "o_inpainted", "min_drop"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                raise MaskcryptError(f"budget {name}: expected a fraction in [0, 1], got {v!r}")
-        if self.utility not in ("mean", "best"):
-            raise MaskcryptError(f"budget utility: expected mean or best, got {self.utility!r}")
 
 
 @dataclass
@@ -96,10 +80,8 @@ class Tables:
 
 
 def choose(t1: pd.DataFrame, t2: pd.DataFrame, th: Thresholds) -> pd.DataFrame:
-    """The target masks ``th`` picks from the tables, as the determination picks them."""
-    buckets, _ = target_buckets(t1, th)
-    chosen, _ = target_masks(t2[t2["bucket"].isin(buckets)], th)
-    return chosen
+    """The target masks ``th`` picks from the tables: the determination's own decision, :func:`decide`."""
+    return decide(t1, t2, th).targets
 
 
 def assess(chosen: pd.DataFrame, budget: Budget) -> dict[str, Any]:
@@ -193,18 +175,6 @@ def _trial(config: dict[str, Any], table1: pd.DataFrame, table2: pd.DataFrame, b
     tune.report(assess(choose(table1, table2, th), budget))
 
 
-def _write_json(data: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
-
-
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
 def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, budget: Budget, path: Path) -> Path:
     """Utility against leak for every trial's choice, the front joined, the budget drawn."""
     import matplotlib
@@ -212,7 +182,7 @@ def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, budget: Budget, path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from maskcrypt.report import _save_figure
+    from maskcrypt.pictures import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     pts = trials[trials["targets"] > 0]
@@ -225,7 +195,7 @@ def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, budget: Budget, path:
     ax.set_xlabel("O's accuracy, worst chosen mask, masked or inpainted (%)")
     ax.set_ylabel(f"E's accuracy, {budget.utility} of chosen masks (%)")
     ax.legend(fontsize=8, loc="lower right")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def _confirmation(tables: Tables, ids: list[str], budget: Budget) -> dict[str, Any] | None:
@@ -247,8 +217,9 @@ def search(run: str | os.PathLike[str], budget: Budget = Budget(), mode: str = "
     """
     import time
 
-    import ray
     from ray import tune
+
+    from maskcrypt.cluster import require_ray
 
     root = Path(run).resolve()
     tables = Tables.load(root)
@@ -257,8 +228,7 @@ def search(run: str | os.PathLike[str], budget: Budget = Budget(), mode: str = "
     (out / "best_thresholds.json").unlink(missing_ok=True)  # a stale one must not look like this search's
     space = search_space(tables, mode, grid_points)
     started = time.perf_counter()
-    if not ray.is_initialized():
-        ray.init()
+    require_ray("threshold search")
     storage = out / "ray"
     shutil.rmtree(storage / "search", ignore_errors=True)
     trainable = tune.with_resources(
@@ -300,11 +270,11 @@ def search(run: str | os.PathLike[str], budget: Budget = Budget(), mode: str = "
     if not best["feasible"]:
         summary["note"] = ("no trial met the budget: best_thresholds.json holds the least infeasible choice; "
                            "loosen the budget or measure more masks")
-    _write_parquet(trials, out / "trials.parquet")
-    _write_parquet(front, out / "pareto.parquet")
+    write_parquet(trials, out / "trials.parquet")
+    write_parquet(front, out / "pareto.parquet")
     plot_pareto(trials, front, budget, out / "pareto.png")
-    _write_json(summary, out / "tune.json")
-    _write_json(th.to_dict(), out / "best_thresholds.json")
+    write_json(out / "tune.json", summary, indent=2)
+    write_json(out / "best_thresholds.json", th.to_dict(), indent=2)
     sel = summary["selection"]
     log(f"tune: {len(trials)} trials in {seconds:.1f}s, {summary['feasible_trials']} feasible; best: "
         f"{sel['targets']} target(s), E {100 * sel['utility']:.1f}% ({budget.utility}), O leak "

@@ -37,9 +37,9 @@ def tiny_run(ray_session, tmp_path_factory):
 
     Later stages' tests (evaluation, selection, serving) reuse it.
     """
-    from maskcrypt.config import TrainConfig
-    from maskcrypt.run import PrepareConfig, prepare
-    from maskcrypt.train import InpaintTrainConfig, ModelSettings, train_run
+    from maskcrypt.config import InpaintTrainConfig, ModelSettings, PrepareConfig, TrainConfig
+    from maskcrypt.prepare import prepare
+    from maskcrypt.train import train_run
 
     run = tmp_path_factory.mktemp("tiny") / "run"
     prepare(run, PrepareConfig(data=TINY_DATA, size=TINY_SIZE, mask_count=24, train_mask_count=12),
@@ -62,15 +62,15 @@ def determined_run(tiny_run, tmp_path_factory):
     """
     import shutil
 
+    from maskcrypt.config import DetermineConfig, EvalSettings
     from maskcrypt.determine import determine
-    from maskcrypt.evaluate import EvalSettings
     from maskcrypt.select import Thresholds
 
     src, _ = tiny_run
     run = tmp_path_factory.mktemp("determined") / "run"
     shutil.copytree(src, run, ignore=shutil.ignore_patterns("per_mask.parts", "targets.json", "targets.parquet"))
     loose = Thresholds(t_gap=0.0, t_drop=0.0, t_enc=0.0, t_orig=1.0, top_k=2, attack_top=3)
-    result = determine(run, TINY_DATA, TINY_SIZE, loose, repeats=1, settings=EvalSettings(precision="fp32"),
+    result = determine(run, DetermineConfig(test_data=TINY_DATA, repeats=1), loose, EvalSettings(precision="fp32"),
                        redo=True, report=False, log=lambda *_: None)
     assert result["targets"], result["reason"]
     return run, result

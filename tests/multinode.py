@@ -38,18 +38,19 @@ def work(run: Path) -> dict:
     import ray
     import torch
 
-    from maskcrypt.config import TrainConfig
+    from maskcrypt.config import EvalSettings, ModelSettings, PrepareConfig, Resources, TrainConfig, TrainSources
     from maskcrypt.data import load
-    from maskcrypt.evaluate import EvalSettings, evaluate_masks, prepare_test
+    from maskcrypt.evaluate import evaluate_masks
     from maskcrypt.masks import MaskLibrary
-    from maskcrypt.run import PrepareConfig, prepare
-    from maskcrypt.train import ModelSettings, Resources, train_run
+    from maskcrypt.prepare import prepare
+    from maskcrypt.testset import prepare_test
+    from maskcrypt.train import train_run
 
     quiet = lambda *_: None  # noqa: E731
     prepare(run, PrepareConfig(data=DATA, size=SIZE, mask_count=24, train_mask_count=12), log=quiet)
     train_run(run, DATA, SIZE, models=ModelSettings(width=8),
               train_config=TrainConfig(epochs=2, batch_size=16, lr=0.05, warmup_epochs=0.5, precision="fp32"),
-              resources=Resources(workers=2, cpus_per_worker=1), roles=("encrypted",), log=quiet)
+              resources=Resources(workers=2, cpus_per_worker=1), sources=TrainSources(models="encrypted"), log=quiet)
     weights = torch.load(next((run / "models" / "encrypted").glob("checkpoint_*/model.pt")), weights_only=True)
     test = load(DATA, default_split="test", size=SIZE)
     ts = prepare_test(test.images, test.labels, test.class_names, test.class_names, confirm_fraction=0.0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 import yaml
@@ -43,20 +42,15 @@ def test_rayjob_manifest_is_well_formed_and_its_entrypoint_parses():
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert limits["nvidia.com/gpu"] == "1"
-    # The entrypoint is our job with flags it accepts (parsed by the job's own parser).
+    # The entrypoint is our job with flags it accepts: they build a run configuration.
     argv = shlex.split(spec["entrypoint"])
     assert argv[0] == "python" and argv[1].endswith("jobs/select.py")
-    import importlib.util
+    from maskcrypt.cli import build_parser
+    from maskcrypt.flags import RUN_FLAGS, build_config
 
-    saved = list(sys.path)
-    try:
-        loader = importlib.util.spec_from_file_location("select_job", ROOT / "jobs" / "select.py")
-        module = importlib.util.module_from_spec(loader)
-        loader.loader.exec_module(module)
-        args = module.parse_args(argv[2:])
-    finally:
-        sys.path[:] = saved  # the job rewrites sys.path[0] (its name clashes with the stdlib's select)
-    assert args.eval_gpus == 1 and args.gpus_per_worker == 1 and args.test_data.startswith("lfw:")
+    config = build_config(build_parser().parse_args(["run", *argv[2:]]), RUN_FLAGS)
+    assert config.evaluation.gpus_per_actor == 1 and config.resources.gpus_per_worker == 1
+    assert config.determine.test_data.startswith("lfw:")
 
 
 def test_rayservice_manifest_is_well_formed_and_serves_our_app():

@@ -10,24 +10,31 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import TINY_DATA, TINY_SIZE
 
-from maskcrypt.determine import determine
+from maskcrypt.config import AdaptivePlan, DetermineConfig, EvalSettings
+from maskcrypt.determine import determine as run_determination
 from maskcrypt.errors import MaskcryptError
-from maskcrypt.evaluate import EvalSettings
 from maskcrypt.masks import mask_sha256, unpack_masks
 from maskcrypt.select import Thresholds
 
 FP32 = EvalSettings(masks_per_batch=4, images_per_chunk=32, precision="fp32")
-#: Loose thresholds so the tiny models pass every rule and the whole path runs.
-LOOSE = Thresholds(t_gap=0.0, t_drop=0.0, top_k=2, attack_top=3)
+#: Loose thresholds so the tiny models pass every rule and the whole path runs (targets exist: the shared
+#: determined run's fixture asserts it with the same thresholds).
+LOOSE = Thresholds(t_gap=0.0, t_drop=0.0, t_enc=0.0, t_orig=1.0, top_k=2, attack_top=3)
 
 
 def _quiet(*_):
     return None
 
 
+def determine(run, thresholds, settings=FP32, adaptive=AdaptivePlan(), redo=False, report=True, log=_quiet, **config):
+    """The determination on the tiny test data with ``config`` (DetermineConfig fields)."""
+    return run_determination(run, DetermineConfig(test_data=TINY_DATA, **config), thresholds, settings, adaptive,
+                             redo=redo, report=report, log=log)
+
+
 def test_determination_writes_every_table_consistent_targets_and_the_report(tiny_run):
     run, _ = tiny_run
-    result = determine(run, TINY_DATA, TINY_SIZE, LOOSE, repeats=2, settings=FP32, log=_quiet)
+    result = determine(run, LOOSE, repeats=2, settings=FP32, log=_quiet)
     t1 = pd.read_parquet(run / "results" / "table1.parquet")
     assert t1["bucket"].tolist()[0] == 0 and (t1["repeats"] == 2).all() and (t1["mode"] == "sampled").all()
     assert (t1["n"] == 2 * result["splits"]["selection"]).all()  # Table 1 sees only the selection split
@@ -44,25 +51,23 @@ def test_determination_writes_every_table_consistent_targets_and_the_report(tiny
     report = (run / "report.md").read_text()
     assert "Table 1" in report and (run / "results" / "table1.png").stat().st_size > 1000
     assert (run / "results" / "table2.png").exists()
-    if result["targets"]:
-        targets = pq.read_table(run / "targets.parquet")
-        assert targets.column("mask_id").to_pylist() == [t["mask_id"] for t in result["targets"]]
-        masks = unpack_masks(targets.column("bits").to_pylist(), TINY_SIZE, TINY_SIZE)
-        assert [mask_sha256(m) for m in masks] == [t["sha256"] for t in result["targets"]]
-        fourths = [t["fourth"] for t in result["targets"]]
-        assert fourths == sorted(fourths, reverse=True)  # best first
-        assert all(t["confirmation"]["n"] == result["splits"]["confirmation"] for t in result["targets"])
-        assert result["training_pool_overlap"] == 0 and not any(t["in_training_pool"] for t in result["targets"])
-        assert (run / "results" / "targets.png").exists() and "confirmation" in report
-    else:
-        assert result["reason"]["rule"] == "t_drop"
+    assert result["targets"], result["reason"]
+    targets = pq.read_table(run / "targets.parquet")
+    assert targets.column("mask_id").to_pylist() == [t["mask_id"] for t in result["targets"]]
+    masks = unpack_masks(targets.column("bits").to_pylist(), TINY_SIZE, TINY_SIZE)
+    assert [mask_sha256(m) for m in masks] == [t["sha256"] for t in result["targets"]]
+    fourths = [t["fourth"] for t in result["targets"]]
+    assert fourths == sorted(fourths, reverse=True)  # best first
+    assert all(t["confirmation"]["n"] == result["splits"]["confirmation"] for t in result["targets"])
+    assert result["training_pool_overlap"] == 0 and not any(t["in_training_pool"] for t in result["targets"])
+    assert (run / "results" / "targets.png").exists() and "confirmation" in report
 
 
 def test_resume_gives_the_tables_of_an_uninterrupted_run_and_other_inputs_are_refused(tiny_run):
     run, _ = tiny_run
     th = Thresholds(t_gap=0.0, t_drop=0.0, top_k=2, attack_top=2)
     kw = {"repeats": 1, "per_mask": "all", "settings": FP32, "redo": True, "report": False, "log": _quiet}
-    determine(run, TINY_DATA, TINY_SIZE, th, **kw)
+    determine(run, th, **kw)
     whole = {n: pd.read_parquet(run / "results" / f"{n}.parquet") for n in ("per_mask", "table2", "table1")}
     parts = sorted((run / "results" / "per_mask.parts").glob("part-*.parquet"))
     assert len(parts) >= 2
@@ -71,19 +76,19 @@ def test_resume_gives_the_tables_of_an_uninterrupted_run_and_other_inputs_are_re
     for n in whole:
         (run / "results" / f"{n}.parquet").unlink()
     lines: list[str] = []
-    again = determine(run, TINY_DATA, TINY_SIZE, th, **{**kw, "redo": False, "log": lines.append})
+    again = determine(run, th, **{**kw, "redo": False, "log": lines.append})
     assert any("already evaluated" in line for line in lines)
     tp = again["throughput"]  # measured over the masks evaluated now, not the resumed ones
     assert 0 < tp["resumed_masks"] < len(whole["per_mask"]) and tp["per_mask_images_per_s"] > 0
     for n, df in whole.items():
         pd.testing.assert_frame_equal(pd.read_parquet(run / "results" / f"{n}.parquet"), df, check_like=True)
     with pytest.raises(MaskcryptError, match=r"other inputs or settings \(differ: confirm_fraction\).*--redetermine"):
-        determine(run, TINY_DATA, TINY_SIZE, th, **{**kw, "redo": False, "confirm_fraction": 0.25})
+        determine(run, th, **{**kw, "redo": False, "confirm_fraction": 0.25})
 
 
 def test_full_table1_mode_uses_every_mask_and_feeds_the_per_mask_stage(tiny_run):
     run, _ = tiny_run
-    result = determine(run, TINY_DATA, TINY_SIZE, LOOSE, table1_mode="full", confirm_fraction=0.0,
+    result = determine(run, LOOSE, table1_mode="full", confirm_fraction=0.0,
                        settings=FP32, redo=True, report=False, log=_quiet)
     t1 = pd.read_parquet(run / "results" / "table1.parquet").set_index("bucket")
     pm = pd.read_parquet(run / "results" / "per_mask.parquet")
@@ -96,11 +101,9 @@ def test_full_table1_mode_uses_every_mask_and_feeds_the_per_mask_stage(tiny_run)
 
 
 def test_adaptive_rank_mode_reports_its_rounds_and_measures_candidates_on_every_image(tiny_run, tmp_path):
-    from maskcrypt.evaluate import AdaptivePlan
-
     run = tmp_path / "run"
     shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("per_mask.parts", "targets.*"))
-    result = determine(run, TINY_DATA, TINY_SIZE, LOOSE, repeats=1, per_mask="all", rank_mode="adaptive",
+    result = determine(run, LOOSE, repeats=1, per_mask="all", rank_mode="adaptive",
                        adaptive=AdaptivePlan(first=3, growth=2.0), settings=FP32, redo=True, log=_quiet)
     ad = result["adaptive"]
     assert result["rank_mode"] == "adaptive" and ad["rounds"][-1]["open"] == 0
@@ -114,7 +117,7 @@ def test_adaptive_rank_mode_reports_its_rounds_and_measures_candidates_on_every_
 
 def test_no_target_bucket_is_reported_with_the_closest_values(tiny_run):
     run, _ = tiny_run
-    result = determine(run, TINY_DATA, TINY_SIZE, Thresholds(t_gap=1.0), repeats=1, settings=FP32, redo=True,
+    result = determine(run, Thresholds(t_gap=1.0), repeats=1, settings=FP32, redo=True,
                        log=_quiet)
     assert result["targets"] == [] and result["target_buckets"] == []
     assert result["reason"]["rule"] == "t_gap" and result["reason"]["closest"]
@@ -128,13 +131,44 @@ def test_missing_checkpoint_is_named(tiny_run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("inpainter"))
     with pytest.raises(MaskcryptError, match="inpainter"):
-        determine(copy, TINY_DATA, TINY_SIZE, LOOSE, settings=FP32, log=_quiet)
+        determine(copy, LOOSE, settings=FP32, log=_quiet)
 
 
 def test_open_set_determination_runs_every_stage(tiny_run):
     run, _ = tiny_run
-    result = determine(run, TINY_DATA, TINY_SIZE, LOOSE, repeats=1, scoring="open", enroll=1,
+    result = determine(run, LOOSE, repeats=1, scoring="open", enroll=1,
                        confirm_fraction=0.0, settings=FP32, redo=True, report=False, log=_quiet)
     assert result["scoring"] == "open" and result["splits"] == {"selection": 12}  # 6 identities x (3 - 1)
     t2 = pd.read_parquet(run / "results" / "table2.parquet")
     assert (t2["n"] == 12).all() and t2["O_inpainted"].between(0, 1).all()
+
+
+def test_every_artifact_names_the_same_targets_when_the_basic_form_rejects_a_candidate(determined_run, tmp_path):
+    """table2.parquet, table2_confirmation.parquet, targets.json and report.md agree: one decision.
+
+    Thresholds are set from the shared run's own Table 2 so that at least one candidate whose
+    drop passes t_drop fails the basic form (its E accuracy is at or below t_enc).
+    """
+    import dataclasses
+
+    src, _ = determined_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    loose = json.loads((src / "targets.json").read_text())["thresholds"]
+    t2 = pd.read_parquet(src / "results" / "table2.parquet")
+    cands = t2[(t2["rank"] <= loose["top_k"]) & (t2["drop"] > loose["t_drop"])].sort_values("fourth")
+    th = dataclasses.replace(Thresholds(**loose), t_enc=float(cands["fourth"].iloc[0]))
+    assert (cands["fourth"] > th.t_enc).any() and (cands["fourth"] <= th.t_enc).any(), cands
+    result = determine(run, th, repeats=1)
+    chosen = [t["mask_id"] for t in result["targets"]]
+    rejected = set(cands.loc[cands["fourth"] <= th.t_enc, "mask_id"])
+    assert chosen and not rejected & set(chosen)
+    for name in ("table2", "table2_confirmation"):
+        marked = pd.read_parquet(run / "results" / f"{name}.parquet")
+        assert set(marked.loc[marked["target"], "mask_id"]) == set(chosen), name
+    report = (run / "report.md").read_text()
+    section = report[report.index("## Target masks"):]
+    table2_section = report[report.index("## Table 2"):report.index("## Target masks")]
+    table2_rows = [line for line in table2_section.split("\n") if line.startswith("| ") and line.endswith(" | yes |")]
+    assert sorted(line.split(" | ")[2] for line in table2_rows) == sorted(chosen)
+    assert all(m in section for m in chosen) and not any(m in section for m in rejected)

@@ -7,12 +7,14 @@ import pytest
 import torch
 from conftest import TINY_DATA, TINY_SIZE
 
+from maskcrypt.config import AdaptivePlan, EvalSettings
 from maskcrypt.data import load
 from maskcrypt.errors import MaskcryptError
-from maskcrypt.evaluate import EvalSettings, evaluate_masks, evaluate_sampled, prepare_test
+from maskcrypt.evaluate import evaluate_masks, evaluate_sampled
 from maskcrypt.masks import MaskLibrary, overlay
 from maskcrypt.masks.generate import generate_into
 from maskcrypt.models import Recognizer
+from maskcrypt.testset import prepare_test
 
 FP32 = EvalSettings(actors=2, masks_per_batch=3, images_per_chunk=16, precision="fp32")
 
@@ -204,7 +206,7 @@ def test_open_set_counts_equal_a_plain_loop(setting):
 
 
 def test_adaptive_ranking_finds_the_full_modes_top_k(setting):
-    from maskcrypt.evaluate import AdaptivePlan, evaluate_adaptive
+    from maskcrypt.adaptive import evaluate_adaptive
     from maskcrypt.select import Thresholds, _rank, per_mask_table
 
     run, test, paths, _ = setting
@@ -228,7 +230,7 @@ def test_adaptive_ranking_finds_the_full_modes_top_k(setting):
 
 
 def test_device_selection_and_gpu_requests_without_gpus(setting):
-    from maskcrypt.evaluate import choose_device
+    from maskcrypt.scorer import choose_device
 
     assert choose_device(1, cuda_available=True) == "cuda"
     assert choose_device(0.5, cuda_available=True) == "cuda"
@@ -238,6 +240,6 @@ def test_device_selection_and_gpu_requests_without_gpus(setting):
         choose_device(1, cuda_available=False)
     run, test, paths, _ = setting
     # This machine's Ray has no GPU: asking for one fails at once instead of waiting forever.
-    with pytest.raises(MaskcryptError, match="--eval-gpus 1: the cluster has 0 GPU"):
+    with pytest.raises(MaskcryptError, match="--eval-gpus 1: the Ray cluster has 0 GPU"):
         evaluate_masks(MaskLibrary.open(str(run / "masks")), _closed(test), paths,
                        settings=EvalSettings(gpus_per_actor=1))

@@ -1,90 +1,110 @@
-"""The main job as ``make run`` runs it, on tiny settings."""
+"""The front door in-process: ``maskcrypt run|prepare|train|determine`` over the pipeline, on tiny settings.
+
+The whole method in a fresh process, under ``ray job submit``, is tests/test_jobs.py;
+here the commands run in the test process on the shared Ray and the shared trained run.
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
+import pytest
 from conftest import TINY_DATA, TINY_SIZE
 
+from maskcrypt.cli import main
 from maskcrypt.masks import MaskLibrary
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--data", "synthetic:identities=4,per_identity=6", "--size", "16", "--mask-count", "24",
         "--train-mask-count", "12"]
+#: The shared tiny run's settings, as flags.
+SAME = ["--data", TINY_DATA, "--size", str(TINY_SIZE), "--mask-count", "24", "--train-mask-count", "12",
+        "--epochs", "4", "--batch-size", "16", "--lr", "0.05", "--warmup-epochs", "0.5", "--width", "8",
+        "--inpaint-width", "4", "--iterations", "1", "--inpaint-epochs", "2", "--inpaint-batch-size", "16",
+        "--repeats", "1"]
 
 
-def job(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "jobs" / "select.py"), *args],
-                          capture_output=True, text=True, timeout=300, cwd="/")
-
-
-def test_select_job_prepares_a_run_and_resumes_only_with_the_same_settings(tmp_path):
-    run = tmp_path / "run"
-    r = job("--run", str(run), *TINY, "--until", "prepare")
-    assert r.returncode == 0, r.stderr
+def test_prepare_is_idempotent_and_refuses_other_settings_unless_restarted(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["prepare", "--run", run, *TINY]) == 0
     for name in ("masks.png", "masks_train.png", "data.png", "encrypted.png", "run.json"):
-        assert (run / name).exists(), name
-    lib, pool = MaskLibrary.open(str(run / "masks")), MaskLibrary.open(str(run / "masks_train"))
+        assert (tmp_path / "run" / name).exists(), name
+    lib, pool = MaskLibrary.open(f"{run}/masks"), MaskLibrary.open(f"{run}/masks_train")
     assert len(lib) == 24 and len(pool) == 12
     assert set(lib.column("sha256")).isdisjoint(pool.column("sha256"))
-    record = json.loads((run / "run.json").read_text())
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["prepare"]["size"] == 16 and len(record["inputs"]["test_data_sha256"]) == 64
-    # Same settings: idempotent.
-    r = job("--run", str(run), *TINY, "--until", "prepare")
-    assert r.returncode == 0 and "(0 new)" in r.stdout
-    # Other settings: refused by name, unless --restart.
-    r = job("--run", str(run), *TINY[:-2], "--train-mask-count", "14", "--until", "prepare")
-    assert r.returncode == 2 and "train_mask_count: 12 -> 14" in r.stderr
-    r = job("--run", str(run), *TINY[:-2], "--train-mask-count", "14", "--restart", "--until", "prepare")
-    assert r.returncode == 0, r.stderr
-    assert len(MaskLibrary.open(str(run / "masks_train"))) == 14
+    assert record["config"]["prepare"]["mask_count"] == 24  # the resolved RunConfig is recorded
+    capsys.readouterr()
+    assert main(["prepare", "--run", run, *TINY]) == 0
+    assert "(0 new)" in capsys.readouterr().out
+    assert main(["prepare", "--run", run, *TINY[:-2], "--train-mask-count", "14"]) == 2
+    assert "train_mask_count: 12 -> 14" in capsys.readouterr().err
+    assert main(["prepare", "--run", run, *TINY[:-2], "--train-mask-count", "14", "--restart"]) == 0
+    assert len(MaskLibrary.open(f"{run}/masks_train")) == 14
 
 
-def test_select_job_on_a_trained_run_retrains_nothing_and_determines(tiny_run, tmp_path):
-    """``make run``'s path with its own local Ray, on the session's trained tiny run (training itself runs
-    end to end in tests/test_jobs.py under ``ray job submit``, and in test_train.py)."""
+def test_a_yaml_config_and_flags_build_one_run_config(tmp_path, capsys):
+    import argparse
+
+    from maskcrypt.config import RunConfig
+    from maskcrypt.flags import RUN_FLAGS, add_flags, build_config
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("prepare: {data: 'synthetic:identities=4,per_identity=6', size: 16, mask_count: 24}\n"
+                   "model: {width: 8, depth: [1, 1, 2, 1]}\nthresholds: {t_drop: 0.05}\n")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_flags(parser, RUN_FLAGS)
+    config = build_config(parser.parse_args(["--config", str(cfg), "--mask-count", "30", "--seed", "3"]), RUN_FLAGS)
+    assert isinstance(config, RunConfig) and config.prepare.size == 16 and config.model.depth == (1, 1, 2, 1)
+    assert config.prepare.mask_count == 30  # the flag overrides the file
+    assert config.thresholds.t_drop == 0.05 and config.thresholds.t_gap == 0.30
+    assert config.train.seed == config.sampling.seed == config.adaptive.seed == config.determine.seed == 3
+    assert RunConfig.from_dict(config.to_dict()) == config  # what run.json records reads back
+    cfg.write_text("prepare: {size: 16, colour: red}\n")
+    assert main(["prepare", "--run", str(tmp_path / "r"), "--config", str(cfg)]) == 2
+    assert "prepare: unknown key(s) ['colour']" in capsys.readouterr().err
+
+
+def test_run_on_a_trained_run_retrains_nothing_and_determines(tiny_run, tmp_path, capsys):
+    """``make run``'s path on the session's trained tiny run (training itself: test_train.py, test_jobs.py)."""
     run = tmp_path / "run"
-    # Without what earlier determination tests left in the shared run (parts made with other settings).
     shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("per_mask.parts", "targets.*"))
-    same = ["--data", TINY_DATA, "--size", str(TINY_SIZE), "--mask-count", "24", "--train-mask-count", "12",
-            "--epochs", "4", "--batch-size", "16", "--lr", "0.05", "--warmup-epochs", "0.5", "--width", "8",
-            "--inpaint-width", "4", "--iterations", "1", "--inpaint-epochs", "2", "--inpaint-batch-size", "16",
-            "--repeats", "1"]
-    r = job("--run", str(run), *same)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("not retrained") == 3, r.stdout[-3000:]
+    assert main(["run", "--run", str(run), *SAME]) == 0
+    out = capsys.readouterr().out
+    assert out.count("not retrained") == 3, out[-3000:]
     record = json.loads((run / "run.json").read_text())
     assert set(record["stages"]) == {"prepare", "train", "determine"}
-    for table in ("table1", "per_mask", "candidates", "table2"):
-        assert (run / "results" / f"{table}.parquet").exists() or "no target mask" in r.stdout, table
-    assert "Table 1" in r.stdout and "targets" in json.loads((run / "targets.json").read_text())
-    # Impossible thresholds + --require-targets exit 3, with the reason.
+    assert "Table 1" in out and (run / "results" / "table1.parquet").exists() and (run / "report.md").exists()
+    # Impossible thresholds + --require-targets exit 3, with the reason; the determine command alone suffices.
     (tmp_path / "th.json").write_text(json.dumps({"t_gap": 1.0}))
-    r = job("--run", str(run), *same, "--thresholds", str(tmp_path / "th.json"), "--require-targets")
-    assert r.returncode == 3, r.stderr[-2000:]
-    assert "no target mask: no bucket has first - second accuracy > 1.00" in r.stdout
+    assert main(["determine", "--run", str(run), "--repeats", "1", "--thresholds", str(tmp_path / "th.json"),
+                 "--require-targets"]) == 3
+    assert "no target mask: no bucket has first - second accuracy > 1.00" in capsys.readouterr().out
     # Other training settings: refused by name before anything runs.
-    r = job("--run", str(run), *same[:-4], "--inpaint-batch-size", "8", "--repeats", "1")
-    assert r.returncode == 2 and "--retrain" in r.stderr
+    assert main(["run", "--run", str(run), *SAME[:-4], "--inpaint-batch-size", "8", "--repeats", "1"]) == 2
+    assert "--retrain" in capsys.readouterr().err
 
 
-def test_an_existing_library_becomes_the_selection_library(tmp_path):
+def test_an_existing_library_becomes_the_selection_library(tmp_path, capsys):
     from maskcrypt.masks.generate import generate_into
 
     own = MaskLibrary.create(str(tmp_path / "nvidia"), 16, 16)
     generate_into(own, 12, seed=5)
-    r = job("--run", str(tmp_path / "run"), *TINY, "--selection-masks", str(tmp_path / "nvidia"),
-            "--until", "prepare")
-    assert r.returncode == 0, r.stderr
-    lib, pool = MaskLibrary.open(str(tmp_path / "run" / "masks")), MaskLibrary.open(str(tmp_path / "run" /
-                                                                                         "masks_train"))
+    assert main(["prepare", "--run", str(tmp_path / "run"), *TINY, "--selection-masks", str(tmp_path / "nvidia")]) == 0
+    lib = MaskLibrary.open(str(tmp_path / "run" / "masks"))
+    pool = MaskLibrary.open(str(tmp_path / "run" / "masks_train"))
     assert sorted(lib.column("sha256")) == sorted(own.column("sha256"))
     assert set(lib.column("sha256")).isdisjoint(pool.column("sha256"))
     big = MaskLibrary.create(str(tmp_path / "big"), 32, 32)
     generate_into(big, 2, seed=5)
-    r = job("--run", str(tmp_path / "run2"), *TINY, "--selection-masks", str(tmp_path / "big"), "--until", "prepare")
-    assert r.returncode == 2 and "masks are 32x32, the run is 16x16" in r.stderr
+    assert main(["prepare", "--run", str(tmp_path / "run2"), *TINY, "--selection-masks", str(tmp_path / "big")]) == 2
+    assert "masks are 32x32, the run is 16x16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "determine", "tune", "serve", "capacity", "train", "prepare"])
+def test_every_stage_has_a_subcommand(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0 and "usage: maskcrypt " + command in capsys.readouterr().out

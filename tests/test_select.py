@@ -245,3 +245,22 @@ def test_targets_must_also_pass_the_basic_form():
     chosen, why = target_masks(leaky, Thresholds(t_orig=0.5))  # O still recognizes half of 1478's images
     assert chosen.empty and why.rule == "t_orig"
     assert target_masks(leaky, Thresholds(t_orig=0.51))[0]["mask_id"].tolist() == ["1478"]
+
+
+def test_one_decision_marks_table2_from_every_rule():
+    """Table 2 holds figures only; decide() applies t_gap, k, t_drop and the basic form; mark_decision() flags."""
+    from maskcrypt.select import decide, mark_decision
+
+    attack, ranks = _attack_rows()
+    t2 = table2(attack.assign(correct_O_masked=[0, 0, 0, 0, 0, N // 2]), ranks)
+    assert "target" not in t2 and "candidate" not in t2
+    t1 = table1(_table1_counts({0: (0.99, 0.99), 5: (0.89, 0.45), 6: (0.86, 0.30)}))
+    th = Thresholds(t_drop=0.05, t_orig=0.5)  # 0007 and 1478 drop > 5 points; O still knows half of 1478
+    decision = decide(t1, t2, th)
+    assert decision.buckets == [5, 6] and decision.ids == ["0007"]  # the basic form rejects 1478
+    marked = mark_decision(t2, decision, th).set_index("mask_id")
+    assert marked["target"].to_dict() == {m: m == "0007" for m in marked.index}
+    assert marked.loc["1478", "drop"] > th.t_drop and not marked.loc["1478", "target"]
+    none = decide(t1, t2, Thresholds(t_gap=0.9))
+    assert none.ids == [] and none.reason.rule == "t_gap" and none.buckets == []
+    assert not mark_decision(t2, none, th)["target"].any()

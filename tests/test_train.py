@@ -9,20 +9,20 @@ import pytest
 import torch
 from conftest import TINY_DATA, TINY_SIZE
 
-from maskcrypt.config import TrainConfig, check_same_training
-from maskcrypt.data import load
-from maskcrypt.errors import MaskcryptError
-from maskcrypt.masks import MaskLibrary, overlay
-from maskcrypt.models import Inpainter, Recognizer
-from maskcrypt.train import (
+from maskcrypt.config import (
     InpaintTrainConfig,
     MaskSampling,
     ModelSettings,
     Resources,
-    TrainInputs,
-    train_model,
-    train_run,
+    TrainConfig,
+    TrainSources,
+    check_same_training,
 )
+from maskcrypt.data import load
+from maskcrypt.errors import MaskcryptError
+from maskcrypt.masks import MaskLibrary, overlay
+from maskcrypt.models import Inpainter, Recognizer
+from maskcrypt.train import TrainInputs, train_model, train_run
 
 TINY_MODELS = ModelSettings(width=8, inpaint_width=4, inpaint_iterations=1)
 TINY_TRAIN = TrainConfig(epochs=4, batch_size=16, lr=0.05, warmup_epochs=0.5)
@@ -65,25 +65,49 @@ def test_complete_models_are_not_retrained_and_other_settings_are_refused(tiny_r
     assert again["original"]["model_sha256"] == metas["original"]["model_sha256"]
     with pytest.raises(MaskcryptError, match=r"trained with other settings.*--retrain"):
         train_run(run, TINY_DATA, TINY_SIZE, models=TINY_MODELS,
-                  train_config=TrainConfig(epochs=5, batch_size=16, lr=0.05), roles=("original",),
+                  train_config=TrainConfig(epochs=5, batch_size=16, lr=0.05), sources=TrainSources(models="original"),
                   log=lambda *_: None)
 
 
-def test_a_worker_failure_resumes_from_the_checkpoint(ray_session, tmp_path):
-    data = load(TINY_DATA, default_split="train", size=TINY_SIZE)
-    val = load(TINY_DATA, default_split="test", size=TINY_SIZE)
-    inputs = TrainInputs(data.images, data.labels, val.images, val.labels, data.class_names, {"t": "x"})
+def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(ray_session, tmp_path):
+    """A real fault injected from outside: one Ray Train worker SIGKILLed once epoch 1's checkpoint exists.
+
+    Ray Train restarts the worker group (max_failures=1), the loop resumes from the newest
+    checkpoint, and the history says which epoch ran after the restart.
+    """
+    import os
+    import signal
+    import threading
+    import time
+
+    from ray._private import state
+
     from maskcrypt.models.recognizer import RecognizerConfig
 
+    data = load("synthetic:identities=6,per_identity=40", default_split="train", size=TINY_SIZE)
+    inputs = TrainInputs(data.images, data.labels, data.images[:32], data.labels[:32], data.class_names, {"t": "x"})
     cfg = RecognizerConfig(num_classes=6, image_size=TINY_SIZE, width=8).to_dict()
-    marker = tmp_path / "failed-once"
-    meta = train_model("original", tmp_path / "models", inputs, cfg, TrainConfig(epochs=3, batch_size=16),
-                       Resources(workers=2, max_failures=1), fail_once={"marker": str(marker), "epoch": 2},
-                       log=lambda *_: None)
-    assert marker.exists()  # the failure happened
-    assert meta["epoch"] == 3
-    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]
-    assert [h["resumed"] for h in meta["history"]] == [False, True, False]  # epoch 2 ran after the restart
+    first = tmp_path / "models" / "original" / "checkpoint_epoch_0001" / "meta.json"
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:
+        deadline = time.time() + 300
+        while not first.exists() and time.time() < deadline:
+            time.sleep(0.02)
+        alive = [a["Pid"] for a in state.actors().values()
+                 if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"]
+        if alive:
+            os.kill(max(alive), signal.SIGKILL)
+            killed.append(max(alive))
+
+    killer = threading.Thread(target=kill_one_worker)
+    killer.start()
+    meta = train_model("original", tmp_path / "models", inputs, cfg, TrainConfig(epochs=8, batch_size=16),
+                       Resources(workers=2, max_failures=1), log=lambda *_: None)
+    killer.join()
+    assert killed  # the fault happened
+    assert meta["epoch"] == 8 and [h["epoch"] for h in meta["history"]] == list(range(1, 9))
+    assert sum(h["resumed"] for h in meta["history"]) == 1  # one epoch ran first after the restart
 
 
 def test_encrypted_model_on_the_sources_fixed_sample(ray_session, tmp_path):

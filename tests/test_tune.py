@@ -7,7 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import TINY_DATA, TINY_SIZE
+from conftest import TINY_DATA
 
 from maskcrypt.errors import MaskcryptError
 from maskcrypt.select import Thresholds
@@ -69,8 +69,8 @@ def test_grid_space_spans_each_threshold_and_k():
 
 
 def test_tuned_thresholds_reproduce_their_choice_in_the_determination(determined_run, tmp_path):
+    from maskcrypt.config import DetermineConfig, EvalSettings
     from maskcrypt.determine import determine
-    from maskcrypt.evaluate import EvalSettings
     from maskcrypt.tune import search
 
     src, _ = determined_run
@@ -88,21 +88,15 @@ def test_tuned_thresholds_reproduce_their_choice_in_the_determination(determined
     tuned = Thresholds.from_file(out / "best_thresholds.json")
     assert tuned.to_dict() == summary["best_thresholds"] and tuned.attack_top == 3
     # The file is a --thresholds for the select job: the determination picks exactly the tuned masks.
-    result = determine(run, TINY_DATA, TINY_SIZE, tuned, repeats=1, settings=settings, report=False,
+    result = determine(run, DetermineConfig(test_data=TINY_DATA, repeats=1), tuned, settings, report=False,
                        log=lambda *_: None)
     assert [t["mask_id"] for t in result["targets"]] == summary["selection"]["mask_ids"].split(",")
     saved = json.loads((out / "tune.json").read_text())
     assert saved["selection"]["mask_ids"] == summary["selection"]["mask_ids"]
 
 
-def test_tune_job_names_bad_flags_without_starting_ray(tmp_path, capsys, monkeypatch):
-    import importlib.util
-    import sys
-    from pathlib import Path
+def test_tune_command_names_bad_flags_without_starting_ray(tmp_path, capsys):
+    from maskcrypt.cli import job_main
 
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the job script rewrites sys.path[0]
-    spec = importlib.util.spec_from_file_location("tune_job", Path(__file__).parents[1] / "jobs" / "tune.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    assert job.main(["--run", str(tmp_path), "--max-o-inpainted", "1.5"]) == 2
+    assert job_main("tune", ["--run", str(tmp_path), "--max-o-inpainted", "1.5"]) == 2
     assert "budget o_inpainted: expected a fraction in [0, 1], got 1.5" in capsys.readouterr().err

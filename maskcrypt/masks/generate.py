@@ -24,12 +24,15 @@ import math
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from maskcrypt.errors import MaskcryptError
 from maskcrypt.masks.core import DEFAULT_EDGES, bucket_count_range, mask_sha256, validate_edges
-from maskcrypt.masks.library import AppendResult, MaskLibrary
+
+if TYPE_CHECKING:  # the library needs pyarrow: imported only where a library is written
+    from maskcrypt.masks.library import AppendResult, MaskLibrary
 
 #: Brush width range at 256 px (DeepFill v2); scaled linearly with the image size.
 _WIDTH_AT_256 = (12.0, 40.0)

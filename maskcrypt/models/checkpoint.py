@@ -38,7 +38,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -55,7 +55,7 @@ def save_checkpoint(directory: str | os.PathLike[str], model: nn.Module, meta: d
     torch.save(state, d / MODEL_FILE)
     if train_state is not None:
         torch.save(train_state, d / STATE_FILE)
-    full = {**meta, "model_bytes": (d / MODEL_FILE).stat().st_size, "model_sha256": _sha256_file(d / MODEL_FILE)}
+    full = {**meta, "model_bytes": (d / MODEL_FILE).stat().st_size, "model_sha256": sha256_file(d / MODEL_FILE)}
     tmp = d / f".{META_FILE}.tmp"
     tmp.write_text(json.dumps(full, indent=1, sort_keys=True, default=str))
     os.replace(tmp, d / META_FILE)
@@ -76,7 +76,7 @@ def read_meta(checkpoint: str | os.PathLike[str], verify: bool = True) -> dict[s
     if not model.is_file():
         raise MaskcryptError(f"checkpoint {d}: {MODEL_FILE} is missing (incomplete checkpoint)")
     if verify and (model.stat().st_size != meta.get("model_bytes")
-                   or _sha256_file(model) != meta.get("model_sha256")):
+                   or sha256_file(model) != meta.get("model_sha256")):
         raise MaskcryptError(f"checkpoint {d}: {MODEL_FILE} does not match {META_FILE} (incomplete copy)")
     return meta
 

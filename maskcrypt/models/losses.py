@@ -123,3 +123,10 @@ def hole_psnr(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) ->
     se = ((output.float() - target.float()) ** 2 * hole).flatten(1).sum(1)
     n = hole.flatten(1).sum(1).clamp_min(1.0)
     return 10.0 * torch.log10(1.0 / (se / n).clamp_min(1e-10))
+
+
+def mean_fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The baseline inpainting: every hole pixel gets the image's mean known colour (images in [0, 1])."""
+    m = mask.float()
+    known = (image * m).sum((2, 3), keepdim=True) / m.sum((2, 3), keepdim=True).clamp_min(1)
+    return known.expand_as(image)

@@ -1,0 +1,205 @@
+"""Mask, then recognize: THE step every stage runs (METHOD.md, "Recognition").
+
+A :class:`Predictor` holds one or more recognizers (E, O, an attacker's model) and
+optionally the inpainter R on one device at one precision, and owns everything between
+uint8 pixels and a decision:
+
+* device placement and memory layout (channels_last where it pays, see
+  :mod:`maskcrypt.precision`), and the autocast region;
+* the overlay (:func:`maskcrypt.masks.overlay`: ``image * mask``, 0 = occluded), done
+  once per chunk and shared by every model, and R's fill of the holes when asked;
+* batching in chunks of ``chunk`` images;
+* the outputs: logits (closed set) or unit embeddings (open set);
+* the judgement: closed set, top-1 of the classifier against the label (score: the
+  label's probability); open set, top-1 cosine against unit centroids (score: the
+  cosine to the true centroid).
+
+The Ray Data scorer, the Serve deployment, training-time evaluation, the training
+report and every throughput baseline use this class, so "mask, then recognize" has one
+definition and a speed figure always measures the code that serves.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from maskcrypt.errors import MaskcryptError
+from maskcrypt.masks.core import overlay
+from maskcrypt.models.recognizer import Recognizer
+from maskcrypt.precision import autocast, channels_last, use_bf16
+
+#: Masks for a forward: none, one H x W mask for every image, one per image (N x H x W),
+#: or a function ``(start, stop) -> mask(s)`` for images ``start:stop`` (built per chunk).
+Masks = None | np.ndarray | torch.Tensor | Callable[[int, int], Any]
+
+
+class Predictor:
+    """Recognizers (and optionally R) on one device at one precision: mask, fill, recognize, judge."""
+
+    def __init__(self, models: Recognizer | Mapping[str, Recognizer], device: str | torch.device = "cpu",
+                 precision: str = "auto", chunk: int = 256, inpainter: Any = None):
+        if chunk < 1:
+            raise MaskcryptError(f"predictor: chunk must be >= 1 image, got {chunk}")
+        self.device = torch.device(device)
+        self.bf16 = use_bf16(precision, self.device.type)
+        self.channels_last = channels_last(self.device.type, self.bf16)
+        named = {"model": models} if isinstance(models, torch.nn.Module) else dict(models)
+        if not named:
+            raise MaskcryptError("predictor: needs at least one recognizer")
+        self.models = {name: self._place(m) for name, m in named.items()}
+        self.inpainter = self._place(inpainter) if inpainter is not None else None
+        self.chunk = int(chunk)
+
+    def _place(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model.eval()
+
+    @classmethod
+    def from_checkpoints(cls, paths: Mapping[str, str | os.PathLike[str]], device: str | torch.device = "cpu",
+                         precision: str = "auto", chunk: int = 256,
+                         inpainter: str | os.PathLike[str] | None = None) -> Predictor:
+        """Recognizers from checkpoint folders (newest complete checkpoint each), R from its folder if given."""
+        models = {name: Recognizer.from_checkpoint(p) for name, p in paths.items()}
+        r = None
+        if inpainter is not None:
+            from maskcrypt.models.inpainter import Inpainter
+
+            r = Inpainter.from_checkpoint(inpainter)
+        return cls(models, device, precision, chunk, r)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu",
+                        precision: str = "auto", chunk: int = 256) -> Predictor:
+        """One recognizer (named ``model``): what serving and a benchmark need."""
+        return cls.from_checkpoints({"model": path}, device, precision, chunk)
+
+    # -- what the models are ---------------------------------------------------------------------------
+    def model(self, name: str | None = None) -> Recognizer:
+        if name is None:
+            if len(self.models) != 1:
+                raise MaskcryptError(f"predictor: holds {sorted(self.models)}, name the model")
+            return next(iter(self.models.values()))
+        try:
+            return self.models[name]
+        except KeyError:
+            raise MaskcryptError(f"predictor: no model {name!r}; holds {sorted(self.models)}") from None
+
+    def meta(self, name: str | None = None) -> dict[str, Any]:
+        """The checkpoint's meta.json (class names, image size, TrainConfig hash...), {} for a bare model."""
+        return dict(getattr(self.model(name), "checkpoint_meta", {}))
+
+    # -- tensors ---------------------------------------------------------------------------------------
+    def to_device(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 N x C x H x W on the device, in the layout the models run in (kept resident by callers)."""
+        x = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+        if x.dim() != 4:
+            raise MaskcryptError(f"predictor: expected N x C x H x W images, got shape {tuple(x.shape)}")
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _masks(self, masks: Masks, start: int, stop: int) -> torch.Tensor | None:
+        if masks is None:
+            return None
+        m = masks(start, stop) if callable(masks) else masks
+        if isinstance(m, np.ndarray):
+            m = torch.from_numpy(m)
+        if m.dim() == 3 and m.shape[0] != 1 and not callable(masks):
+            m = m[start:stop]
+        return m.to(self.device, non_blocking=True)
+
+    # -- mask, fill, recognize ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def outputs(self, images: np.ndarray | torch.Tensor, masks: Masks = None, *, embed: bool = False,
+                fill: bool = False, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Per model: float32 logits (``embed=False``) or unit embeddings of ``images`` under ``masks``.
+
+        ``masks`` (see :data:`Masks`) are overlaid once per chunk and shared by every
+        model; ``fill`` lets R inpaint the holes first (an attacker's view). Returns one
+        N x K tensor per name, on the device.
+        """
+        names = list(self.models) if names is None else list(names)
+        if fill and self.inpainter is None:
+            raise MaskcryptError("predictor: fill=True needs an inpainter")
+        if fill and masks is None:
+            raise MaskcryptError("predictor: fill=True needs masks (the holes to fill)")
+        n = int(images.shape[0])
+        outs: dict[str, list[torch.Tensor]] = {k: [] for k in names}
+        for s in range(0, n, self.chunk):
+            e = min(s + self.chunk, n)
+            x = self.to_device(images[s:e])
+            m = self._masks(masks, s, e)
+            if m is not None:
+                x = overlay(x, m)
+            with autocast(self.device.type, self.bf16):
+                if fill:
+                    holes = m[None].expand(e - s, -1, -1) if m.dim() == 2 else m
+                    x = self.inpainter.inpaint(x, holes)
+                    if self.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                for k in names:
+                    model = self.model(k)
+                    outs[k].append(F.normalize(model.embed(x).float(), dim=1) if embed else model(x).float())
+        return {k: torch.cat(v) if v else torch.empty(0, device=self.device) for k, v in outs.items()}
+
+    def logits(self, images: np.ndarray | torch.Tensor, masks: Masks = None, name: str | None = None) -> torch.Tensor:
+        """One model's float32 logits of the masked images."""
+        key = self._one(name)
+        return self.outputs(images, masks, names=[key])[key]
+
+    def embeddings(self, images: np.ndarray | torch.Tensor, masks: Masks = None,
+                   name: str | None = None) -> torch.Tensor:
+        """One model's unit embeddings of the masked images."""
+        key = self._one(name)
+        return self.outputs(images, masks, embed=True, names=[key])[key]
+
+    def probabilities(self, images: np.ndarray | torch.Tensor, masks: Masks = None,
+                      name: str | None = None) -> torch.Tensor:
+        """One model's class probabilities of the masked images (closed set)."""
+        return torch.softmax(self.logits(images, masks, name), dim=1)
+
+    def _one(self, name: str | None) -> str:
+        if name is not None:
+            return name
+        if len(self.models) != 1:
+            raise MaskcryptError(f"predictor: holds {sorted(self.models)}, name the model")
+        return next(iter(self.models))
+
+    # -- judgement -------------------------------------------------------------------------------------------
+    @staticmethod
+    def centroids(embeddings: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:
+        """Unit mean embedding per identity (a gallery's centroids; identities without images stay 0)."""
+        cent = torch.zeros(classes, embeddings.shape[1], device=embeddings.device, dtype=embeddings.dtype)
+        cent.index_add_(0, labels.to(embeddings.device), embeddings)
+        return F.normalize(cent, dim=1)
+
+    @staticmethod
+    def judge(outputs: torch.Tensor, labels: torch.Tensor,
+              centroids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image: (recognized, score).
+
+        Closed set (``centroids`` None): ``outputs`` are logits; recognized when the top-1
+        class is the label; the score is the label's probability. Open set: ``outputs``
+        are unit embeddings; recognized when the nearest centroid (cosine) is the label's;
+        the score is the cosine to the label's centroid.
+        """
+        y = labels.to(outputs.device)[:, None]
+        if centroids is None:
+            return outputs.argmax(1) == y[:, 0], torch.softmax(outputs, 1).gather(1, y)[:, 0]
+        sims = outputs @ centroids.T
+        return sims.argmax(1) == y[:, 0], sims.gather(1, y)[:, 0]
+
+    @torch.inference_mode()
+    def accuracy(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, masks: Masks = None,
+                 name: str | None = None) -> float:
+        """Closed-set top-1 accuracy of one model on the masked images (training reports)."""
+        y = torch.as_tensor(np.asarray(labels)) if not isinstance(labels, torch.Tensor) else labels
+        correct, _ = self.judge(self.logits(images, masks, name), y)
+        return float(correct.float().mean()) if len(y) else float("nan")

@@ -1,0 +1,162 @@
+"""The method end to end: prepare -> train -> determine (-> tune), from one :class:`RunConfig`.
+
+This is the one place the stages are chained. The ``maskcrypt`` command (``run``,
+``prepare``, ``train``, ``determine``, ``tune``) and ``jobs/select.py`` build a
+:class:`~maskcrypt.config.RunConfig` from flags and/or a YAML file and call
+:func:`run_pipeline`; every stage resumes what is already complete. The resolved
+configuration is recorded in ``run.json`` (``config``). Ray must be running (entry
+points start it); paths are made absolute first, because under ``ray job submit`` the
+working directory is a temporary copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from maskcrypt.config import STAGES, RunConfig
+from maskcrypt.errors import MaskcryptError
+
+#: Fields holding local paths (made absolute) and data specs (their path made absolute).
+PATH_FIELDS = ("run", "prepare.selection_masks", "sources.masks", "sources.init_original", "sources.init_inpainter",
+               "inpaint.vgg_weights")
+SPEC_FIELDS = ("prepare.data", "sources.val_data", "sources.inpaint_data", "determine.test_data")
+
+
+def absolute_path(path: str) -> str:
+    """Absolute local path (URIs and "" unchanged)."""
+    return path if not path or "://" in path else str(Path(path).expanduser().resolve())
+
+
+def _get(config: RunConfig, dotted: str) -> Any:
+    obj: Any = config
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """The config with every local path and data-spec path absolute."""
+    from maskcrypt.data.spec import absolute_spec
+
+    values = {f: absolute_path(_get(config, f)) for f in PATH_FIELDS}
+    values |= {f: absolute_spec(_get(config, f)) for f in SPEC_FIELDS}
+    return config.with_values(values)
+
+
+def record_config(config: RunConfig) -> None:
+    """``run.json``'s ``config``: the resolved RunConfig of the latest invocation that prepared the run."""
+    from maskcrypt.fileio import write_json
+    from maskcrypt.run import RunPaths, read_run_json
+
+    paths = RunPaths.resolve(config.run)
+    record = read_run_json(paths) or {}
+    record["config"] = config.to_dict()
+    write_json(paths.run_json, record)
+
+
+def run_pipeline(config: RunConfig, start: str = "prepare", restart: bool = False, retrain: bool = False,
+                 redetermine: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the stages from ``start`` to ``config.until``; returns each stage's summary by name."""
+    from maskcrypt.run import RunPaths
+
+    if start not in STAGES or STAGES.index(start) > STAGES.index(config.until):
+        raise MaskcryptError(f"stages: cannot run from {start!r} to {config.until!r} (order: {', '.join(STAGES)})")
+    config = resolve(config)
+    stages = STAGES[STAGES.index(start): STAGES.index(config.until) + 1]
+    paths = RunPaths.resolve(config.run)
+    log(f"run {paths.root}: {' -> '.join(stages)}")
+    out: dict[str, Any] = {}
+    if "prepare" in stages:
+        out["prepare"] = prepare_stage(config, restart, log)
+        record_config(config)  # a run started from later stages keeps its record; those stages record theirs
+    elif not paths.root.is_dir():
+        raise MaskcryptError(f"run {paths.root}: does not exist (prepare and train it first: maskcrypt run)")
+    if "train" in stages:
+        out["train"] = train_stage(config, retrain, log)
+    if "determine" in stages:
+        out["determine"] = determine_stage(config, redetermine, log)
+    if "tune" in stages:
+        out["tune"] = tune_stage(config, log)
+    return out
+
+
+def prepare_stage(config: RunConfig, restart: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    from maskcrypt.masks import MaskLibrary
+    from maskcrypt.prepare import prepare
+    from maskcrypt.run import RunPaths
+
+    record = prepare(config.run, config.prepare, restart=restart, log=log)
+    paths = RunPaths.resolve(config.run)
+    log(format_mask_stats(MaskLibrary.open(str(paths.masks)).stats()))
+    log(f"pictures: {paths.root}/masks.png, masks_train.png, data.png, encrypted.png; prepared in "
+        f"{record['stages']['prepare']['seconds']}s")
+    return record
+
+
+def train_stage(config: RunConfig, retrain: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """Train the models, then (when all three exist) the held-out quality report."""
+    from maskcrypt.fileio import write_json
+    from maskcrypt.quality import format_quality, training_quality
+    from maskcrypt.run import RunPaths
+    from maskcrypt.train import train_run
+
+    metas = train_run(config.run, config.prepare.data, config.prepare.size, sources=config.sources,
+                      models=config.model, train_config=config.train, inpaint_config=config.inpaint,
+                      sampling=config.sampling, resources=config.resources, retrain=retrain, log=log)
+    paths = RunPaths.resolve(config.run)
+    for role, meta in metas.items():
+        m = meta["metrics"]
+        figure = (f"held-out accuracy {m['test_accuracy']:.1%}" if "test_accuracy" in m
+                  else f"hole PSNR {m['hole_psnr']:.2f} dB (mean fill {m['mean_fill_psnr']:.2f} dB)")
+        log(f"{role:>10}: {figure} after {meta['epoch']} epochs -> {paths.models / role}")
+    out: dict[str, Any] = {"models": metas}
+    if set(metas) == {"original", "encrypted", "inpainter"}:
+        quality = training_quality(paths.root, config.prepare.data, seed=config.train.seed,
+                                   precision=config.evaluation.precision)
+        write_json(paths.results / "train_quality.json", quality)
+        log(format_quality(quality))
+        out["quality"] = quality
+    return out
+
+
+def determine_stage(config: RunConfig, redetermine: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    import pandas as pd
+
+    from maskcrypt.determine import determine, format_table1, format_target
+    from maskcrypt.run import RunPaths
+
+    result = determine(config.run, config.determine, config.thresholds, config.evaluation, config.adaptive,
+                       redo=redetermine, log=log)
+    paths = RunPaths.resolve(config.run)
+    log("Table 1 (accuracy per bucket, mean ± std over repetitions):\n"
+        + format_table1(pd.read_parquet(paths.results / "table1.parquet")))
+    for t in result["targets"]:
+        log(format_target(t))
+    log(f"targets: {paths.root / 'targets.json'}; report: {paths.root / 'report.md'}")
+    return result
+
+
+def tune_stage(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    from maskcrypt.tune import search
+
+    t = config.tune
+    return search(config.run, t.budget, mode=t.search, samples=t.samples, grid_points=t.grid_points, seed=t.seed,
+                  trial_cpus=t.trial_cpus, log=log)
+
+
+def format_mask_stats(stats: dict[str, Any]) -> str:
+    """A fixed-width table of per-bucket counts and ratios."""
+    from maskcrypt.masks import bucket_label
+
+    edges = stats["edges"]
+    lines = [f"{stats['uri']}: {stats['count']} masks of {stats['height']}x{stats['width']}, "
+             f"{stats['bytes_on_disk'] / 1e6:.2f} MB on disk"
+             + (f" ({stats['bytes_per_mask']:.0f} B/mask)" if stats["bytes_per_mask"] else ""),
+             f"{'bucket':>7} {'range':>12} {'count':>8} {'min':>7} {'mean':>7} {'max':>7}"]
+    for b in [*range(1, len(edges)), -1]:
+        row = stats["buckets"][str(b)]
+        vals = ["" if row[k] is None else f"{row[k]:.4f}" for k in ("ratio_min", "ratio_mean", "ratio_max")]
+        lines.append(f"{b:>7} {bucket_label(b, edges):>12} {row['count']:>8} {vals[0]:>7} {vals[1]:>7} {vals[2]:>7}")
+    return "\n".join(lines)

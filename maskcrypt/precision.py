@@ -1,0 +1,79 @@
+"""Numeric precision: the one place that decides bf16 or fp32 and opens the autocast region.
+
+``--precision`` takes ``auto``, ``bf16`` or ``fp32`` everywhere (training, evaluation,
+serving). ``auto`` means bf16 autocast with channels_last where the hardware has native
+bf16 (CUDA GPUs that report it, CPUs with AVX512-BF16 or AMX as on our machines), fp32
+elsewhere; ``bf16`` on hardware without it is an error rather than a slow emulation.
+Training, the predictor and every benchmark import this module downward, so a speed
+figure and the code it describes always resolve precision the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from maskcrypt.errors import MaskcryptError
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def check_precision(value: str, what: str = "--precision") -> str:
+    """``value`` if it names a precision, else an error naming the setting."""
+    if value not in PRECISIONS:
+        raise MaskcryptError(f"{what}: expected one of {', '.join(PRECISIONS)}, got {value!r}")
+    return value
+
+
+def cpu_supports_bf16() -> bool:
+    """True where oneDNN has native bf16 kernels (AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision: str, device_type: str) -> bool:
+    """Resolve ``auto|bf16|fp32`` for a device type (``cpu`` or ``cuda``)."""
+    import torch
+
+    check_precision(precision)
+    if precision == "fp32":
+        return False
+    supported = torch.cuda.is_bf16_supported() if device_type == "cuda" else cpu_supports_bf16()
+    if precision == "bf16" and not supported:
+        raise MaskcryptError(f"--precision bf16: this {device_type} has no bf16 support; use auto or fp32")
+    return supported
+
+
+def channels_last(device_type: str, bf16: bool) -> bool:
+    """Whether 4-d tensors and conv weights should be channels_last: GPUs always, CPUs with bf16."""
+    return device_type == "cuda" or bf16
+
+
+def autocast(device_type: str, bf16: bool) -> contextlib.AbstractContextManager[Any]:
+    """The autocast region for a forward pass (a no-op region in fp32)."""
+    import torch
+
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run a block with ``threads`` intra-op threads (restored after): baselines match an actor's CPUs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,105 @@
+"""Stage 1, prepare: the run's mask libraries and pictures (METHOD.md, "Data").
+
+* ``masks/``: the selection library (generated with the mask seed, or a library the
+  user brings, e.g. imported NVIDIA masks, copied in);
+* ``masks_train/``: the disjoint pool E and R train with (another seed; sha256-disjoint
+  from ``masks/``);
+* pictures of both and of the data, and ``run.json`` with the configuration and the
+  data's hashes.
+
+Idempotent: re-running with the same configuration finds the libraries complete
+(generation dedupes) and rewrites only pictures and ``run.json``; other settings are
+refused unless ``restart``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import time
+from typing import Any
+
+import numpy as np
+
+from maskcrypt.config import PrepareConfig
+from maskcrypt.errors import MaskcryptError
+from maskcrypt.fileio import write_json
+from maskcrypt.run import RunPaths, check_resumable, code_version, read_run_json
+
+
+def prepare(run: str | os.PathLike[str], config: PrepareConfig, restart: bool = False,
+            log: Any = print) -> dict[str, Any]:
+    """Build the run's mask libraries and pictures; return what ``run.json`` records.
+
+    Idempotent: re-running with the same configuration finds the libraries complete
+    (generation dedupes) and rewrites only pictures and ``run.json``.
+    """
+    from maskcrypt.data import load
+    from maskcrypt.masks import MaskLibrary, overlay, parse_buckets
+    from maskcrypt.masks.generate import generate_into
+    from maskcrypt.pictures import auto_scale, grid_image, mask_grid, save_png
+
+    paths = RunPaths.resolve(run)
+    check_resumable(paths, config, restart)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    size = (config.size, config.size)
+    lib = MaskLibrary.open_or_create(str(paths.masks), *size)
+    buckets = parse_buckets(config.buckets, lib.edges)
+    if config.selection_masks:
+        source = MaskLibrary.open(config.selection_masks)
+        if (source.height, source.width) != size:
+            raise MaskcryptError(f"--selection-masks {config.selection_masks}: masks are {source.height}x"
+                                 f"{source.width}, the run is {size[0]}x{size[1]} (--size)")
+        res = lib.append((b.masks, b.mask_ids, b.sources or [config.selection_masks] * len(b))
+                         for b in source.iter_batches())
+        log(f"masks/        {len(lib)} selection masks copied from {config.selection_masks} ({res.added} new)")
+    else:
+        res = generate_into(lib, config.mask_count, config.mask_seed, buckets)
+        log(f"masks/        {len(lib)} selection masks ({res.added} new)")
+    pool = MaskLibrary.open_or_create(str(paths.masks_train), *size)
+    res_t = generate_into(pool, config.train_mask_count, config.train_mask_seed, buckets,
+                          exclude_sha256=set(lib.column("sha256")))
+    overlap = set(lib.column("sha256")) & set(pool.column("sha256"))
+    if overlap:
+        raise MaskcryptError(f"run {paths.root}: {len(overlap)} mask(s) are in both masks/ and masks_train/")
+    log(f"masks_train/  {len(pool)} masks for training E, disjoint from masks/ ({res_t.added} new)")
+
+    train = load(config.data, default_split="train", size=config.size)
+    test = load(config.data, default_split="test", size=config.size)
+    log(f"data          {config.data}: {len(train)} train / {len(test)} test images of "
+        f"{len(train.class_names)} classes, {train.channels}x{config.size}x{config.size}")
+
+    save_png(mask_grid(lib, per_bucket=8), paths.root / "masks.png")
+    save_png(mask_grid(pool, per_bucket=8), paths.root / "masks_train.png")
+    picks = [int(np.flatnonzero(test.labels == c)[0]) for c in np.unique(test.labels)[:8]]
+    save_png(grid_image(test.images[picks], [test.class_names[test.labels[i]] for i in picks],
+                        scale=auto_scale(config.size)), paths.root / "data.png")
+    # One mask per bucket over the same faces: what "encryption" looks like, bucket by bucket.
+    rows = [test.images[picks]]
+    for b in buckets:
+        batch = next(lib.iter_batches(1, buckets=[b]), None)
+        if batch is not None and len(batch):
+            rows.append(overlay(test.images[picks], batch.masks[0]))
+    save_png(grid_image(np.concatenate(rows), ncol=len(picks), scale=auto_scale(config.size)),
+             paths.root / "encrypted.png")
+
+    record = {
+        "code_version": code_version(),
+        "python": platform.python_version(),
+        "prepare": dataclasses.asdict(config),
+        "inputs": {
+            "train_data_sha256": train.content_hash(),
+            "test_data_sha256": test.content_hash(),
+            "masks": {"count": len(lib), "stats": lib.stats()["buckets"]},
+            "masks_train": {"count": len(pool)},
+        },
+        "stages": {"prepare": {"seconds": round(time.perf_counter() - t0, 2),
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}},
+    }
+    previous = read_run_json(paths) or {}
+    record["stages"] = {**previous.get("stages", {}), **record["stages"]}
+    write_json(paths.run_json, record)
+    return record

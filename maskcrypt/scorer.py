@@ -1,0 +1,218 @@
+"""The evaluation actor: test images and models resident on one device, masks streaming through.
+
+A :class:`CrossProductScorer` is a Ray Data callable class (and a plain Ray actor for
+the adaptive race). It receives the test set once (an object reference, resolved in
+the constructor), builds a :class:`~maskcrypt.models.predictor.Predictor` over the
+recognizers (and R for the attack), and answers each input row with small rows of
+counts per split: ``n``, ``correct_<model>``, ``score_<model>`` (the sum of the
+per-image scores), optionally the per-image correctness bit-packed (``hits_<model>``).
+It never materializes the images x masks cross product: each mask is overlaid chunk by
+chunk inside the predictor. :mod:`maskcrypt.select` turns the counts into tables.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from maskcrypt.errors import MaskcryptError
+from maskcrypt.testset import CLEAN_GALLERY, SPLITS
+
+
+def choose_device(gpus_per_actor: float, cuda_available: bool) -> str:
+    """The actor's device: CUDA when it was given a GPU, else the CPU; a GPU it cannot see is an error.
+
+    Ray hides GPUs from actors that did not ask for one (``CUDA_VISIBLE_DEVICES``), so an
+    actor without a GPU share never lands on one by accident.
+    """
+    if gpus_per_actor > 0:
+        if not cuda_available:
+            raise MaskcryptError(f"evaluation actor: given {gpus_per_actor} GPU but CUDA is not available in it "
+                                 "(driver or torch build without CUDA)")
+        return "cuda"
+    return "cpu"
+
+
+class CrossProductScorer:
+    """Counts per input row and split, for one of three kinds of rows (``mode``).
+
+    ``masks``: each row is a library mask (``mask_id``, ``bucket``, ``bits``; with
+    ``start``/``stop`` only those selection probes: the adaptive race); every probe of
+    the requested splits is recognized under it. ``sampled``: each row is a ``(bucket,
+    repeat, seed)`` task; every image gets one mask drawn at random from the bucket
+    (bucket 0: no mask). ``attack``: each row is a mask; the masked probes are also
+    inpainted by R, and E and O recognize both versions (paired counts).
+    """
+
+    def __init__(self, test: Any, models: dict[str, str], splits: Sequence[str] = ("selection",),
+                 precision: str = "auto", images_per_chunk: int = 256, mode: str = "masks",
+                 bucket_masks: Any = None, inpainter: str | None = None, per_image: bool = False,
+                 timing: bool = False, gpus: float = 0.0):
+        import ray
+        import torch
+
+        from maskcrypt.models.predictor import Predictor
+
+        # Object refs passed as constructor arguments arrive unresolved.
+        test = ray.get(test) if isinstance(test, ray.ObjectRef) else test
+        if isinstance(bucket_masks, ray.ObjectRef):
+            bucket_masks = ray.get(bucket_masks)
+        device = choose_device(gpus, torch.cuda.is_available())
+        self.predictor = Predictor.from_checkpoints(models, device, precision, images_per_chunk, inpainter)
+        self.names = list(models)
+        with warnings.catch_warnings():
+            # Arrays from the object store are read-only and shared; we never write to them.
+            warnings.simplefilter("ignore", UserWarning)
+            self.x = self.predictor.to_device(torch.from_numpy(test.images))
+        self.y = torch.from_numpy(np.asarray(test.labels)).to(device)
+        self.h, self.w = test.size
+        self.open = test.scoring == "open"
+        self.n_classes = len(test.classes)
+        n_gallery = int(test.gallery.sum())
+        self.gallery = slice(0, n_gallery)
+        self.splits = [s for s in SPLITS if s in splits]
+        # Probes are ordered by split after the gallery, so every split is one contiguous slice.
+        bounds = np.cumsum([n_gallery] + [test.probes(s) for s in SPLITS])
+        self.ranges = {s: (int(bounds[i]), int(bounds[i + 1])) for i, s in enumerate(SPLITS)}
+        self.probes = slice(min(self.ranges[s][0] for s in self.splits), max(self.ranges[s][1] for s in self.splits))
+        self.order = np.asarray(test.order)
+        self.n_input = test.n_input
+        self.mode = mode
+        self.per_image = per_image
+        self.timing = timing
+        self.node = ray.get_runtime_context().get_node_id() if timing and ray.is_initialized() else ""
+        self.bucket_masks = {int(b): torch.from_numpy(m).to(device) for b, m in (bucket_masks or {}).items()}
+        self.clean_centroids: dict[str, Any] = {}
+        if self.open:
+            clean = [n for n in self.names if n in CLEAN_GALLERY]
+            for name, emb in self._outputs(self.gallery, None, clean).items():
+                self.clean_centroids[name] = self.predictor.centroids(emb, self.y[self.gallery], self.n_classes)
+
+    # -- building blocks -------------------------------------------------------------------------------
+    def _outputs(self, rows: slice, masks_for: Callable[[int, int], Any] | None, names: Sequence[str],
+                 fill: bool = False) -> dict[str, Any]:
+        """Logits (closed set) or unit embeddings (open set) of images ``rows``, masked and optionally inpainted.
+
+        ``masks_for(start, stop)`` gives the mask (H x W) or masks (n x H x W) of images
+        ``start:stop`` (positions in the test set); None means clean images.
+        """
+        masks = None if masks_for is None else (lambda s, e: masks_for(rows.start + s, rows.start + e))
+        return self.predictor.outputs(self.x[rows], masks, embed=self.open, fill=fill, names=names)
+
+    def _gallery_centroids(self, masks_for: Callable[[int, int], Any] | None) -> dict[str, Any]:
+        if not self.open:
+            return {}
+        # E-like models see the gallery under the same masks as the probes (clean when masks_for is None).
+        masked = [n for n in self.names if n not in CLEAN_GALLERY]
+        outs = self._outputs(self.gallery, masks_for, masked)
+        labels = self.y[self.gallery]
+        return {**{n: self.predictor.centroids(o, labels, self.n_classes) for n, o in outs.items()},
+                **self.clean_centroids}
+
+    def _judge(self, name: str, out: Any, centroids: dict[str, Any], rows: slice | None = None) -> tuple[Any, Any]:
+        """Per-probe correctness and score from a model's outputs on the probes (or on ``rows``)."""
+        return self.predictor.judge(out, self.y[self.probes if rows is None else rows], centroids.get(name))
+
+    def _per_split(self, vectors: dict[str, Any]) -> list[dict[str, Any]]:
+        """Sum per-probe vectors over each split: ``n``, and per key ``correct_``/``score_``."""
+        rows = []
+        for s in self.splits:
+            a, b = self.ranges[s]
+            a, b = a - self.probes.start, b - self.probes.start
+            row: dict[str, Any] = {"split": s, "n": b - a}
+            for key, v in vectors.items():
+                part = v[a:b]
+                row[key] = float(part.double().sum()) if part.is_floating_point() else int(part.sum())
+                if self.per_image and key.startswith("correct_"):
+                    row["hits_" + key[len("correct_"):]] = np.packbits(part.cpu().numpy()).tobytes()
+            rows.append(row)
+        return rows
+
+    def _counts(self, masks_for: Callable[[int, int], Any] | None) -> list[dict[str, Any]]:
+        """Per split: every model's correct count and score sum under one mask assignment."""
+        cents = self._gallery_centroids(masks_for)
+        vectors = {}
+        for name, out in self._outputs(self.probes, masks_for, self.names).items():
+            vectors[f"correct_{name}"], vectors[f"score_{name}"] = self._judge(name, out, cents)
+        return self._per_split(vectors)
+
+    def _range_counts(self, mask: Any, start: int, stop: int) -> list[dict[str, Any]]:
+        """Counts for one mask on probes ``start:stop`` only (positions among the probes): the adaptive race."""
+        def fixed(s: int, e: int) -> Any:
+            return mask
+
+        cents = self._gallery_centroids(fixed)
+        rows = slice(self.probes.start + start, self.probes.start + stop)
+        row: dict[str, Any] = {"split": "selection", "n": stop - start}
+        for name, out in self._outputs(rows, fixed, self.names).items():
+            correct, score = self._judge(name, out, cents, rows)
+            row[f"correct_{name}"] = int(correct.sum())
+            row[f"score_{name}"] = float(score.double().sum())
+        return [row]
+
+    def _attack(self, mask: Any) -> list[dict[str, Any]]:
+        """Paired counts for one mask: E on masked vs on inpainted probes, and O on both."""
+        def fixed(s: int, e: int) -> Any:
+            return mask
+
+        cents = self._gallery_centroids(fixed)
+        masked = self._outputs(self.probes, fixed, ["E", "O"])
+        filled = self._outputs(self.probes, fixed, ["E", "O"], fill=True)
+        before, _ = self._judge("E", masked["E"], cents)
+        after, _ = self._judge("E", filled["E"], cents)
+        return self._per_split({
+            "both": before & after, "before_only": before & ~after, "after_only": ~before & after,
+            "neither": ~before & ~after,
+            "correct_O_masked": self._judge("O", masked["O"], cents)[0],
+            "correct_O_inpainted": self._judge("O", filled["O"], cents)[0],
+        })
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from maskcrypt.masks.core import unpack_masks
+
+        rows: list[dict[str, Any]] = []
+        device = self.predictor.device
+        if self.mode in ("attack", "masks"):
+            masks = torch.from_numpy(unpack_masks(list(batch["bits"]), self.h, self.w)).to(device)
+            for i in range(masks.shape[0]):
+                key = {"mask_id": str(batch["mask_id"][i])}
+                if self.mode == "masks":
+                    key["bucket"] = int(batch["bucket"][i])
+                    if "start" in batch:
+                        found = self._range_counts(masks[i], int(batch["start"][i]), int(batch["stop"][i]))
+                    else:
+                        found = self._counts(lambda s, e, m=masks[i]: m)
+                else:
+                    found = self._attack(masks[i])
+                if self.timing:
+                    key |= {"t_done": time.time(), "worker": os.getpid(), "node": self.node}
+                rows.extend(key | r for r in found)
+        elif self.mode == "sampled":
+            for bucket, repeat, seed in zip(batch["bucket"], batch["repeat"], batch["seed"]):
+                bucket = int(bucket)
+                key = {"bucket": bucket, "repeat": int(repeat)}
+                if bucket == 0:
+                    found = self._counts(None)
+                else:
+                    pool = self.bucket_masks[bucket]
+                    # Drawn over the caller's image order, so the draw does not depend on our ordering.
+                    pick = np.random.default_rng([int(seed), bucket, int(repeat)]).integers(
+                        0, len(pool), self.n_input)[self.order]
+                    pick_t = torch.from_numpy(pick).to(device)
+                    found = self._counts(lambda s, e, p=pool, k=pick_t: p[k[s:e]])
+                rows.extend(key | r for r in found)
+        else:
+            raise MaskcryptError(f"scorer: unknown mode {self.mode!r}")
+        return {k: np.asarray([r[k] for r in rows], dtype=object if k.startswith("hits_") else None)
+                for k in rows[0]}
+
+    def score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The same as calling the instance: the method name a plain Ray actor is called by."""
+        return self(batch)
