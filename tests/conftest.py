@@ -19,7 +19,8 @@ def ray_session():
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        # address="local": always a Ray of our own, even when another session's ``ray start --head`` runs here.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}})
     yield ray
     if started:
