@@ -103,17 +103,18 @@ class Client:
         """A path, bytes or uint8 C x H x W array -> uint8 3 x H x W at the masks' size."""
         from PIL import Image
 
-        from maskcrypt.data.images import to_chw
+        from maskcrypt.data.images import decode_image, to_chw
 
         size = self.masks.shape[1:]
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.dtype != np.uint8:
                 raise MaskcryptError(f"client: expected a uint8 C x H x W image, got {image.dtype} {image.shape}")
             pil = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)).squeeze())
-        else:
-            data = Path(image).read_bytes() if isinstance(image, (str, os.PathLike)) else image
-            pil = Image.open(io.BytesIO(data))
-        return to_chw(pil, (int(size[0]), int(size[1])), 3, self.crop)
+            return to_chw(pil, (int(size[0]), int(size[1])), 3, self.crop)
+        what = str(image) if isinstance(image, (str, os.PathLike)) else "client image"
+        data = Path(image).read_bytes() if isinstance(image, (str, os.PathLike)) else image
+        # A bomb, a file that is no image or a truncated one: a named UnreadableImage, never a crash.
+        return decode_image(io.BytesIO(data), (int(size[0]), int(size[1])), 3, self.crop, what=what)
 
     def recognize(self, image: Any, mask: str = "best", top_k: int = 5) -> dict[str, Any]:
         """Mask ``image`` locally, send it premasked with the mask's id, return the service's answer."""
