@@ -261,17 +261,22 @@ def test_client_masks_locally_and_agrees_with_server_side_masking(served):
         Client(url, run / "targets.parquet", api_key="wrong").recognize(test.images[0])
 
 
+def _kill_replica(app: str = "maskcrypt-test") -> None:
+    """Kill one replica of ``app``'s RecognitionService as a crash would (Serve then starts a new one)."""
+    import ray
+
+    names = [a for a in ray.util.list_named_actors(all_namespaces=True)
+             if "SERVE_REPLICA" in a["name"] and f"{app}#RecognitionService" in a["name"]]
+    assert names, ray.util.list_named_actors(all_namespaces=True)
+    ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+
+
 def test_requests_succeed_again_after_a_replica_is_killed(served):
     import time
 
-    import ray
-
     url, _, _ = served
     body = _png(np.zeros((3, TINY_SIZE, TINY_SIZE), np.uint8))
-    names = [a for a in ray.util.list_named_actors(all_namespaces=True)
-             if "SERVE_REPLICA" in a["name"] and "maskcrypt-test#RecognitionService" in a["name"]]
-    assert names, ray.util.list_named_actors(all_namespaces=True)
-    ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+    _kill_replica()
     deadline = time.time() + 120
     while True:
         try:
@@ -283,6 +288,56 @@ def test_requests_succeed_again_after_a_replica_is_killed(served):
         time.sleep(1)
     assert status == 200  # Serve replaced the replica
     assert all(_call(f"{url}/v1/recognize", body)[0] == 200 for _ in range(5))
+
+
+def test_client_recognize_survives_a_killed_replica(served):
+    """Four client threads recognize in a loop while the only replica is killed: every call returns a result.
+
+    The requests the replica held fail (500 or a dropped connection); the client retries
+    them with backoff until Serve's replacement answers.
+    """
+    import threading
+    import time
+
+    from maskcrypt.client import Client
+
+    url, run, _ = served
+    test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
+    client = Client(url, run / "targets.parquet", api_key=KEY, timeout=60, retries=8, backoff_s=0.5, max_delay_s=8)
+    results: list[tuple[float, dict]] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def loop(start: int) -> None:
+        i = start
+        while not stop.is_set():
+            try:
+                results.append((time.monotonic(), client.recognize(test.images[i % len(test)])))
+            except Exception as exc:  # any failure is what the test counts
+                errors.append(repr(exc))
+            i += 4
+
+    def wait(cond, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not cond() and time.monotonic() < deadline and not errors:
+            time.sleep(0.2)
+
+    threads = [threading.Thread(target=loop, args=(j,), daemon=True) for j in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait(lambda: len(results) >= 20, 120)
+        _kill_replica()
+        killed = time.monotonic()
+        wait(lambda: sum(at > killed + 1 for at, _ in results) >= 20, 300)  # served again by the new replica
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+    after = sum(at > killed + 1 for at, _ in results)
+    print(f"killed replica: {len(results)} results, {after} after the kill, {client.retried} retries")
+    assert not errors, (errors[:3], client.retried)
+    assert after >= 20 and all("label" in got for _, got in results), (after, client.retried)
 
 
 def test_targets_are_verified_and_uploads_decoded_without_serve(served, tmp_path):
