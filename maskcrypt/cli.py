@@ -69,6 +69,7 @@ def cmd_masks_stats(args: argparse.Namespace) -> int:
     stats = lib.stats()
     orphans = lib.orphans()
     stats["uncommitted_parts"] = len(orphans)
+    stats["uncommitted_files"] = orphans
     if args.json:
         print(json.dumps(stats, indent=1))
     else:
@@ -76,7 +77,10 @@ def cmd_masks_stats(args: argparse.Namespace) -> int:
 
         print(format_mask_stats(stats))
         if orphans:
-            print(f"{len(orphans)} uncommitted part file(s) from an interrupted write are ignored")
+            print(f"{len(orphans)} uncommitted file(s) from an interrupted write: maskcrypt ignores them, "
+                  "outside readers (pandas, DuckDB, ...) read the .parquet ones; delete them:")
+            for rel in orphans:
+                print(f"  {args.lib.rstrip('/')}/{rel}")
     return 0
 
 

@@ -10,17 +10,28 @@ image with ``premasked=true`` and the id of the mask it used::
     c = Client("http://127.0.0.1:8000", targets="targets.parquet", api_key="...")  # targets=None: fetch
     c.recognize("face.jpg")          # or a uint8 C x H x W array; mask="best", "random" or an id
     c.enroll("alice", ["a1.jpg", "a2.jpg"])   # open-set services: one premasked upload per mask
+
+Recognition is idempotent, so :meth:`Client.recognize` (and the mask fetch) retries a
+connection error, a timeout or a 5xx answer ``retries`` times with exponential backoff
+and jitter: when a replica dies, the requests it held fail once and succeed on a
+replica Serve still has or starts. Enrollment is not idempotent (a retried request
+whose first try did land would add the images twice) and is never retried.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
+import random
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +41,53 @@ from maskcrypt.errors import MaskcryptError
 from maskcrypt.masks.core import overlay
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How an idempotent request is retried: ``retries`` more tries after the first.
+
+    Try ``n`` (1, 2, ...) waits ``min(max_delay_s, backoff_s * 2 ** (n - 1))`` times a
+    random factor in [0.5, 1] (jitter: clients that failed together do not return
+    together), or what a 503's ``Retry-After`` asks, capped at ``max_delay_s``.
+    """
+
+    retries: int = 3
+    backoff_s: float = 0.25
+    max_delay_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or self.backoff_s < 0 or self.max_delay_s < 0:
+            raise MaskcryptError(f"client retry policy: expected retries, backoff_s, max_delay_s >= 0, got {self}")
+
+    def delay(self, attempt: int, rng: random.Random, retry_after: str | None = None) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based)."""
+        if retry_after is not None and retry_after.strip().isdigit():
+            return min(self.max_delay_s, float(retry_after))
+        return min(self.max_delay_s, self.backoff_s * 2 ** (attempt - 1)) * rng.uniform(0.5, 1.0)
+
+
+#: Failures worth another try of an idempotent request: the service or the way to it, not the request.
+RETRY_STATUS = frozenset({500, 502, 503, 504})
+NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+
+
+def retryable(exc: BaseException) -> bool:
+    """A 5xx answer, a refused or dropped connection, or a timeout; never a 4xx (the request is wrong)."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code in RETRY_STATUS
+    return isinstance(exc, NETWORK_ERRORS)
+
+
 class Client:
+    """A client of the recognition service; ``retries``, ``backoff_s``, ``max_delay_s``: see :class:`RetryPolicy`."""
+
     def __init__(self, url: str, targets: str | os.PathLike[str] | None = None, api_key: str = "",
-                 timeout: float = 30.0, crop: str = "center"):
+                 timeout: float = 30.0, crop: str = "center", retries: int = 3, backoff_s: float = 0.25,
+                 max_delay_s: float = 5.0):
         self.url, self.api_key, self.timeout, self.crop = url.rstrip("/"), api_key, timeout, crop
+        self.retry = RetryPolicy(retries, backoff_s, max_delay_s)
+        self.retried = 0  # retries done so far (a failure that a retry then recovered is counted here)
+        self._sleep: Callable[[float], None] = time.sleep
+        self._jitter = random.Random()
         self.ids, self.masks, digests = self._from_parquet(targets) if targets is not None else self._fetch()
         from maskcrypt.masks import mask_sha256
 
@@ -71,16 +125,36 @@ class Client:
         return [p["mask_id"] for p in pixels], masks, [p["sha256"] for p in pixels]
 
     def _send(self, method: str, path: str, body: bytes | None = None,
-              content_type: str = "image/png") -> dict[str, Any]:
+              content_type: str = "image/png", idempotent: bool = True) -> dict[str, Any]:
+        """One request, retried per :attr:`retry` when ``idempotent``; failures become a MaskcryptError."""
         headers = {"X-API-Key": self.api_key}
         if body is not None:
             headers["Content-Type"] = content_type
-        req = urllib.request.Request(f"{self.url}{path}", data=body, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            raise MaskcryptError(f"service answered {exc.code}: {exc.read().decode(errors='replace')}") from None
+        tries = 1 + (self.retry.retries if idempotent else 0)
+        for attempt in range(1, tries + 1):
+            req = urllib.request.Request(f"{self.url}{path}", data=body, method=method, headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                    return json.loads(r.read())
+            except (*NETWORK_ERRORS, ValueError) as exc:
+                if not retryable(exc) or attempt == tries:
+                    raise self._failure(exc, attempt) from None
+                retry_after = exc.headers.get("Retry-After") if isinstance(exc, urllib.error.HTTPError) else None
+                if isinstance(exc, urllib.error.HTTPError):
+                    exc.close()
+                self.retried += 1
+                self._sleep(self.retry.delay(attempt, self._jitter, retry_after))
+        raise AssertionError("unreachable")
+
+    def _failure(self, exc: Exception, tries: int) -> MaskcryptError:
+        """The user-facing error for a request that failed for good (an answer, no connection, not JSON)."""
+        after = f" (after {tries} tries)" if tries > 1 else ""
+        if isinstance(exc, urllib.error.HTTPError):
+            return MaskcryptError(f"service answered {exc.code}{after}: {exc.read().decode(errors='replace')}")
+        if isinstance(exc, NETWORK_ERRORS):
+            reason = getattr(exc, "reason", exc)
+            return MaskcryptError(f"could not reach {self.url}{after}: {type(reason).__name__}: {reason}")
+        return MaskcryptError(f"{self.url}: the answer is not JSON ({exc})")
 
     def _index(self, mask: str) -> int:
         if mask == "best":
@@ -103,17 +177,18 @@ class Client:
         """A path, bytes or uint8 C x H x W array -> uint8 3 x H x W at the masks' size."""
         from PIL import Image
 
-        from maskcrypt.data.images import to_chw
+        from maskcrypt.data.images import decode_image, to_chw
 
         size = self.masks.shape[1:]
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.dtype != np.uint8:
                 raise MaskcryptError(f"client: expected a uint8 C x H x W image, got {image.dtype} {image.shape}")
             pil = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)).squeeze())
-        else:
-            data = Path(image).read_bytes() if isinstance(image, (str, os.PathLike)) else image
-            pil = Image.open(io.BytesIO(data))
-        return to_chw(pil, (int(size[0]), int(size[1])), 3, self.crop)
+            return to_chw(pil, (int(size[0]), int(size[1])), 3, self.crop)
+        what = str(image) if isinstance(image, (str, os.PathLike)) else "client image"
+        data = Path(image).read_bytes() if isinstance(image, (str, os.PathLike)) else image
+        # A bomb, a file that is no image or a truncated one: a named UnreadableImage, never a crash.
+        return decode_image(io.BytesIO(data), (int(size[0]), int(size[1])), 3, self.crop, what=what)
 
     def recognize(self, image: Any, mask: str = "best", top_k: int = 5) -> dict[str, Any]:
         """Mask ``image`` locally, send it premasked with the mask's id, return the service's answer."""
@@ -137,5 +212,6 @@ class Client:
                      for i, image in enumerate(images)]
             body = b"".join(parts) + f"--{boundary}--\r\n".encode()
             query = urllib.parse.urlencode({"identity": identity, "premasked": "true", "mask": mid})
-            answer = self._send("POST", f"/v1/enroll?{query}", body, f"multipart/form-data; boundary={boundary}")
+            answer = self._send("POST", f"/v1/enroll?{query}", body, f"multipart/form-data; boundary={boundary}",
+                                idempotent=False)
         return answer

@@ -26,6 +26,7 @@ from maskcrypt.errors import MaskcryptError
 from maskcrypt.serving import (
     ServiceConfig,
     ServiceError,
+    check_top_k,
     choose_mask,
     decode_upload,
     load_targets,
@@ -129,12 +130,12 @@ class RecognitionService:
 
     @api.post("/v1/recognize")
     async def recognize(self, request: Request, mask: str = "best", premasked: bool = False,
-                        top_k: int = 0) -> dict[str, Any]:
+                        top_k: int | None = None) -> dict[str, Any]:
         self._auth(request)
+        n = check_top_k(top_k, self.config.top_k)
         blobs, _ = await read_images(request, 1)
         image = self._decode(blobs[0])
         k = choose_mask(mask, self.targets, self.rng, premasked)
-        n = top_k or self.config.top_k
         answer: dict[str, Any] = {"mask_id": self.targets.ids[k], "premasked": premasked,
                                   "model_version": self.version, "scoring": self.scoring}
         out = (await self._infer((image[None], None if premasked else self.targets.masks[k][None])))[0]

@@ -138,24 +138,25 @@ def load_targets(run: str | os.PathLike[str], allow_candidates: bool = False) ->
 
 def decode_upload(data: bytes, size: tuple[int, int], channels: int, config: ServiceConfig) -> np.ndarray:
     """Client bytes -> uint8 ``C x H x W`` at the model's size (cropped and resized as in training)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    from maskcrypt.data.images import to_chw
+    from maskcrypt.data.images import ImageTooLarge, UnreadableImage, open_image, to_chw
 
     if not data:
         raise ServiceError(400, "empty body: send a PNG or JPEG image")
     if len(data) > config.max_bytes:
         raise ServiceError(413, f"image of {len(data)} bytes exceeds the limit of {config.max_bytes}")
     try:
-        img = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ServiceError(400, f"not an image ({type(exc).__name__}); send PNG or JPEG") from None
+        # The pixel limit is checked on the header, before decoding; PIL's own bomb check
+        # (DecompressionBombError, raised inside open above ~179 M pixels) ends up here too.
+        img = open_image(io.BytesIO(data), config.max_pixels, "upload")
+    except ImageTooLarge as exc:
+        raise ServiceError(413, str(exc)) from None
+    except UnreadableImage as exc:
+        raise ServiceError(400, f"not an image ({exc.kind}); send PNG or JPEG") from None
     with img:
         if img.format not in FORMATS:
             raise ServiceError(400, f"unsupported format {img.format}; send PNG or JPEG")
-        if img.width * img.height > config.max_pixels:
-            raise ServiceError(413, f"image of {img.width}x{img.height} pixels exceeds the limit of "
-                                    f"{config.max_pixels}")
         try:
             img.load()
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -183,6 +184,15 @@ def choose_mask(policy: str, targets: Targets, rng: np.random.Generator, premask
         raise ServiceError(404, f"unknown mask id {policy!r}; served: {targets.ids}") from None
 
 
+def check_top_k(top_k: int | None, default: int) -> int:
+    """The number of answers a request asks for: ``default`` when absent, a 400 below 1."""
+    if top_k is None:
+        return default
+    if top_k < 1:
+        raise ServiceError(400, f"top_k={top_k}: expected an integer >= 1 (or leave it out for {default})")
+    return int(top_k)
+
+
 def rank(scores: np.ndarray, names: list[str], k: int) -> list[tuple[int, str, float]]:
     """The ``k`` best (index, name, score), best first; ties broken by index for stable answers."""
     order = np.lexsort((np.arange(len(scores)), -scores))[:max(1, min(k, len(scores)))]
@@ -205,7 +215,10 @@ async def read_images(request: Request, limit: int) -> tuple[list[bytes], dict[s
     try:
         form = await request.form(max_files=limit + 1)
     except Exception as exc:  # malformed multipart: the client's fault, never a 500
-        raise ServiceError(400, f"malformed multipart body ({type(exc).__name__}: {exc})") from None
+        detail = str(getattr(exc, "detail", "") or exc)
+        if "Too many files" in detail:  # starlette stops parsing past max_files
+            raise ServiceError(413, f"more than {limit} images in one request; the limit is {limit}") from None
+        raise ServiceError(400, f"malformed multipart body ({type(exc).__name__}: {detail})") from None
     uploads = [u for u in form.getlist("image") if not isinstance(u, str)]
     if not uploads:
         raise ServiceError(400, "multipart body without a file field named 'image'")

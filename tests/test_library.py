@@ -3,13 +3,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from maskcrypt.errors import MaskcryptError
 from maskcrypt.masks import MaskLibrary, assign_buckets, generate, mask_sha256, occlusion_ratio
 from maskcrypt.masks.generate import generate_into
-from maskcrypt.masks.library import MANIFEST
+from maskcrypt.masks.library import MANIFEST, SCHEMA
 
 
 def _ids(prefix: str, n: int) -> list[str]:
@@ -29,9 +31,9 @@ def test_roundtrip_is_bit_exact_and_partitioned(tmp_path):
     full = again.load()
     np.testing.assert_array_equal(full.buckets, assign_buckets(full.masks))
     np.testing.assert_allclose(full.ratios, occlusion_ratio(full.masks))
-    # Partitioned by bucket, with the edges in every part's Parquet metadata.
+    # One folder per bucket (b<bucket>/, no hive key), with the edges in every part's Parquet metadata.
     for part in again.parts:
-        assert part["path"].startswith(f"bucket={part['bucket']}/")
+        assert part["path"].startswith(f"b{part['bucket']}/")
         meta = pq.read_schema(tmp_path / "lib" / part["path"]).metadata
         assert json.loads(meta[b"maskcrypt.edges"]) == list(again.edges)
         table = pq.read_table(tmp_path / "lib" / part["path"])
@@ -147,3 +149,157 @@ def test_to_ray_dataset_cuts_parts_into_small_blocks_and_skips_excluded(tmp_path
     assert pq.ParquetFile(big.part_paths([2])[0]).num_row_groups == 3  # written as row groups of 64
     got = big.to_ray_dataset(rows_per_block=50).take_all()  # slices straddle row groups
     assert [r["mask_id"] for r in got] == big.column("mask_id")
+
+
+# -- outside readers: pandas, pyarrow datasets, Ray Data, DuckDB ---------------------------------
+def _outside_library(tmp_path):
+    """A library with every bucket, bucket -1 included, as an outside reader finds it on disk."""
+    lib = MaskLibrary.create(str(tmp_path / "lib"), 16, 16)
+    generate_into(lib, 24, seed=6)
+    lib.append([(np.ones((1, 16, 16), np.uint8), ["none"], ["hand"])])  # bucket -1
+    assert sorted({p["path"].split("/")[0] for p in lib.parts}) == ["b-1", "b1", "b2", "b3", "b4", "b5", "b6"]
+    expected = lib.table().to_pandas().set_index("mask_id")
+    return tmp_path / "lib", expected
+
+
+def _results_dir(tmp_path):
+    """``results/`` as a determination writes it: single tables and a folder of parts with its key.
+
+    The parts are written by the evaluation's own writer; the folder also holds ``_key.json``
+    and a temporary file left by an interrupted write, which no reader may take for a part.
+    """
+    from maskcrypt.evaluate import _write_part
+    from maskcrypt.fileio import write_json, write_parquet
+
+    results = tmp_path / "results"
+    rng = np.random.default_rng(0)
+
+    def block(ids):
+        return pd.DataFrame({"mask_id": ids, "bucket": np.array([3] * len(ids), np.int8), "split": "selection",
+                             "n": np.full(len(ids), 40), "correct_E": rng.integers(0, 40, len(ids)),
+                             "score_E": rng.random(len(ids)), "hits_E": [rng.bytes(5) for _ in ids]})
+
+    write_parquet(block(["a", "b"]).assign(third=0.5), results / "table1.parquet")
+    parts = results / "per_mask.parts"
+    parts.mkdir(parents=True)
+    write_json(parts / "_key.json", {"library": "x"})
+    _write_part(block(["m0", "m1", "m2"]), parts)
+    _write_part(block(["m3"]), parts)
+    (parts / ".part-dead.parquet.0123abcd.tmp").write_bytes(b"PAR1 half a file")
+    return results
+
+
+_RESULT_TYPES = {"bucket": pa.int8(), "n": pa.int64(), "correct_E": pa.int64(), "score_E": pa.float64(),
+                 "hits_E": pa.binary()}
+
+
+def _check_arrow_schema(schema: pa.Schema, expected: dict) -> None:
+    got = {f.name: f.type for f in schema}
+    assert set(got) == set(expected), schema  # no extra partition column
+    for name, typ in expected.items():
+        assert got[name] == typ or (typ == pa.string() and got[name] == pa.large_string()), (name, got[name])
+
+
+def test_pandas_reads_a_library_and_results_with_the_stored_types(tmp_path):
+    root, expected = _outside_library(tmp_path)
+    df = pd.read_parquet(root)
+    assert dict(df.dtypes.astype(str)) == {"mask_id": "str", "bucket": "int8", "ratio": "float64",
+                                          "height": "int32", "width": "int32", "bits": "object",
+                                          "source": "str", "sha256": "str"}
+    df = df.set_index("mask_id").loc[expected.index]
+    np.testing.assert_array_equal(df["bucket"], expected["bucket"])
+    assert list(df["bits"]) == list(expected["bits"])
+    results = _results_dir(tmp_path)
+    parts = pd.read_parquet(results / "per_mask.parts")
+    assert sorted(parts["mask_id"]) == ["m0", "m1", "m2", "m3"] and parts["bucket"].dtype == np.int8
+    assert pd.read_parquet(results / "table1.parquet")["bucket"].dtype == np.int8
+
+
+def test_pyarrow_dataset_reads_a_library_and_results_with_the_stored_types(tmp_path):
+    import pyarrow.dataset as pads
+
+    root, expected = _outside_library(tmp_path)
+    table = pads.dataset(root, partitioning="hive").to_table()
+    _check_arrow_schema(table.schema, {f.name: f.type for f in SCHEMA})
+    assert sorted(table.column("mask_id").to_pylist()) == sorted(expected.index)
+    results = _results_dir(tmp_path)
+    parts = pads.dataset(results / "per_mask.parts", partitioning="hive").to_table()
+    _check_arrow_schema(parts.schema, {**_RESULT_TYPES, "mask_id": pa.string(), "split": pa.string()})
+    assert parts.num_rows == 4
+
+
+def test_ray_data_reads_a_library_and_results_with_the_stored_types(tmp_path, ray_session):
+    import ray.data
+
+    root, expected = _outside_library(tmp_path)
+    ds = ray.data.read_parquet(str(root))
+    _check_arrow_schema(ds.schema().base_schema, {f.name: f.type for f in SCHEMA})
+    rows = ds.take_all()
+    assert sorted(r["mask_id"] for r in rows) == sorted(expected.index)
+    assert {r["mask_id"]: int(r["bucket"]) for r in rows} == expected["bucket"].astype(int).to_dict()
+    results = _results_dir(tmp_path)
+    parts = ray.data.read_parquet(str(results / "per_mask.parts"))
+    _check_arrow_schema(parts.schema().base_schema, {**_RESULT_TYPES, "mask_id": pa.string(), "split": pa.string()})
+    assert parts.count() == 4
+
+
+def test_duckdb_reads_a_library_and_results_with_the_stored_types(tmp_path):
+    import duckdb
+
+    root, expected = _outside_library(tmp_path)
+    con = duckdb.connect()
+    rel = con.sql(f"SELECT * FROM read_parquet('{root}/**/*.parquet', hive_partitioning=true)")
+    assert dict(zip(rel.columns, map(str, rel.types))) == {
+        "mask_id": "VARCHAR", "bucket": "TINYINT", "ratio": "DOUBLE", "height": "INTEGER", "width": "INTEGER",
+        "bits": "BLOB", "source": "VARCHAR", "sha256": "VARCHAR"}
+    got = dict(con.sql(f"SELECT mask_id, bucket FROM read_parquet('{root}/**/*.parquet', "
+                       "hive_partitioning=true)").fetchall())
+    assert got == expected["bucket"].astype(int).to_dict()
+    results = _results_dir(tmp_path)
+    rel = con.sql(f"SELECT * FROM read_parquet('{results}/per_mask.parts/*.parquet', hive_partitioning=true)")
+    types = dict(zip(rel.columns, map(str, rel.types)))
+    assert (types["bucket"], types["n"], types["hits_E"], len(rel.fetchall())) == ("TINYINT", "BIGINT", "BLOB", 4)
+    assert str(con.sql(f"SELECT bucket FROM '{results}/table1.parquet'").types[0]) == "TINYINT"
+
+
+def test_a_library_with_hive_style_folders_still_opens_loads_and_grows(tmp_path):
+    """Libraries written before the b<bucket>/ folders list bucket=<b>/ paths in their manifest."""
+    lib = MaskLibrary.create(str(tmp_path / "lib"), 16, 16)
+    generate_into(lib, 12, seed=1)
+    before = lib.load()
+    manifest = json.loads((tmp_path / "lib" / MANIFEST).read_text())
+    for part in manifest["parts"]:  # move every part to the old layout, as the old code wrote it
+        old = f"bucket={part['bucket']}/{part['path'].split('/')[-1]}"
+        (tmp_path / "lib" / old).parent.mkdir(exist_ok=True)
+        (tmp_path / "lib" / part["path"]).rename(tmp_path / "lib" / old)
+        part["path"] = old
+    (tmp_path / "lib" / MANIFEST).write_text(json.dumps(manifest))
+    old = MaskLibrary.open(str(tmp_path / "lib"))
+    again = old.load()
+    assert again.mask_ids == before.mask_ids
+    np.testing.assert_array_equal(again.masks, before.masks)
+    assert old.orphans() == []
+    generate_into(old, 6, seed=2)  # appended in the new layout, beside the old folders
+    grown = MaskLibrary.open(str(tmp_path / "lib"))
+    assert len(grown) == 18 and len(grown.load()) == 18
+    assert {"old" if p["path"].startswith("bucket=") else "new" for p in grown.parts} == {"old", "new"}
+
+
+def test_uncommitted_parts_are_complete_files_that_outside_readers_see(tmp_path):
+    """What README says an outside reader sees after an interrupted write."""
+    lib = MaskLibrary.create(str(tmp_path / "lib"), 16, 16)
+    lib.append([(generate(6, 16, seed=1), _ids("a", 6), ["x"] * 6)])
+
+    def batches():
+        yield generate(6, 16, seed=2), _ids("b", 6), ["y"] * 6
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        lib.append(batches())
+    assert len(MaskLibrary.open(str(tmp_path / "lib"))) == 6
+    orphans = lib.orphans()
+    assert orphans and all(o.endswith(".parquet") for o in orphans)
+    assert len(pd.read_parquet(tmp_path / "lib")) == 12  # maskcrypt ignores them, pandas does not
+    for rel in orphans:
+        (tmp_path / "lib" / rel).unlink()
+    assert len(pd.read_parquet(tmp_path / "lib")) == 6

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from bombs import png_bomb
 from conftest import TINY_DATA, TINY_SIZE
 from PIL import Image
 
@@ -45,7 +46,11 @@ def _call(url: str, data: bytes | None = None, key: str | None = KEY, content_ty
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        text = e.read()
+        try:
+            return e.code, json.loads(text)
+        except ValueError:  # a 500 from Serve's proxy is plain text
+            return e.code, {"error": text.decode(errors="replace")}
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +140,94 @@ def test_bad_requests_get_clear_4xx_answers(served):
     assert status == 400, got
 
 
+def test_decompression_bombs_get_413_and_top_k_below_one_400(served, served_open):
+    """PIL refuses images over ~179 M pixels inside Image.open (DecompressionBombError): that is a 413 too."""
+    url, _, config = served
+    open_url, _, open_config = served_open
+    status, got = _call(f"{url}/v1/recognize", png_bomb(100_000, 100_000, pixels=False))  # 45 bytes
+    assert status == 413, got
+    assert f"{100_000 ** 2} pixels" in got["error"] and f"limit of {config.max_pixels} pixels" in got["error"]
+    real = png_bomb(20_000, 20_000)  # a valid PNG of 400 M zeros, ~390 KB (the open service takes 10 MB)
+    assert len(real) < open_config.max_bytes
+    status, got = _call(f"{open_url}/v1/recognize", real)
+    assert status == 413, got
+    assert "400000000 pixels" in got["error"] and f"limit of {open_config.max_pixels} pixels" in got["error"]
+    status, got = _call(f"{url}/v1/recognize", png_bomb(6_000, 5_000, pixels=False))  # our own limit: 30 M > 25 M
+    assert status == 413 and "6000x5000 = 30000000 pixels" in got["error"], got
+    face = _png(np.zeros((3, TINY_SIZE, TINY_SIZE), np.uint8))
+    for bad in (-1, 0):
+        status, got = _call(f"{url}/v1/recognize?top_k={bad}", face)
+        assert status == 400 and f"top_k={bad}" in got["error"], got
+    status, got = _call(f"{url}/v1/recognize?top_k=2", face)
+    assert status == 200 and len(got["top_k"]) == 2
+
+
+def _image_bytes(fmt: str, mode: str = "RGB", size: tuple[int, int] = (20, 20), **save: object) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size).save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def test_no_malformed_upload_gets_a_5xx(served, served_open):
+    """Every kind of bad input README lists, and then some, over real HTTP: a 4xx each, never a 5xx."""
+    url, _, _ = served
+    open_url, _, _ = served_open
+    noisy = np.random.default_rng(1).integers(0, 255, (3, 300, 300), dtype=np.uint8)
+    png, jpeg = _png(noisy[:, :64, :64]), _image_bytes("JPEG", size=(64, 64))
+    bad_crc = bytearray(_png(noisy[:, :8, :8]))
+    bad_crc[29] ^= 0xFF  # the IHDR chunk's CRC
+    face = _png(noisy[:, :TINY_SIZE, :TINY_SIZE])
+    uploads = {
+        "empty": (b"", 400), "text": (b"definitely not an image", 400),
+        "truncated png": (png[: len(png) * 3 // 5], 400), "truncated jpeg": (jpeg[: len(jpeg) // 2], 400),
+        "png header only": (png_bomb(16, 16, pixels=False), 400), "png signature only": (png[:8], 400),
+        "png with a bad crc": (bytes(bad_crc), 400), "jpeg SOI only": (b"\xff\xd8\xff", 400),
+        "bmp": (_image_bytes("BMP"), 400), "gif": (_image_bytes("GIF", "P"), 400),
+        "tiff": (_image_bytes("TIFF"), 400), "webp": (_image_bytes("WEBP"), 400),
+        "too many bytes": (_png(noisy), 413), "too many pixels": (png_bomb(6_000, 5_000, pixels=False), 413),
+        "pil warns": (png_bomb(10_000, 10_000, pixels=False), 413),
+        "header-only bomb": (png_bomb(100_000, 100_000, pixels=False), 413),
+        "real bomb": (png_bomb(20_000, 20_000), 413),
+        # Odd but valid images are answered.
+        "1x1": (_image_bytes("PNG", size=(1, 1)), 200), "1x4000": (_image_bytes("PNG", size=(1, 4000)), 200),
+        "mode 1": (_image_bytes("PNG", "1"), 200), "mode I;16": (_image_bytes("PNG", "I;16"), 200),
+        "mode LA": (_image_bytes("PNG", "LA"), 200), "mode P": (_image_bytes("PNG", "P", transparency=0), 200),
+        "cmyk jpeg": (_image_bytes("JPEG", "CMYK"), 200),
+    }
+    answers = {}
+    for name, (body, expected) in uploads.items():
+        answers[name] = (_call(f"{url}/v1/recognize", body)[0], expected)
+    form, kind = _multipart([face, face])
+    requests = {
+        "top_k=-1": (f"{url}/v1/recognize?top_k=-1", face, "image/png", 400),
+        "top_k=0": (f"{url}/v1/recognize?top_k=0", face, "image/png", 400),
+        "top_k=abc": (f"{url}/v1/recognize?top_k=abc", face, "image/png", 422),
+        "unknown mask": (f"{url}/v1/recognize?mask=nope", face, "image/png", 404),
+        "premasked random": (f"{url}/v1/recognize?premasked=true&mask=random", face, "image/png", 400),
+        "two images to recognize": (f"{url}/v1/recognize", form, kind, 413),
+        "broken multipart": (f"{url}/v1/recognize", b"--x\r\nbroken", "multipart/form-data; boundary=x", 400),
+        "multipart without image": (f"{url}/v1/recognize", *_multipart([], identity="a"), 400),
+        "multipart without boundary": (f"{url}/v1/recognize", form, "multipart/form-data", 400),
+        "enroll on closed set": (f"{url}/v1/enroll?identity=x", face, "image/png", 409),
+        "bad identity": (f"{open_url}/v1/enroll?identity=%20padded", face, "image/png", 400),
+        "no identity": (f"{open_url}/v1/enroll", face, "image/png", 400),
+        "identity with a newline": (f"{open_url}/v1/enroll?identity=a%0Ab", face, "image/png", 400),
+        "identity too long": (f"{open_url}/v1/enroll?identity={'x' * 201}", face, "image/png", 400),
+        "enroll a bomb": (f"{open_url}/v1/enroll?identity=x", png_bomb(100_000, 100_000, pixels=False),
+                          "image/png", 413),
+        "enroll a truncated png": (f"{open_url}/v1/enroll?identity=x", png[:100], "image/png", 400),
+        "enroll 17 images": (f"{open_url}/v1/enroll", *_multipart([face] * 17, identity="x"), 413),
+        "enroll 40 images": (f"{open_url}/v1/enroll", *_multipart([face] * 40, identity="x"), 413),
+        "real bomb, open set": (f"{open_url}/v1/recognize", png_bomb(20_000, 20_000), "image/png", 413),
+    }
+    for name, (where, body, content_type, expected) in requests.items():
+        answers[name] = (_call(where, body, content_type=content_type)[0], expected)
+    answers["no key"] = (_call(f"{url}/v1/recognize", face, key=None)[0], 401)
+    answers["delete unknown"] = (_delete(f"{open_url}/v1/enroll/nobody")[0], 404)
+    assert not {k: v for k, v in answers.items() if v[0] >= 500}, answers
+    assert {k: got for k, (got, _) in answers.items()} == {k: want for k, (_, want) in answers.items()}
+
+
 def test_multipart_upload_and_sixteen_concurrent_clients(served):
     url, _, _ = served
     test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
@@ -168,17 +261,22 @@ def test_client_masks_locally_and_agrees_with_server_side_masking(served):
         Client(url, run / "targets.parquet", api_key="wrong").recognize(test.images[0])
 
 
+def _kill_replica(app: str = "maskcrypt-test") -> None:
+    """Kill one replica of ``app``'s RecognitionService as a crash would (Serve then starts a new one)."""
+    import ray
+
+    names = [a for a in ray.util.list_named_actors(all_namespaces=True)
+             if "SERVE_REPLICA" in a["name"] and f"{app}#RecognitionService" in a["name"]]
+    assert names, ray.util.list_named_actors(all_namespaces=True)
+    ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+
+
 def test_requests_succeed_again_after_a_replica_is_killed(served):
     import time
 
-    import ray
-
     url, _, _ = served
     body = _png(np.zeros((3, TINY_SIZE, TINY_SIZE), np.uint8))
-    names = [a for a in ray.util.list_named_actors(all_namespaces=True)
-             if "SERVE_REPLICA" in a["name"] and "maskcrypt-test#RecognitionService" in a["name"]]
-    assert names, ray.util.list_named_actors(all_namespaces=True)
-    ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+    _kill_replica()
     deadline = time.time() + 120
     while True:
         try:
@@ -190,6 +288,56 @@ def test_requests_succeed_again_after_a_replica_is_killed(served):
         time.sleep(1)
     assert status == 200  # Serve replaced the replica
     assert all(_call(f"{url}/v1/recognize", body)[0] == 200 for _ in range(5))
+
+
+def test_client_recognize_survives_a_killed_replica(served):
+    """Four client threads recognize in a loop while the only replica is killed: every call returns a result.
+
+    The requests the replica held fail (500 or a dropped connection); the client retries
+    them with backoff until Serve's replacement answers.
+    """
+    import threading
+    import time
+
+    from maskcrypt.client import Client
+
+    url, run, _ = served
+    test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
+    client = Client(url, run / "targets.parquet", api_key=KEY, timeout=60, retries=8, backoff_s=0.5, max_delay_s=8)
+    results: list[tuple[float, dict]] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def loop(start: int) -> None:
+        i = start
+        while not stop.is_set():
+            try:
+                results.append((time.monotonic(), client.recognize(test.images[i % len(test)])))
+            except Exception as exc:  # any failure is what the test counts
+                errors.append(repr(exc))
+            i += 4
+
+    def wait(cond, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not cond() and time.monotonic() < deadline and not errors:
+            time.sleep(0.2)
+
+    threads = [threading.Thread(target=loop, args=(j,), daemon=True) for j in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait(lambda: len(results) >= 20, 120)
+        _kill_replica()
+        killed = time.monotonic()
+        wait(lambda: sum(at > killed + 1 for at, _ in results) >= 20, 300)  # served again by the new replica
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+    after = sum(at > killed + 1 for at, _ in results)
+    print(f"killed replica: {len(results)} results, {after} after the kill, {client.retried} retries")
+    assert not errors, (errors[:3], client.retried)
+    assert after >= 20 and all("label" in got for _, got in results), (after, client.retried)
 
 
 def test_targets_are_verified_and_uploads_decoded_without_serve(served, tmp_path):

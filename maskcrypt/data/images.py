@@ -8,8 +8,10 @@ portrait (a centre square). Cropping before resizing keeps the face's proportion
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import IO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -22,7 +24,54 @@ MAX_PIXELS = 64_000_000
 
 
 class UnreadableImage(MaskcryptError):
-    """An image file that could not be decoded (corrupt, truncated, not an image)."""
+    """An image file that could not be decoded (corrupt, truncated, not an image); ``kind``: the decoder's error."""
+
+    def __init__(self, message: str, kind: str = ""):
+        super().__init__(message)
+        self.kind = kind
+
+
+class ImageTooLarge(UnreadableImage):
+    """An image whose header declares more pixels than the limit (a decompression bomb, or just too big).
+
+    ``pixels`` is the declared count, ``limit`` the limit that refused it; ``size`` is
+    ``(width, height)`` when known (PIL's own bomb check reports the count only).
+    """
+
+    def __init__(self, what: str, pixels: int | None, limit: int, size: tuple[int, int] | None = None):
+        self.pixels, self.limit, self.size = pixels, limit, size
+        declared = (f"{size[0]}x{size[1]} = {pixels} pixels" if size
+                    else f"{pixels} pixels" if pixels is not None else "more pixels than the decoder allows")
+        super().__init__(f"{what}: image of {declared} exceeds the limit of {limit} pixels "
+                         "(refused before decoding: a decompression bomb?)", "ImageTooLarge")
+
+
+_PIL_BOMB = re.compile(r"\((\d+) pixels\)")
+
+
+def open_image(source: str | os.PathLike[str] | IO[bytes], max_pixels: int = MAX_PIXELS,
+               what: str | None = None) -> Image.Image:
+    """``PIL.Image.open`` with the pixel limit checked on the header, before any pixel is decoded.
+
+    PIL itself refuses images above ``2 * Image.MAX_IMAGE_PIXELS`` (~179 M) inside
+    ``open`` with ``DecompressionBombError``, which is no ``OSError``; both that and our
+    own, lower ``max_pixels`` become :class:`ImageTooLarge`, anything PIL cannot
+    identify :class:`UnreadableImage`. The caller closes the image (``with``).
+    """
+    what = what or (str(source) if isinstance(source, (str, os.PathLike)) else "image")
+    try:
+        img = Image.open(source)
+    except Image.DecompressionBombError as exc:
+        found = _PIL_BOMB.search(str(exc))
+        pil_limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else max_pixels
+        raise ImageTooLarge(what, int(found.group(1)) if found else None, min(max_pixels, pil_limit)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImage(f"{what}: unreadable image ({type(exc).__name__}: {exc})", type(exc).__name__) from None
+    if img.width * img.height > max_pixels:
+        size = (img.width, img.height)
+        img.close()
+        raise ImageTooLarge(what, size[0] * size[1], max_pixels, size)
+    return img
 
 
 def crop_box(crop: str, width: int, height: int, target: tuple[int, int]) -> tuple[int, int, int, int] | None:
@@ -73,27 +122,34 @@ def to_chw(img: Image.Image, size: tuple[int, int], channels: int, crop: str) ->
     return arr[None] if channels == 1 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def decode_file(path: str | os.PathLike[str], size: tuple[int, int], channels: int, crop: str) -> np.ndarray:
-    """Read one file as uint8 ``C x H x W``; a file PIL cannot fully decode raises :class:`UnreadableImage`."""
-    try:
-        with Image.open(path) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise UnreadableImage(f"{path}: {img.width}x{img.height} exceeds {MAX_PIXELS} pixels")
+def decode_image(source: str | os.PathLike[str] | IO[bytes], size: tuple[int, int], channels: int, crop: str,
+                 max_pixels: int = MAX_PIXELS, what: str | None = None) -> np.ndarray:
+    """Decode a file or stream as uint8 ``C x H x W``; anything PIL cannot fully decode raises :class:`UnreadableImage`.
+
+    Images over ``max_pixels`` are refused from their header (:class:`ImageTooLarge`).
+    """
+    what = what or (str(source) if isinstance(source, (str, os.PathLike)) else "image")
+    with open_image(source, max_pixels, what) as img:
+        try:
             img.load()
             return to_chw(img, size, channels, crop)
-    except UnreadableImage:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise UnreadableImage(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise UnreadableImage(f"{what}: unreadable image ({type(exc).__name__}: {exc})",
+                                  type(exc).__name__) from None
+
+
+def decode_file(path: str | os.PathLike[str], size: tuple[int, int], channels: int, crop: str) -> np.ndarray:
+    """Read one file as uint8 ``C x H x W``; a file PIL cannot fully decode raises :class:`UnreadableImage`."""
+    return decode_image(path, size, channels, crop)
 
 
 def probe_file(path: str | os.PathLike[str]) -> tuple[int, int, str]:
-    """(width, height, PIL mode) of an image file, without decoding its pixels."""
-    try:
-        with Image.open(path) as img:
-            return img.width, img.height, img.mode
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UnreadableImage(f"{path}: unreadable image ({exc})") from None
+    """(width, height, PIL mode) of an image file, without decoding its pixels.
+
+    An image over :data:`MAX_PIXELS` raises :class:`ImageTooLarge` (it could not be decoded anyway).
+    """
+    with open_image(path) as img:
+        return img.width, img.height, img.mode
 
 
 def decode_many(

@@ -62,7 +62,7 @@ def read_mask_file(
         with Image.open(path) as img:
             img.load()
             grey = np.asarray(img.convert("L"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise MaskcryptError(f"{path}: not a readable image ({exc})") from None
     mid = np.count_nonzero((grey > _GREY_LO) & (grey < _GREY_HI)) / max(grey.size, 1)
     if mid > max_grey_fraction:

@@ -1,11 +1,18 @@
-"""The mask library: bit-packed masks in Parquet, partitioned by bucket, committed atomically.
+"""The mask library: bit-packed masks in Parquet, one folder per bucket, committed atomically.
 
 Layout of a library directory ``LIB/`` (a local path or any URI pyarrow understands,
 such as ``s3://bucket/run/masks``)::
 
     LIB/_library.json             the manifest: format, size, edges, committed parts
-    LIB/bucket=3/part-<uuid>.parquet
-    LIB/bucket=-1/part-<uuid>.parquet
+    LIB/b3/part-<uuid>.parquet
+    LIB/b-1/part-<uuid>.parquet
+
+The folders are named ``b<bucket>``, not ``bucket=<bucket>``: every outside reader
+(pandas, pyarrow datasets, Ray Data, DuckDB) takes ``key=value`` folders for hive
+partition keys and then clashes with, or overrides, the stored int8 ``bucket`` column.
+``b3/`` is no partition key to any of them, so they read the files' own columns with the
+stored types; the manifest is ``_``-prefixed, which they skip. Libraries written with
+``bucket=<b>/`` folders still open and load (the manifest lists each part's path).
 
 One row per mask: ``mask_id``, ``bucket``, ``ratio``, ``height``, ``width``, ``bits``
 (``np.packbits`` of the row-major mask, 1 = kept), ``source``, ``sha256``. Each part
@@ -15,7 +22,10 @@ its own still says how it was bucketed.
 Why a manifest: parts are written first under fresh names, then the manifest is
 replaced in one step. A reader only sees parts the manifest lists, so a crash in the
 middle of a large import leaves the library exactly as it was before (the orphaned
-parts are reported by :meth:`MaskLibrary.orphans`). There must be one writer at a time.
+parts are reported by :meth:`MaskLibrary.orphans`). Outside readers do not know the
+manifest: they see every ``*.parquet`` file, orphans included. A part is written under
+a hidden temporary name and renamed, so even an orphan is a complete file, never half of
+one. There must be one writer at a time.
 """
 
 from __future__ import annotations
@@ -52,6 +62,13 @@ if TYPE_CHECKING:
     import ray.data
 
 MANIFEST = "_library.json"
+
+
+def bucket_dir(bucket: int) -> str:
+    """The folder of a bucket's parts: ``b3``, ``b-1`` (no ``=``: no reader takes it for a hive key)."""
+    return f"b{int(bucket)}"
+
+
 FORMAT = "maskcrypt-mask-library/1"
 
 SCHEMA = pa.schema(
@@ -290,10 +307,13 @@ class MaskLibrary:
         buckets = table.column("bucket").to_numpy()
         for b in np.unique(buckets):
             sub = table.filter(pa.array(buckets == b))
-            rel = f"bucket={int(b)}/part-{uuid.uuid4().hex}.parquet"
-            self._fs.create_dir(f"{self._root}/bucket={int(b)}", recursive=True)
-            pq.write_table(sub, f"{self._root}/{rel}", filesystem=self._fs, compression="zstd",
-                           row_group_size=ROWS_PER_BLOCK)
+            name = f"part-{uuid.uuid4().hex}.parquet"
+            rel = f"{bucket_dir(b)}/{name}"
+            self._fs.create_dir(f"{self._root}/{bucket_dir(b)}", recursive=True)
+            # Hidden until complete: outside readers skip dot files, so they never meet half a part.
+            tmp = f"{self._root}/{bucket_dir(b)}/.{name}.tmp"
+            pq.write_table(sub, tmp, filesystem=self._fs, compression="zstd", row_group_size=ROWS_PER_BLOCK)
+            self._fs.move(tmp, f"{self._root}/{rel}")
             parts.append({"path": rel, "bucket": int(b), "rows": sub.num_rows})
         return parts
 
@@ -391,13 +411,19 @@ class MaskLibrary:
         }
 
     def orphans(self) -> list[str]:
-        """Part files on disk that no commit lists (left by an interrupted append)."""
+        """Files that no commit lists, left by an interrupted append: parts and temporary files.
+
+        maskcrypt never reads them; outside readers (pandas, DuckDB, ...) do read the
+        ``*.parquet`` ones, whose masks a rerun of the write commits again in new parts:
+        delete them before handing the library to such readers.
+        """
         listed = {p["path"] for p in self._manifest["parts"]}
         sel = pafs.FileSelector(self._root, recursive=True, allow_not_found=True)
         found = []
         for info in self._fs.get_file_info(sel):
             rel = info.path[len(self._root):].lstrip("/")
-            if info.type == pafs.FileType.File and rel.endswith(".parquet") and rel not in listed:
+            if (info.type == pafs.FileType.File and rel not in listed
+                    and (rel.endswith(".parquet") or rel.endswith(".tmp"))):
                 found.append(rel)
         return sorted(found)
 
