@@ -40,6 +40,9 @@ def main() -> int:
                    "(default: AdaptivePlan's)")
     p.add_argument("--share", type=float, default=0.0, help="challengers measured per round (default: AdaptivePlan's)")
     p.add_argument("--test-data", default="", help="test images (default: the run's test split)")
+    p.add_argument("--held-out", type=int, default=0, metavar="K",
+                   help="test on K new faces per identity of the run's synthetic identities, disjoint from every "
+                   "training image by construction (e.g. 40: 2,000 faces); overrides --test-data")
     p.add_argument("--actors", type=int, default=2)
     p.add_argument("--full-cache", default="", help="Parquet file keeping full mode's per-mask table between runs "
                    "with the same masks, test data and run (to compare adaptive settings); written when missing")
@@ -56,7 +59,7 @@ def main() -> int:
     from maskcrypt.evaluate import evaluate_masks
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.masks.generate import generate_into
-    from maskcrypt.select import _rank, per_mask_table
+    from maskcrypt.select import rank_masks, per_mask_table
     from maskcrypt.testset import prepare_test
 
     run = Path(args.run)
@@ -65,6 +68,15 @@ def main() -> int:
         print(f"error: {run} has no trained E; run `make run` first (or pass --run)", file=sys.stderr)
         return 2
     prep = json.loads(record.read_text())["prepare"]
+    if args.held_out:
+        from maskcrypt.data import parse_spec
+        from maskcrypt.data.synthetic import held_out_spec
+
+        source = parse_spec(prep["data"])
+        if source.kind != "synthetic":
+            print(f"error: --held-out needs a run on synthetic data, {run} uses {prep['data']}", file=sys.stderr)
+            return 2
+        args.test_data = held_out_spec(source.get("identities"), args.held_out)
     test = load(args.test_data or prep["data"], default_split="test", size=prep["size"])
     ts = prepare_test(test.images, test.labels, test.class_names, test.class_names, confirm_fraction=0.0)
     models = {"E": run / "models" / "encrypted"}
@@ -103,8 +115,8 @@ def main() -> int:
     agree = True
     for b in buckets:
         for k in sorted({3, args.keep}):
-            kth = _rank(full, [b]).head(k)["third"].min()
-            picked = _rank(fast, [b]).head(k)["mask_id"]
+            kth = rank_masks(full, [b]).head(k)["third"].min()
+            picked = rank_masks(fast, [b]).head(k)["mask_id"]
             ok = bool((acc[picked] >= kth - 0.01).all())
             agree &= ok
             if not ok:

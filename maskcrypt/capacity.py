@@ -121,8 +121,11 @@ def measure(out: Path, cfg: CapacityConfig = CapacityConfig(), settings: EvalSet
     report: dict[str, Any] = {"count": cfg.count, "size": cfg.size, "arch": cfg.arch, "images": cfg.images}
     lib, lib_report = _library(out, cfg, log)
     report |= lib_report
+    from maskcrypt.data.synthetic import held_out_spec
+
     per_id = max(2, -(-cfg.images // 50))
-    test = load(f"synthetic:identities=50,per_identity={per_id}#split=all,limit={cfg.images}", size=cfg.size)
+    # Faces no training set renders: a trained E (--model) is measured on images it never saw.
+    test = load(f"{held_out_spec(50, per_id)},limit={cfg.images}", size=cfg.size)
     ts = prepare_test(test.images, test.labels, test.class_names, test.class_names, confirm_fraction=0.0)
     models = {"E": _model(out, cfg, test.class_names)}
     buckets = sorted({int(b) for b in lib.column("bucket")} - {-1})

@@ -46,6 +46,9 @@ class PrepareConfig:
     mask_seed: int = 0
     train_mask_count: int = 120
     train_mask_seed: int = 1
+    #: E's per-epoch held-out figure uses masks from neither library (sha256-disjoint from both).
+    heldout_mask_count: int = 60
+    heldout_mask_seed: int = 2
     buckets: str = "1-6"
     #: An existing library (e.g. imported NVIDIA masks) copied in as the selection library
     #: instead of generating ``mask_count`` masks; "" = generate.
@@ -59,8 +62,12 @@ class PrepareConfig:
                 "mask counts: expected at least 1 selection mask and 2 training masks, got "
                 f"{self.mask_count} and {self.train_mask_count}"
             )
-        if self.mask_seed == self.train_mask_seed:
-            raise MaskcryptError("mask seeds: the selection library and E's training pool need different seeds")
+        if len({self.mask_seed, self.train_mask_seed, self.heldout_mask_seed}) < 3:
+            raise MaskcryptError("mask seeds: the selection library, E's training pool and the held-out pool need "
+                                 f"different seeds, got {self.mask_seed}, {self.train_mask_seed}, "
+                                 f"{self.heldout_mask_seed}")
+        if self.heldout_mask_count < 1:
+            raise MaskcryptError(f"--heldout-mask-count: expected at least 1, got {self.heldout_mask_count}")
 
 
 # -- train -----------------------------------------------------------------------------------------------
@@ -269,6 +276,7 @@ class DetermineConfig:
     repeats: int = 5
     rank_mode: str = "auto"  # full | adaptive | auto
     per_mask: str = "targets"  # targets | all
+    rule: str = "bucketed"  # bucketed (Table 1 buckets, candidates, the attack) | basic (E > t_enc, O < t_orig)
     seed: int = 0
     require_targets: bool = False  # the entry point exits 3 when no target mask is found
 
@@ -276,7 +284,8 @@ class DetermineConfig:
         for name, value, allowed in (("--scoring", self.scoring, ("auto", "closed", "open")),
                                      ("--table1-mode", self.table1_mode, ("sampled", "full")),
                                      ("--rank-mode", self.rank_mode, ("auto", "full", "adaptive")),
-                                     ("--per-mask", self.per_mask, ("targets", "all"))):
+                                     ("--per-mask", self.per_mask, ("targets", "all")),
+                                     ("--rule", self.rule, ("bucketed", "basic"))):
             if value not in allowed:
                 raise MaskcryptError(f"{name}: expected {', '.join(allowed)}, got {value!r}")
         if self.repeats < 1:
@@ -285,6 +294,9 @@ class DetermineConfig:
             raise MaskcryptError(f"--confirm-fraction: expected a fraction in [0, 1), got {self.confirm_fraction}")
         if self.enroll < 1:
             raise MaskcryptError(f"--enroll: expected at least 1 gallery image per identity, got {self.enroll}")
+        if self.rule == "basic" and self.rank_mode == "adaptive":
+            raise MaskcryptError("--rule basic judges every mask on every selection image: use --rank-mode full "
+                                 "(or auto), not adaptive")
 
 
 # -- tune ------------------------------------------------------------------------------------------------

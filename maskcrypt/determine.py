@@ -45,6 +45,7 @@ from maskcrypt.select import (
     Empty,
     Thresholds,
     attack_list,
+    basic_selection,
     candidates,
     decide,
     full_table1_counts,
@@ -52,6 +53,7 @@ from maskcrypt.select import (
     per_mask_table,
     table2,
     target_buckets,
+    ties_at_cutoff,
 )
 from maskcrypt.select import table1 as table1_of
 from maskcrypt.testset import TestSet
@@ -94,6 +96,11 @@ class Determination:
     def present(self) -> list[int]:
         """Buckets that hold masks (bucket -1, outside every bucket, is counted, never measured)."""
         return sorted({int(b) for b in self.library.column("bucket")} - {-1})
+
+    @property
+    def out_of_range(self) -> int:
+        """Masks of the library outside every bucket (bucket -1): kept, counted, never measured."""
+        return sum(int(b) == -1 for b in self.library.column("bucket"))
 
     @property
     def parts(self) -> Path:
@@ -211,7 +218,7 @@ def rank(d: Determination, buckets: list[int], pm_counts: pd.DataFrame | None) -
     measured = d.present if d.config.per_mask == "all" else buckets
     n_masks = d.library.table(measured, columns=["mask_id"]).num_rows
     n_sel = d.test.probes("selection")
-    mode = d.config.rank_mode
+    mode = "full" if d.config.rule == "basic" else d.config.rank_mode  # the basic form judges every mask
     if mode == "auto":
         mode = "adaptive" if n_masks * n_sel > ADAPTIVE_ABOVE and pm_counts is None else "full"
     resumed: set[str] = set()
@@ -233,6 +240,7 @@ def rank(d: Determination, buckets: list[int], pm_counts: pd.DataFrame | None) -
     counts = pm_counts[pm_counts["bucket"].isin(measured)]
     pm = d.write(per_mask_table(counts.drop(columns=["split"]), d.thresholds), "per_mask")
     cands = d.write(candidates(pm, buckets, d.thresholds), "candidates")
+    d.result["ties_at_cutoff"] = {str(b): n for b, n in ties_at_cutoff(pm, buckets, d.thresholds.top_k).items()}
     d.timings["per_mask"] = seconds = time.perf_counter() - t0
     # Masks measured by this stage: none when Table 1's full mode measured them, nor resumed parts.
     fresh = 0 if d.config.table1_mode == "full" else len(set(pm["mask_id"]) - resumed)
@@ -268,9 +276,10 @@ def attack(d: Determination, pm: pd.DataFrame, buckets: list[int]) -> dict[str, 
     return tables
 
 
-def choose(d: Determination, t1: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> Decision:
-    """The one target decision; both Table 2 files are written with its ``target`` flags."""
-    decision = decide(t1, tables.get("selection"), d.thresholds)
+def choose(d: Determination, t1: pd.DataFrame, tables: dict[str, pd.DataFrame],
+           per_mask: pd.DataFrame | None) -> Decision:
+    """The one target decision (``config.rule``); both Table 2 files are written with its ``target`` flags."""
+    decision = decide(t1, tables.get("selection"), d.thresholds, d.config.rule, per_mask)
     for split, t2 in tables.items():
         d.write(mark_decision(t2, decision, d.thresholds),
                 "table2" if split == "selection" else f"table2_{split}")
@@ -281,7 +290,8 @@ def choose(d: Determination, t1: pd.DataFrame, tables: dict[str, pd.DataFrame]) 
 
 def _figures(row: pd.Series) -> dict[str, Any]:
     keys = ["fourth", "fourth_lo", "fourth_hi", "fifth", "fifth_lo", "fifth_hi", "drop", "drop_lo", "drop_hi",
-            "drop_uncertain", "third", "acc_O", "O_masked", "O_inpainted", "rank", "n"]
+            "drop_uncertain", "third", "third_lo", "third_hi", "acc_O", "acc_O_lo", "acc_O_hi", "mean_score_E",
+            "O_masked", "O_inpainted", "rank", "n"]
     return {k: (row[k].item() if hasattr(row[k], "item") else row[k]) for k in keys if k in row.index}
 
 
@@ -307,10 +317,14 @@ def write_targets(d: Determination, decision: Decision, tables: dict[str, pd.Dat
         sha = dict(zip(keep.column("mask_id").to_pylist(), keep.column("sha256").to_pylist()))
         confirm = tables.get("confirmation")
         confirm = {} if confirm is None else {r["mask_id"]: _figures(r) for _, r in confirm.iterrows()}
+        # Table 2's figures where the mask was attacked (always, in the bucketed rule; the top of each
+        # bucket, in the basic rule), the per-mask figures otherwise.
+        sel = tables.get("selection")
+        attacked = {} if sel is None else {r["mask_id"]: _figures(r) for _, r in sel.iterrows()}
         result["targets"] = [{"mask_id": r["mask_id"], "bucket": int(r["bucket"]),
                               "range": d.labels[int(r["bucket"])], "sha256": sha[r["mask_id"]],
                               "in_training_pool": sha[r["mask_id"]] in pool_sha, **_figures(r),
-                              "confirmation": confirm.get(r["mask_id"])}
+                              **attacked.get(r["mask_id"], {}), "confirmation": confirm.get(r["mask_id"])}
                              for _, r in decision.targets.iterrows()]
         write_parquet(keep, targets_parquet)
     else:
@@ -355,14 +369,24 @@ def determine(
         + (", ".join(d.labels[b] for b in buckets) if buckets else "none"))
     d.result.update({"thresholds": thresholds.to_dict(), "test_data": d.test_spec, "test_images": d.test_images,
                      "scoring": d.test.scoring, "splits": {s: d.test.probes(s) for s in d.splits},
-                     "table1_mode": config.table1_mode, "target_buckets": buckets})
+                     "table1_mode": config.table1_mode, "rule": config.rule, "target_buckets": buckets,
+                     "out_of_range_masks": d.out_of_range})
+    if d.out_of_range:
+        log(f"{d.out_of_range} mask(s) of the library lie outside every bucket (bucket -1): kept, counted, "
+            "not measured")
     for stale in ("per_mask", "candidates", "table2", "table2_confirmation"):
         (d.paths.results / f"{stale}.parquet").unlink(missing_ok=True)
     tables: dict[str, pd.DataFrame] = {}
-    if buckets:
+    pm = None
+    if config.rule == "basic":
+        pm, _ = rank(d, d.present, pm_counts)
+        passers, _ = basic_selection(pm, thresholds)
+        if len(passers):  # the attack shows what inpainting does to the best of them (Table 2)
+            tables = attack(d, passers, sorted(int(b) for b in passers["bucket"].unique()))
+    elif buckets:
         pm, _ = rank(d, buckets, pm_counts)
         tables = attack(d, pm, buckets)
-    decision = choose(d, t1, tables)
+    decision = choose(d, t1, tables, pm)
     d.timings["total"] = time.perf_counter() - started
     result = write_targets(d, decision, tables)
     if report:
@@ -382,6 +406,9 @@ def format_table1(t1: pd.DataFrame) -> str:
 
 def format_target(t: dict[str, Any]) -> str:
     """One line per target mask: its figures on the selection split, and on confirmation when held out."""
+    if "fourth" not in t:  # the basic rule's masks beyond the attacked top of each bucket
+        return (f"target mask {t['mask_id']} {t['range']}: E {t['third']:.2%} masked "
+                f"[{t['third_lo']:.2%}, {t['third_hi']:.2%}], O {t['acc_O']:.2%} masked (not attacked)")
     line = (f"target mask {t['mask_id']} {t['range']}: E {t['fourth']:.2%} masked, {t['fifth']:.2%} inpainted "
             f"(drop {t['drop']:.2%} [{t['drop_lo']:.2%}, {t['drop_hi']:.2%}]); "
             f"O {t.get('O_masked', float('nan')):.2%} masked, {t.get('O_inpainted', float('nan')):.2%} inpainted")

@@ -97,8 +97,7 @@ def prepare_stage(config: RunConfig, restart: bool, log: Callable[[str], None]) 
 
 def train_stage(config: RunConfig, retrain: bool, log: Callable[[str], None]) -> dict[str, Any]:
     """Train the models, then (when all three exist) the held-out quality report."""
-    from maskcrypt.fileio import write_json
-    from maskcrypt.quality import format_quality, training_quality
+    from maskcrypt.quality import cached_training_quality, format_quality
     from maskcrypt.run import RunPaths
     from maskcrypt.train import train_run
 
@@ -113,9 +112,8 @@ def train_stage(config: RunConfig, retrain: bool, log: Callable[[str], None]) ->
         log(f"{role:>10}: {figure} after {meta['epoch']} epochs -> {paths.models / role}")
     out: dict[str, Any] = {"models": metas}
     if set(metas) == {"original", "encrypted", "inpainter"}:
-        quality = training_quality(paths.root, config.prepare.data, seed=config.train.seed,
-                                   precision=config.evaluation.precision)
-        write_json(paths.results / "train_quality.json", quality)
+        quality = cached_training_quality(paths.root, config.prepare.data, seed=config.train.seed,
+                                          precision=config.evaluation.precision, log=log)
         log(format_quality(quality))
         out["quality"] = quality
     return out

@@ -4,6 +4,8 @@
   user brings, e.g. imported NVIDIA masks, copied in);
 * ``masks_train/``: the disjoint pool E and R train with (another seed; sha256-disjoint
   from ``masks/``);
+* ``masks_heldout/``: a small pool for training-time figures on masks E never trained
+  with (a third seed; sha256-disjoint from both);
 * pictures of both and of the data, and ``run.json`` with the configuration and the
   data's hashes.
 
@@ -66,6 +68,11 @@ def prepare(run: str | os.PathLike[str], config: PrepareConfig, restart: bool = 
     if overlap:
         raise MaskcryptError(f"run {paths.root}: {len(overlap)} mask(s) are in both masks/ and masks_train/")
     log(f"masks_train/  {len(pool)} masks for training E, disjoint from masks/ ({res_t.added} new)")
+    held = MaskLibrary.open_or_create(str(paths.masks_heldout), *size)
+    res_h = generate_into(held, config.heldout_mask_count, config.heldout_mask_seed, buckets,
+                          exclude_sha256=set(lib.column("sha256")) | set(pool.column("sha256")))
+    log(f"masks_heldout/ {len(held)} masks for figures on unseen masks during training, disjoint from both "
+        f"({res_h.added} new)")
 
     train = load(config.data, default_split="train", size=config.size)
     test = load(config.data, default_split="test", size=config.size)
@@ -95,6 +102,7 @@ def prepare(run: str | os.PathLike[str], config: PrepareConfig, restart: bool = 
             "test_data_sha256": test.content_hash(),
             "masks": {"count": len(lib), "stats": lib.stats()["buckets"]},
             "masks_train": {"count": len(pool)},
+            "masks_heldout": {"count": len(held)},
         },
         "stages": {"prepare": {"seconds": round(time.perf_counter() - t0, 2),
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}},

@@ -65,6 +65,45 @@ def training_quality(run: str | os.PathLike[str], test_data: str, seed: int = 0,
             "feature_losses": r.checkpoint_meta.get("feature_losses")}
 
 
+def quality_key(run: str | os.PathLike[str], test_data: str, seed: int, precision: str) -> dict[str, Any]:
+    """What a training report depends on: the three models, the test data, the library, seed and precision."""
+    import json
+
+    from maskcrypt.models.checkpoint import find_checkpoint
+    from maskcrypt.run import RunPaths
+
+    paths = RunPaths.resolve(run)
+    models = {role: find_checkpoint(paths.models / role)[1].get("model_sha256")
+              for role in ("original", "encrypted", "inpainter")}
+    manifest = json.loads((paths.masks / "_library.json").read_text())
+    return {"models": models, "test_data": test_data, "seed": seed, "precision": precision,
+            "library_parts": sorted(p["path"] for p in manifest["parts"])}
+
+
+def cached_training_quality(run: str | os.PathLike[str], test_data: str, seed: int = 0, precision: str = "auto",
+                            log: Any = print) -> dict[str, Any]:
+    """:func:`training_quality`, reused from ``results/train_quality.json`` when its key is unchanged.
+
+    Relaunching a trained run (new thresholds, another rank mode) otherwise recomputes it
+    on the whole test split every time (minutes on a 10,000-image test set).
+    """
+    import json
+
+    from maskcrypt.fileio import write_json
+    from maskcrypt.run import RunPaths
+
+    path = RunPaths.resolve(run).results / "train_quality.json"
+    key = quality_key(run, test_data, seed, precision)
+    if path.exists():
+        before = json.loads(path.read_text())
+        if before.get("key") == key:
+            log(f"training report: unchanged models and test data, reused {path}")
+            return before
+    quality = {**training_quality(run, test_data, seed=seed, precision=precision), "key": key}
+    write_json(path, quality)
+    return quality
+
+
 def format_quality(q: dict[str, Any]) -> str:
     lines = [f"held-out quality on {q['images']} images of {q['test_data']} (one random mask per image):",
              f"{'bucket':>14} {'E acc':>7} {'O acc':>7} {'R PSNR':>8} {'mean fill':>10}"]

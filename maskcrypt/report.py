@@ -30,6 +30,8 @@ def _pct(v: Any) -> str:
 
 
 def _interval(row: Any, key: str) -> str:
+    if key not in row:
+        return ""
     return f"{_pct(row[key])} [{_pct(row[key + '_lo'])}, {_pct(row[key + '_hi'])}]"
 
 
@@ -50,8 +52,19 @@ def _header(root: Path, result: dict[str, Any]) -> list[str]:
             f"selection split {splits.get('selection')} images, confirmation split {splits.get('confirmation', 0)} "
             "images (held out: no rule sees it).",
             "Thresholds: " + ", ".join(f"{k} = {v}" for k, v in th.items()) + ".",
+            _rule_sentence(result.get("rule", "bucketed")),
             f"Every interval is a {th['confidence']:.0%} interval over the test images (the masks are fixed): it "
-            "says how much another draw of test images could move the figure."]
+            "says how much another draw of test images could move the figure.",
+            f"Mask library: {result.get('out_of_range_masks', 0)} mask(s) lie outside every bucket (bucket -1): "
+            "kept in the library and counted here, never measured."]
+
+
+def _rule_sentence(rule: str) -> str:
+    if rule == "basic":
+        return ("Rule `basic` (the method's basic form): every mask with E's accuracy > t_enc and O's < t_orig on "
+                "the selection split is a target, whatever its bucket; the attack shows the best of each bucket.")
+    return ("Rule `bucketed`: target buckets by t_gap, the top k masks of each as candidates, targets those that "
+            "lose more than t_drop to inpainting and pass the basic form.")
 
 
 def _table1(res: Path, th: dict[str, Any]) -> list[str]:
@@ -60,8 +73,10 @@ def _table1(res: Path, th: dict[str, Any]) -> list[str]:
     mode = t1["mode"].iloc[0]
     spread = ("repetitions" if mode == "sampled" else "the bucket's masks")
     return ["", "## Table 1: accuracy per bucket (selection split)", "",
-            f"Mode `{mode}`; accuracies in %, mean ± std over {int(t1['repeats'].max())} {spread}, Wilson "
-            f"interval in brackets.", "", "![Table 1](results/table1.png)", "",
+            f"Mode `{mode}`; accuracies in %, mean ± std over {int(t1['repeats'].max())} {spread}; in brackets "
+            f"the Wilson interval of the pooled accuracy on the {int(t1['n_images'].max())} distinct test images "
+            "(the repetitions reuse the same images, so they narrow the std, not this interval).", "",
+            "![Table 1](results/table1.png)", "",
             md_table(["bucket", "first (E)", "±", "second (O)", "±", "gap", "target", "gap near t_gap"],
                      [[r["range"], _interval(r, "first"), _pct(r["first_std"]), _interval(r, "second"),
                        _pct(r["second_std"]), _pct(r["gap"]), "yes" if r["target"] else "",
@@ -76,9 +91,15 @@ def _ranking(res: Path, result: dict[str, Any], th: dict[str, Any]) -> list[str]
     ad = result.get("adaptive")
     measured = (f"{len(pm)} masks ranked adaptively (the candidates measured on every selection image, the others "
                 "on as many as the race needed)" if ad else f"{len(pm)} masks measured on every selection image")
+    ties = result.get("ties_at_cutoff") or {}
+    tied = [f"{n} in bucket {b}" for b, n in ties.items() if n > 1]
     out = ["", "## Per-mask third accuracy and candidates", "",
            f"{measured}; basic rule (E > {th['t_enc']}, O < {th['t_orig']}) passed by {int(pm['basic_pass'].sum())}. "
-           f"Candidates (top {th['top_k']} per target bucket):", "",
+           f"Masks are ranked by third accuracy, ties by E's mean score on the same images (the true label's "
+           f"probability, or the cosine to the true centroid in open set). "
+           + (f"Masks sharing the {th['top_k']}-th mask's accuracy (a tie the score broke): {', '.join(tied)}. "
+              if tied else "No tie at the cut-off. ")
+           + f"Candidates (top {th['top_k']} per target bucket):", "",
            md_table(["bucket", "rank", "mask", "third (E)", "O"],
                     [[r["bucket"], r["rank"], r["mask_id"], _interval(r, "third"), _pct(r["acc_O"])]
                      for _, r in cands.iterrows()])]
@@ -122,6 +143,10 @@ def _targets(root: Path, result: dict[str, Any], test: Any) -> list[str]:
     rows = []
     for t in targets:
         c = t.get("confirmation") or {}
+        if "fourth" not in t:  # the basic rule's masks beyond the attacked top of each bucket
+            rows.append([t["mask_id"], t["range"], _interval(t, "third"), "", "", "", _pct(t.get("acc_O")), "", "",
+                         "", "yes" if t["in_training_pool"] else "no"])
+            continue
         rows.append([t["mask_id"], t["range"], _interval(t, "fourth"), _interval(c, "fourth") if c else "",
                      _interval(t, "drop"), _interval(c, "drop") if c else "", _pct(t.get("O_masked")),
                      _pct(c.get("O_masked")), _pct(t.get("O_inpainted")), _pct(c.get("O_inpainted")),

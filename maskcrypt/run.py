@@ -46,6 +46,10 @@ class RunPaths:
         return self.root / "masks_train"
 
     @property
+    def masks_heldout(self) -> Path:
+        return self.root / "masks_heldout"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 
@@ -89,7 +93,7 @@ def check_resumable(paths: RunPaths, config: PrepareConfig, restart: bool) -> No
     """Refuse to add to a run prepared with another configuration, unless ``restart``."""
     recorded = read_run_json(paths)
     if restart and paths.root.exists():
-        for sub in (paths.masks, paths.masks_train):
+        for sub in (paths.masks, paths.masks_train, paths.masks_heldout):
             shutil.rmtree(sub, ignore_errors=True)
         paths.run_json.unlink(missing_ok=True)
         return

@@ -172,10 +172,14 @@ def table1(counts: pd.DataFrame, th: Thresholds = Thresholds(), labels: dict[int
 
     ``counts`` has one row per (bucket, repeat) with ``n``, ``correct_E``, ``correct_O``
     (bucket 0 = no mask). ``first``/``second`` are the means of the repetitions'
-    accuracies, with their standard deviations; intervals are Wilson intervals of the
-    pooled counts. ``gap = first - second``; ``target`` marks gap > t_gap (never
-    bucket 0); ``gap_uncertain`` says t_gap lies within the gap's interval (the
-    difference of the two Wilson bounds, a conservative band).
+    accuracies, with their standard deviations. ``n`` counts recognitions (repetitions x
+    images) and ``n_images`` the distinct images of one repetition: the repetitions
+    reuse the same test images (only the masks change), so they do not add evidence
+    about other images. The intervals are Wilson intervals of the pooled proportion on
+    ``n_images`` images: what another draw of test images could do to the figure.
+    ``gap = first - second``; ``target`` marks gap > t_gap (never bucket 0);
+    ``gap_uncertain`` says t_gap lies within the gap's interval (the difference of the
+    two Wilson bounds, a conservative band).
     """
     _require(counts, ["bucket", "repeat", "n", "correct_E", "correct_O"], "table1 counts")
     df = counts.copy()
@@ -188,6 +192,7 @@ def table1(counts: pd.DataFrame, th: Thresholds = Thresholds(), labels: dict[int
     out = pd.DataFrame({
         "repeats": g.size(),
         "n": g["n"].sum(),
+        "n_images": g["n"].max(),
         "first": g["acc_E"].mean(),
         "first_std": g["acc_E"].std(ddof=1).fillna(0.0),
         "second": g["acc_O"].mean(),
@@ -195,8 +200,9 @@ def table1(counts: pd.DataFrame, th: Thresholds = Thresholds(), labels: dict[int
         "correct_E": g["correct_E"].sum(),
         "correct_O": g["correct_O"].sum(),
     }).reset_index()
-    out["first_lo"], out["first_hi"] = wilson_interval(out["correct_E"], out["n"], th.confidence)
-    out["second_lo"], out["second_hi"] = wilson_interval(out["correct_O"], out["n"], th.confidence)
+    pooled_e, pooled_o = out["correct_E"] / out["n"], out["correct_O"] / out["n"]
+    out["first_lo"], out["first_hi"] = wilson_interval(pooled_e * out["n_images"], out["n_images"], th.confidence)
+    out["second_lo"], out["second_hi"] = wilson_interval(pooled_o * out["n_images"], out["n_images"], th.confidence)
     out["gap"] = out["first"] - out["second"]
     gap_lo, gap_hi = out["first_lo"] - out["second_hi"], out["first_hi"] - out["second_lo"]
     out["target"] = (out["bucket"] > 0) & (out["gap"] > th.t_gap)
@@ -265,7 +271,9 @@ def per_mask_table(counts: pd.DataFrame, th: Thresholds = Thresholds()) -> pd.Da
 def basic_selection(per_mask: pd.DataFrame, th: Thresholds = Thresholds()) -> tuple[pd.DataFrame, Empty | None]:
     """The basic form: masks whose E accuracy > t_enc and O accuracy < t_orig, best E first."""
     passed = (per_mask["third"] > th.t_enc) & (per_mask["acc_O"] < th.t_orig)
-    chosen = per_mask[passed].sort_values(["third", "mask_id"], ascending=[False, True])
+    order = per_mask.assign(_score=per_mask["mean_score_E"] if "mean_score_E" in per_mask.columns else 0.0)
+    chosen = order[passed].sort_values(["third", "_score", "mask_id"], ascending=[False, False, True])
+    chosen = chosen.drop(columns=["_score"])
     if len(chosen):
         return chosen.reset_index(drop=True), None
     by_e = per_mask.sort_values("third", ascending=False).head(3)
@@ -277,25 +285,44 @@ def basic_selection(per_mask: pd.DataFrame, th: Thresholds = Thresholds()) -> tu
     return chosen, Empty(rule, msg, closest)
 
 
-def _rank(per_mask: pd.DataFrame, buckets: list[int]) -> pd.DataFrame:
-    """Rank by third accuracy within each bucket; masks an adaptive search measured on every image first."""
+def rank_masks(per_mask: pd.DataFrame, buckets: list[int]) -> pd.DataFrame:
+    """Rank within each bucket by third accuracy, ties by E's mean score on the same images, then mask id.
+
+    On easy data many masks share the top accuracy (E recognizes every selection image);
+    the mean score (``mean_score_E``: the true label's probability in closed set, the
+    cosine to the true centroid in open set) still orders them by how sure E is. Masks
+    an adaptive race measured on every image come first.
+    """
     sub = per_mask[per_mask["bucket"].isin(buckets)].copy()
     sub["_complete"] = sub["n"] == sub.groupby("bucket")["n"].transform("max")
-    sub = sub.sort_values(["bucket", "_complete", "third", "mask_id"], ascending=[True, False, False, True])
-    sub = sub.drop(columns=["_complete"])
+    sub["_score"] = sub["mean_score_E"] if "mean_score_E" in sub.columns else 0.0
+    sub = sub.sort_values(["bucket", "_complete", "third", "_score", "mask_id"],
+                          ascending=[True, False, False, False, True])
+    sub = sub.drop(columns=["_complete", "_score"])
     sub["rank"] = sub.groupby("bucket").cumcount() + 1
     return sub
 
 
+def ties_at_cutoff(per_mask: pd.DataFrame, buckets: list[int], k: int) -> dict[int, int]:
+    """Per bucket, how many masks share the k-th ranked mask's third accuracy (the tie the score broke)."""
+    ranked = rank_masks(per_mask, buckets)
+    out = {}
+    for b, g in ranked.groupby("bucket"):
+        complete = g[g["n"] == g["n"].max()]
+        if len(complete) >= k:
+            out[int(b)] = int((complete["third"] == complete["third"].iloc[k - 1]).sum())
+    return out
+
+
 def candidates(per_mask: pd.DataFrame, buckets: list[int], th: Thresholds = Thresholds()) -> pd.DataFrame:
-    """The top ``k`` masks of each target bucket by third accuracy (ties broken by mask id)."""
-    ranked = _rank(per_mask, buckets)
+    """The top ``k`` masks of each target bucket (:func:`rank_masks`)."""
+    ranked = rank_masks(per_mask, buckets)
     return ranked[ranked["rank"] <= th.top_k].reset_index(drop=True)
 
 
 def attack_list(per_mask: pd.DataFrame, buckets: list[int], th: Thresholds = Thresholds()) -> pd.DataFrame:
     """The top ``attack_top`` masks of each target bucket: what the inpainting attack measures."""
-    ranked = _rank(per_mask, buckets)
+    ranked = rank_masks(per_mask, buckets)
     return ranked[ranked["rank"] <= th.attack_top].reset_index(drop=True)
 
 
@@ -311,11 +338,12 @@ def race_step(counts: pd.DataFrame, keep: int, population: int, confidence: floa
 
     1. *Eliminate* masks whose upper bound is below the ``keep``-th best lower bound:
        they cannot be in the top ``keep``, now or later.
-    2. Let S be the current top ``keep`` by accuracy so far (ties: more images, then mask
-       id), L the lowest lower bound in S and H the highest upper bound outside S. If
-       ``L >= H - tolerance``, every mask of S is within ``tolerance`` of whatever the
-       true ``keep``-th is: the bucket is *settled*, and S is measured on every image
-       (``complete``); the others stop where they are.
+    2. Let S be the current top ``keep`` by accuracy so far (ties: E's mean score so far,
+       as :func:`rank_masks` breaks them, then more images, then mask id), L the lowest
+       lower bound in S and H the highest upper bound outside S. If ``L >= H - tolerance``,
+       every mask of S is within ``tolerance`` of whatever the true ``keep``-th is: the
+       bucket is *settled*, and S is measured on every image (``complete``); the others
+       stop where they are.
     3. Otherwise only masks that can still change that verdict are measured further
        (``advance``: one more step of images): S's members whose lower bound is below
        ``H - tolerance``, and of the masks outside S whose upper bound is above
@@ -337,7 +365,8 @@ def race_step(counts: pd.DataFrame, keep: int, population: int, confidence: floa
     if population < 1 or (counts["n"] > population).any():
         raise MaskcryptError(f"adaptive counts: n must lie in [0, {population}] (the selection images)")
     lo, hi = wilson_interval(counts["correct_E"], counts["n"], confidence, population)
-    out = counts.assign(lo=lo, hi=hi, acc=counts["correct_E"] / counts["n"].clip(lower=1), action="",
+    score = counts["score_E"] / counts["n"].clip(lower=1) if "score_E" in counts.columns else 0.0
+    out = counts.assign(lo=lo, hi=hi, acc=counts["correct_E"] / counts["n"].clip(lower=1), score=score, action="",
                         settled=False, eliminated=counts["eliminated"].astype(bool))
     for _, g in out.groupby("bucket", sort=False):
         alive = g[~g["eliminated"]]
@@ -345,7 +374,7 @@ def race_step(counts: pd.DataFrame, keep: int, population: int, confidence: floa
             kth = np.sort(alive["lo"].to_numpy())[::-1][keep - 1]
             out.loc[alive.index[alive["hi"].to_numpy() < kth], "eliminated"] = True
         alive = out.loc[g.index][~out.loc[g.index, "eliminated"]]
-        order = alive.sort_values(["acc", "n", "mask_id"], ascending=[False, False, True])
+        order = alive.sort_values(["acc", "score", "n", "mask_id"], ascending=[False, False, False, True])
         top, rest = order.iloc[:keep], order.iloc[keep:]
         low = float(top["lo"].min())
         high = float(rest["hi"].max()) if len(rest) else -np.inf
@@ -452,13 +481,28 @@ class Decision:
         return [str(m) for m in self.targets["mask_id"]] if len(self.targets) else []
 
 
-def decide(t1: pd.DataFrame, t2: pd.DataFrame | None, th: Thresholds = Thresholds()) -> Decision:
-    """The method's decision, in one place: target buckets by t_gap, then :func:`target_masks` within them.
+RULES = ("bucketed", "basic")
 
-    ``t2`` is Table 2 of the attacked masks (None when no bucket was a target). The
-    determination, the threshold search and every artifact (both Table 2 files,
-    ``targets.json``, the report, the plots) take their target flags from here.
+
+def decide(t1: pd.DataFrame, t2: pd.DataFrame | None, th: Thresholds = Thresholds(), rule: str = "bucketed",
+           per_mask: pd.DataFrame | None = None) -> Decision:
+    """The method's decision, in one place.
+
+    ``bucketed`` (the method's refinement): target buckets by t_gap, then
+    :func:`target_masks` within them (top k, drop > t_drop, the basic form); ``t2`` is
+    Table 2 of the attacked masks (None when no bucket was a target). ``basic`` (the
+    method's basic form as a complete selection): every mask of ``per_mask`` with E >
+    t_enc and O < t_orig, no buckets and no attack rule. The determination, the
+    threshold search and every artifact (both Table 2 files, ``targets.json``, the
+    report, the plots) take their target flags from here.
     """
+    if rule not in RULES:
+        raise MaskcryptError(f"--rule: expected one of {', '.join(RULES)}, got {rule!r}")
+    if rule == "basic":
+        if per_mask is None or per_mask.empty:
+            raise MaskcryptError("--rule basic: needs the per-mask table of every mask")
+        chosen, why = basic_selection(per_mask, th)
+        return Decision(sorted(int(b) for b in per_mask["bucket"].unique()), chosen.reset_index(drop=True), why)
     buckets, why = target_buckets(t1, th)
     empty = pd.DataFrame(columns=["mask_id"])
     if why is not None:

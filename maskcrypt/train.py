@@ -181,7 +181,7 @@ def train_model(
         if not Path(init_weights).is_file():
             raise MaskcryptError(f"{flag} {init_weights}: file not found")
         init_sha = sha256_file(Path(init_weights))
-    masks, held_out, mask_info = (None if role == "original" else inputs.masks), inputs.eval_masks, {}
+    masks, held_out, mask_info = (None, None, {}) if role == "original" else (inputs.masks, inputs.eval_masks, {})
     if role == "encrypted":
         masks, held_out, mask_info = _second_sample(inputs, sampling or MaskSampling())
     k = (sampling or MaskSampling()).k if role == "encrypted" else 1
@@ -206,6 +206,7 @@ def train_model(
         "trained_classes": [inputs.class_names[i] for i in np.unique(inputs.train_labels)],
         "image_size": int(inputs.train_images.shape[2]), "channels": int(inputs.train_images.shape[1]),
         "inputs": inputs.hashes, "mask_sampling": mask_info, "init_weights": init_weights, "init_sha256": init_sha,
+        "held_out_masks": None if held_out is None else len(held_out),
         "feature_losses": bool(tc.get("vgg_weights")) if kind == "inpainter" else None,
     }
     cfg = {
@@ -296,7 +297,12 @@ def train_run(
               "masks": config_hash({"sha256": sorted(pool.sha256)})}
     log(f"training data {train.spec}: {len(train)} images, {len(train.class_names)} classes; "
         f"held-out {len(val)}; mask pool {pool_uri}: {len(pool)} masks")
-    inputs = TrainInputs(train.images, train.labels, val.images, val.labels, train.class_names, hashes, pool.masks)
+    held_out = None
+    if paths.masks_heldout.exists():  # figures on masks E never trained with (prepare builds it)
+        held_out = _pool(str(paths.masks_heldout), size).masks
+        log(f"held-out figures under {len(held_out)} masks of {paths.masks_heldout}, disjoint from the pool")
+    inputs = TrainInputs(train.images, train.labels, val.images, val.labels, train.class_names, hashes, pool.masks,
+                         held_out)
     rec = RecognizerConfig(arch=models.arch, num_classes=len(train.class_names), channels=train.channels,
                            image_size=size, width=models.width, depth=tuple(models.depth), head=models.head)
     out: dict[str, dict[str, Any]] = {}
@@ -314,7 +320,7 @@ def train_run(
                          channels=train.channels) if r_spec.split in ("", "train") else val
             r_inputs = TrainInputs(r_train.images, r_train.labels, r_val.images, r_val.labels, r_train.class_names,
                                    {**hashes, "train_data": r_train.content_hash(), "val_data": r_val.content_hash()},
-                                   pool.masks)
+                                   pool.masks, held_out)
         inp = InpainterConfig(width=models.inpaint_width, iterations=models.inpaint_iterations,
                               channels=train.channels, image_size=size)
         out["inpainter"] = train_model("inpainter", paths.models, r_inputs, inp.to_dict(), inpaint_config,

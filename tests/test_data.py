@@ -196,3 +196,24 @@ def test_npz_layouts_split_and_errors(tmp_path):
     assert describe(f"npz:{tmp_path / 'g.npz'}")["splits"] == {"train": 9, "test": 3}
     with pytest.raises(MaskcryptError, match="split 'val' is empty"):
         load(f"npz:{tmp_path / 'g.npz'}#split=val")
+
+
+def test_held_out_synthetic_faces_share_no_image_with_any_training_split():
+    """Benchmarks' and the capacity job's extra test faces are new images of the same people.
+
+    The old way to get more faces (a larger ``per_identity``) rendered the training
+    variants again: 40 of each identity's first 44 images were the default set's.
+    """
+    import hashlib
+
+    from maskcrypt.data.synthetic import held_out_spec
+
+    def digests(spec):
+        return {hashlib.sha256(im.tobytes()).hexdigest() for im in load(spec, default_split="all", size=16).images}
+
+    trained = digests("synthetic:#split=all")  # every image of the default source, train and test split
+    assert len(trained) == 2000
+    assert not trained & digests(held_out_spec(50, 4))
+    assert len(trained & digests("synthetic:per_identity=44#split=all")) == 2000
+    same_people = load(held_out_spec(50, 4), default_split="all", size=16)
+    assert same_people.class_names == load("synthetic:", default_split="all", size=16).class_names

@@ -172,3 +172,43 @@ def test_every_artifact_names_the_same_targets_when_the_basic_form_rejects_a_can
     table2_rows = [line for line in table2_section.split("\n") if line.startswith("| ") and line.endswith(" | yes |")]
     assert sorted(line.split(" | ")[2] for line in table2_rows) == sorted(chosen)
     assert all(m in section for m in chosen) and not any(m in section for m in rejected)
+
+
+@pytest.mark.parametrize("rule", ["t_drop", "t_enc", "t_orig"])
+def test_each_rule_that_empties_the_set_is_named(determined_run, rule):
+    """The shared run's own tables, thresholds that force one rule to reject every candidate."""
+    import dataclasses
+
+    from maskcrypt.select import decide
+
+    src, _ = determined_run
+    t1 = pd.read_parquet(src / "results" / "table1.parquet")
+    t2 = pd.read_parquet(src / "results" / "table2.parquet").drop(columns=["target", "candidate"])
+    loose = Thresholds(**json.loads((src / "targets.json").read_text())["thresholds"])
+    th = dataclasses.replace(loose, **{"t_drop": {"t_drop": 1.0}, "t_enc": {"t_enc": 1.0},
+                                       "t_orig": {"t_orig": 0.0}}[rule])
+    decision = decide(t1, t2, th)
+    assert decision.ids == [] and decision.reason.rule == rule and decision.reason.closest
+
+
+def test_basic_rule_and_masks_outside_every_bucket(determined_run, tmp_path):
+    """--rule basic picks every mask with E > t_enc and O < t_orig; a bucket -1 mask is counted, not measured."""
+    import numpy as np
+
+    from maskcrypt.masks import MaskLibrary
+
+    src, _ = determined_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("per_mask.parts"))
+    outside = np.zeros((1, TINY_SIZE, TINY_SIZE), np.uint8)
+    outside[0, :3] = 1  # 81% occluded: beyond (0.5,0.6]
+    MaskLibrary.open(str(run / "masks")).append([(outside, ["far-out"], ["test"])])
+    th = Thresholds(t_enc=0.0, t_orig=1.0, t_gap=0.0, t_drop=0.0, top_k=2, attack_top=2)
+    result = determine(run, th, repeats=1, rule="basic", confirm_fraction=0.0)
+    pm = pd.read_parquet(run / "results" / "per_mask.parquet")
+    passing = pm[(pm["third"] > th.t_enc) & (pm["acc_O"] < th.t_orig)]
+    assert len(pm) == 24 and "far-out" not in set(pm["mask_id"])  # every bucketed mask
+    assert sorted(t["mask_id"] for t in result["targets"]) == sorted(passing["mask_id"]) and result["rule"] == "basic"
+    assert result["out_of_range_masks"] == 1
+    report = (run / "report.md").read_text()
+    assert "Rule `basic`" in report and "1 mask(s) lie outside every bucket" in report

@@ -207,7 +207,7 @@ def test_open_set_counts_equal_a_plain_loop(setting):
 
 def test_adaptive_ranking_finds_the_full_modes_top_k(setting):
     from maskcrypt.adaptive import evaluate_adaptive
-    from maskcrypt.select import Thresholds, _rank, per_mask_table
+    from maskcrypt.select import Thresholds, per_mask_table, rank_masks
 
     run, test, paths, _ = setting
     lib = MaskLibrary.open(str(run / "masks"))
@@ -221,8 +221,8 @@ def test_adaptive_ranking_finds_the_full_modes_top_k(setting):
     assert sum(r["forward_passes"] for r in rounds) <= len(full) * len(test) * 2
     by_id = full.set_index("mask_id")["third"]
     for b in buckets:
-        top_full = _rank(full, [b]).head(keep)
-        top_fast = _rank(fast, [b]).head(keep)
+        top_full = rank_masks(full, [b]).head(keep)
+        top_fast = rank_masks(fast, [b]).head(keep)
         kth = top_full["third"].min()
         # The same top k up to ties: any mask the adaptive search ranks in is as good as the full k-th.
         assert (by_id[top_fast["mask_id"]] >= kth - 0.01).all(), (b, top_full, top_fast)

@@ -264,3 +264,52 @@ def test_one_decision_marks_table2_from_every_rule():
     none = decide(t1, t2, Thresholds(t_gap=0.9))
     assert none.ids == [] and none.reason.rule == "t_gap" and none.buckets == []
     assert not mark_decision(t2, none, th)["target"].any()
+
+
+def test_table1_intervals_cover_the_images_not_the_repetitions():
+    """Five repetitions over the same 200 images are not 1,000 images of evidence."""
+    once = table1(_table1_counts({0: (0.9, 0.9), 6: (0.9, 0.4)}, n=200, repeats=1)).set_index("bucket")
+    five = table1(_table1_counts({0: (0.9, 0.9), 6: (0.9, 0.4)}, n=200, repeats=5)).set_index("bucket")
+    assert five.loc[6, "n"] == 1000 and five.loc[6, "n_images"] == 200
+    lo, hi = wilson_interval(five.loc[6, "correct_E"] / 5, 200)
+    assert five.loc[6, "first_lo"] == pytest.approx(float(lo)) and five.loc[6, "first_hi"] == pytest.approx(float(hi))
+    width = five.loc[6, "first_hi"] - five.loc[6, "first_lo"]
+    assert width == pytest.approx(once.loc[6, "first_hi"] - once.loc[6, "first_lo"], rel=0.05)
+
+
+def test_ties_in_accuracy_are_broken_by_the_mean_score_not_the_mask_id():
+    from maskcrypt.select import rank_masks, ties_at_cutoff
+
+    counts = pd.DataFrame({"mask_id": ["a", "b", "c", "d"], "bucket": 6, "n": 200, "correct_E": [200, 200, 200, 180],
+                           "correct_O": 10, "score_E": [150.0, 190.0, 170.0, 199.0]})
+    pm = per_mask_table(counts)
+    assert candidates(pm, [6], Thresholds(top_k=2))["mask_id"].tolist() == ["b", "c"]  # not the lowest ids
+    assert rank_masks(pm, [6])["mask_id"].tolist() == ["b", "c", "a", "d"]
+    assert ties_at_cutoff(pm, [6], 2) == {6: 3}  # three masks at 100%: the score decided
+    chosen, _ = basic_selection(pm, Thresholds(t_enc=0.5, t_orig=0.5))
+    assert chosen["mask_id"].tolist() == ["b", "c", "a", "d"]
+
+
+def test_the_race_orders_ties_by_score_like_the_full_ranking():
+    from maskcrypt.select import race_step
+
+    counts = pd.DataFrame({"mask_id": ["a", "b", "c"], "bucket": 6, "n": 100, "correct_E": 100, "eliminated": False,
+                           "score_E": [60.0, 95.0, 80.0]})
+    step = race_step(counts, keep=1, population=100, tolerance=0.0)
+    assert step["settled"].all()  # every mask at 100% on every image: exact, a tie
+    assert step.set_index("mask_id")["score"].idxmax() == "b"
+
+
+def test_the_basic_rule_is_a_complete_selection_without_buckets():
+    from maskcrypt.select import decide
+
+    counts = pd.DataFrame({"mask_id": ["a", "b", "c"], "bucket": [1, 3, 6], "n": 100, "correct_E": [95, 85, 70],
+                           "correct_O": [80, 30, 10], "score_E": [90.0, 80.0, 65.0]})
+    pm = per_mask_table(counts)
+    t1 = table1(_table1_counts({0: (0.99, 0.99), 1: (0.95, 0.9)}))  # no bucket passes t_gap: irrelevant here
+    decision = decide(t1, None, Thresholds(t_enc=0.8, t_orig=0.5), rule="basic", per_mask=pm)
+    assert decision.ids == ["b"] and decision.reason is None and decision.buckets == [1, 3, 6]
+    empty = decide(t1, None, Thresholds(t_enc=0.99), rule="basic", per_mask=pm)
+    assert empty.ids == [] and empty.reason.rule == "t_enc"
+    with pytest.raises(MaskcryptError, match="--rule: expected one of bucketed, basic"):
+        decide(t1, None, Thresholds(), rule="loose")

@@ -367,10 +367,11 @@ def index_npz(spec: DataSpec) -> SourceIndex:
 def index_synthetic(spec: DataSpec) -> SourceIndex:
     """The procedural face set: ``identities`` x ``per_identity`` images, rendered on demand."""
     k, per, seed = spec.get("identities"), spec.get("per_identity"), spec.get("seed")
+    offset = spec.get("offset")
     labels = np.repeat(np.arange(k, dtype=np.int64), per)
 
     def load(items: np.ndarray, size: tuple[int, int], channels: int):
-        imgs = render_dataset(k, per, size[0], size[1], seed=seed, channels=channels, items=items)
+        imgs = render_dataset(k, per, size[0], size[1], seed=seed, channels=channels, items=items, offset=offset)
         return imgs, list(range(len(items))), []
 
     return SourceIndex(labels, [f"id{i:03d}" for i in range(k)], None, load,

@@ -39,7 +39,8 @@ COMMON: dict[str, tuple[type, Any]] = {
 }
 #: Extra options per kind.
 EXTRA: dict[str, dict[str, tuple[type, Any]]] = {
-    "synthetic": {"identities": (int, 50), "per_identity": (int, 40)},
+    # offset: variants offset .. offset + per_identity - 1 of each identity (images disjoint from offset 0's)
+    "synthetic": {"identities": (int, 50), "per_identity": (int, 40), "offset": (int, 0)},
     "lfw": {"pairs": (str, "")},  # pairs file; default PATH/pairs.txt when present
 }
 
@@ -125,6 +126,8 @@ def _validate(spec: str, kind: str, opts: dict[str, Any]) -> None:
         for key in ("identities", "per_identity"):
             if opts[key] < 1:
                 raise MaskcryptError(f"data spec {spec!r}: {key} must be >= 1, got {opts[key]}")
+        if opts["offset"] < 0:
+            raise MaskcryptError(f"data spec {spec!r}: offset must be >= 0, got {opts['offset']}")
 
 
 def parse_size(text: str | int, what: str = "size") -> tuple[int, int]:

@@ -184,6 +184,19 @@ def render_face(ident: Identity, height: int, width: int, rng: np.random.Generat
     return np.clip(img, 0.0, 1.0)
 
 
+#: Variant offset of images that no training set of a realistic size uses (benchmarks' extra test faces).
+HELD_OUT_OFFSET = 100_000
+
+
+def held_out_spec(identities: int, per_identity: int) -> str:
+    """A synthetic source of the default identities whose images no ``offset=0`` source renders.
+
+    Benchmarks and the capacity measurement that need more test faces than the default
+    test split (often with a trained E) use this, so no test image is a training image.
+    """
+    return f"synthetic:identities={identities},per_identity={per_identity},offset={HELD_OUT_OFFSET}#split=all"
+
+
 def render_dataset(
     identities: int,
     per_identity: int,
@@ -192,19 +205,24 @@ def render_dataset(
     seed: int = 0,
     channels: int = 3,
     items: np.ndarray | None = None,
+    offset: int = 0,
 ) -> np.ndarray:
     """Render images as uint8 ``N x C x H x W``.
 
-    Item ``i`` is variant ``i % per_identity`` of identity ``i // per_identity``.
+    Item ``i`` is variant ``offset + i % per_identity`` of identity ``i // per_identity``.
 
     ``items`` selects which of the ``identities * per_identity`` images to render; each
-    depends only on (seed, identity, variant), so subsets render identically.
+    depends only on (seed, identity, variant), so subsets render identically. Every
+    split of a source with ``offset=0`` uses variants below ``per_identity``: a source
+    with ``offset >= per_identity`` (e.g. :data:`HELD_OUT_OFFSET`) draws new images of
+    the same people, disjoint from those by construction.
     """
     people = [make_identity(np.random.default_rng([seed, 0x1D, k])) for k in range(identities)]
     idx = np.arange(identities * per_identity) if items is None else np.asarray(items)
     out = np.empty((idx.size, channels, height, width), dtype=np.uint8)
     for j, item in enumerate(idx):
         k, var = divmod(int(item), per_identity)
+        var += offset
         rgb = render_face(people[k], height, width, np.random.default_rng([seed, 0xFACE, k, var]))
         q = np.rint(rgb * 255).astype(np.uint8)
         if channels == 1:
