@@ -123,9 +123,16 @@ def measure(out: Path, cfg: CapacityConfig = CapacityConfig(), settings: EvalSet
     report |= lib_report
     from maskcrypt.data.synthetic import held_out_spec
 
-    per_id = max(2, -(-cfg.images // 50))
+    from maskcrypt.data.synthetic import DEFAULT_IDENTITIES
+
+    people = DEFAULT_IDENTITIES
+    if cfg.model:  # a trained E: its classes are the synthetic identities it was trained on
+        from maskcrypt.models.checkpoint import find_checkpoint
+
+        people = len(find_checkpoint(cfg.model, kind="recognizer")[1]["class_names"])
+    per_id = max(2, -(-cfg.images // people))
     # Faces no training set renders: a trained E (--model) is measured on images it never saw.
-    test = load(f"{held_out_spec(50, per_id)},limit={cfg.images}", size=cfg.size)
+    test = load(f"{held_out_spec(people, per_id)},limit={cfg.images}", size=cfg.size)
     ts = prepare_test(test.images, test.labels, test.class_names, test.class_names, confirm_fraction=0.0)
     models = {"E": _model(out, cfg, test.class_names)}
     buckets = sorted({int(b) for b in lib.column("bucket")} - {-1})

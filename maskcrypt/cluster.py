@@ -17,16 +17,44 @@ from maskcrypt.errors import MaskcryptError
 AUTOSCALING_GPUS = "MASKCRYPT_AUTOSCALING_GPUS"
 
 
+#: Set to 1 for Ray's own progress bars, INFO logs and every worker's output on the driver (debugging).
+VERBOSE = "MASKCRYPT_VERBOSE"
+
+
 def init_ray(**kwargs: Any) -> None:
     """Connect to the cluster (``RAY_ADDRESS``, or the one this job was submitted to) or start a local one.
 
     For entry points only. Plain ``ray.init()`` so the same command runs under
-    ``ray job submit`` and on a laptop.
+    ``ray job submit`` and on a laptop. Quiet by default: the stages print one line per
+    epoch and per stage themselves, so the workers' own output (Ray Train's per-report
+    lines, Ray Data's progress blocks) stays in the Ray logs (``/tmp/ray/session_latest/logs``
+    or the dashboard), and only warnings reach the terminal; worker errors still surface
+    as exceptions. ``MASKCRYPT_VERBOSE=1`` shows everything.
     """
+    import logging
+
     import ray
 
+    verbose = bool(os.environ.get(VERBOSE))
     if not ray.is_initialized():
+        if not verbose:
+            kwargs = {"log_to_driver": False, "logging_level": logging.WARNING, **kwargs}
         ray.init(**kwargs)
+    if not verbose:
+        quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """No progress blocks or execution banners from Ray Data on the driver: the drivers log their own progress."""
+    import logging
+
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def require_ray(what: str) -> None:

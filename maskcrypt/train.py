@@ -118,6 +118,62 @@ def _complete(folder: Path, kind: str, job_sha: str, retrain: bool) -> dict[str,
     return None
 
 
+class EpochPrinter:
+    """One line per finished epoch, read from the checkpoints Ray Train writes: the driver's view of training.
+
+    The workers' own output stays in the Ray logs (see :func:`maskcrypt.cluster.init_ray`);
+    a background thread watches ``RUN/models/<role>/`` and logs loss, the held-out
+    figure, images/s and the time left for every new complete checkpoint.
+    """
+
+    def __init__(self, folder: Path, role: str, log: Callable[[str], None], interval: float = 1.0):
+        import threading
+
+        from maskcrypt.models.checkpoint import list_checkpoints
+
+        self.folder, self.role, self.log, self.interval = folder, role, log, interval
+        # Epochs already on disk (a resumed training) are not this run's news.
+        self.seen: set[int] = {int(meta.get("epoch", 0)) for _, meta in list_checkpoints(folder)}
+        self.before = len(self.seen)
+        self.started = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> EpochPrinter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def poll(self) -> None:
+        from maskcrypt.models.checkpoint import list_checkpoints
+
+        for _, meta in list_checkpoints(self.folder):
+            epoch = int(meta.get("epoch", 0))
+            if epoch in self.seen:
+                continue
+            self.seen.add(epoch)
+            self.log(format_epoch(self.role, meta, time.perf_counter() - self.started, len(self.seen) - self.before))
+
+
+def format_epoch(role: str, meta: dict[str, Any], elapsed: float, done_here: int) -> str:
+    """``original  epoch  3/12  loss 1.234  held-out 45.6%  1,234 img/s  ETA 1m20s``."""
+    m, epoch, epochs = meta.get("metrics", {}), int(meta["epoch"]), int(meta["epochs"])
+    figure = (f"held-out {m['test_accuracy']:6.1%}" if "test_accuracy" in m
+              else f"hole PSNR {m.get('hole_psnr', float('nan')):5.2f} dB "
+                   f"(mean fill {m.get('mean_fill_psnr', 0):5.2f})")
+    left = elapsed / max(done_here, 1) * (epochs - epoch)
+    return (f"{role:>10}  epoch {epoch:>3}/{epochs}  loss {m.get('loss', float('nan')):.4f}  {figure}  "
+            f"{m.get('images_per_s', 0):,.0f} img/s  ETA {int(left // 60)}m{int(left % 60):02d}s")
+
+
 def _fit(cfg: dict[str, Any], role: str, models_dir: Path, resources: Resources) -> None:
     """One TorchTrainer run; a worker's MaskcryptError surfaces as itself, not as Ray's wrapper."""
     import ray.train
@@ -219,7 +275,8 @@ def train_model(
     }
     t0 = time.perf_counter()
     log(f"{role}: training on {resources.workers} worker(s) into {folder}")
-    _fit(cfg, role, Path(models_dir), resources)
+    with EpochPrinter(folder, role, log):
+        _fit(cfg, role, Path(models_dir), resources)
     _, final = find_checkpoint(folder, kind=kind)
     if final.get("epoch") != final.get("epochs"):
         raise MaskcryptError(f"training {role}: finished at epoch {final.get('epoch')} of {final.get('epochs')}")

@@ -212,8 +212,8 @@ def test_held_out_synthetic_faces_share_no_image_with_any_training_split():
         return {hashlib.sha256(im.tobytes()).hexdigest() for im in load(spec, default_split="all", size=16).images}
 
     trained = digests("synthetic:#split=all")  # every image of the default source, train and test split
-    assert len(trained) == 2000
-    assert not trained & digests(held_out_spec(50, 4))
-    assert len(trained & digests("synthetic:per_identity=44#split=all")) == 2000
-    same_people = load(held_out_spec(50, 4), default_split="all", size=16)
+    assert len(trained) == 2400
+    assert not trained & digests(held_out_spec(100, 2))
+    assert len(trained & digests("synthetic:per_identity=26#split=all")) == 2400
+    same_people = load(held_out_spec(100, 2), default_split="all", size=16)
     assert same_people.class_names == load("synthetic:", default_split="all", size=16).class_names

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from maskcrypt.data.synthetic import DEFAULT_IDENTITIES, DEFAULT_PER_IDENTITY
 from maskcrypt.errors import MaskcryptError
 
 KINDS = ("imagefolder", "lfw", "celeba", "idx", "npz", "synthetic")
@@ -40,7 +41,8 @@ COMMON: dict[str, tuple[type, Any]] = {
 #: Extra options per kind.
 EXTRA: dict[str, dict[str, tuple[type, Any]]] = {
     # offset: variants offset .. offset + per_identity - 1 of each identity (images disjoint from offset 0's)
-    "synthetic": {"identities": (int, 50), "per_identity": (int, 40), "offset": (int, 0)},
+    "synthetic": {"identities": (int, DEFAULT_IDENTITIES), "per_identity": (int, DEFAULT_PER_IDENTITY),
+                  "offset": (int, 0)},
     "lfw": {"pairs": (str, "")},  # pairs file; default PATH/pairs.txt when present
 }
 
