@@ -119,7 +119,27 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     print(f"  native      {info['native']}")
     print(f"  loaded as   {info['size'][0]}x{info['size'][1]}, {info['channels']} channel(s), uint8")
     if "pairs" in info:
-        print(f"  pairs       {info['pairs']} verification pairs")
+        print(f"  pairs       {info['pairs']}" + (" verification pairs" if isinstance(info["pairs"], int) else ""))
+    if info.get("verification_only"):
+        print("  labels      none: a verification set (maskcrypt verify RUN --pairs SPEC only)")
+    return 0
+
+
+def cmd_data_export_bin(args: argparse.Namespace) -> int:
+    """A source's pairs (its own, or #pairs=generate) as an insightface verification .bin."""
+    from maskcrypt.data import load
+    from maskcrypt.data.binfile import write_bin
+    from maskcrypt.pipeline import absolute_path
+
+    ds = load(args.spec, default_split="test", verification=True)
+    if ds.pairs is None or not len(ds.pairs):
+        raise MaskcryptError(f"data spec {args.spec!r}: has no verification pairs; add #pairs=generate (or "
+                             ",pairs=generate) to generate 10 folds from its labels")
+    out = write_bin(absolute_path(args.out), ds.images, ds.pairs, args.format)
+    same = int(ds.pairs[:, 2].sum())
+    print(f"wrote {out}: {len(ds.pairs)} pairs ({same} same, {len(ds.pairs) - same} different) in "
+          f"{len(set(ds.pairs[:, 3].tolist()))} folds, {2 * len(ds.pairs)} {args.format.upper()} images of "
+          f"{ds.size[0]}x{ds.size[1]}")
     return 0
 
 
@@ -129,7 +149,7 @@ def cmd_data_show(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = load(args.spec, default_split="all")
+        ds = load(args.spec, default_split="all", verification=True)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     picks: list[int] = []
@@ -313,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--classes", type=int, default=8)
     ds.add_argument("--per-class", type=int, default=6)
     ds.set_defaults(func=cmd_data_show)
+    eb = dsub.add_parser("export-bin", help="write a source's verification pairs as an insightface .bin")
+    eb.add_argument("spec", help="a source with pairs, e.g. 'synthetic:#split=test,pairs=generate' or "
+                                 "lfw:/data/lfw#split=all (default split: test)")
+    eb.add_argument("--out", required=True, help=".bin file")
+    eb.add_argument("--format", default="png", choices=("png", "jpg"), help="image encoding (png: lossless)")
+    eb.set_defaults(func=cmd_data_export_bin)
 
     from maskcrypt.flags import RUN_FLAGS, TUNE_FLAGS, add_flags
 
