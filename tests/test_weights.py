@@ -182,3 +182,44 @@ def test_torchvision_imagenet_resnet_loads_and_skips_the_classifier(tmp_path, ar
     with pytest.raises(MaskcryptError, match=r"torchvision key conv1\.weight has no place in the model"):
         load_external_weights(Recognizer(RecognizerConfig(arch="iresnet18", image_size=32)), tmp_path / "tv.pth",
                               "--init-original")
+
+
+def test_maskcrypt_weights_need_their_arch_and_keep_their_classifier(tmp_path):
+    donor = Recognizer(RecognizerConfig(num_classes=6, image_size=16, width=8)).eval()
+    torch.save(donor.state_dict(), tmp_path / "model.pt")
+    with pytest.raises(MaskcryptError, match="do not name their architecture"):
+        Recognizer.from_weights(tmp_path / "model.pt")
+    model = Recognizer.from_weights(tmp_path / "model.pt", arch="compact", image_size=16, width=8)
+    x = _faces(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), donor(x))
+
+
+def test_training_builds_each_role_from_its_initial_weights(tmp_path):
+    """What train_run hands each role's workers: the config the weights need, loaded as the worker loads them."""
+    import argparse
+
+    from maskcrypt.flags import RUN_FLAGS, add_flags, build_config
+    from maskcrypt.train import _weights_config
+
+    torch.save(_RefIR().state_dict(), tmp_path / "backbone.pth")
+    parser = argparse.ArgumentParser()
+    add_flags(parser, RUN_FLAGS)
+    config = build_config(parser.parse_args(["--init-encrypted", str(tmp_path / "backbone.pth"), "--size", "112"]),
+                          RUN_FLAGS)
+    assert config.sources.init_encrypted.endswith("backbone.pth") and config.sources.init_original == ""
+    rec = RecognizerConfig(num_classes=3, image_size=112)
+    lines: list[str] = []
+    cfg = _weights_config(rec, config.sources.init_encrypted, "--init-encrypted", "compact", lines.append)
+    assert cfg["layout"] == "insightface" and cfg["arch"] == "iresnet18" and "insightface iresnet18" in lines[0]
+    assert _weights_config(rec, "", "--init-original", "compact", lines.append) == rec.to_dict()
+    assert "layout" not in rec.to_dict()  # configs (and job hashes) from before layouts existed stay equal
+    model = Recognizer(RecognizerConfig.from_dict(cfg))
+    load_external_weights(model, tmp_path / "backbone.pth", "--init-encrypted")
+    with pytest.raises(MaskcryptError, match=r"--init-encrypted .*backbone\.pth: holds insightface iresnet18 "
+                                             r"weights, but the architecture is 'resnet18'"):
+        _weights_config(RecognizerConfig(arch="resnet18", image_size=112), str(tmp_path / "backbone.pth"),
+                        "--init-encrypted", "resnet18", lines.append)
+    with pytest.raises(MaskcryptError, match="--size 32: insightface IR-ResNet weights need 112"):
+        _weights_config(RecognizerConfig(image_size=32), str(tmp_path / "backbone.pth"), "--init-original",
+                        "compact", lines.append)

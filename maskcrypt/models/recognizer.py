@@ -335,9 +335,16 @@ class Recognizer(nn.Module):
         ``arch``, when given, must agree with the weights. Unit-normalize ``embed()`` for
         cosine similarity.
         """
-        from maskcrypt.models.weights import config_for_weights, load_weights, read_state_dict
+        from maskcrypt.models.weights import config_for_weights, detect_layout, load_weights, read_state_dict
 
-        state = read_state_dict(path, "weights")
+        state = read_state_dict(path, f"weights {path}")
+        if detect_layout(state, f"weights {path}") == "maskcrypt":
+            if arch is None:
+                raise MaskcryptError(f"weights {path}: maskcrypt weights do not name their architecture; pass "
+                                     "arch=... (or load the checkpoint folder with Recognizer.from_checkpoint)")
+            if "classifier.weight" in state:  # the trained classifier comes along
+                num_classes = int(state["classifier.weight"].shape[0])
+                config.setdefault("head", "softmax" if "classifier.bias" in state else "arcface")
         base = RecognizerConfig(arch=arch or "compact", num_classes=num_classes, channels=channels,
                                 image_size=image_size or INSIGHTFACE_SIZE, **config)
         cfg = config_for_weights(state, base, f"weights {path}", arch_given=arch is not None)

@@ -108,17 +108,13 @@ def infer_arch(state: dict[str, torch.Tensor], layout: str, what: str = "weights
 def config_for_weights(state: dict[str, torch.Tensor], base: Any, what: str, arch_given: bool = True) -> Any:
     """``base`` (a RecognizerConfig) adjusted to the weights: architecture, layout and input normalization.
 
-    maskcrypt weights keep ``base`` (with the classifier's class count and head read from
-    them when ``arch_given`` is False, i.e. :meth:`Recognizer.from_weights`). External
+    maskcrypt weights keep ``base`` (they fit it or fail to load by name). External
     layouts set the architecture from the weights; ``base.arch`` must then agree, unless
     it is the default ``compact`` and ``arch_given`` is False.
     """
     layout = detect_layout(state, what)
     if layout == "maskcrypt":
-        if arch_given:
-            return base
-        raise MaskcryptError(f"{what}: maskcrypt weights do not name their architecture; pass arch=... (or load "
-                             "the checkpoint folder with Recognizer.from_checkpoint)")
+        return base
     arch = infer_arch(state, layout, what)
     if base.arch != arch and (arch_given or base.arch != "compact"):
         raise MaskcryptError(f"{what}: holds {layout} {arch} weights, but the architecture is {base.arch!r} "
