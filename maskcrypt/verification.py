@@ -218,6 +218,11 @@ def evaluate(sims: np.ndarray, same: np.ndarray, folds: np.ndarray, fars: tuple[
     return out
 
 
+def far_label(far: float) -> str:
+    """``1e-3`` for 0.001 (no zero padding)."""
+    return f"{far:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
 def far_key(far: float) -> str:
-    """Column suffix of one FAR: ``1e-3`` -> ``far_1e-03``."""
-    return f"far_{far:.0e}"
+    """Column suffix of one FAR: 0.001 -> ``far_1e-3``."""
+    return f"far_{far_label(far)}"

@@ -114,7 +114,7 @@ def test_insightface_grid_reproduces_insightface_and_exact_cuts_do_at_least_as_w
         assert best_exact >= best_grid
     assert abs(exact.mean - ours.mean) < 0.05
     out = evaluate(sims, same, folds)
-    assert out["pairs"] == n and out["negatives"] == 150 and out["resolvable_far_1e-03"] is False
+    assert out["pairs"] == n and out["negatives"] == 150 and out["resolvable_far_1e-3"] is False
     assert 0.5 < out["auc"] <= 1.0
 
 
