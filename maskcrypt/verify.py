@@ -188,13 +188,11 @@ def verify_determination(run: str | Path, test_spec: str, precision: str, log: C
 
     Returns whether a verification was written (the report then shows it).
     """
-    from maskcrypt.data import load, parse_spec
+    from maskcrypt.data import describe
     from maskcrypt.run import RunPaths
 
     paths = RunPaths.resolve(run)
-    parsed = parse_spec(test_spec)
-    has = parsed.get("pairs") == "generate" or load(parsed, default_split="test", verification=True).pairs is not None
-    if not has:
+    if "pairs" not in describe(test_spec):  # own pairs or #pairs=generate; decodes no image
         for stale in (paths.results / f"{TABLE}.parquet", paths.results / ROC_PNG):
             stale.unlink(missing_ok=True)
         return False
