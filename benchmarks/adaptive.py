@@ -59,7 +59,7 @@ def main() -> int:
     from maskcrypt.evaluate import evaluate_masks
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.masks.generate import generate_into
-    from maskcrypt.select import rank_masks, per_mask_table
+    from maskcrypt.select import per_mask_table, rank_masks
     from maskcrypt.testset import prepare_test
 
     run = Path(args.run)

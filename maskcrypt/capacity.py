@@ -121,9 +121,7 @@ def measure(out: Path, cfg: CapacityConfig = CapacityConfig(), settings: EvalSet
     report: dict[str, Any] = {"count": cfg.count, "size": cfg.size, "arch": cfg.arch, "images": cfg.images}
     lib, lib_report = _library(out, cfg, log)
     report |= lib_report
-    from maskcrypt.data.synthetic import held_out_spec
-
-    from maskcrypt.data.synthetic import DEFAULT_IDENTITIES
+    from maskcrypt.data.synthetic import DEFAULT_IDENTITIES, held_out_spec
 
     people = DEFAULT_IDENTITIES
     if cfg.model:  # a trained E: its classes are the synthetic identities it was trained on

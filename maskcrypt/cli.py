@@ -123,7 +123,27 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     print(f"  native      {info['native']}")
     print(f"  loaded as   {info['size'][0]}x{info['size'][1]}, {info['channels']} channel(s), uint8")
     if "pairs" in info:
-        print(f"  pairs       {info['pairs']} verification pairs")
+        print(f"  pairs       {info['pairs']}" + (" verification pairs" if isinstance(info["pairs"], int) else ""))
+    if info.get("verification_only"):
+        print("  labels      none: a verification set (maskcrypt verify RUN --pairs SPEC only)")
+    return 0
+
+
+def cmd_data_export_bin(args: argparse.Namespace) -> int:
+    """A source's pairs (its own, or #pairs=generate) as an insightface verification .bin."""
+    from maskcrypt.data import load
+    from maskcrypt.data.binfile import write_bin
+    from maskcrypt.pipeline import absolute_path
+
+    ds = load(args.spec, default_split="test", verification=True)
+    if ds.pairs is None or not len(ds.pairs):
+        raise MaskcryptError(f"data spec {args.spec!r}: has no verification pairs; add #pairs=generate (or "
+                             ",pairs=generate) to generate 10 folds from its labels")
+    out = write_bin(absolute_path(args.out), ds.images, ds.pairs, args.format)
+    same = int(ds.pairs[:, 2].sum())
+    print(f"wrote {out}: {len(ds.pairs)} pairs ({same} same, {len(ds.pairs) - same} different) in "
+          f"{len(set(ds.pairs[:, 3].tolist()))} folds, {2 * len(ds.pairs)} {args.format.upper()} images of "
+          f"{ds.size[0]}x{ds.size[1]}")
     return 0
 
 
@@ -133,7 +153,7 @@ def cmd_data_show(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = load(args.spec, default_split="all")
+        ds = load(args.spec, default_split="all", verification=True)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     picks: list[int] = []
@@ -257,6 +277,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Face verification of a run's target masks on a source's pairs (in process, no Ray)."""
+    from maskcrypt.data.spec import absolute_spec
+    from maskcrypt.pipeline import absolute_path
+    from maskcrypt.verify import verify
+
+    verify(absolute_path(args.run), absolute_spec(args.pairs), mask_ids=args.mask_ids, precision=args.precision,
+           chunk=args.chunk, device=args.device or None, log=print)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A run's recognizer as ONNX, checked against torch with onnxruntime."""
+    from maskcrypt.export import export_onnx
+    from maskcrypt.pipeline import absolute_path
+
+    s = export_onnx(absolute_path(args.run), absolute_path(args.out), model=args.model, input_type=args.input,
+                    opset=args.opset, check=not args.no_check, exporter=args.exporter)
+    print(f"wrote {s['out']} ({s['bytes'] / 1e6:.1f} MB, {s['model']} model, {s['input']} input N x C x H x W, "
+          f"dynamic batch, opset {s['opset']}, {s['exporter']} exporter) in {s['seconds']}s")
+    if "max_abs_diff_logits" in s:
+        print(f"onnxruntime vs torch: max |diff| logits {s['max_abs_diff_logits']:.2e}, "
+              f"embeddings {s['max_abs_diff_embedding']:.2e}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskcrypt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="group", required=True)
@@ -317,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--classes", type=int, default=8)
     ds.add_argument("--per-class", type=int, default=6)
     ds.set_defaults(func=cmd_data_show)
+    eb = dsub.add_parser("export-bin", help="write a source's verification pairs as an insightface .bin")
+    eb.add_argument("spec", help="a source with pairs, e.g. 'synthetic:#split=test,pairs=generate' or "
+                                 "lfw:/data/lfw#split=all (default split: test)")
+    eb.add_argument("--out", required=True, help=".bin file")
+    eb.add_argument("--format", default="png", choices=("png", "jpg"), help="image encoding (png: lossless)")
+    eb.set_defaults(func=cmd_data_export_bin)
 
     from maskcrypt.flags import RUN_FLAGS, TUNE_FLAGS, add_flags
 
@@ -367,6 +419,30 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--min-score", type=float, default=-1.0,
                     help="open set: answer identity null below this cosine (default -1: always the best match)")
     sv.set_defaults(func=cmd_serve)
+    ve = sub.add_parser("verify", help="face verification (10-fold accuracy, TAR@FAR, ROC) of a run's target masks",
+                        description="E under each target mask, O clean, O masked and O inpainted on every pair of a "
+                                    "source; writes RUN/results/verification.parquet and roc.png")
+    ve.add_argument("run", nargs="?", default="runs/default", help="a determined run (default runs/default)")
+    ve.add_argument("--pairs", default="", help="source with pairs: bin:lfw.bin, lfw:/data/lfw#split=all, or any "
+                                                "labelled source with #pairs=generate (default: the run's test data, "
+                                                "pairs generated when it has none)")
+    ve.add_argument("--mask-ids", nargs="+", help="verify these library masks instead of the run's targets")
+    ve.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    ve.add_argument("--chunk", type=int, default=256, help="images per forward pass")
+    ve.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
+    ve.set_defaults(func=cmd_verify)
+    ex = sub.add_parser("export", help="export a run's recognizer (ONNX), checked with onnxruntime")
+    ex.add_argument("run", nargs="?", default="runs/default", help="a trained run (default runs/default)")
+    ex.add_argument("--model", default="encrypted", choices=("encrypted", "original"))
+    ex.add_argument("--format", default="onnx", choices=("onnx",))
+    ex.add_argument("--out", required=True, help="the .onnx file to write")
+    ex.add_argument("--input", default="uint8", choices=("uint8", "float"),
+                    help="input type: uint8 pixels, or float32 pixels in 0..255 (normalization is inside)")
+    ex.add_argument("--opset", type=int, default=18)
+    ex.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"),
+                    help="torch's exporter: dynamo (default) or the legacy torchscript tracer (faster, deprecated)")
+    ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with torch")
+    ex.set_defaults(func=cmd_export)
     return parser
 
 

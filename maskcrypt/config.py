@@ -196,7 +196,10 @@ class TrainSources:
     val_data: str = ""  # "" = the training source's test split
     inpaint_data: str = ""  # "" = the training data
     masks: str = ""  # "" = RUN/masks_train
-    init_original: str = ""  # a state dict initializing both recognizers
+    #: A state dict initializing O, and E too unless ``init_encrypted`` is given: maskcrypt's, a torchvision
+    #: ImageNet ResNet's or an insightface IR-ResNet's (the layout, and with it the architecture, is read from it).
+    init_original: str = ""
+    init_encrypted: str = ""  # a state dict initializing E ("" = init_original)
     init_inpainter: str = ""
     models: str = ",".join(ROLES)  # which models to train
 

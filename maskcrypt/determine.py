@@ -389,6 +389,9 @@ def determine(
     decision = choose(d, t1, tables, pm)
     d.timings["total"] = time.perf_counter() - started
     result = write_targets(d, decision, tables)
+    from maskcrypt.verify import verify_determination
+
+    verify_determination(d.paths.root, d.test_spec, d.settings.precision, log)  # when the test source has pairs
     if report:
         from maskcrypt.report import write_report
 

@@ -54,7 +54,10 @@ RUN_FLAGS: list[tuple[tuple[str, ...], tuple[str, ...], dict[str, Any], str]] = 
                                                  "source's test split)"),
     (("--inpaint-data",), ("sources.inpaint_data",), {}, "data spec of R's training images (default: --data)"),
     (("--masks",), ("sources.masks",), {}, "E's and R's training mask pool (default RUN/masks_train)"),
-    (("--init-original",), ("sources.init_original",), {}, "state dict initializing both recognizers"),
+    (("--init-original",), ("sources.init_original",), {},
+     "state dict initializing O (and E unless --init-encrypted): maskcrypt, torchvision ImageNet ResNet-18/34/50 or "
+     "insightface IR-ResNet-18/34/50/100 backbone.pth; its layout sets the architecture"),
+    (("--init-encrypted",), ("sources.init_encrypted",), {}, "state dict initializing E (default: --init-original)"),
     (("--init-inpainter",), ("sources.init_inpainter",), {}, "state dict initializing R"),
     (("--models",), ("sources.models",), {}, "which models to train, a comma list"),
     # the shared TrainConfig

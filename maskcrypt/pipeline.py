@@ -20,7 +20,7 @@ from maskcrypt.errors import MaskcryptError
 
 #: Fields holding local paths (made absolute) and data specs (their path made absolute).
 PATH_FIELDS = ("run", "prepare.selection_masks", "sources.masks", "sources.init_original", "sources.init_inpainter",
-               "inpaint.vgg_weights")
+               "inpaint.vgg_weights", "sources.init_encrypted")
 SPEC_FIELDS = ("prepare.data", "sources.val_data", "sources.inpaint_data", "determine.test_data")
 
 

@@ -166,6 +166,30 @@ def _targets(root: Path, result: dict[str, Any], test: Any) -> list[str]:
                   "![target masks](results/targets.png)"]
 
 
+def _verification(res: Path) -> list[str]:
+    """Verification in the field's units, when the test source had pairs (maskcrypt.verify wrote the table)."""
+    if not (res / "verification.parquet").exists():
+        return []
+    from maskcrypt.verification import FARS, far_key, far_label
+
+    v = pd.read_parquet(res / "verification.parquet").drop(columns=["roc_fpr", "roc_tpr"])
+    first = v.iloc[0]
+    rows = []
+    for _, r in v.iterrows():
+        tars = [_pct(r[f"tar_{far_key(f)}"]) + ("" if r[f"resolvable_{far_key(f)}"] else "*") for f in FARS]
+        rows.append([r["model"], r["condition"], r["side"], r["mask_id"] or "-", r["range"],
+                     f"{_pct(r['accuracy'])} ± {_pct(r['accuracy_std'])}", *tars, _pct(r["auc"]), r["negatives"]])
+    return ["", "## Verification (the field's protocol)", "",
+            f"All {first['pairs']} pairs of `{first['pairs_source']}` ({first['positives']} same, {first['negatives']} "
+            f"different, {first['folds']} folds): flip-sum embeddings, cosine similarity, accuracy with the threshold "
+            "chosen on the other nine folds (mean ± std over folds, insightface's `Accuracy-Flip`), TAR at each FAR "
+            "on all pairs (`*`: fewer than 1/FAR negative pairs, so no false accept allowed). E sees both images "
+            "under the mask (the deployed system); O on clean pairs is the utility reference; O on masked and on "
+            "inpainted pairs is what an attacker gets. In %.", "", "![ROC](results/roc.png)", "",
+            md_table(["model", "condition", "side", "mask", "bucket", "accuracy",
+                      *[f"TAR@FAR={far_label(f)}" for f in FARS], "AUC", "negatives"], rows)]
+
+
 def _timing(result: dict[str, Any]) -> list[str]:
     out = ["", "## Time and throughput", "",
            ", ".join(f"{k} {v} s" for k, v in result.get("seconds", {}).items()) + "."]
@@ -188,7 +212,7 @@ def write_report(run: str | os.PathLike[str], test: Any, log: Any = print) -> Pa
     result = json.loads((root / "targets.json").read_text())
     th = result["thresholds"]
     out = [*_header(root, result), *_table1(res, th), *_ranking(res, result, th), *_table2(res, th),
-           *_targets(root, result, test), *_timing(result)]
+           *_targets(root, result, test), *_verification(res), *_timing(result)]
     path = write_text(root / "report.md", "\n".join(out) + "\n")
     log(f"report: {path}")
     return path

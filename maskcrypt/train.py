@@ -217,6 +217,7 @@ def train_model(
     init_weights: str = "",
     retrain: bool = False,
     log: Callable[[str], None] = print,
+    init_flag: str = "",
 ) -> dict[str, Any]:
     """Train one model with Ray Train into ``models_dir/<role>``; return its final checkpoint's meta.
 
@@ -230,7 +231,7 @@ def train_model(
 
     _check_inputs(role, inputs)
     kind = "inpainter" if role == "inpainter" else "recognizer"
-    flag = "--init-inpainter" if kind == "inpainter" else "--init-original"
+    flag = init_flag or ("--init-inpainter" if kind == "inpainter" else "--init-original")
     tc = train_config.to_dict()
     init_sha = ""
     if init_weights:
@@ -312,6 +313,20 @@ def _pool(uri: str, size: int) -> Any:
     return masks
 
 
+def _weights_config(rec: Any, init: str, flag: str, arch: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """The recognizer config a role trains: ``rec``, or what its initial weights are (layout, arch, normalization)."""
+    if not init:
+        return rec.to_dict()
+    from maskcrypt.models.weights import config_for_weights, read_state_dict
+
+    cfg = config_for_weights(read_state_dict(init, f"{flag} {init}"), rec, f"{flag} {init}",
+                             arch_given=arch != "compact")
+    if cfg != rec:
+        log(f"{flag} {init}: {cfg.layout if cfg.layout != 'maskcrypt' else 'torchvision'} {cfg.arch} weights "
+            f"(input normalized with mean {cfg.mean}, std {cfg.std})")
+    return cfg.to_dict()
+
+
 def train_run(
     run: str | os.PathLike[str],
     train_data: str,
@@ -330,7 +345,9 @@ def train_run(
     ``sources.masks`` defaults to the run's ``masks_train/`` pool; ``sources.val_data``
     (held-out metrics per epoch) to the training source's test split;
     ``sources.inpaint_data`` to the training data. ``sources.init_original`` initializes
-    *both* recognizers, so O and E still differ only in their training sample.
+    *both* recognizers, so O and E still differ only in their training sample, unless
+    ``sources.init_encrypted`` gives E its own start. Weights in torchvision's or
+    insightface's layout set the architecture (:func:`maskcrypt.models.weights.config_for_weights`).
     """
     from maskcrypt.data import load, parse_spec
     from maskcrypt.models.inpainter import InpainterConfig
@@ -365,9 +382,12 @@ def train_run(
     out: dict[str, dict[str, Any]] = {}
     for role in ("original", "encrypted"):
         if role in roles:
-            out[role] = train_model(role, paths.models, inputs, rec.to_dict(), train_config, resources,
-                                    sampling if role == "encrypted" else None, sources.init_original, retrain,
-                                    log=log)
+            init, flag = sources.init_original, "--init-original"
+            if role == "encrypted" and sources.init_encrypted:
+                init, flag = sources.init_encrypted, "--init-encrypted"
+            out[role] = train_model(role, paths.models, inputs, _weights_config(rec, init, flag, models.arch, log),
+                                    train_config, resources, sampling if role == "encrypted" else None, init,
+                                    retrain, log=log, init_flag=flag)
     if "inpainter" in roles:
         r_inputs = inputs
         if sources.inpaint_data:

@@ -31,8 +31,10 @@ class ImageSet:
     """A labelled image set in memory.
 
     ``labels`` index ``class_names``; the label space is that of the whole source (after
-    class filters), so a train and a test split of one source share it. ``pairs`` (LFW)
-    holds rows ``(index_a, index_b, same, fold)`` into ``images``.
+    class filters), so a train and a test split of one source share it. ``pairs`` (LFW's
+    pairs.txt, a ``.bin``'s, or generated with ``#pairs=generate``) holds rows
+    ``(index_a, index_b, same, fold)`` into ``images``. ``verification_only``: the source
+    has no identity labels (an insightface ``.bin``); its ``labels`` are all 0.
     """
 
     images: np.ndarray
@@ -43,6 +45,7 @@ class ImageSet:
     paths: list[str] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     pairs: np.ndarray | None = None
+    verification_only: bool = False
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -122,13 +125,44 @@ def _select(prep: _Prepared, split: str) -> np.ndarray:
     return chosen
 
 
+def _refuse_unlabelled(spec: DataSpec, index: SourceIndex) -> None:
+    if index.verification_only:
+        raise MaskcryptError(
+            f"data spec {spec.text!r}: a verification set (image pairs, no identity labels) serves verification "
+            "only (maskcrypt verify RUN --pairs SPEC); it cannot train a model nor test identification: use a "
+            "labelled source (imagefolder:, lfw:, ...) there"
+        )
+
+
+def _pairs(prep: _Prepared, kept: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+    """The source's pairs mapped onto the loaded images (pairs with an image not loaded dropped), or generated."""
+    spec = prep.spec
+    if spec.get("pairs") == "generate":
+        from maskcrypt.data.pairs import generate_pairs
+
+        pairs, _ = generate_pairs(labels, spec.get("pairs_per_fold"), spec.get("seed"))
+        return pairs
+    if not prep.index.pairs:
+        return None
+    items = prep.items[kept]
+    if isinstance(prep.index.pairs[0][0], str):
+        paths = prep.index.paths or []
+        where = {paths[item]: i for i, item in enumerate(items)}
+    else:
+        where = {int(item): i for i, item in enumerate(items)}
+    rows = [(where[a], where[b], same, fold) for a, b, same, fold in prep.index.pairs if a in where and b in where]
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+
+
 def load(spec: str | DataSpec, default_split: str = "all", size: int | tuple[int, int] | None = None,
-         channels: int | None = None) -> ImageSet:
+         channels: int | None = None, verification: bool = False) -> ImageSet:
     """Load one split of a source into memory.
 
     ``default_split`` applies when the spec names none (``#split=``); ``size`` and
     ``channels`` override the spec's. Unreadable files are skipped and listed in
-    ``skipped`` (with a warning), or raise with ``strict=1`` in the spec.
+    ``skipped`` (with a warning), or raise with ``strict=1`` in the spec. A source
+    without identity labels (``bin:``) is refused unless ``verification`` (the caller
+    needs images and pairs only).
     """
     spec = _as_spec(spec)
     if size is not None:
@@ -136,6 +170,8 @@ def load(spec: str | DataSpec, default_split: str = "all", size: int | tuple[int
     if channels is not None:
         spec = spec.with_options(channels=channels)
     prep = _prepare(spec)
+    if not verification:
+        _refuse_unlabelled(spec, prep.index)
     split = spec.split or default_split
     chosen = _select(prep, split)
     images, good, bad = prep.index.load(prep.items[chosen], prep.size, prep.channels)
@@ -150,13 +186,9 @@ def load(spec: str | DataSpec, default_split: str = "all", size: int | tuple[int
     if kept.size == 0:
         raise MaskcryptError(f"data spec {spec.text!r}: no image of split {split!r} could be read")
     paths = [prep.index.paths[i] for i in prep.items[kept]] if prep.index.paths else None
-    pairs = None
-    if prep.index.pairs and paths is not None:
-        where = {p: i for i, p in enumerate(paths)}
-        rows = [(where[a], where[b], same, fold) for a, b, same, fold in prep.index.pairs
-                if a in where and b in where]
-        pairs = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
-    return ImageSet(images, prep.labels[kept], prep.class_names, split, spec.text, paths, bad, pairs)
+    labels = prep.labels[kept]
+    return ImageSet(images, labels, prep.class_names, split, spec.text, paths, bad, _pairs(prep, kept, labels),
+                    prep.index.verification_only)
 
 
 def describe(spec: str | DataSpec) -> dict[str, Any]:
@@ -182,6 +214,10 @@ def describe(spec: str | DataSpec) -> dict[str, Any]:
     }
     if prep.index.pairs:
         out["pairs"] = len(prep.index.pairs)
+    if spec.get("pairs") == "generate":
+        out["pairs"] = "generated per split (10 folds, seeded)"
+    if prep.index.verification_only:
+        out["verification_only"] = True
     return out
 
 
@@ -197,6 +233,7 @@ def ray_dataset(spec: str | DataSpec, default_split: str = "all", blocks: int = 
 
     spec = _as_spec(spec)
     prep = _prepare(spec)
+    _refuse_unlabelled(spec, prep.index)
     chosen = _select(prep, spec.split or default_split)
     n_blocks = blocks or max(1, min(200, chosen.size // 256))
     if prep.index.paths is None:

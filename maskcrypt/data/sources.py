@@ -8,6 +8,7 @@ without decoding one, and a ``limit`` decodes only what it keeps.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import warnings
 from collections.abc import Callable
@@ -46,8 +47,11 @@ class SourceIndex:
     default_channels: int
     native: str
     paths: list[str] | None = None
-    pairs: list[tuple[str, str, int, int]] = field(default_factory=list)
+    #: Verification pairs ``(a, b, same, fold)``: ``a``/``b`` are paths (LFW) or item positions (``bin:``).
+    pairs: list[tuple[str | int, str | int, int, int]] = field(default_factory=list)
     crop: str = ""  # file sources: the crop option their loader applies
+    #: No identity labels (an insightface .bin): images and pairs for verification only.
+    verification_only: bool = False
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -378,6 +382,39 @@ def index_synthetic(spec: DataSpec) -> SourceIndex:
                        _size_of(spec, SYNTHETIC_DEFAULT_SIZE), 3, "rendered at any size")
 
 
+def index_bin(spec: DataSpec) -> SourceIndex:
+    """An insightface verification ``.bin``: images in consecutive pairs, 10 consecutive folds, no labels.
+
+    Every image is in the ``test`` split (``all`` names the same images); the loader
+    decodes only the items asked for, and an undecodable image is an error naming its
+    position (a pair cannot lose one image silently).
+    """
+    from maskcrypt.data.binfile import decode_bin_image, read_bin
+    from maskcrypt.verification import consecutive_folds
+
+    path = Path(spec.path)
+    bins, same = read_bin(path)
+    folds = consecutive_folds(len(same)) if len(same) >= 10 else np.zeros(len(same), np.int64)
+    pairs = [(2 * i, 2 * i + 1, int(s), int(f)) for i, (s, f) in enumerate(zip(same, folds))]
+
+    def load(items: np.ndarray, size: tuple[int, int], channels: int):
+        out = np.empty((len(items), channels, size[0], size[1]), np.uint8)
+        for k, i in enumerate(items):
+            out[k] = decode_bin_image(bins[int(i)], f"{path}: image {int(i)} (pair {int(i) // 2})", size, channels)
+        return out, list(range(len(items))), []
+
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(bins[0])) as first:
+            native = f"{len(bins)} encoded images, {first.height}x{first.width} {first.format} (first)"
+    except Exception:
+        native = f"{len(bins)} encoded images (the first is not decodable)"
+    n = len(bins)
+    return SourceIndex(np.zeros(n, np.int64), ["(unlabelled)"], np.full(n, "test", dtype="<U5"), load,
+                       _size_of(spec, FILE_DEFAULT_SIZE), 3, native, None, pairs, "none", verification_only=True)
+
+
 INDEXERS: dict[str, Callable[[DataSpec], SourceIndex]] = {
     "imagefolder": index_imagefolder,
     "lfw": index_lfw,
@@ -385,4 +422,5 @@ INDEXERS: dict[str, Callable[[DataSpec], SourceIndex]] = {
     "idx": index_idx,
     "npz": index_npz,
     "synthetic": index_synthetic,
+    "bin": index_bin,
 }

@@ -8,6 +8,8 @@ Examples::
     idx:/data/mnist#split=test
     npz:faces.npz
     synthetic:identities=50,per_identity=40,size=32#split=test
+    synthetic:#split=test,pairs=generate
+    bin:/data/faces_emore/lfw.bin
 
 ``synthetic`` has no path: its options go after the colon (and may also follow ``#``).
 A path containing ``#`` is not supported.
@@ -21,7 +23,7 @@ from typing import Any
 from maskcrypt.data.synthetic import DEFAULT_IDENTITIES, DEFAULT_PER_IDENTITY
 from maskcrypt.errors import MaskcryptError
 
-KINDS = ("imagefolder", "lfw", "celeba", "idx", "npz", "synthetic")
+KINDS = ("imagefolder", "lfw", "celeba", "idx", "npz", "synthetic", "bin")
 SPLITS = ("train", "test", "val", "all")
 
 #: Options every kind understands, with their types and defaults.
@@ -37,13 +39,16 @@ COMMON: dict[str, tuple[type, Any]] = {
     "max_classes": (int, 0),
     "crop": (str, ""),  # "" = kind default, "none", "center", "S" (centre S x S), "x0,y0,x1,y1"
     "strict": (int, 0),
+    # Verification pairs: "" = the source's own (LFW pairs.txt, a .bin's), "generate" = 10 seeded folds
+    # from the labels (maskcrypt.data.pairs); lfw also takes a pairs file path.
+    "pairs": (str, ""),
+    "pairs_per_fold": (int, 300),  # generate: same (and as many different) pairs per fold
 }
 #: Extra options per kind.
 EXTRA: dict[str, dict[str, tuple[type, Any]]] = {
     # offset: variants offset .. offset + per_identity - 1 of each identity (images disjoint from offset 0's)
     "synthetic": {"identities": (int, DEFAULT_IDENTITIES), "per_identity": (int, DEFAULT_PER_IDENTITY),
                   "offset": (int, 0)},
-    "lfw": {"pairs": (str, "")},  # pairs file; default PATH/pairs.txt when present
 }
 
 
@@ -122,6 +127,14 @@ def _validate(spec: str, kind: str, opts: dict[str, Any]) -> None:
     for key in ("limit", "min_images_per_identity", "max_classes"):
         if opts[key] < 0:
             raise MaskcryptError(f"data spec {spec!r}: {key} must be >= 0, got {opts[key]}")
+    if opts["pairs"] not in ("", "generate") and kind != "lfw":
+        raise MaskcryptError(f"data spec {spec!r}: pairs must be 'generate' (or a pairs file, for lfw), "
+                             f"got {opts['pairs']!r}")
+    if kind == "bin" and opts["pairs"]:
+        raise MaskcryptError(f"data spec {spec!r}: a .bin holds its own pairs and no identity labels to "
+                             "generate others from; drop the pairs option")
+    if opts["pairs_per_fold"] < 1:
+        raise MaskcryptError(f"data spec {spec!r}: pairs_per_fold must be >= 1, got {opts['pairs_per_fold']}")
     if opts["size"]:
         parse_size(opts["size"], f"data spec {spec!r}: size")
     if kind == "synthetic":

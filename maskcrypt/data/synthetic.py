@@ -5,8 +5,8 @@ colour and hairline, eye spacing, size and iris colour, brow shape, nose, mouth,
 optional beard and glasses, and a personal *skin texture* (two oriented gratings
 and a few marks placed over the whole face). Each image of an identity is a random
 variant: head pose (rotation, shift, scale that often leaves a smaller face, a little
-yaw), lighting (brightness, a directional gradient and a colour cast), expression (smile, eye openness, brow raise), background
-colour and pixel noise.
+yaw), lighting (brightness, a directional gradient and a colour cast), expression
+(smile, eye openness, brow raise), background colour and pixel noise.
 
 The identity cues are spread over the whole face on purpose: the texture and marks
 cover cheeks, forehead and chin, so occluding any region removes some identity

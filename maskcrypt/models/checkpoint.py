@@ -134,36 +134,15 @@ def load_model(path: str | os.PathLike[str], kind: str, build: Callable[[dict[st
     return model.eval().to(device)
 
 
-def load_external_weights(model: nn.Module, path: str | os.PathLike[str], what: str) -> dict[str, list[str]]:
+def load_external_weights(model: nn.Module, path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     """Load a state dict trained elsewhere into ``model``; a classifier of another size is skipped.
 
     Accepts a plain state dict or one nested under ``state_dict``/``model``, with or
-    without a DDP ``module.`` prefix. Any other missing or mismatching tensor is an error
-    that lists them, so a wrong architecture cannot load half-way silently.
+    without a DDP ``module.`` prefix, in maskcrypt's, torchvision's or insightface's layout
+    (:mod:`maskcrypt.models.weights`). Any other missing or mismatching tensor is an error
+    naming the first such key and both shapes, so a wrong architecture cannot load
+    half-way silently.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise MaskcryptError(f"{what} {p}: file not found (a torch state dict for the configured architecture)")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise MaskcryptError(f"{what} {p}: not a readable torch state dict ({exc})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise MaskcryptError(f"{what} {p}: expected a state dict, got {type(state).__name__}")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    own = unwrap(model).state_dict()
-    skipped = [k for k, v in state.items()
-               if k.startswith("classifier.") and k in own and own[k].shape != v.shape]
-    usable = {k: v for k, v in state.items() if k not in skipped}
-    missing = [k for k in own if k not in usable and not k.startswith("classifier.")]
-    mismatched = [k for k, v in usable.items() if k in own and own[k].shape != v.shape]
-    if missing or mismatched:
-        raise MaskcryptError(
-            f"{what} {p}: does not fit the configured architecture (missing {missing[:5]}, "
-            f"shape mismatch {mismatched[:5]}); check --arch/--width/--iterations"
-        )
-    unwrap(model).load_state_dict(usable, strict=False)
-    return {"skipped": skipped, "unexpected": [k for k in usable if k not in own]}
+    from maskcrypt.models.weights import load_weights, read_state_dict
+
+    return load_weights(model, read_state_dict(path, f"{what} {path}"), f"{what} {path}")

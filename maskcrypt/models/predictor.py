@@ -118,13 +118,18 @@ class Predictor:
     # -- mask, fill, recognize ---------------------------------------------------------------------------
     @torch.inference_mode()
     def outputs(self, images: np.ndarray | torch.Tensor, masks: Masks = None, *, embed: bool = False,
-                fill: bool = False, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+                fill: bool = False, names: Sequence[str] | None = None, flip: bool = False) -> dict[str, torch.Tensor]:
         """Per model: float32 logits (``embed=False``) or unit embeddings of ``images`` under ``masks``.
 
         ``masks`` (see :data:`Masks`) are overlaid once per chunk and shared by every
-        model; ``fill`` lets R inpaint the holes first (an attacker's view). Returns one
-        N x K tensor per name, on the device.
+        model; ``fill`` lets R inpaint the holes first (an attacker's view). ``flip``
+        (embeddings only): the face-verification convention, ``embed(x) + embed(x
+        mirrored left-right)`` normalized after the sum; the mirror is of the image the
+        model gets (masked, and filled when ``fill``), which is all a server holding
+        encrypted images can compute. Returns one N x K tensor per name, on the device.
         """
+        if flip and not embed:
+            raise MaskcryptError("predictor: flip=True sums embeddings; it needs embed=True")
         names = list(self.models) if names is None else list(names)
         if fill and self.inpainter is None:
             raise MaskcryptError("predictor: fill=True needs an inpainter")
@@ -144,9 +149,16 @@ class Predictor:
                     x = self.inpainter.inpaint(x, holes)
                     if self.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
+                mirrored = x.flip(3) if flip else None
                 for k in names:
                     model = self.model(k)
-                    outs[k].append(F.normalize(model.embed(x).float(), dim=1) if embed else model(x).float())
+                    if embed:
+                        e = model.embed(x).float()
+                        if mirrored is not None:
+                            e = e + model.embed(mirrored).float()
+                        outs[k].append(F.normalize(e, dim=1))
+                    else:
+                        outs[k].append(model(x).float())
         return {k: torch.cat(v) if v else torch.empty(0, device=self.device) for k, v in outs.items()}
 
     def logits(self, images: np.ndarray | torch.Tensor, masks: Masks = None, name: str | None = None) -> torch.Tensor:

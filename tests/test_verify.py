@@ -1,0 +1,166 @@
+"""maskcrypt verify (the stage and the command), the determination's verification section, and ONNX export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from maskcrypt.cli import main
+from maskcrypt.data import load
+from maskcrypt.masks import MaskLibrary, overlay
+from maskcrypt.masks.generate import generate_into
+from maskcrypt.models import Inpainter, InpainterConfig, Recognizer, RecognizerConfig
+from maskcrypt.models.checkpoint import save_checkpoint
+from maskcrypt.verification import evaluate
+
+SIZE = 16
+DATA = f"synthetic:identities=20,per_identity=15,size={SIZE}"
+
+
+def _fake_run(root, targets: int = 2):
+    """A run directory with untrained (but distinct) models, a small library and target masks: no Ray, seconds."""
+    torch.manual_seed(0)
+    lib = MaskLibrary.open_or_create(str(root / "masks"), SIZE, SIZE)
+    generate_into(lib, 12, seed=0)
+    train = {"train_config_sha256": "same", "train_config": {}}
+    for role in ("original", "encrypted"):
+        cfg = RecognizerConfig(num_classes=20, image_size=SIZE, width=8)
+        model = Recognizer(cfg)
+        model.train()
+        model(torch.randint(0, 256, (16, 3, SIZE, SIZE), dtype=torch.uint8))  # BatchNorm statistics off defaults
+        save_checkpoint(root / "models" / role / "checkpoint_epoch_0001", model.eval(),
+                        {"kind": "recognizer", "role": role, "model_config": cfg.to_dict(), "epoch": 1, "epochs": 1,
+                         "image_size": SIZE, "channels": 3, "class_names": [f"id{i:03d}" for i in range(20)],
+                         **train})
+    r = Inpainter(InpainterConfig(width=4, iterations=1, image_size=SIZE)).eval()
+    save_checkpoint(root / "models" / "inpainter" / "checkpoint_epoch_0001", r,
+                    {"kind": "inpainter", "model_config": r.config.to_dict(), "epoch": 1, "epochs": 1})
+    table = lib.table()
+    ids = table.column("mask_id").to_pylist()[:targets]
+    keep = table.slice(0, targets)
+    from maskcrypt.fileio import write_json, write_parquet
+
+    write_parquet(keep, root / "targets.parquet")
+    write_json(root / "targets.json", {"targets": [{"mask_id": m, "sha256": s} for m, s in
+                                                   zip(ids, keep.column("sha256").to_pylist())], "scoring": "closed"})
+    write_json(root / "run.json", {"prepare": {"data": DATA}})
+    return root, ids
+
+
+def _embed(model, images, mask=None):
+    x = torch.from_numpy(images)
+    if mask is not None:
+        x = overlay(x, torch.from_numpy(mask))
+    with torch.no_grad():
+        return F.normalize(model.embed(x) + model.embed(x.flip(3)), dim=1).numpy()
+
+
+def test_verify_command_on_generated_pairs_and_on_a_bin(tmp_path, capsys):
+    run, ids = _fake_run(tmp_path / "run")
+    assert main(["verify", str(run), "--precision", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "pairs generated from the labels" in out and "2 target masks" in out
+    assert "TAR@FAR=1e-3" in out and "O      clean" in out.replace("    O", "O")
+    table = pd.read_parquet(run / "results" / "verification.parquet")
+    assert (run / "results" / "roc.png").stat().st_size > 1000
+    assert table[["model", "condition"]].apply(tuple, axis=1).tolist() == [
+        ("O", "clean"), *[(m, c) for _ in ids for m, c in
+                          (("E", "masked"), ("O", "masked"), ("O", "inpainted"), ("E", "inpainted"))]]
+    assert json.loads((run / "run.json").read_text())["stages"]["verify"]["masks"] == ids
+
+    # The same figures by hand: flip-sum embeddings of the masked test images, cosine, the protocol.
+    test = load(DATA + "#pairs=generate", default_split="test")
+    lib = MaskLibrary.open(str(run / "masks"))
+    e = Recognizer.from_checkpoint(run / "models" / "encrypted")
+    emb = _embed(e, test.images, lib.get([ids[1]]).masks[0])
+    p = test.pairs
+    expected = evaluate((emb[p[:, 0]] * emb[p[:, 1]]).sum(1), p[:, 2] == 1, p[:, 3])
+    row = table[(table["model"] == "E") & (table["condition"] == "masked") & (table["mask_id"] == ids[1])].iloc[0]
+    assert row["pairs"] == len(p) and row["negatives"] == expected["negatives"]
+    for key in ("accuracy", "accuracy_std", "tar_far_1e-3", "auc"):
+        assert row[key] == pytest.approx(expected[key], abs=1e-9), key
+
+    # A .bin written from the same split with the same pairs gives the same figures.
+    assert main(["data", "export-bin", DATA + "#split=test,pairs=generate", "--out", str(tmp_path / "t.bin")]) == 0
+    assert main(["verify", str(run), "--pairs", f"bin:{tmp_path / 't.bin'}", "--precision", "fp32"]) == 0
+    from_bin = pd.read_parquet(run / "results" / "verification.parquet")
+    assert from_bin["pairs_source"].iloc[0].startswith("bin:")
+    for key in ("accuracy", "tar_far_1e-3", "auc"):
+        np.testing.assert_allclose(from_bin[key], table[key], atol=1e-6)
+
+
+def test_verify_errors_are_named(tmp_path, capsys):
+    run, _ = _fake_run(tmp_path / "run")
+    (run / "targets.json").unlink()
+    assert main(["verify", str(run)]) == 2
+    assert "no targets.json" in capsys.readouterr().err
+    assert main(["verify", str(run), "--mask-ids", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["prepare", "--run", str(tmp_path / "x"), "--data", f"bin:{tmp_path / 'none.bin'}"]) == 2
+    assert "none.bin: no such file" in capsys.readouterr().err
+    assert main(["data", "export-bin", DATA + "#split=test,pairs=generate", "--out", str(tmp_path / "t.bin")]) == 0
+    assert main(["prepare", "--run", str(tmp_path / "y"), "--data", f"bin:{tmp_path / 't.bin'}"]) == 2
+    assert "serves verification only" in capsys.readouterr().err
+    assert main(["data", "export-bin", DATA, "--out", str(tmp_path / "u.bin")]) == 2
+    assert "has no verification pairs; add #pairs=generate" in capsys.readouterr().err
+
+
+def test_export_onnx_matches_torch(tmp_path, capsys):
+    import onnx
+    import onnxruntime as ort
+
+    run, ids = _fake_run(tmp_path / "run")
+    out = tmp_path / "e.onnx"
+    assert main(["export", str(run), "--model", "encrypted", "--format", "onnx", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "onnxruntime vs torch" in printed
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["class_names"])[:2] == ["id000", "id001"] and json.loads(meta["target_masks"]) == ids
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    e = Recognizer.from_checkpoint(run / "models" / "encrypted")
+    for n in (1, 7):  # dynamic batch
+        x = torch.randint(0, 256, (n, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
+        logits, emb = session.run(None, {"images": x.numpy()})
+        with torch.no_grad():
+            assert np.abs(logits - e(x).numpy()).max() < 1e-3
+            assert np.abs(emb - F.normalize(e.embed(x)).numpy()).max() < 1e-3
+    # O with float input through the legacy exporter.
+    assert main(["export", str(run), "--model", "original", "--out", str(tmp_path / "o.onnx"), "--input", "float",
+                 "--exporter", "torchscript"]) == 0
+    session = ort.InferenceSession(str(tmp_path / "o.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(0, 255, (3, 3, SIZE, SIZE)).astype(np.float32)
+    o = Recognizer.from_checkpoint(run / "models" / "original")
+    with torch.no_grad():
+        assert np.abs(session.run(["logits"], {"images": x})[0] - o(torch.from_numpy(x)).numpy()).max() < 1e-3
+
+
+def test_determination_shows_verification_when_the_test_source_has_pairs(determined_run, tmp_path, ray_session):
+    from conftest import TINY_DATA
+
+    from maskcrypt.config import DetermineConfig, EvalSettings
+    from maskcrypt.determine import determine
+    from maskcrypt.select import Thresholds
+    from maskcrypt.verify import verify_determination
+
+    src, _ = determined_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("per_mask.parts"))
+    loose = Thresholds(t_gap=0.0, t_drop=0.0, t_enc=0.0, t_orig=1.0, top_k=2, attack_top=3)
+    result = determine(run, DetermineConfig(test_data=TINY_DATA + "#pairs=generate", repeats=1), loose,
+                       EvalSettings(precision="fp32"), redo=True, log=lambda *_: None)
+    v = pd.read_parquet(run / "results" / "verification.parquet")
+    targets = [t["mask_id"] for t in result["targets"]]
+    assert v[v["condition"] == "masked"]["mask_id"].drop_duplicates().tolist() == targets
+    report = (run / "report.md").read_text()
+    assert "## Verification (the field's protocol)" in report and "![ROC](results/roc.png)" in report
+    assert (run / "results" / "roc.png").exists()
+    # A test source without pairs: the stale section goes.
+    assert verify_determination(run, TINY_DATA, "fp32", lambda *_: None) is False
+    assert not (run / "results" / "verification.parquet").exists()
