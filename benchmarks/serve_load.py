@@ -15,10 +15,17 @@ face as PNG to ``/v1/recognize`` (server-side masking with the best target):
 * **where the time goes**: PNG decode + crop/resize, masking and a JSON answer per
   request, measured here, and the CPU seconds per request of Serve's proxy, the
   replica, the controller and the clients (``/proc``), under each load;
+* **batch endpoint**: ``POST /v1/recognize/batch`` with 16 images per multipart request
+  at concurrency 8: images/s (reported apart from req/s);
+* **profile** (``--profile S``): py-spy samples Serve's proxy and the replica for S
+  seconds under the batched load at concurrency 32 and prints where their time goes
+  (the functions with the most samples, ours and Ray's);
 * **autoscaling** (1-2 replicas, ``target_ongoing_requests`` 4, short delays): the
   replica count sampled every second under concurrency 32, then idle.
 
-Ends with ``RESULT`` lines.
+``--throughput-optimized`` runs everything with Ray 2.60's throughput-optimized Serve
+(``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: direct ingress to replicas, gRPC inside), for a
+comparison with the default. Ends with ``RESULT`` lines.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _drive(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
+async def _drive(url: str, body: bytes, concurrency: int, seconds: float, content_type: str = "image/png") -> dict:
     import aiohttp
 
     latencies: list[float] = []
@@ -56,7 +63,7 @@ async def _drive(url: str, body: bytes, concurrency: int, seconds: float) -> dic
         nonlocal errors
         while time.perf_counter() < stop:
             t = time.perf_counter()
-            async with session.post(url, data=body, headers={"Content-Type": "image/png"}) as r:
+            async with session.post(url, data=body, headers={"Content-Type": content_type}) as r:
                 await r.read()
                 if r.status != 200:
                     errors += 1
@@ -73,8 +80,54 @@ async def _drive(url: str, body: bytes, concurrency: int, seconds: float) -> dic
             "req_per_s": len(latencies) / elapsed, "p50_ms": 1000 * q[0], "p95_ms": 1000 * q[1], "p99_ms": 1000 * q[2]}
 
 
-def drive(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
-    return asyncio.run(_drive(url, body, concurrency, seconds))
+def drive(url: str, body: bytes, concurrency: int, seconds: float, content_type: str = "image/png") -> dict:
+    return asyncio.run(_drive(url, body, concurrency, seconds, content_type))
+
+
+def multipart(images: list[bytes]) -> tuple[bytes, str]:
+    """A multipart body with one ``image`` field per PNG, and its content type."""
+    boundary = "maskcryptbench"
+    parts = [(f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{i}.png\"\r\n"
+              "Content-Type: image/png\r\n\r\n").encode() + data + b"\r\n" for i, data in enumerate(images)]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def profile(seconds: float, out: Path) -> dict[str, list[tuple[str, float]]]:
+    """py-spy samples of Serve's proxy and the replica for ``seconds``: the top functions by own samples."""
+    import collections
+    import os
+    import subprocess
+
+    pids = {}
+    for pid_dir in Path("/proc").iterdir():
+        if pid_dir.name.isdigit():
+            try:
+                cmd = (pid_dir / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            for name, marker in (("proxy", "ProxyActor"), ("replica", "ServeReplica")):
+                if marker in cmd:
+                    pids[name] = pid_dir.name
+    spy = Path(sys.executable).with_name("py-spy")
+    procs = {name: subprocess.Popen([str(spy), "record", "--pid", pid, "--duration", str(int(seconds)), "--format",
+                                     "raw", "--rate", "200", "--nonblocking", "--output", str(out / f"{name}.txt")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for name, pid in pids.items() if os.access(spy, os.X_OK)}
+    for proc in procs.values():
+        proc.wait()
+    tops = {}
+    for name in procs:
+        counts: collections.Counter[str] = collections.Counter()
+        total = 0
+        for line in (out / f"{name}.txt").read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            frames = stack.split(";")
+            total += int(n)
+            # Attribute each sample to its innermost frame of interest: ours, else the innermost.
+            ours = [f for f in frames if "maskcrypt" in f]
+            counts[(ours[-1] if ours else frames[-1]).split(" (")[0][:80]] += int(n)
+        tops[name] = [(f, 100 * c / max(total, 1)) for f, c in counts.most_common(12)]
+    return tops
 
 
 def cpu_seconds() -> dict[str, float]:
@@ -154,7 +207,14 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=0.0, help="per concurrency level (default 10, quick 5)")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     p.add_argument("--batch-wait", type=float, default=0.002, help="batch_wait_timeout_s of the batched runs")
+    p.add_argument("--throughput-optimized", action="store_true",
+                   help="Ray Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1)")
+    p.add_argument("--profile", type=float, default=0.0, metavar="S", help="py-spy the proxy and the replica for S s")
     args = p.parse_args()
+    if args.throughput_optimized:
+        import os
+
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"  # read by Serve's processes, started below
     seconds = args.seconds or (5.0 if args.quick else 10.0)
     run = Path(args.run).resolve()
 
@@ -198,6 +258,26 @@ def main() -> int:
             print(f"{name:>9} c={c:<3} {r['req_per_s']:7.1f} req/s  p50 {r['p50_ms']:6.1f}  p95 {r['p95_ms']:6.1f}  "
                   f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}  CPU ms/request: "
                   + " ".join(f"{k} {v:.2f}" for k, v in r["cpu_per_request_ms"].items()))
+        if name == "batched":
+            batch_url = url.replace("/v1/recognize", "/v1/recognize/batch")
+            body16, kind = multipart([body] * 16)
+            rb = drive(batch_url, body16, 8, seconds, kind)
+            results["batch_endpoint"] = [{**rb, "images_per_s": 16 * rb["req_per_s"]}]
+            print(f"batch endpoint c=8, 16 images per request: {16 * rb['req_per_s']:.1f} images/s, p99 "
+                  f"{rb['p99_ms']:.1f} ms, errors {rb['errors']}")
+            if args.profile:
+                import tempfile
+
+                with tempfile.TemporaryDirectory() as tmp:
+                    loader = threading.Thread(target=drive, args=(url, body, 32, args.profile + 4))
+                    loader.start()
+                    time.sleep(2)
+                    tops = profile(args.profile, Path(tmp))
+                    loader.join()
+                for proc, rows in tops.items():
+                    print(f"where the {proc}'s samples go (innermost maskcrypt frame, else innermost frame):")
+                    for frame, pct in rows:
+                        print(f"  {pct:5.1f}%  {frame}")
         serve.delete("load")
 
     scaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4, "upscale_delay_s": 2,
@@ -227,13 +307,15 @@ def main() -> int:
           f"{busy['errors']}")
     print("replicas over time: " + " ".join(f"{t:.0f}s:{n}" for t, n in timeline))
 
-    by = {name: {r["concurrency"]: r for r in rows} for name, rows in results.items()}
+    by = {name: {r["concurrency"]: r for r in rows} for name, rows in results.items() if name != "batch_endpoint"}
     for c in (1, 8, 32):
         b, u = by["batched"][c], by["unbatched"][c]
         print(f"RESULT c={c} batched {b['req_per_s']:.1f} req/s (p99 {b['p99_ms']:.1f} ms), unbatched "
               f"{u['req_per_s']:.1f} req/s (p99 {u['p99_ms']:.1f} ms), batched/unbatched "
               f"{b['req_per_s'] / u['req_per_s']:.2f}x, batched/bare-batch16 {b['req_per_s'] / bare['batch16']:.2f}")
     print(f"RESULT autoscaling max replicas {max(n for _, n in timeline)}, final {timeline[-1][1]}")
+    print(f"RESULT batch_endpoint_images_per_s {results['batch_endpoint'][0]['images_per_s']:.1f}")
+    print(f"RESULT c32_batched_vs_bare_batch16 {by['batched'][32]['req_per_s'] / bare['batch16']:.3f}")
     return 0
 
 

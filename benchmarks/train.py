@@ -96,7 +96,8 @@ def main() -> int:
     t0 = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
-        inputs = TrainInputs(train.images, train.labels, val.images, val.labels, train.class_names, {"b": "x"})
+        inputs = TrainInputs.from_arrays(train.images, train.labels, val.images, val.labels, train.class_names,
+                                         {"b": "x"})
         meta = train_model("original", tmp, inputs, cfg.to_dict(), tc, Resources(workers=args.workers),
                            log=lambda *_: None)
     ray_wall = time.perf_counter() - t0

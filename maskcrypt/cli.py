@@ -147,6 +147,21 @@ def cmd_data_export_bin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_export(args: argparse.Namespace) -> int:
+    """A source's images as an image folder (``imagefolder:`` layout), e.g. synthetic faces as JPEG files."""
+    from maskcrypt.data import source_split
+    from maskcrypt.data.folder import write_imagefolder
+    from maskcrypt.pipeline import absolute_path
+
+    split = source_split(args.spec, default_split="all")
+    t0 = time.perf_counter()
+    n = write_imagefolder(split, absolute_path(args.out), args.format, args.quality)
+    print(f"wrote {n} {args.format.upper()} images of {split.size[0]}x{split.size[1]} in "
+          f"{len(set(split.labels.tolist()))} class folders to {args.out} in {time.perf_counter() - t0:.1f}s "
+          f"(read it as imagefolder:{absolute_path(args.out)})")
+    return 0
+
+
 def cmd_data_show(args: argparse.Namespace) -> int:
     from maskcrypt.data import load
     from maskcrypt.pictures import auto_scale, grid_image, save_png
@@ -260,11 +275,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from maskcrypt.cluster import init_ray
 
     init_ray()  # before our handler: ray.init installs its own for SIGTERM
+    # Checked before anything starts (the run's targets, the GPUs asked for): a refusal stops nothing.
+    app = build_app(config, max_batch_size=args.max_batch_size, num_replicas=args.replicas, num_gpus=args.gpus)
     signal.signal(signal.SIGTERM, _stop)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(build_app(config, max_batch_size=args.max_batch_size, num_replicas=args.replicas),
-                  name="maskcrypt", route_prefix="/")
+        serve.run(app, name="maskcrypt", route_prefix="/")
         print(f"serving {config.run} on http://{args.host}:{args.port} (Ctrl-C or SIGTERM stops)", flush=True)
         while True:
             time.sleep(3600)
@@ -363,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--classes", type=int, default=8)
     ds.add_argument("--per-class", type=int, default=6)
     ds.set_defaults(func=cmd_data_show)
+    ex = dsub.add_parser("export", help="write a source's images as an image folder (imagefolder: layout)")
+    ex.add_argument("spec", help="e.g. 'synthetic:identities=100,per_identity=80,size=112' (default split: all)")
+    ex.add_argument("--out", required=True, help="a new folder: OUT/<class>/<n>.jpg")
+    ex.add_argument("--format", default="jpg", choices=("jpg", "png"))
+    ex.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    ex.set_defaults(func=cmd_data_export)
     eb = dsub.add_parser("export-bin", help="write a source's verification pairs as an insightface .bin")
     eb.add_argument("spec", help="a source with pairs, e.g. 'synthetic:#split=test,pairs=generate' or "
                                  "lfw:/data/lfw#split=all (default split: test)")
@@ -411,7 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--allow-candidates", action="store_true", help="serve the best candidates when no target")
     sv.add_argument("--replicas", type=int, default=1)
-    sv.add_argument("--max-batch-size", type=int, default=16)
+    sv.add_argument("--max-batch-size", type=int, default=0, help="images per forward (default: 16 on CPU, 128 "
+                    "with --gpus)")
+    sv.add_argument("--gpus", type=float, default=0.0, help="GPUs per replica (a cluster without them is refused)")
     sv.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     sv.add_argument("--scoring", default="auto", choices=("auto", "closed", "open"),
                     help="closed: E's classes; open: an enrolled gallery (/v1/enroll); auto: as the run was scored")

@@ -49,12 +49,16 @@ def quiet_ray_data() -> None:
     import logging
 
     from ray.data import DataContext
+    from ray.util.debug import log_once
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Ray Data warns once that the bars are off: we turned them off on purpose, so spend its "once" here.
+    log_once("ray_data_progress_manager_disabled")
+    log_once("ray_data_progress_manager_global")
 
 
 def require_ray(what: str) -> None:

@@ -181,12 +181,18 @@ class Resources:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     max_failures: int = 1
+    #: How the ranks share the training data: stream (Ray Train's streaming split, each image decoded once),
+    #: replicate (each rank reads all in one seeded order: bitwise reproducible), auto (replicate for data that
+    #: fits in memory, stream for files). See maskcrypt/train_loop.py.
+    sharding: str = "auto"
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or self.max_failures < 0:
             raise MaskcryptError(
                 "resources: workers >= 1, cpus_per_worker > 0, gpus_per_worker >= 0, max_failures >= 0"
             )
+        if self.sharding not in ("auto", "stream", "replicate"):
+            raise MaskcryptError(f"--data-sharding: expected auto, stream or replicate, got {self.sharding!r}")
 
 
 @dataclass(frozen=True)

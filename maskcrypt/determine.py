@@ -148,7 +148,7 @@ def open_determination(run: Any, config: DetermineConfig, thresholds: Thresholds
                        adaptive: AdaptivePlan, redo: bool, log: Callable[[str], None]) -> Determination:
     """Check the models, load and split the test set, open the library, key the resumable parts."""
     from maskcrypt.config import check_same_training
-    from maskcrypt.data import load
+    from maskcrypt.data import source_split
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.models.checkpoint import find_checkpoint
     from maskcrypt.run import RunPaths, read_run_json
@@ -161,22 +161,28 @@ def open_determination(run: Any, config: DetermineConfig, thresholds: Thresholds
     _, r_meta = find_checkpoint(paths.models / "inpainter", kind="inpainter")
     spec = config.test_data or (read_run_json(paths) or {}).get("prepare", {}).get("data", "synthetic:")
     e = metas["E"]
-    raw = load(spec, default_split="test", size=int(e["image_size"]), channels=int(e.get("channels", 3)))
-    test = prepare_test(raw.images, raw.labels, raw.class_names, e["class_names"], scoring=config.scoring,
+    # Decoded by Ray tasks into the object store: the driver holds references and labels only.
+    raw = source_split(spec, default_split="test", size=int(e["image_size"]), channels=int(e.get("channels", 3)))
+    images, kept = raw.to_object_store()
+    if kept.size < len(raw):
+        log(f"test data {raw.spec.text}: {len(raw) - kept.size} unreadable image(s) left out")
+    labels = raw.labels[kept]
+    test = prepare_test(images, labels, raw.class_names, e["class_names"], scoring=config.scoring,
                         confirm_fraction=config.confirm_fraction, enroll=config.enroll, seed=config.seed,
                         trained_classes=e.get("trained_classes"))
-    log(f"test data {raw.spec}: {len(raw)} images, {len(test.classes)} identities, {test.scoring}-set scoring"
+    log(f"test data {raw.spec.text}: {kept.size} images, {len(test.classes)} identities, {test.scoring}-set scoring"
         + (f" (gallery {int(test.gallery.sum())} images, {config.enroll} per identity)" if test.scoring == "open"
            else "")
         + f"; selection {test.probes('selection')} / confirmation {test.probes('confirmation')} probe images"
         + (f"; dropped identities with too few images: {test.dropped}" if test.dropped else ""))
     lib = MaskLibrary.open(str(paths.masks))
-    key = {"test_data": raw.spec, "test_data_sha256": raw.content_hash(), "size": int(e["image_size"]),
+    digest = hashlib.sha256(raw.fingerprint().encode() + kept.tobytes()).hexdigest()
+    key = {"test_data": raw.spec.text, "test_data_sha256": digest, "size": int(e["image_size"]),
            "scoring": test.scoring, "confirm_fraction": config.confirm_fraction, "enroll": config.enroll,
            "seed": config.seed, "precision": settings.precision, "library_sha256": _library_sha(lib),
            "per_image": settings.per_image, "inpainter_sha256": r_meta.get("model_sha256"),
            **{f"model_{k}_sha256": m.get("model_sha256") for k, m in metas.items()}}
-    d = Determination(paths, config, thresholds, settings, adaptive, test, raw.spec, len(raw), lib, models,
+    d = Determination(paths, config, thresholds, settings, adaptive, test, raw.spec.text, int(kept.size), lib, models,
                       paths.models / "inpainter", key, log)
     if not d.present:
         raise MaskcryptError(f"mask library {lib.uri}: no mask in any bucket (empty library)")

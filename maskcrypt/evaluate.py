@@ -28,7 +28,7 @@ from maskcrypt.config import EvalSettings
 from maskcrypt.errors import MaskcryptError
 from maskcrypt.fileio import write_parquet
 from maskcrypt.scorer import CrossProductScorer
-from maskcrypt.testset import SPLITS, TestSet
+from maskcrypt.testset import SPLITS, ImageBlocks, TestSet
 
 
 def check_models(models: dict[str, str | Path], test: TestSet) -> dict[str, str]:
@@ -105,8 +105,13 @@ def scorer_kwargs(test: TestSet, resolved: dict[str, str], splits: Sequence[str]
 
     require_ray("evaluation")
 
-    return {"test": ray.put(test), "models": resolved, "splits": tuple(splits), "precision": settings.precision,
-            "images_per_chunk": settings.images_per_chunk, "mode": mode, "gpus": settings.gpus_per_actor, **extra}
+    # A test set held in the object store (ImageBlocks) is small: passed by value, its blocks stay references.
+    # An in-memory one travels once through the store. (Ray warns about restartable actors whose constructor
+    # arguments live in the object store: the first case avoids it where it matters, in the determination.)
+    held = isinstance(test.images, ImageBlocks)
+    return {"test": test if held else ray.put(test), "models": resolved, "splits": tuple(splits),
+            "precision": settings.precision, "images_per_chunk": settings.images_per_chunk, "mode": mode,
+            "gpus": settings.gpus_per_actor, **extra}
 
 
 def _write_part(df: pd.DataFrame, parts: Path) -> None:

@@ -94,6 +94,9 @@ RUN_FLAGS: list[tuple[tuple[str, ...], tuple[str, ...], dict[str, Any], str]] = 
     (("--cpus-per-worker",), ("resources.cpus_per_worker",), {"type": float}, ""),
     (("--gpus-per-worker",), ("resources.gpus_per_worker",), {"type": float}, ""),
     (("--max-failures",), ("resources.max_failures",), {"type": int}, ""),
+    (("--data-sharding",), ("resources.sharding",), {"choices": ("auto", "stream", "replicate")},
+     "how Ray Train workers share the training data: stream (each image decoded once), replicate (bitwise "
+     "reproducible), auto (replicate for in-memory sources, stream for files)"),
     # determination
     (("--test-data",), ("determine.test_data",), {}, "test images (default: --data, test split)"),
     (("--scoring",), ("determine.scoring",), {"choices": ("auto", "closed", "open")},

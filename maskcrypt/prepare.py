@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import shutil
 import time
 from typing import Any
 
@@ -35,14 +36,31 @@ def prepare(run: str | os.PathLike[str], config: PrepareConfig, restart: bool = 
     """Build the run's mask libraries and pictures; return what ``run.json`` records.
 
     Idempotent: re-running with the same configuration finds the libraries complete
-    (generation dedupes) and rewrites only pictures and ``run.json``.
+    (generation dedupes) and rewrites only pictures and ``run.json``. A first preparation
+    that fails (a bad data spec, a library of another size) removes what it created, so
+    the next attempt starts clean instead of finding libraries without a ``run.json``.
     """
-    from maskcrypt.data import load
+    paths = RunPaths.resolve(run)
+    fresh = read_run_json(paths) is None and not any(p.exists() for p in _libraries(paths))
+    try:
+        return _prepare(paths, config, restart, log)
+    except BaseException:
+        if fresh:
+            for lib in _libraries(paths):
+                shutil.rmtree(lib, ignore_errors=True)
+        raise
+
+
+def _libraries(paths: RunPaths) -> list[Any]:
+    return [paths.masks, paths.masks_train, paths.masks_heldout]
+
+
+def _prepare(paths: RunPaths, config: PrepareConfig, restart: bool, log: Any) -> dict[str, Any]:
+    from maskcrypt.data import source_split
     from maskcrypt.masks import MaskLibrary, overlay, parse_buckets
     from maskcrypt.masks.generate import generate_into
     from maskcrypt.pictures import auto_scale, grid_image, mask_grid, save_png
 
-    paths = RunPaths.resolve(run)
     check_resumable(paths, config, restart)
     paths.root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -74,22 +92,24 @@ def prepare(run: str | os.PathLike[str], config: PrepareConfig, restart: bool = 
     log(f"masks_heldout/ {len(held)} masks for figures on unseen masks during training, disjoint from both "
         f"({res_h.added} new)")
 
-    train = load(config.data, default_split="train", size=config.size)
-    test = load(config.data, default_split="test", size=config.size)
+    # The splits' indexes only: the training set is decoded by Ray Data during training, never here.
+    train = source_split(config.data, default_split="train", size=config.size)
+    test = source_split(config.data, default_split="test", size=config.size)
     log(f"data          {config.data}: {len(train)} train / {len(test)} test images of "
         f"{len(train.class_names)} classes, {train.channels}x{config.size}x{config.size}")
 
     save_png(mask_grid(lib, per_bucket=8), paths.root / "masks.png")
     save_png(mask_grid(pool, per_bucket=8), paths.root / "masks_train.png")
     picks = [int(np.flatnonzero(test.labels == c)[0]) for c in np.unique(test.labels)[:8]]
-    save_png(grid_image(test.images[picks], [test.class_names[test.labels[i]] for i in picks],
+    faces = test.read(np.asarray(picks))
+    save_png(grid_image(faces, [test.class_names[test.labels[i]] for i in picks],
                         scale=auto_scale(config.size)), paths.root / "data.png")
     # One mask per bucket over the same faces: what "encryption" looks like, bucket by bucket.
-    rows = [test.images[picks]]
+    rows = [faces]
     for b in buckets:
         batch = next(lib.iter_batches(1, buckets=[b]), None)
         if batch is not None and len(batch):
-            rows.append(overlay(test.images[picks], batch.masks[0]))
+            rows.append(overlay(faces, batch.masks[0]))
     save_png(grid_image(np.concatenate(rows), ncol=len(picks), scale=auto_scale(config.size)),
              paths.root / "encrypted.png")
 
@@ -98,8 +118,9 @@ def prepare(run: str | os.PathLike[str], config: PrepareConfig, restart: bool = 
         "python": platform.python_version(),
         "prepare": dataclasses.asdict(config),
         "inputs": {
-            "train_data_sha256": train.content_hash(),
-            "test_data_sha256": test.content_hash(),
+            # Fingerprints of the splits' indexes (paths or items, labels, options): no pixel decoded.
+            "train_data_sha256": train.fingerprint(),
+            "test_data_sha256": test.fingerprint(),
             "masks": {"count": len(lib), "stats": lib.stats()["buckets"]},
             "masks_train": {"count": len(pool)},
             "masks_heldout": {"count": len(held)},

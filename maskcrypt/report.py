@@ -23,6 +23,7 @@ import pandas as pd
 
 from maskcrypt.fileio import write_text
 from maskcrypt.pictures import plot_table1, plot_table2, save_png, target_gallery
+from maskcrypt.testset import pixels
 
 
 def _pct(v: Any) -> str:
@@ -153,7 +154,7 @@ def _targets(root: Path, result: dict[str, Any], test: Any) -> list[str]:
                      "yes" if t["in_training_pool"] else "no"])
     probe = np.flatnonzero(~np.asarray(test.gallery) & (np.asarray(test.split) == 0))
     _, first = np.unique(np.asarray(test.labels)[probe], return_index=True)
-    pics = test.images[probe[np.sort(first)][:3]]
+    pics = pixels(test.images[probe[np.sort(first)][:3]])
     save_png(target_gallery(root, [t["mask_id"] for t in targets], pics), root / "results" / "targets.png")
     return [*out, "Best first. Figures on the selection split (where they were chosen) and on the held-out "
                   "confirmation split: a fall from one to the other is selection bias.", "",

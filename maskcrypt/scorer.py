@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from maskcrypt.errors import MaskcryptError
-from maskcrypt.testset import CLEAN_GALLERY, SPLITS
+from maskcrypt.testset import CLEAN_GALLERY, SPLITS, pixels
 
 
 def choose_device(gpus_per_actor: float, cuda_available: bool) -> str:
@@ -68,7 +68,8 @@ class CrossProductScorer:
         with warnings.catch_warnings():
             # Arrays from the object store are read-only and shared; we never write to them.
             warnings.simplefilter("ignore", UserWarning)
-            self.x = self.predictor.to_device(torch.from_numpy(test.images))
+            # Test images arrive as an array or as blocks in the object store (ImageBlocks): fetched here, once.
+            self.x = self.predictor.to_device(torch.from_numpy(pixels(test.images)))
         self.y = torch.from_numpy(np.asarray(test.labels)).to(device)
         self.h, self.w = test.size
         self.open = test.scoring == "open"

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from maskcrypt.errors import MaskcryptError
@@ -61,9 +61,10 @@ class RecognitionService:
         new = ServiceConfig.from_dict(user_config)
         targets = load_targets(new.run, new.allow_candidates)
         device = "cuda" if torch.cuda.is_available() else "cpu"  # a replica sees a GPU only when given one
+        batch = new.max_batch_size or default_batch_size(device == "cuda")
         predictor = Predictor.from_checkpoint(Path(new.run) / "models" / "encrypted", device, new.precision,
-                                              chunk=new.max_batch_size)
-        self._infer.set_max_batch_size(new.max_batch_size)
+                                              chunk=batch)
+        self._infer.set_max_batch_size(batch)
         self._infer.set_batch_wait_timeout_s(new.batch_wait_timeout_s)
         meta = predictor.meta()
         self.config, self.targets, self.predictor = new, targets, predictor
@@ -128,17 +129,10 @@ class RecognitionService:
             answer["pixels"] = mask_payload(self.targets)
         return answer
 
-    @api.post("/v1/recognize")
-    async def recognize(self, request: Request, mask: str = "best", premasked: bool = False,
-                        top_k: int | None = None) -> dict[str, Any]:
-        self._auth(request)
-        n = check_top_k(top_k, self.config.top_k)
-        blobs, _ = await read_images(request, 1)
-        image = self._decode(blobs[0])
-        k = choose_mask(mask, self.targets, self.rng, premasked)
+    def _answer(self, out: np.ndarray, k: int, n: int, premasked: bool) -> dict[str, Any]:
+        """One image's answer from E's output under served mask ``k``: classes, or the gallery (open set)."""
         answer: dict[str, Any] = {"mask_id": self.targets.ids[k], "premasked": premasked,
                                   "model_version": self.version, "scoring": self.scoring}
-        out = (await self._infer((image[None], None if premasked else self.targets.masks[k][None])))[0]
         if not self.open:
             ranked = rank(out, self.classes, n)
             return {**answer, "label": ranked[0][0], "class_name": ranked[0][1], "score": ranked[0][2],
@@ -151,6 +145,30 @@ class RecognitionService:
         return {**answer, "identity": ranked[0][1] if known else None, "score": ranked[0][2],
                 "top_k": [{"identity": c, "score": p} for _, c, p in ranked],
                 "gallery_size": len(names), "fallback_centroid": ranked[0][1] in fallback}
+
+    async def _recognize(self, request: Request, limit: int, mask: str, premasked: bool,
+                         top_k: int | None) -> list[dict[str, Any]]:
+        self._auth(request)
+        n = check_top_k(top_k, self.config.top_k)
+        blobs, _ = await read_images(request, limit)
+        images = np.stack([self._decode(b) for b in blobs])
+        ks = [choose_mask(mask, self.targets, self.rng, premasked) for _ in blobs]
+        masks = None if premasked else self.targets.masks[ks]
+        out = await self._infer((images, masks))
+        return [self._answer(o, k, n, premasked) for o, k in zip(out, ks)]
+
+    @api.post("/v1/recognize")
+    async def recognize(self, request: Request, mask: str = "best", premasked: bool = False,
+                        top_k: int | None = None) -> Response:
+        # A prepared JSON response: FastAPI's encoder would walk the answer again (measured: BENCHMARKS.md).
+        return JSONResponse((await self._recognize(request, 1, mask, premasked, top_k))[0])
+
+    @api.post("/v1/recognize/batch")
+    async def recognize_batch(self, request: Request, mask: str = "best", premasked: bool = False,
+                              top_k: int | None = None) -> Response:
+        """Several images in one multipart request (fields ``image``, up to ``max_batch_images``): one answer each."""
+        return JSONResponse({"results": await self._recognize(request, self.config.max_batch_images, mask,
+                                                              premasked, top_k)})
 
     @api.post("/v1/enroll")
     async def enroll(self, request: Request, identity: str = "", mask: str = "",
@@ -205,14 +223,29 @@ class RecognitionService:
             for _, e in sorted(self.gallery.entries().items())]}
 
 
+def default_batch_size(gpu: bool) -> int:
+    """Images per forward when the config leaves it to the device: a GPU wants large batches, a CPU small ones."""
+    return 128 if gpu else 16
+
+
 def build_app(config: ServiceConfig | dict[str, Any], max_batch_size: int | None = None,
               batch_wait_timeout_s: float | None = None, num_replicas: int | str = 1, num_cpus: float = 1.0,
               autoscaling_config: dict[str, Any] | None = None, num_gpus: float = 0.0) -> Any:
-    """The Serve application over a run: checked before any replica starts, then bound with its options."""
+    """The Serve application over a run: checked before any replica starts, then bound with its options.
+
+    ``num_gpus`` per replica (``maskcrypt serve --gpus``, or ``num_gpus`` in the Serve
+    config's args): a cluster without GPUs is refused at once, instead of replicas that
+    wait forever for one. Precision and batch size follow the replica's device.
+    """
+    from maskcrypt.cluster import check_gpus
+
+    check_gpus("--gpus (per replica)", num_gpus)
     cfg = ServiceConfig.from_dict(config) if isinstance(config, dict) else config
     changes: dict[str, Any] = {"run": str(Path(cfg.run).resolve())}
-    if max_batch_size is not None:
+    if max_batch_size:
         changes["max_batch_size"] = max_batch_size
+    elif not cfg.max_batch_size:
+        changes["max_batch_size"] = default_batch_size(num_gpus > 0)
     if batch_wait_timeout_s is not None:
         changes["batch_wait_timeout_s"] = batch_wait_timeout_s
     cfg = replace(cfg, **changes)

@@ -53,8 +53,9 @@ class ServiceConfig:
     scoring: str = "auto"  # auto = the run's (targets.json); "open" serves E's embeddings against a gallery
     share_masks: bool = False  # GET /v1/masks?pixels=true hands the target masks to clients
     max_enroll_images: int = 16
+    max_batch_images: int = 64  # images in one POST /v1/recognize/batch
     min_score: float = -1.0  # open set: a best cosine below it answers identity null (unknown face)
-    max_batch_size: int = 16  # images per forward, across requests (@serve.batch)
+    max_batch_size: int = 0  # images per forward, across requests (@serve.batch); 0 = by device (16 CPU, 128 GPU)
     batch_wait_timeout_s: float = 0.002
 
     def __post_init__(self) -> None:
@@ -65,7 +66,9 @@ class ServiceConfig:
         check_precision(self.precision, "serving config: precision")
         if self.batch_wait_timeout_s < 0:
             raise MaskcryptError(f"serving config: batch_wait_timeout_s={self.batch_wait_timeout_s}, expected >= 0")
-        for name in ("max_bytes", "max_pixels", "top_k", "max_enroll_images", "max_batch_size"):
+        if self.max_batch_size < 0:
+            raise MaskcryptError(f"serving config: max_batch_size={self.max_batch_size}, expected >= 1 (0 = auto)")
+        for name in ("max_bytes", "max_pixels", "top_k", "max_enroll_images", "max_batch_images"):
             if getattr(self, name) < 1:
                 raise MaskcryptError(f"serving config: {name}={getattr(self, name)}, expected >= 1")
 

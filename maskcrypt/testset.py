@@ -23,11 +23,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from maskcrypt.data.stream import ImageBlocks
 from maskcrypt.errors import MaskcryptError
 
 SPLITS = ("selection", "confirmation")
 #: Models whose open-set gallery stays clean (an outsider's model); the others see masked galleries.
 CLEAN_GALLERY = frozenset({"O"})
+
+
+def pixels(images: np.ndarray | ImageBlocks) -> np.ndarray:
+    """The images as an array, fetching them from the object store if they are held there."""
+    return images.fetch() if isinstance(images, ImageBlocks) else images
 
 
 @dataclass(frozen=True)
@@ -37,10 +43,11 @@ class TestSet:
     ``labels`` index ``classes``: the models' classes (closed set) or the test
     identities (open set). ``split`` is 0 (selection) or 1 (confirmation) per image;
     ``gallery`` marks enrollment images (open set only). ``order`` maps each position
-    back to the index in the images the caller passed.
+    back to the index in the images the caller passed. ``images`` are an array, or
+    :class:`ImageBlocks` in the object store (a determination at scale).
     """
 
-    images: np.ndarray
+    images: np.ndarray | ImageBlocks
     labels: np.ndarray
     split: np.ndarray
     gallery: np.ndarray
@@ -67,8 +74,10 @@ class TestSet:
             raise MaskcryptError("TestSet.subset: positions must name probes, not gallery images")
         rows = np.concatenate([np.flatnonzero(self.gallery), positions])
         split = np.zeros(rows.size, np.int8)
-        return TestSet(np.ascontiguousarray(self.images[rows]), self.labels[rows], split, self.gallery[rows],
-                       self.scoring, self.classes, self.order[rows], self.n_input, self.dropped)
+        images = self.images[rows]
+        return TestSet(images if isinstance(images, ImageBlocks) else np.ascontiguousarray(images), self.labels[rows],
+                       split, self.gallery[rows], self.scoring, self.classes, self.order[rows], self.n_input,
+                       self.dropped)
 
 
 def choose_scoring(test_classes: Sequence[str], model_classes: Sequence[str], scoring: str = "auto") -> str:
@@ -85,7 +94,7 @@ def choose_scoring(test_classes: Sequence[str], model_classes: Sequence[str], sc
 
 
 def prepare_test(
-    images: np.ndarray,
+    images: np.ndarray | ImageBlocks,
     labels: np.ndarray,
     class_names: Sequence[str],
     model_classes: Sequence[str],
@@ -105,7 +114,7 @@ def prepare_test(
     the scoring is closed set when every test identity is one of the latter. Pure: no
     Ray, no model.
     """
-    if images.ndim != 4 or images.shape[0] != len(labels):
+    if len(images.shape) != 4 or images.shape[0] != len(labels):
         raise MaskcryptError(f"test images: expected N x C x H x W with one label each, got {images.shape} "
                              f"and {len(labels)} labels")
     if len(labels) == 0:
@@ -158,6 +167,7 @@ def prepare_test(
     # Gallery first, then selection probes, then confirmation probes; stable, so each group keeps input order.
     rank = np.where(gallery, 0, 1 + split.astype(np.int64))[pos]
     order = pos[np.argsort(rank, kind="stable")]
-    return TestSet(np.ascontiguousarray(images[order]), new_labels[order], split[order], gallery[order], mode,
-                   classes, order, n, dropped)
+    ordered = images[order]
+    return TestSet(ordered if isinstance(ordered, ImageBlocks) else np.ascontiguousarray(ordered), new_labels[order],
+                   split[order], gallery[order], mode, classes, order, n, dropped)
 

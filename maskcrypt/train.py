@@ -20,9 +20,14 @@ checkpoint, and relaunching an interrupted run resumes it. A model already compl
 with the same settings and inputs is not retrained; one trained with other settings
 is refused unless ``retrain``.
 
-The training data travels once through the object store (``ray.put``); each worker
-reads its shard of every step's indices from the shared arrays, so nothing is copied
-per epoch.
+The training and held-out images reach the workers as Ray Datasets
+(``TorchTrainer(datasets=...)``), decoded in Ray Data tasks from the sources' indexes
+(:class:`maskcrypt.data.SourceSplit`): the driver never holds them. How the ranks share
+the data (``Resources.sharding``): ``stream`` (Ray Train's streaming split; file sources
+by default) or ``replicate`` (every rank reads all in one seeded order and takes every
+world-th batch: bitwise reproducible; sources that fit in memory by default). When the
+data streams from files and the workers would take every CPU, each worker gets
+``(CPUs - 1) / workers`` so that Ray Data's decode tasks keep one CPU.
 """
 
 from __future__ import annotations
@@ -48,21 +53,35 @@ from maskcrypt.config import (
     TrainSources,
     config_hash,
 )
+from maskcrypt.data.stream import SourceSplit
 from maskcrypt.errors import MaskcryptError
 
 
 @dataclass
 class TrainInputs:
-    """Arrays one model trains on; hashes identify them in the checkpoint."""
+    """What one model trains on: the training and held-out splits (indexes, decoded by Ray Data), the pool.
 
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    class_names: list[str]
+    ``hashes`` identify the inputs in the checkpoint's job hash (the splits' fingerprints,
+    not their pixels: nothing is decoded on the driver).
+    """
+
+    train: SourceSplit
+    val: SourceSplit
     hashes: dict[str, str]
     masks: np.ndarray | None = None
     eval_masks: np.ndarray | None = None  # held-out masks for per-epoch figures (default: the pool)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.train.class_names
+
+    @classmethod
+    def from_arrays(cls, train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray,
+                    val_labels: np.ndarray, class_names: list[str], hashes: dict[str, str],
+                    masks: np.ndarray | None = None, eval_masks: np.ndarray | None = None) -> TrainInputs:
+        """Inputs from arrays already in memory (tests, benchmarks): they become array-source splits."""
+        return cls(SourceSplit.from_arrays(train_images, train_labels, class_names),
+                   SourceSplit.from_arrays(val_images, val_labels, class_names), hashes, masks, eval_masks)
 
 
 def _check_inputs(role: str, inputs: TrainInputs) -> None:
@@ -70,12 +89,12 @@ def _check_inputs(role: str, inputs: TrainInputs) -> None:
         raise MaskcryptError(f"role: expected one of {ROLES}, got {role!r}")
     if role != "original" and inputs.masks is None:
         raise MaskcryptError(f"training {role}: needs the training mask pool (masks_train/)")
-    if inputs.masks is not None and inputs.masks.shape[1:] != inputs.train_images.shape[2:]:
+    if inputs.masks is not None and tuple(inputs.masks.shape[1:]) != tuple(inputs.train.size):
         raise MaskcryptError(
             f"training {role}: masks are {inputs.masks.shape[1]}x{inputs.masks.shape[2]}, images "
-            f"{inputs.train_images.shape[2]}x{inputs.train_images.shape[3]} (rebuild the pool with --size)"
+            f"{inputs.train.size[0]}x{inputs.train.size[1]} (rebuild the pool with --size)"
         )
-    if len(inputs.train_labels) == 0:
+    if len(inputs.train) == 0:
         raise MaskcryptError(f"training {role}: the training set is empty")
 
 
@@ -174,19 +193,57 @@ def format_epoch(role: str, meta: dict[str, Any], elapsed: float, done_here: int
             f"{m.get('images_per_s', 0):,.0f} img/s  ETA {int(left // 60)}m{int(left % 60):02d}s")
 
 
-def _fit(cfg: dict[str, Any], role: str, models_dir: Path, resources: Resources) -> None:
+def sharding(resources: Resources, train: SourceSplit) -> str:
+    """``stream`` or ``replicate`` (see the module docstring); ``auto`` picks by whether the data fits in memory."""
+    if resources.sharding != "auto":
+        return resources.sharding
+    return "replicate" if train.in_memory else "stream"
+
+
+def worker_cpus(resources: Resources, mode: str, cluster_cpus: float) -> float:
+    """CPUs per Ray Train worker: as asked, but leaving Ray Data one CPU when the data streams from files.
+
+    On a small machine the workers would otherwise take every CPU and Ray Data's decode
+    tasks would never be scheduled (a known Ray behaviour): training would stall.
+    """
+    asked = resources.cpus_per_worker
+    if mode != "stream" or resources.workers * asked < cluster_cpus:
+        return asked
+    return max(0.25, (cluster_cpus - 1) / resources.workers)
+
+
+def _datasets(inputs: TrainInputs, mode: str, eval_limit: int) -> dict[str, Any]:
+    """The training and held-out datasets: in-memory sources materialized once (later epochs reread blocks)."""
+    train = inputs.train.dataset()
+    val = inputs.val.dataset(order=np.arange(min(len(inputs.val), eval_limit)))
+    if inputs.train.in_memory:
+        train = train.materialize()
+    if inputs.val.in_memory:
+        val = val.materialize()
+    return {"train": train, "val": val}
+
+
+def _fit(cfg: dict[str, Any], role: str, models_dir: Path, resources: Resources, datasets: dict[str, Any],
+         cpus: float) -> None:
     """One TorchTrainer run; a worker's MaskcryptError surfaces as itself, not as Ray's wrapper."""
     import ray.train
+    from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
 
     from maskcrypt.train_loop import train_worker
 
+    ordered = ExecutionOptions(preserve_order=True)  # seeded order: what makes replicate mode reproducible
+    data_config = ray.train.DataConfig(
+        datasets_to_split=["train"] if cfg["sharding"] == "stream" else [],
+        execution_options={"val": ordered, **({"train": ordered} if cfg["sharding"] == "replicate" else {})})
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=cfg,
+        datasets=datasets,
+        dataset_config=data_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers, use_gpu=resources.gpus_per_worker > 0,
-            resources_per_worker={"CPU": resources.cpus_per_worker,
+            resources_per_worker={"CPU": cpus,
                                   **({"GPU": resources.gpus_per_worker} if resources.gpus_per_worker else {})},
         ),
         run_config=ray.train.RunConfig(
@@ -242,7 +299,7 @@ def train_model(
     if role == "encrypted":
         masks, held_out, mask_info = _second_sample(inputs, sampling or MaskSampling())
     k = (sampling or MaskSampling()).k if role == "encrypted" else 1
-    samples = len(inputs.train_labels) * k
+    samples = len(inputs.train) * k
     job = {"role": role, "model_config": model_config, "train_config": tc, "inputs": inputs.hashes,
            "mask_sampling": mask_info, "samples_per_epoch": samples, "init_sha256": init_sha}
     job_sha = config_hash(job)
@@ -260,24 +317,27 @@ def train_model(
         "kind": kind, "role": role, "model_config": model_config, "train_config": tc,
         "train_config_sha256": config_hash(tc), "job_sha256": job_sha, "class_names": inputs.class_names,
         # The classes it saw; open-set scoring is chosen when test identities are not among them.
-        "trained_classes": [inputs.class_names[i] for i in np.unique(inputs.train_labels)],
-        "image_size": int(inputs.train_images.shape[2]), "channels": int(inputs.train_images.shape[1]),
+        "trained_classes": [inputs.class_names[i] for i in np.unique(inputs.train.labels)],
+        "image_size": int(inputs.train.size[0]), "channels": int(inputs.train.channels),
         "inputs": inputs.hashes, "mask_sampling": mask_info, "init_weights": init_weights, "init_sha256": init_sha,
         "held_out_masks": None if held_out is None else len(held_out),
         "feature_losses": bool(tc.get("vgg_weights")) if kind == "inpainter" else None,
     }
+    mode = sharding(resources, inputs.train)
+    cpus = worker_cpus(resources, mode, ray.cluster_resources().get("CPU", 0))
+    eval_limit = 2000
     cfg = {
         "role": role, "model_config": model_config, "train_config": tc, "meta": meta, "k": k,
-        "train_images": ray.put(inputs.train_images), "train_labels": ray.put(inputs.train_labels),
-        "test_images": ray.put(inputs.test_images), "test_labels": ray.put(inputs.test_labels),
+        "sharding": mode, "train_size": len(inputs.train), "val_size": min(len(inputs.val), eval_limit),
         "masks": ray.put(masks) if masks is not None else None,
         "eval_masks": ray.put(held_out) if held_out is not None else None,
         "mask_mode": sampling.mode if sampling else None, "init_weights": init_weights, "init_flag": flag,
     }
     t0 = time.perf_counter()
-    log(f"{role}: training on {resources.workers} worker(s) into {folder}")
+    log(f"{role}: training on {resources.workers} worker(s) x {cpus:g} CPU, data {mode} ({len(inputs.train)} "
+        f"images x {k} per epoch) into {folder}")
     with EpochPrinter(folder, role, log):
-        _fit(cfg, role, Path(models_dir), resources)
+        _fit(cfg, role, Path(models_dir), resources, _datasets(inputs, mode, eval_limit), cpus)
     _, final = find_checkpoint(folder, kind=kind)
     if final.get("epoch") != final.get("epochs"):
         raise MaskcryptError(f"training {role}: finished at epoch {final.get('epoch')} of {final.get('epochs')}")
@@ -349,7 +409,7 @@ def train_run(
     ``sources.init_encrypted`` gives E its own start. Weights in torchvision's or
     insightface's layout set the architecture (:func:`maskcrypt.models.weights.config_for_weights`).
     """
-    from maskcrypt.data import load, parse_spec
+    from maskcrypt.data import parse_spec, source_split
     from maskcrypt.models.inpainter import InpainterConfig
     from maskcrypt.models.recognizer import RecognizerConfig
     from maskcrypt.run import RunPaths
@@ -357,26 +417,25 @@ def train_run(
     paths = RunPaths.resolve(run)
     roles = sources.roles()
     spec = parse_spec(train_data)
-    train = load(spec, default_split="train", size=size)
-    val = load(sources.val_data or spec.with_options(split="test" if spec.split in ("", "train") else "val"),
-               default_split="test", size=size)
+    train = source_split(spec, default_split="train", size=size)
+    val = source_split(sources.val_data or spec.with_options(split="test" if spec.split in ("", "train") else "val"),
+                       default_split="test", size=size)
     if set(np.unique(val.labels)) - set(np.unique(train.labels)) or val.class_names != train.class_names:
         raise MaskcryptError(
-            f"--val-data {val.spec}: its classes are not the training classes; held-out accuracy needs "
+            f"--val-data {val.spec.text}: its classes are not the training classes; held-out accuracy needs "
             "images of the training identities (e.g. the training source's test split)"
         )
     pool_uri = sources.masks or str(paths.masks_train)
     pool = _pool(pool_uri, size)
-    hashes = {"train_data": train.content_hash(), "val_data": val.content_hash(),
+    hashes = {"train_data": train.fingerprint(), "val_data": val.fingerprint(),
               "masks": config_hash({"sha256": sorted(pool.sha256)})}
-    log(f"training data {train.spec}: {len(train)} images, {len(train.class_names)} classes; "
+    log(f"training data {train.spec.text}: {len(train)} images, {len(train.class_names)} classes; "
         f"held-out {len(val)}; mask pool {pool_uri}: {len(pool)} masks")
     held_out = None
     if paths.masks_heldout.exists():  # figures on masks E never trained with (prepare builds it)
         held_out = _pool(str(paths.masks_heldout), size).masks
         log(f"held-out figures under {len(held_out)} masks of {paths.masks_heldout}, disjoint from the pool")
-    inputs = TrainInputs(train.images, train.labels, val.images, val.labels, train.class_names, hashes, pool.masks,
-                         held_out)
+    inputs = TrainInputs(train, val, hashes, pool.masks, held_out)
     rec = RecognizerConfig(arch=models.arch, num_classes=len(train.class_names), channels=train.channels,
                            image_size=size, width=models.width, depth=tuple(models.depth), head=models.head)
     out: dict[str, dict[str, Any]] = {}
@@ -392,12 +451,11 @@ def train_run(
         r_inputs = inputs
         if sources.inpaint_data:
             r_spec = parse_spec(sources.inpaint_data)
-            r_train = load(r_spec, default_split="train", size=size, channels=train.channels)
-            r_val = load(r_spec.with_options(split="test"), default_split="test", size=size,
-                         channels=train.channels) if r_spec.split in ("", "train") else val
-            r_inputs = TrainInputs(r_train.images, r_train.labels, r_val.images, r_val.labels, r_train.class_names,
-                                   {**hashes, "train_data": r_train.content_hash(), "val_data": r_val.content_hash()},
-                                   pool.masks, held_out)
+            r_train = source_split(r_spec, default_split="train", size=size, channels=train.channels)
+            r_val = source_split(r_spec.with_options(split="test"), default_split="test", size=size,
+                                 channels=train.channels) if r_spec.split in ("", "train") else val
+            r_inputs = TrainInputs(r_train, r_val, {**hashes, "train_data": r_train.fingerprint(),
+                                                    "val_data": r_val.fingerprint()}, pool.masks, held_out)
         inp = InpainterConfig(width=models.inpaint_width, iterations=models.inpaint_iterations,
                               channels=train.channels, image_size=size)
         out["inpainter"] = train_model("inpainter", paths.models, r_inputs, inp.to_dict(), inpaint_config,

@@ -1,10 +1,20 @@
 """The Ray Train worker loop: one loop for every model, small per-model step functions.
 
-Every rank runs :func:`train_worker` (DDP: gloo on CPU, NCCL on GPU). The loop is the
-same for O, E and R: resume from the latest checkpoint, then per epoch a seeded
-permutation of the samples (the same on every rank, each rank taking its slice of every
-global batch), a step per batch, a report per epoch with a checkpoint from rank 0. What
-differs per model lives in a *steps* object:
+Every rank runs :func:`train_worker` (DDP: gloo on CPU, NCCL on GPU). The training
+images arrive as a Ray Dataset shard (``ray.train.get_dataset_shard("train")``),
+decoded by Ray Data tasks; the driver never holds them. The loop is the same for O, E
+and R: resume from the latest checkpoint, then per epoch ``passes`` iterations over the
+data (E's second sample is K masked copies of every image: K passes, each image with a
+fresh pool mask), a step per batch, a report per epoch with a checkpoint from rank 0.
+
+Two ways to feed the ranks (``sharding``): ``stream`` splits the dataset between the
+ranks as Ray Data produces it (Ray Train's streaming split: each image decoded once,
+the right thing at scale, but which rank gets which block depends on timing, so two
+runs are not bitwise equal); ``replicate`` gives every rank the whole dataset in one
+seeded order and each rank takes every ``world``-th batch (bitwise reproducible, each
+rank reads everything: the default for data that fits in memory).
+
+What differs per model lives in a *steps* object:
 
 * :class:`RecognizerSteps` (O and E): cross-entropy (or the ArcFace margin) on clean
   images (O) or on images masked with pool masks (E; masking happens here, on the
@@ -20,11 +30,14 @@ import math
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+#: Images a rank's local shuffle buffer holds (per-epoch shuffling within the stream, seeded).
+SHUFFLE_BUFFER = 2048
 
 
 def lr_lambda(tc: dict[str, Any], steps_per_epoch: int) -> Callable[[int], float]:
@@ -56,16 +69,18 @@ def augment_flip(x: np.ndarray, flip: bool, rng: np.random.Generator) -> np.ndar
 class Steps(ABC):
     """What one model's training needs besides the loop: the model, its optimizer and schedule, a step, a check."""
 
-    def __init__(self, cfg: dict[str, Any], device: Any, bf16: bool, data: dict[str, Any]):
-        self.cfg, self.device, self.bf16, self.data = cfg, device, bf16, data
+    passes = 1  # iterations over the data per epoch
+
+    def __init__(self, cfg: dict[str, Any], device: Any, bf16: bool):
+        self.cfg, self.device, self.bf16 = cfg, device, bf16
         self.tc = cfg["train_config"]
         self.role = cfg["role"]
-        self.k = int(cfg.get("k", 1))
-        self.samples = len(data["train_labels"]) * self.k
+        self.masks: np.ndarray | None = cfg.get("masks")
         self.model: Any = None
         self.optimizer: Any = None
         self.scheduler: Any = None
         self.epochs = int(self.tc["epochs"])
+        self.epoch = 0
 
     def to_device(self, a: np.ndarray) -> Any:
         """A numpy batch on the device, channels_last where the model runs so."""
@@ -77,9 +92,11 @@ class Steps(ABC):
         return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and channels_last(
             self.device.type, self.bf16) else t
 
-    def mask_picks(self, rng: np.random.Generator) -> np.ndarray | None:
-        """Per sample of this epoch, the pool mask it gets (drawn afresh each epoch), or None."""
-        return None
+    def batch_masks(self, n: int, rng: np.random.Generator, pass_: int) -> np.ndarray | None:
+        """The masks of one batch's images in pass ``pass_``: a fresh pool mask per image, or None."""
+        if self.masks is None:
+            return None
+        return self.masks[rng.integers(0, len(self.masks), n)]
 
     def start_epoch(self, epoch: int) -> None:
         """Per-epoch switches (R's fine-tune phase); the base only notes the epoch."""
@@ -93,25 +110,27 @@ class Steps(ABC):
         """Create the learning-rate scheduler, once the steps per epoch are known."""
 
     @abstractmethod
-    def loss(self, net: Any, idx: np.ndarray, picks: np.ndarray | None, aug: np.random.Generator) -> Any:
-        """The loss of one rank's share of a global batch (sample indices ``idx``)."""
+    def loss(self, net: Any, images: np.ndarray, labels: np.ndarray, masks: np.ndarray | None,
+             aug: np.random.Generator) -> Any:
+        """The loss of one rank's share of a global batch."""
 
     @abstractmethod
-    def evaluate(self, net: Any) -> dict[str, float]:
-        """Held-out figures after an epoch (rank 0)."""
+    def evaluate(self, net: Any, val: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
+        """Held-out figures after an epoch (rank 0), over the held-out batches."""
 
 
 class RecognizerSteps(Steps):
     """O on clean images; E on its second training sample (K masked copies of every image)."""
 
-    def __init__(self, cfg: dict[str, Any], device: Any, bf16: bool, data: dict[str, Any]):
+    def __init__(self, cfg: dict[str, Any], device: Any, bf16: bool):
         import torch
 
         from maskcrypt.models.recognizer import Recognizer, RecognizerConfig
 
-        super().__init__(cfg, device, bf16, data)
+        super().__init__(cfg, device, bf16)
         self.encrypted = self.role == "encrypted"
         self.fixed = self.encrypted and cfg.get("mask_mode") == "fixed"
+        self.passes = int(cfg.get("k", 1)) if self.encrypted else 1
         self.model = Recognizer(RecognizerConfig.from_dict(cfg["model_config"]))
         tc = self.tc
         if tc["optimizer"] == "sgd":
@@ -126,48 +145,52 @@ class RecognizerSteps(Steps):
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.tc, steps_per_epoch))
 
-    def mask_picks(self, rng: np.random.Generator) -> np.ndarray | None:
-        if self.encrypted and not self.fixed:
-            return rng.integers(0, len(self.data["masks"]), self.samples)
-        return None
+    def batch_masks(self, n: int, rng: np.random.Generator, pass_: int) -> np.ndarray | None:
+        if not self.encrypted:
+            return None
+        if self.fixed:  # the source's literal sample: pass j overlays fixed mask j on every image
+            return np.broadcast_to(self.masks[pass_], (n, *self.masks.shape[1:]))
+        return super().batch_masks(n, rng, pass_)
 
-    def loss(self, net: Any, idx: np.ndarray, picks: np.ndarray | None, aug: np.random.Generator) -> Any:
+    def loss(self, net: Any, images: np.ndarray, labels: np.ndarray, masks: np.ndarray | None,
+             aug: np.random.Generator) -> Any:
         import torch
         import torch.nn.functional as F
 
         from maskcrypt.masks.core import overlay
         from maskcrypt.precision import autocast
 
-        img = idx // self.k
-        xb = self.to_device(augment_flip(self.data["train_images"][img], self.flip, aug))
-        yb = torch.from_numpy(self.data["train_labels"][img]).to(self.device)
-        if self.encrypted:
-            masks = self.data["masks"]
-            xb = overlay(xb, self.to_device(masks[idx % self.k] if self.fixed else masks[picks[idx]]))
+        xb = self.to_device(augment_flip(images, self.flip, aug))
+        yb = torch.from_numpy(labels).to(self.device)
+        if masks is not None:
+            xb = overlay(xb, self.to_device(masks))
         with autocast(self.device.type, self.bf16):
             logits = net(xb, yb)
         return F.cross_entropy(logits.float(), yb, label_smoothing=self.tc["label_smoothing"])
 
-    def evaluate(self, net: Any) -> dict[str, float]:
-        """Held-out accuracy: O on clean images, E under held-out masks (one per image, seeded)."""
+    def evaluate(self, net: Any, val: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
+        """Held-out accuracy: O on clean images, E under held-out masks (one per image, seeded by position)."""
         from maskcrypt.models.predictor import Predictor
 
-        d = self.data
-        masks = d["eval_masks"] if self.encrypted else None
         predictor = Predictor(net, self.device, "bf16" if self.bf16 else "fp32")
-        return {"test_accuracy": predictor.accuracy(d["val_images"], d["val_labels"], masks)}
+        correct = total = 0
+        for batch in val:
+            masks = held_out_masks(self.cfg, batch["item"]) if self.encrypted else None
+            correct += predictor.accuracy(batch["image"], batch["label"], masks) * len(batch["label"])
+            total += len(batch["label"])
+        return {"test_accuracy": correct / max(total, 1)}
 
 
 class InpainterSteps(Steps):
     """R on masked training images, the clean image the target; a BatchNorm-frozen fine-tune at the end."""
 
-    def __init__(self, cfg: dict[str, Any], device: Any, bf16: bool, data: dict[str, Any]):
+    def __init__(self, cfg: dict[str, Any], device: Any, bf16: bool):
         import torch
 
         from maskcrypt.models.inpainter import Inpainter, InpainterConfig
         from maskcrypt.models.losses import InpaintLossWeights, load_vgg16_features
 
-        super().__init__(cfg, device, bf16, data)
+        super().__init__(cfg, device, bf16)
         self.model = Inpainter(InpainterConfig.from_dict(cfg["model_config"]))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tc["lr"])
         self.epochs = int(self.tc["epochs"] + self.tc["finetune_epochs"])
@@ -179,9 +202,6 @@ class InpainterSteps(Steps):
         import torch
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: 1.0)
-
-    def mask_picks(self, rng: np.random.Generator) -> np.ndarray | None:
-        return rng.integers(0, len(self.data["masks"]), self.samples)
 
     def start_epoch(self, epoch: int) -> None:
         super().start_epoch(epoch)
@@ -200,48 +220,95 @@ class InpainterSteps(Steps):
                 if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
                     mod.eval()
 
-    def loss(self, net: Any, idx: np.ndarray, picks: np.ndarray | None, aug: np.random.Generator) -> Any:
+    def loss(self, net: Any, images: np.ndarray, labels: np.ndarray, masks: np.ndarray | None,
+             aug: np.random.Generator) -> Any:
         from maskcrypt.models.losses import inpaint_loss
         from maskcrypt.precision import autocast
 
-        target = self.to_device(self.data["train_images"][idx // self.k]).float() / 255.0
-        m = self.to_device(self.data["masks"][picks[idx]])[:, None].float()
+        target = self.to_device(images).float() / 255.0
+        m = self.to_device(masks)[:, None].float()
         with autocast(self.device.type, self.bf16):
             pred = net(target * m, m)
             loss, _ = inpaint_loss(pred, target, m, self.weights, self.vgg)
         return loss
 
-    def evaluate(self, net: Any) -> dict[str, float]:
+    def evaluate(self, net: Any, val: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
         """PSNR inside the hole on held-out images, and that of filling the hole with the mean known colour."""
         import torch
 
         from maskcrypt.models.losses import hole_psnr, mean_fill
         from maskcrypt.precision import autocast
 
-        d = self.data
         psnr, base = [], []
         with torch.inference_mode(), autocast(self.device.type, self.bf16):
-            for s in range(0, len(d["val_labels"]), 64):
-                img = self.to_device(d["val_images"][s:s + 64]).float() / 255.0
-                m = self.to_device(d["eval_masks"][s:s + 64])[:, None].float()
+            for batch in val:
+                img = self.to_device(batch["image"]).float() / 255.0
+                m = self.to_device(held_out_masks(self.cfg, batch["item"]))[:, None].float()
                 psnr.append(hole_psnr(net(img * m, m).float(), img, m))
                 base.append(hole_psnr(mean_fill(img, m), img, m))
         return {"hole_psnr": float(torch.cat(psnr).mean()), "mean_fill_psnr": float(torch.cat(base).mean())}
 
 
-def _data(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The shared arrays of this training (object references resolved), and the held-out masks per image."""
-    import ray
+def held_out_masks(cfg: dict[str, Any], items: np.ndarray) -> np.ndarray:
+    """The held-out mask of each held-out image: drawn once per image position (seeded), the same every epoch."""
+    pool = cfg["eval_masks"] if cfg.get("eval_masks") is not None else cfg["masks"]
+    pick = np.random.default_rng([cfg["train_config"]["seed"], 0xE7A1]).integers(0, len(pool), cfg["val_size"])
+    return pool[pick[np.asarray(items, dtype=np.int64)]]
 
-    data = {k: ray.get(cfg[k]) if cfg.get(k) is not None else None
-            for k in ("train_images", "train_labels", "test_images", "test_labels", "masks", "eval_masks")}
-    n = min(len(data["test_labels"]), int(cfg.get("eval_limit", 2000)))
-    data["val_images"], data["val_labels"] = data.pop("test_images")[:n], data.pop("test_labels")[:n]
-    held_out = data["eval_masks"] if data["eval_masks"] is not None else data["masks"]
-    if held_out is not None:
-        pick = np.random.default_rng([cfg["train_config"]["seed"], 0xE7A1]).integers(0, len(held_out), n)
-        data["eval_masks"] = held_out[pick]
-    return data
+
+def rank_batches(cfg: dict[str, Any], rank: int, world: int, per_rank: int, steps: int, epoch: int,
+                 pass_: int, read: dict[str, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """This rank's ``steps`` batches of one pass over the training data, shuffled per (epoch, pass), seeded.
+
+    ``stream``: the rank's shard of Ray Train's streaming split, through a seeded local
+    shuffle buffer. ``replicate``: the whole data, read once from the dataset into this
+    worker (it fits: that is what the mode is for), then one seeded permutation per
+    (epoch, pass) shared by every rank, of which each global batch's slice ``rank`` is
+    this rank's. ``read["rows"]`` counts the rows this rank read.
+    """
+    import ray.train
+
+    seed = int(np.random.default_rng([cfg["train_config"]["seed"], 0x5F1, epoch, pass_]).integers(2**31))
+    if cfg["sharding"] == "replicate":
+        data = replica(cfg["meta"]["job_sha256"])
+        perm = np.random.default_rng(seed).permutation(len(data["label"]))
+        if read is not None:
+            read["rows"] = read.get("rows", 0) + len(perm)
+        for step in range(steps):
+            at = (step * world + rank) * per_rank
+            idx = np.sort(perm[at:at + per_rank])  # sorted: contiguous reads; the batch is a set
+            yield {k: v[idx] for k, v in data.items()}
+        return
+    shard = ray.train.get_dataset_shard("train")
+    batches = shard.iter_batches(batch_size=per_rank, batch_format="numpy", drop_last=True,
+                                 local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=seed)
+    taken = 0
+    for batch in batches:  # read to the end either way: a split stream must be drained
+        if read is not None:
+            read["rows"] = read.get("rows", 0) + len(batch["label"])
+        if taken < steps:
+            taken += 1
+            yield batch
+
+
+_REPLICA: dict[str, dict[str, np.ndarray]] = {}
+
+
+def replica(job: str) -> dict[str, np.ndarray]:
+    """The whole training dataset of ``job`` in this worker's memory, read once (in the dataset's fixed order)."""
+    import ray.train
+
+    if job not in _REPLICA:
+        _REPLICA.clear()
+        parts = list(ray.train.get_dataset_shard("train").iter_batches(batch_size=4096, batch_format="numpy"))
+        _REPLICA[job] = {k: np.concatenate([p[k] for p in parts]) for k in ("image", "label", "item")}
+    return _REPLICA[job]
+
+
+def _steps_per_pass(cfg: dict[str, Any], world: int, per_rank: int) -> int:
+    """Steps of one pass: the same on every rank (DDP), from the training images every rank can count on."""
+    n = int(cfg["train_size"])
+    return n // (per_rank * world)
 
 
 def train_worker(cfg: dict[str, Any]) -> None:
@@ -260,16 +327,18 @@ def train_worker(cfg: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     bf16 = use_bf16(tc["precision"], device.type)
     torch.manual_seed(tc["seed"] + 1000 * rank)
-    data = _data(cfg)
-    steps = (InpainterSteps if cfg["role"] == "inpainter" else RecognizerSteps)(cfg, device, bf16, data)
+    for key in ("masks", "eval_masks"):  # pools arrive as object refs
+        if isinstance(cfg.get(key), ray.ObjectRef):
+            cfg[key] = ray.get(cfg[key])
+    steps = (InpainterSteps if cfg["role"] == "inpainter" else RecognizerSteps)(cfg, device, bf16)
     if cfg.get("init_weights"):
         load_external_weights(steps.model, cfg["init_weights"], cfg["init_flag"])
     model = steps.model.to(device)
     if channels_last(device.type, bf16):
         model = model.to(memory_format=torch.channels_last)
     per_rank = max(1, tc["batch_size"] // world)
-    n_steps = steps.samples // (per_rank * world)
-    steps.schedule(n_steps)
+    per_pass = _steps_per_pass(cfg, world, per_rank)
+    steps.schedule(per_pass * steps.passes)
 
     start_epoch, history = 1, []
     ckpt = ray.train.get_checkpoint()
@@ -288,31 +357,38 @@ def train_worker(cfg: dict[str, Any]) -> None:
 
     for epoch in range(start_epoch, steps.epochs + 1):
         steps.start_epoch(epoch)
-        rng = np.random.default_rng([tc["seed"], 0x7A1, epoch])
-        perm = rng.permutation(steps.samples)
-        picks = steps.mask_picks(rng)
-        aug = np.random.default_rng([tc["seed"], 0xA06, epoch, rank])
         steps.train_mode(net)
         t0 = time.perf_counter()
         loss_sum, seen = 0.0, 0
-        for step in range(n_steps):
-            at = step * per_rank * world + rank * per_rank
-            idx = perm[at:at + per_rank]
-            loss = steps.loss(net, idx, picks, aug)
-            steps.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            steps.optimizer.step()
-            steps.scheduler.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        train_s = time.perf_counter() - t0
+        # Steady state: from the step that ends the first 10% of the epoch (start-up, first decodes) on.
+        warm_step, step_no, t_warm, seen_warm = max(1, (per_pass * steps.passes) // 10), 0, t0, 0
+        read: dict[str, int] = {}
+        for pass_ in range(steps.passes):
+            for i, batch in enumerate(rank_batches(cfg, rank, world, per_rank, per_pass, epoch, pass_, read)):
+                rng = np.random.default_rng([tc["seed"], 0xA06, epoch, pass_, i, rank])
+                masks = steps.batch_masks(len(batch["label"]), rng, pass_)
+                loss = steps.loss(net, batch["image"], np.asarray(batch["label"], dtype=np.int64), masks, rng)
+                steps.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                steps.optimizer.step()
+                steps.scheduler.step()
+                loss_sum += float(loss.detach()) * len(batch["label"])
+                seen += len(batch["label"])
+                step_no += 1
+                if step_no == warm_step:
+                    t_warm, seen_warm = time.perf_counter(), seen
+        now = time.perf_counter()
+        train_s = now - t0
         metrics: dict[str, Any] = {"epoch": epoch, "epochs": steps.epochs, "loss": loss_sum / max(seen, 1),
                                    "images_per_s": seen * world / max(train_s, 1e-9),
-                                   "lr": steps.optimizer.param_groups[0]["lr"], "rank": rank}
+                                   "images_per_s_steady": (seen - seen_warm) * world / max(now - t_warm, 1e-9),
+                                   "lr": steps.optimizer.param_groups[0]["lr"], "rank": rank,
+                                   "rows_read": read.get("rows", 0) // steps.passes, "sharding": cfg["sharding"]}
         if rank != 0:
             ray.train.report(metrics)
             continue
-        metrics.update(steps.evaluate(unwrap(net)))
+        val = ray.train.get_dataset_shard("val").iter_batches(batch_size=256, batch_format="numpy")
+        metrics.update(steps.evaluate(unwrap(net), val))
         history.append({**metrics, "resumed": epoch == start_epoch and ckpt is not None})
         with tempfile.TemporaryDirectory() as tmp:
             meta = {**cfg["meta"], "epoch": epoch, "epochs": steps.epochs, "metrics": metrics, "history": history,

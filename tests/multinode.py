@@ -33,8 +33,12 @@ def _ports() -> dict[str, int]:
             "runtime_env_agent_port": _free_port()}
 
 
-def work(run: Path) -> dict:
-    """Prepare, train E on 2 workers, evaluate every mask on 2 actors; the weights and the counts."""
+def work(run: Path, stream: bool) -> dict:
+    """Prepare, train E on 2 workers, evaluate every mask on 2 actors; the weights and the counts.
+
+    With ``stream``, also train O for an epoch on an image folder (JPEG files) through the streaming split:
+    the two workers (on two nodes) each read a shard, decoded by Ray Data tasks.
+    """
     import ray
     import torch
 
@@ -49,9 +53,10 @@ def work(run: Path) -> dict:
     quiet = lambda *_: None  # noqa: E731
     prepare(run, PrepareConfig(data=DATA, size=SIZE, mask_count=24, train_mask_count=12), log=quiet)
     train_run(run, DATA, SIZE, models=ModelSettings(width=8),
-              train_config=TrainConfig(epochs=2, batch_size=16, lr=0.05, warmup_epochs=0.5, precision="fp32"),
+              train_config=TrainConfig(epochs=2, batch_size=16, lr=0.05, warmup_epochs=0.5),  # default precision
               resources=Resources(workers=2, cpus_per_worker=1), sources=TrainSources(models="encrypted"), log=quiet)
-    weights = torch.load(next((run / "models" / "encrypted").glob("checkpoint_*/model.pt")), weights_only=True)
+    final = sorted((run / "models" / "encrypted").glob("checkpoint_*/model.pt"))[-1]
+    weights = torch.load(final, weights_only=True)
     test = load(DATA, default_split="test", size=SIZE)
     ts = prepare_test(test.images, test.labels, test.class_names, test.class_names, confirm_fraction=0.0)
     counts = evaluate_masks(MaskLibrary.open(str(run / "masks")), ts, {"E": run / "models" / "encrypted"},
@@ -59,12 +64,26 @@ def work(run: Path) -> dict:
                                                   precision="fp32", timing=True))
     nodes = [n for n in ray.nodes() if n["Alive"]]
     with_cpu = {n["NodeID"] for n in nodes if n["Resources"].get("CPU", 0) > 0}
-    return {"weights": weights, "counts": counts, "nodes": len(nodes),
+    shard = {}
+    if stream:
+        from maskcrypt.data import source_split
+        from maskcrypt.data.folder import write_imagefolder
+
+        write_imagefolder(source_split(f"{DATA}#split=all", size=SIZE), run / "faces")
+        spec = f"imagefolder:{run / 'faces'}#size={SIZE}"
+        meta = train_run(run / "streamed", spec, SIZE, models=ModelSettings(width=8),
+                         train_config=TrainConfig(epochs=1, batch_size=16, lr=0.05, warmup_epochs=0.5),
+                         resources=Resources(workers=2, cpus_per_worker=1, sharding="stream"),
+                         sources=TrainSources(models="original", masks=str(run / "masks_train")), log=quiet)
+        m = meta["original"]["metrics"]
+        shard = {"rows_read": m["rows_read"], "sharding": m["sharding"],
+                 "train_images": len(source_split(spec, default_split="train", size=SIZE))}
+    return {"weights": weights, "counts": counts, "nodes": len(nodes), "shard": shard,
             "node_cpus": sorted(n["Resources"].get("CPU", 0) for n in nodes),
             "actor_nodes": counts["node"].nunique(), "rows_on_cpu_nodes": bool(counts["node"].isin(with_cpu).all())}
 
 
-def on_cluster(run: Path, head_cpus: int, workers: int) -> dict:
+def on_cluster(run: Path, head_cpus: int, workers: int, stream: bool = False) -> dict:
     """``work`` on a fresh ``Cluster`` of one head and ``workers`` 1-CPU nodes, shut down after."""
     import ray
     from ray.cluster_utils import Cluster
@@ -77,7 +96,7 @@ def on_cluster(run: Path, head_cpus: int, workers: int) -> dict:
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
         try:
-            return work(run)
+            return work(run, stream)
         finally:
             ray.shutdown()
     finally:
@@ -85,7 +104,8 @@ def on_cluster(run: Path, head_cpus: int, workers: int) -> dict:
 
 
 def main(root: Path) -> int:
-    multi = on_cluster(root / "multi", head_cpus=0, workers=2)
+    # Three 1-CPU nodes: two for the Ray Train workers (1 CPU each: one per node), one left to Ray Data's tasks.
+    multi = on_cluster(root / "multi", head_cpus=0, workers=3, stream=True)
     single = on_cluster(root / "single", head_cpus=2, workers=0)
     keys = ["mask_id", "bucket", "n", "correct_E", "score_E"]
     a = multi["counts"][keys].sort_values("mask_id").reset_index(drop=True)
@@ -97,7 +117,7 @@ def main(root: Path) -> int:
         "multi_actor_nodes": int(multi["actor_nodes"]),
         "multi_rows_on_worker_nodes": multi["rows_on_cpu_nodes"], "masks": len(a),
         "counts_equal": bool(a[keys[:4]].equals(b[keys[:4]])),
-        "score_diff": float(np.abs(a["score_E"] - b["score_E"]).max()), "weight_diff": diff,
+        "score_diff": float(np.abs(a["score_E"] - b["score_E"]).max()), "weight_diff": diff, "shard": multi["shard"],
     }))
     return 0
 

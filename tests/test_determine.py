@@ -203,7 +203,7 @@ def test_basic_rule_and_masks_outside_every_bucket(determined_run, tmp_path):
     outside = np.zeros((1, TINY_SIZE, TINY_SIZE), np.uint8)
     outside[0, :3] = 1  # 81% occluded: beyond (0.5,0.6]
     MaskLibrary.open(str(run / "masks")).append([(outside, ["far-out"], ["test"])])
-    th = Thresholds(t_enc=0.0, t_orig=1.0, t_gap=0.0, t_drop=0.0, top_k=2, attack_top=2)
+    th = Thresholds(t_enc=0.0, t_orig=1.0, t_gap=0.0, t_drop=0.0, top_k=2, attack_top=2, confidence=0.9)
     result = determine(run, th, repeats=1, rule="basic", confirm_fraction=0.0)
     pm = pd.read_parquet(run / "results" / "per_mask.parquet")
     passing = pm[(pm["third"] > th.t_enc) & (pm["acc_O"] < th.t_orig)]
@@ -212,3 +212,6 @@ def test_basic_rule_and_masks_outside_every_bucket(determined_run, tmp_path):
     assert result["out_of_range_masks"] == 1
     report = (run / "report.md").read_text()
     assert "Rule `basic`" in report and "1 mask(s) lie outside every bucket" in report
+    # Sentences follow the settings: the interval level, and how the masks were measured (full mode here).
+    assert "paired 90% interval" in report and "95%" not in report
+    assert "measured on every selection image" in report and "Ranked adaptively" not in report

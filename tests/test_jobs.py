@@ -111,6 +111,10 @@ def test_select_job_runs_the_whole_method_under_ray_job_submit(head_node, tmp_pa
         time.sleep(3)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert "succeeded" in r.stdout + r.stderr
+    # Quiet by default: our lines (one per epoch and model, per stage), not Ray's per-report or progress output.
+    out = r.stdout + r.stderr
+    assert "TrainingReport(" not in out and "Traceback" not in out and "Running Dataset" not in out
+    assert out.count("epoch   4/4") == 2 and len(out.splitlines()) < 150, out[-3000:]
     for role in ("original", "encrypted"):
         assert Recognizer.from_checkpoint(run / "models" / role).checkpoint_meta["epoch"] == 4
     assert Inpainter.from_checkpoint(run / "models" / "inpainter").checkpoint_meta["role"] == "inpainter"

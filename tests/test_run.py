@@ -30,8 +30,10 @@ def test_prepare_is_idempotent_and_refuses_other_settings_unless_restarted(tmp_p
     for name in ("masks.png", "masks_train.png", "data.png", "encrypted.png", "run.json"):
         assert (tmp_path / "run" / name).exists(), name
     lib, pool = MaskLibrary.open(f"{run}/masks"), MaskLibrary.open(f"{run}/masks_train")
-    assert len(lib) == 24 and len(pool) == 12
+    held = MaskLibrary.open(f"{run}/masks_heldout")  # E's per-epoch figure: masks it never trained with
+    assert len(lib) == 24 and len(pool) == 12 and len(held) == 60
     assert set(lib.column("sha256")).isdisjoint(pool.column("sha256"))
+    assert set(held.column("sha256")).isdisjoint(set(lib.column("sha256")) | set(pool.column("sha256")))
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["prepare"]["size"] == 16 and len(record["inputs"]["test_data_sha256"]) == 64
     assert record["config"]["prepare"]["mask_count"] == 24  # the resolved RunConfig is recorded
@@ -101,6 +103,8 @@ def test_an_existing_library_becomes_the_selection_library(tmp_path, capsys):
     generate_into(big, 2, seed=5)
     assert main(["prepare", "--run", str(tmp_path / "run2"), *TINY, "--selection-masks", str(tmp_path / "big")]) == 2
     assert "masks are 32x32, the run is 16x16" in capsys.readouterr().err
+    assert not (tmp_path / "run2" / "masks").exists()  # a failed first preparation leaves nothing behind
+    assert main(["prepare", "--run", str(tmp_path / "run2"), *TINY]) == 0  # so the next attempt just works
 
 
 @pytest.mark.parametrize("command", ["run", "determine", "tune", "serve", "capacity", "train", "prepare"])
@@ -108,3 +112,18 @@ def test_every_stage_has_a_subcommand(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0 and "usage: maskcrypt " + command in capsys.readouterr().out
+
+
+def test_the_training_report_is_reused_until_its_inputs_change(tiny_run, tmp_path):
+    from maskcrypt.quality import cached_training_quality
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("per_mask.parts", "targets.*"))
+    lines: list[str] = []
+    first = cached_training_quality(run, TINY_DATA, log=lines.append)
+    again = cached_training_quality(run, TINY_DATA, log=lines.append)
+    assert again == first and sum("reused" in line for line in lines) == 1
+    other = cached_training_quality(run, TINY_DATA, seed=1, log=lines.append)  # another draw of masks: recomputed
+    assert other["key"]["seed"] == 1 and sum("reused" in line for line in lines) == 1
+    meta = json.loads(next((run / "models" / "encrypted").glob("checkpoint_*/meta.json")).read_text())
+    assert meta["held_out_masks"] == len(MaskLibrary.open(str(run / "masks_heldout")))

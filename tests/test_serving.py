@@ -9,6 +9,7 @@ import socket
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,6 +243,14 @@ def test_multipart_upload_and_sixteen_concurrent_clients(served):
         answers = list(pool.map(lambda i: _call(f"{url}/v1/recognize", _png(test.images[i % len(test)])),
                                 range(160)))
     assert all(s == 200 for s, _ in answers)
+    # The batch endpoint: several images in one request, the same answer for each as one by one.
+    parts = b"".join((f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{i}.png\"\r\n"
+                      "Content-Type: image/png\r\n\r\n").encode() + _png(test.images[i]) + b"\r\n" for i in range(5))
+    status, batch = _call(f"{url}/v1/recognize/batch?top_k=2", parts + f"--{boundary}--\r\n".encode(),
+                          content_type=f"multipart/form-data; boundary={boundary}")
+    singles = [_call(f"{url}/v1/recognize?top_k=2", _png(test.images[i]))[1] for i in range(5)]
+    assert status == 200 and [a["label"] for a in batch["results"]] == [a["label"] for a in singles]
+    assert all(len(a["top_k"]) == 2 for a in batch["results"])
 
 
 def test_client_masks_locally_and_agrees_with_server_side_masking(served):
@@ -461,3 +470,25 @@ def test_enrollment_errors_and_client_fetching_shared_masks(served, served_open)
         theirs = _call(f"{url}/v1/recognize?mask={ours['mask_id']}", _png(probe))[1]
         assert ours["premasked"] is True and ours["identity"] == theirs["identity"] == "client-face"
         assert ours["score"] == pytest.approx(theirs["score"], abs=1e-5)
+
+
+def test_gpu_replicas_are_refused_at_once_without_gpus_and_the_config_sets_them(determined_run, capsys, monkeypatch):
+    """``maskcrypt serve --gpus 1`` and the Serve config's ``num_gpus``: a named refusal here, no waiting replica."""
+    import importlib.util
+
+    from maskcrypt.cli import main
+    from maskcrypt.service import build_app
+
+    spec = importlib.util.spec_from_file_location("serve_app", Path(__file__).parents[1] / "serve" / "app.py")
+    serve_app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve_app)
+    app_builder = serve_app.app_builder
+    run, _ = determined_run
+    assert main(["serve", str(run), "--gpus", "1"]) == 2
+    assert "--gpus (per replica) 1: the Ray cluster has 0 GPU(s)" in capsys.readouterr().err
+    with pytest.raises(MaskcryptError, match="the Ray cluster has 0 GPU"):
+        app_builder({"run": str(run), "num_gpus": 1})
+    monkeypatch.setenv("MASKCRYPT_AUTOSCALING_GPUS", "1")  # a cluster whose GPU nodes start on demand
+    app = build_app({"run": str(run)}, num_gpus=1)
+    options = app._bound_deployment.ray_actor_options
+    assert options["num_gpus"] == 1 and app._bound_deployment.user_config["max_batch_size"] == 128

@@ -85,7 +85,8 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(ra
     from maskcrypt.models.recognizer import RecognizerConfig
 
     data = load("synthetic:identities=6,per_identity=60", default_split="train", size=TINY_SIZE)
-    inputs = TrainInputs(data.images, data.labels, data.images[:32], data.labels[:32], data.class_names, {"t": "x"})
+    inputs = TrainInputs.from_arrays(data.images, data.labels, data.images[:32], data.labels[:32], data.class_names,
+                                     {"t": "x"})
     cfg = RecognizerConfig(num_classes=6, image_size=TINY_SIZE, width=8).to_dict()
     # Ray Train's controller persists its checkpoint list once it registered one: from then on a restart resumes.
     folder = tmp_path / "models" / "original"
@@ -123,7 +124,8 @@ def test_encrypted_model_on_the_sources_fixed_sample(ray_session, tmp_path):
     pool = np.stack([np.ones((TINY_SIZE, TINY_SIZE), np.uint8)] * 5)
     for i in range(5):
         pool[i, i:i + 4] = 0
-    inputs = TrainInputs(data.images, data.labels, data.images, data.labels, data.class_names, {"t": "x"}, pool)
+    inputs = TrainInputs.from_arrays(data.images, data.labels, data.images, data.labels, data.class_names, {"t": "x"},
+                                     pool)
     cfg = RecognizerConfig(num_classes=6, image_size=TINY_SIZE, width=8).to_dict()
     meta = train_model("encrypted", tmp_path, inputs, cfg, TrainConfig(epochs=1, batch_size=16),
                        sampling=MaskSampling(k=3, mode="fixed"), log=lambda *_: None)
@@ -137,8 +139,8 @@ def test_encrypted_model_on_the_sources_fixed_sample(ray_session, tmp_path):
 
 def test_bad_requests_fail_clearly(ray_session, tmp_path):
     data = load(TINY_DATA, default_split="train", size=TINY_SIZE)
-    inputs = TrainInputs(data.images, data.labels, data.images, data.labels, data.class_names, {"t": "x"},
-                         np.ones((3, 8, 8), np.uint8))
+    inputs = TrainInputs.from_arrays(data.images, data.labels, data.images, data.labels, data.class_names,
+                                     {"t": "x"}, np.ones((3, 8, 8), np.uint8))
     from maskcrypt.models.recognizer import RecognizerConfig
 
     cfg = RecognizerConfig(num_classes=6, image_size=TINY_SIZE, width=8).to_dict()

@@ -18,12 +18,13 @@ import numpy as np
 from maskcrypt.data.sources import INDEXERS, SourceIndex
 from maskcrypt.data.spec import DataSpec, parse_spec
 from maskcrypt.data.splits import split_by_identity, split_by_image
+from maskcrypt.data.stream import SourceSplit
 from maskcrypt.errors import MaskcryptError
 
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["DataSpec", "ImageSet", "describe", "load", "parse_spec", "ray_dataset"]
+__all__ = ["DataSpec", "ImageSet", "SourceSplit", "describe", "load", "parse_spec", "ray_dataset", "source_split"]
 
 
 @dataclass
@@ -221,37 +222,41 @@ def describe(spec: str | DataSpec) -> dict[str, Any]:
     return out
 
 
+def source_split(spec: str | DataSpec, default_split: str = "all", size: int | tuple[int, int] | None = None,
+                 channels: int | None = None) -> SourceSplit:
+    """One split of a source as an index (:class:`SourceSplit`): labels and what to decode, no pixel decoded.
+
+    The same class filters, splits and ``limit`` as :func:`load`; its ``dataset()`` decodes
+    in Ray tasks. Array sources (idx, npz) hold their arrays already: those come along.
+    """
+    spec = _as_spec(spec)
+    if size is not None:
+        spec = spec.with_options(size=f"{size}" if isinstance(size, int) else f"{size[0]}x{size[1]}")
+    if channels is not None:
+        spec = spec.with_options(channels=channels)
+    prep = _prepare(spec)
+    _refuse_unlabelled(spec, prep.index)
+    split = spec.split or default_split
+    chosen = _select(prep, split)
+    out = SourceSplit(spec, split, prep.labels[chosen], prep.class_names, prep.size, prep.channels)
+    if prep.index.paths is not None:
+        out.paths, out.crop = [prep.index.paths[i] for i in prep.items[chosen]], prep.index.crop
+    elif spec.kind == "synthetic":
+        out.items = prep.items[chosen]
+        out.render = {"identities": spec.get("identities"), "per_identity": spec.get("per_identity"),
+                      "seed": spec.get("seed"), "offset": spec.get("offset")}
+    else:
+        out.arrays, _, _ = prep.index.load(prep.items[chosen], prep.size, prep.channels)
+    return out
+
+
 def ray_dataset(spec: str | DataSpec, default_split: str = "all", blocks: int = 0) -> ray.data.Dataset:
-    """Stream one split through Ray Data: rows ``image`` (uint8 C x H x W) and ``label``.
+    """Stream one split through Ray Data: rows ``image`` (uint8 C x H x W), ``label`` and ``item``.
 
     File sources decode inside Ray Data tasks (the label comes from the file's path,
     through the index), so a data set far larger than memory streams; unreadable files
-    are dropped there, and fail the pipeline with ``strict=1``. Array sources are cut
-    into blocks. ``blocks`` sets the parallelism (0 = one block per ~256 images).
+    are dropped there, and fail the pipeline with ``strict=1``. Synthetic images render
+    in tasks; array sources are cut into blocks. ``blocks`` sets the parallelism (0 =
+    one block per 256 images). See :class:`SourceSplit`.
     """
-    import ray.data
-
-    spec = _as_spec(spec)
-    prep = _prepare(spec)
-    _refuse_unlabelled(spec, prep.index)
-    chosen = _select(prep, spec.split or default_split)
-    n_blocks = blocks or max(1, min(200, chosen.size // 256))
-    if prep.index.paths is None:
-        images, _, _ = prep.index.load(prep.items[chosen], prep.size, prep.channels)
-        parts = np.array_split(np.arange(chosen.size), n_blocks)
-        return ray.data.from_items([{"image": images[i], "label": int(prep.labels[chosen[i]])}
-                                    for p in parts for i in p], override_num_blocks=n_blocks)
-    rows = [{"path": prep.index.paths[i], "label": int(lab)}
-            for i, lab in zip(prep.items[chosen], prep.labels[chosen])]
-    size, channels, crop, strict = prep.size, prep.channels, prep.index.crop, bool(spec.get("strict"))
-
-    def decode(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from maskcrypt.data.images import decode_many
-
-        images, good, bad = decode_many(list(batch["path"]), size, channels, crop, threads=1)
-        if bad and strict:
-            raise MaskcryptError(f"data spec {spec.text!r}: unreadable image with strict=1: {bad[0][1]}")
-        return {"image": images, "label": np.asarray(batch["label"])[good]}
-
-    return ray.data.from_items(rows, override_num_blocks=n_blocks).map_batches(decode, batch_size=64)
-
+    return source_split(spec, default_split).dataset(blocks=blocks)
