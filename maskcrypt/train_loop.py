@@ -244,6 +244,37 @@ def _data(cfg: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def train_epoch(steps: Steps, net: Any, epoch: int, per_rank: int, n_steps: int, rank: int = 0,
+                world: int = 1) -> tuple[float, int, float]:
+    """One epoch of ``steps`` on ``net``: this rank's share of ``n_steps`` global batches.
+
+    A seeded permutation of the samples (the same on every rank), the epoch's mask picks,
+    a step per batch. Returns the summed loss, the samples seen and the seconds taken.
+    Ray Train's worker loop and the attackers' Tune trials (:mod:`maskcrypt.attack`) both
+    run it, so every recognizer in the project trains by one definition.
+    """
+    seed = steps.tc["seed"]
+    steps.start_epoch(epoch)
+    rng = np.random.default_rng([seed, 0x7A1, epoch])
+    perm = rng.permutation(steps.samples)
+    picks = steps.mask_picks(rng)
+    aug = np.random.default_rng([seed, 0xA06, epoch, rank])
+    steps.train_mode(net)
+    t0 = time.perf_counter()
+    loss_sum, seen = 0.0, 0
+    for step in range(n_steps):
+        at = step * per_rank * world + rank * per_rank
+        idx = perm[at:at + per_rank]
+        loss = steps.loss(net, idx, picks, aug)
+        steps.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        steps.optimizer.step()
+        steps.scheduler.step()
+        loss_sum += float(loss.detach()) * len(idx)
+        seen += len(idx)
+    return loss_sum, seen, time.perf_counter() - t0
+
+
 def train_worker(cfg: dict[str, Any]) -> None:
     """Ray Train loop for one model; every rank runs it (DDP)."""
     import ray
@@ -287,25 +318,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
                                         parallel_strategy_kwargs={"find_unused_parameters": unused})
 
     for epoch in range(start_epoch, steps.epochs + 1):
-        steps.start_epoch(epoch)
-        rng = np.random.default_rng([tc["seed"], 0x7A1, epoch])
-        perm = rng.permutation(steps.samples)
-        picks = steps.mask_picks(rng)
-        aug = np.random.default_rng([tc["seed"], 0xA06, epoch, rank])
-        steps.train_mode(net)
-        t0 = time.perf_counter()
-        loss_sum, seen = 0.0, 0
-        for step in range(n_steps):
-            at = step * per_rank * world + rank * per_rank
-            idx = perm[at:at + per_rank]
-            loss = steps.loss(net, idx, picks, aug)
-            steps.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            steps.optimizer.step()
-            steps.scheduler.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        train_s = time.perf_counter() - t0
+        loss_sum, seen, train_s = train_epoch(steps, net, epoch, per_rank, n_steps, rank, world)
         metrics: dict[str, Any] = {"epoch": epoch, "epochs": steps.epochs, "loss": loss_sum / max(seen, 1),
                                    "images_per_s": seen * world / max(train_s, 1e-9),
                                    "lr": steps.optimizer.param_groups[0]["lr"], "rank": rank}
