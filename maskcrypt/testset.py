@@ -26,8 +26,9 @@ import numpy as np
 from maskcrypt.errors import MaskcryptError
 
 SPLITS = ("selection", "confirmation")
-#: Models whose open-set gallery stays clean (an outsider's model); the others see masked galleries.
-CLEAN_GALLERY = frozenset({"O"})
+#: Models whose open-set gallery stays clean (an outsider's model: O, and the adaptive-family attacker ``F``,
+#: which does not know the mask); the others see masked galleries.
+CLEAN_GALLERY = frozenset({"O", "F"})
 
 
 @dataclass(frozen=True)
