@@ -262,15 +262,27 @@ def train_attacker(job: dict[str, Any], data: dict[str, Any]) -> Any:
     """
     import torch
 
+    from maskcrypt.scorer import choose_device
+
+    device = torch.device(choose_device(job["gpus"], torch.cuda.is_available()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(job["cpus"])))
+    try:  # in process (tests, a notebook) the caller's thread count and random state come back
+        with torch.random.fork_rng(devices=[]):
+            yield from _train(job, data, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(job: dict[str, Any], data: dict[str, Any], device: Any) -> Any:
+    import torch
+
     from maskcrypt.models.checkpoint import STATE_FILE, list_checkpoints, load_external_weights, load_state
     from maskcrypt.precision import channels_last, use_bf16
-    from maskcrypt.scorer import choose_device
     from maskcrypt.train_loop import RecognizerSteps, train_epoch
 
     meta = job["meta"]
     tc = meta["train_config"]
-    device = torch.device(choose_device(job["gpus"], torch.cuda.is_available()))
-    torch.set_num_threads(max(1, int(job["cpus"])))
     bf16 = use_bf16(tc["precision"], device.type)
     torch.manual_seed(tc["seed"])
     cfg = {"train_config": tc, "role": "encrypted", "k": job["k"], "model_config": meta["model_config"],
@@ -315,16 +327,6 @@ def _trial(config: dict[str, Any], jobs: dict[str, dict[str, Any]], data: dict[s
         tune.report(metrics)
 
 
-def trial_resources(cpus: float, gpus: float, trials: int) -> tuple[float, float]:
-    """CPUs per trial: as given, or (0) the cluster's CPUs shared out so the trials run side by side."""
-    if cpus > 0:
-        return cpus, gpus
-    import ray
-
-    total = float(ray.cluster_resources().get("CPU", 1.0))
-    return max(1.0, float(int(total // max(trials, 1)))), gpus
-
-
 def train_attackers(jobs: dict[str, dict[str, Any]], data: dict[str, Any], storage: Path,
                     config: AttackConfig = AttackConfig(),
                     log: Callable[[str], None] = print) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -354,7 +356,7 @@ def train_attackers(jobs: dict[str, dict[str, Any]], data: dict[str, Any], stora
     if todo:
         require_ray("attacker training")
         check_gpus("--attack-gpus", config.trial_gpus)
-        cpus, gpus = trial_resources(config.trial_cpus, config.trial_gpus, len(todo))
+        cpus, gpus = config.trial_cpus, config.trial_gpus
         for job in todo.values():
             job["cpus"], job["gpus"] = cpus, gpus
         log(f"attackers: training {len(todo)} ({', '.join(sorted(todo)[:6])}{' ...' if len(todo) > 6 else ''}) as "

@@ -342,15 +342,18 @@ class AttackConfig:
     #: The attacker's labelled images; "" = the run's training data, train split (as much data as the operator:
     #: the worst case). ``SPEC#limit=N`` gives a weaker attacker.
     data: str = ""
-    trial_cpus: float = 0.0  # CPUs per training trial; 0 = the cluster's CPUs shared out over the trials
+    #: CPUs (torch threads) per training trial; trials run side by side on the cluster's CPUs. One thread per
+    #: trial, like one per Ray Train worker: measured here, two threads per process on a busy 2-core machine ran
+    #: 10-100x slower than one (OpenMP threads waiting on each other), while one thread was steady.
+    trial_cpus: float = 1.0
     trial_gpus: float = 0.0  # GPUs per training trial
 
     def __post_init__(self) -> None:
         parse_attackers(self.attackers)
         if self.epochs < 1:
             raise MaskcryptError(f"--attack-epochs: expected at least 1, got {self.epochs}")
-        if self.trial_cpus < 0 or self.trial_gpus < 0:
-            raise MaskcryptError("attack trials: cpus and gpus per trial must be >= 0")
+        if self.trial_cpus <= 0 or self.trial_gpus < 0:
+            raise MaskcryptError("attack trials: cpus per trial must be > 0 and gpus per trial >= 0")
 
     def names(self) -> tuple[str, ...]:
         return parse_attackers(self.attackers)

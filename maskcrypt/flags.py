@@ -137,7 +137,7 @@ RUN_FLAGS: list[tuple[tuple[str, ...], tuple[str, ...], dict[str, Any], str]] = 
      "the attacker's labelled images (default: the training data, train split: the worst case; SPEC#limit=N "
      "for a weaker attacker)"),
     (("--attack-cpus",), ("attack.trial_cpus",), {"type": float},
-     "CPUs per attacker training trial (0 = the cluster's CPUs shared out over the trials)"),
+     "CPUs (torch threads) per attacker training trial; the trials run side by side on the cluster's CPUs"),
     (("--attack-gpus",), ("attack.trial_gpus",), {"type": float}, "GPUs per attacker training trial"),
     (("--thresholds",), ("thresholds",), {"type": _thresholds},
      "JSON/YAML file of thresholds (t_enc, t_orig, t_gap, t_drop, top_k, attack_top, confidence, t_attack); "

@@ -120,9 +120,11 @@ def test_attacker_names_flags_and_yaml():
     with pytest.raises(MaskcryptError, match="--attack-epochs"):
         AttackConfig(epochs=0)
     args = build_parser().parse_args(["determine", "--attackers", "all", "--attack-epochs", "2",
-                                      "--attacker-data", "synthetic:#limit=40", "--attack-cpus", "1"])
+                                      "--attacker-data", "synthetic:#limit=40", "--attack-cpus", "2"])
     config = build_config(args, RUN_FLAGS)
-    assert config.attack == AttackConfig("all", 2, "synthetic:#limit=40", 1.0)
+    assert config.attack == AttackConfig("all", 2, "synthetic:#limit=40", 2.0)
+    with pytest.raises(MaskcryptError, match="cpus per trial"):
+        AttackConfig(trial_cpus=0)
     assert RunConfig.from_dict({"attack": {"attackers": "telea+O", "epochs": 1}}).attack.names() == ("O", "R+O",
                                                                                                     "telea+O")
     tune_args = build_parser().parse_args(["tune", "--max-attacker", "0.4"])
