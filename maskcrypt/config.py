@@ -49,6 +49,10 @@ class PrepareConfig:
     #: E's per-epoch held-out figure uses masks from neither library (sha256-disjoint from both).
     heldout_mask_count: int = 60
     heldout_mask_seed: int = 2
+    #: The attackers' own pool (``masks_attacker/``): the adaptive-family attacker trains with fresh masks of
+    #: the target buckets from it; sha256-disjoint from every other pool.
+    attacker_mask_count: int = 120
+    attacker_mask_seed: int = 3
     buckets: str = "1-6"
     #: An existing library (e.g. imported NVIDIA masks) copied in as the selection library
     #: instead of generating ``mask_count`` masks; "" = generate.
@@ -62,12 +66,14 @@ class PrepareConfig:
                 "mask counts: expected at least 1 selection mask and 2 training masks, got "
                 f"{self.mask_count} and {self.train_mask_count}"
             )
-        if len({self.mask_seed, self.train_mask_seed, self.heldout_mask_seed}) < 3:
-            raise MaskcryptError("mask seeds: the selection library, E's training pool and the held-out pool need "
-                                 f"different seeds, got {self.mask_seed}, {self.train_mask_seed}, "
-                                 f"{self.heldout_mask_seed}")
+        seeds = (self.mask_seed, self.train_mask_seed, self.heldout_mask_seed, self.attacker_mask_seed)
+        if len(set(seeds)) < 4:
+            raise MaskcryptError("mask seeds: the selection library, E's training pool, the held-out pool and the "
+                                 f"attackers' pool need different seeds, got {', '.join(map(str, seeds))}")
         if self.heldout_mask_count < 1:
             raise MaskcryptError(f"--heldout-mask-count: expected at least 1, got {self.heldout_mask_count}")
+        if self.attacker_mask_count < 1:
+            raise MaskcryptError(f"--attacker-mask-count: expected at least 1, got {self.attacker_mask_count}")
 
 
 # -- train -----------------------------------------------------------------------------------------------
@@ -308,6 +314,64 @@ class DetermineConfig:
                                  "(or auto), not adaptive")
 
 
+# -- attackers -------------------------------------------------------------------------------------------
+#: Every attacker the attack stage can run (README, "What an attacker gets"), in report order. "O" and "R+O"
+#: are Table 2's own O figures and always measured; the others are chosen with ``--attackers``.
+ATTACKERS = ("O", "R+O", "telea+O", "ns+O", "adaptive-family", "adaptive-family+R", "adaptive-known")
+#: Attackers that need no training (run inside the attack stage's inference pass).
+NO_TRAINING = ("O", "R+O", "telea+O", "ns+O")
+#: ``--attackers default``: every attacker without training, plus the one trained family attacker per run.
+DEFAULT_ATTACKERS = (*NO_TRAINING, "adaptive-family", "adaptive-family+R")
+
+
+def parse_attackers(text: str) -> tuple[str, ...]:
+    """``--attackers``: ``default``, ``all`` or a comma list of :data:`ATTACKERS` (O and R+O always added)."""
+    words = [w.strip() for w in str(text).split(",") if w.strip()]
+    if words == ["all"]:
+        return ATTACKERS
+    if words == ["default"]:
+        return DEFAULT_ATTACKERS
+    unknown = [w for w in words if w not in ATTACKERS]
+    if unknown or not words:
+        raise MaskcryptError(f"--attackers: expected default, all or a comma list of {', '.join(ATTACKERS)}; "
+                             f"got {text!r}")
+    return tuple(a for a in ATTACKERS if a in {"O", "R+O", *words})
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The attackers the attack stage measures and how the trained ones train (README, "What an attacker gets")."""
+
+    attackers: str = "default"  # default | all | a comma list of ATTACKERS
+    #: The adaptive attackers train from O's weights with O's TrainConfig, its epochs replaced by this.
+    epochs: int = 3
+    #: The attacker's labelled images; "" = the run's training data, train split (as much data as the operator:
+    #: the worst case). ``SPEC#limit=N`` gives a weaker attacker.
+    data: str = ""
+    #: CPUs (torch threads) per training trial; trials run side by side on the cluster's CPUs. One thread per
+    #: trial, like one per Ray Train worker: measured here, two threads per process on a busy 2-core machine ran
+    #: 10-100x slower than one (OpenMP threads waiting on each other), while one thread was steady.
+    trial_cpus: float = 1.0
+    trial_gpus: float = 0.0  # GPUs per training trial
+
+    def __post_init__(self) -> None:
+        parse_attackers(self.attackers)
+        if self.epochs < 1:
+            raise MaskcryptError(f"--attack-epochs: expected at least 1, got {self.epochs}")
+        if self.trial_cpus <= 0 or self.trial_gpus < 0:
+            raise MaskcryptError("attack trials: cpus per trial must be > 0 and gpus per trial >= 0")
+
+    def names(self) -> tuple[str, ...]:
+        return parse_attackers(self.attackers)
+
+    @property
+    def trained(self) -> tuple[str, ...]:
+        """The adaptive attackers' models to train: ``family`` and/or ``known``."""
+        names = self.names()
+        return tuple(k for k, wanted in (("family", {"adaptive-family", "adaptive-family+R"} & set(names)),
+                                         ("known", {"adaptive-known"} & set(names))) if wanted)
+
+
 # -- tune ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Budget:
@@ -317,10 +381,14 @@ class Budget:
     o_inpainted: float = 0.5  # O's accuracy on inpainted images, every chosen mask
     min_drop: float = 0.0  # E's inpainting drop, every chosen mask
     utility: str = "mean"  # or "best": E's accuracy of the best chosen mask
+    #: The worst attacker's accuracy (results/attacks.parquet, selection split), every chosen mask; None = off.
+    max_attacker: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("o_masked", "o_inpainted", "min_drop"):
+        for name in ("o_masked", "o_inpainted", "min_drop", "max_attacker"):
             v = getattr(self, name)
+            if name == "max_attacker" and v is None:
+                continue
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise MaskcryptError(f"budget {name}: expected a fraction in [0, 1], got {v!r}")
         if self.utility not in ("mean", "best"):
@@ -351,7 +419,8 @@ class TuneConfig:
 SECTIONS: dict[str, type] = {
     "prepare": PrepareConfig, "sources": TrainSources, "model": ModelSettings, "train": TrainConfig,
     "inpaint": InpaintTrainConfig, "sampling": MaskSampling, "resources": Resources, "determine": DetermineConfig,
-    "evaluation": EvalSettings, "adaptive": AdaptivePlan, "thresholds": Thresholds, "tune": TuneConfig,
+    "evaluation": EvalSettings, "adaptive": AdaptivePlan, "attack": AttackConfig, "thresholds": Thresholds,
+    "tune": TuneConfig,
 }
 
 
@@ -371,6 +440,7 @@ class RunConfig:
     determine: DetermineConfig = field(default_factory=DetermineConfig)
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     adaptive: AdaptivePlan = field(default_factory=AdaptivePlan)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     thresholds: Thresholds = field(default_factory=Thresholds)
     tune: TuneConfig = field(default_factory=TuneConfig)
 

@@ -10,7 +10,9 @@ writes it under ``RUN/results/`` as it completes:
    adaptive), and the candidates (top k per target bucket); per-mask counts arrive in
    resumable parts (``per_mask.parts/``);
 3. :func:`attack` - the inpainting attack on the top ``attack_top`` per target bucket,
-   on the selection and the held-out confirmation split;
+   on the selection and the held-out confirmation split, and every attacker of
+   :mod:`maskcrypt.attack` on the same masks (the adaptive ones trained first, on Ray
+   Tune): ``results/attacks.parquet``, the worst attacker per mask on Table 2;
 4. :func:`choose` - the one target decision (:func:`maskcrypt.select.decide`), marked
    on both Table 2 files;
 5. :func:`write_targets` - ``targets.json``, ``targets.parquet`` and ``run.json``;
@@ -37,7 +39,7 @@ from typing import Any
 
 import pandas as pd
 
-from maskcrypt.config import AdaptivePlan, DetermineConfig, EvalSettings
+from maskcrypt.config import AdaptivePlan, AttackConfig, DetermineConfig, EvalSettings
 from maskcrypt.errors import MaskcryptError
 from maskcrypt.fileio import write_json, write_parquet
 from maskcrypt.select import (
@@ -81,6 +83,7 @@ class Determination:
     log: Callable[[str], None]
     timings: dict[str, float] = field(default_factory=dict)
     result: dict[str, Any] = field(default_factory=dict)
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
     @property
     def labels(self) -> dict[int, str]:
@@ -263,22 +266,37 @@ def rank(d: Determination, buckets: list[int], pm_counts: pd.DataFrame | None) -
 
 
 def attack(d: Determination, pm: pd.DataFrame, buckets: list[int]) -> dict[str, pd.DataFrame]:
-    """Table 2's figures per split for the top ``attack_top`` masks of each target bucket."""
+    """Table 2's figures per split for the top ``attack_top`` masks of each target bucket, and every attacker's.
+
+    The adaptive attackers train first (:func:`maskcrypt.attack.train_for`); then one
+    inference pass counts E, O and every attacker under each mask. Writes
+    ``results/attacks.parquet``; each split's Table 2 gets that split's worst attacker.
+    """
+    from maskcrypt.attack import attacks_table, chance_level, train_for, worst_attackers
     from maskcrypt.evaluate import evaluate_attack
 
-    t0 = time.perf_counter()
     alist = attack_list(pm, buckets, d.thresholds)
+    trained = train_for(d, alist)
+    t0 = time.perf_counter()
     counts = evaluate_attack(d.library, alist["mask_id"].tolist(), d.test, d.models, d.inpainter, splits=d.splits,
-                             settings=d.settings)
+                             settings=d.settings, attackers=d.attack.names(), trained=trained)
+    found = d.write(attacks_table(counts, alist, d.thresholds, chance_level(d.test)), "attacks")
     tables = {}
+    paired = ["mask_id", "n", "both", "before_only", "after_only", "neither", "correct_O_masked",
+              "correct_O_inpainted"]
     for split in d.splits:
-        part = counts[counts["split"] == split].drop(columns=["split"])
+        part = counts.loc[counts["split"] == split, paired]
         if split == "selection":
             part = part.merge(alist[["mask_id", "third", "acc_O"]], on="mask_id")
-        tables[split] = table2(part, alist, d.thresholds)
+        tables[split] = table2(part, alist, d.thresholds).merge(worst_attackers(found, split), on="mask_id",
+                                                                how="left")
     d.timings["attack"] = time.perf_counter() - t0
-    d.log(f"attack: {len(alist)} masks x {sum(d.test.probes(s) for s in d.splits)} images inpainted "
-          f"in {d.timings['attack']:.1f}s")
+    cost = {k: int(counts[k].sum()) for k in ("forward_passes", "fills_R", "fills_classical")}
+    d.result.setdefault("attack", {}).update({**cost, "masks": len(alist), "chance": chance_level(d.test),
+                                              "seconds": round(d.timings["attack"], 1)})
+    d.log(f"attack: {len(alist)} masks x {sum(d.test.probes(s) for s in d.splits)} images, "
+          f"{len(found['attacker'].unique())} attackers: {cost['forward_passes']:,} recognizer forward passes, "
+          f"{cost['fills_R']:,} R and {cost['fills_classical']:,} classical fills in {d.timings['attack']:.1f}s")
     return tables
 
 
@@ -297,7 +315,7 @@ def choose(d: Determination, t1: pd.DataFrame, tables: dict[str, pd.DataFrame],
 def _figures(row: pd.Series) -> dict[str, Any]:
     keys = ["fourth", "fourth_lo", "fourth_hi", "fifth", "fifth_lo", "fifth_hi", "drop", "drop_lo", "drop_hi",
             "drop_uncertain", "third", "third_lo", "third_hi", "acc_O", "acc_O_lo", "acc_O_hi", "mean_score_E",
-            "O_masked", "O_inpainted", "rank", "n"]
+            "O_masked", "O_inpainted", "worst_attacker", "worst_accuracy", "rank", "n"]
     return {k: (row[k].item() if hasattr(row[k], "item") else row[k]) for k in keys if k in row.index}
 
 
@@ -305,6 +323,7 @@ def write_targets(d: Determination, decision: Decision, tables: dict[str, pd.Dat
     """``targets.json`` (every figure on both splits, or why none), ``targets.parquet`` and run.json."""
     import pyarrow as pa
 
+    from maskcrypt.attack import attacker_figures
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.run import update_record
 
@@ -327,10 +346,13 @@ def write_targets(d: Determination, decision: Decision, tables: dict[str, pd.Dat
         # bucket, in the basic rule), the per-mask figures otherwise.
         sel = tables.get("selection")
         attacked = {} if sel is None else {r["mask_id"]: _figures(r) for _, r in sel.iterrows()}
+        found = d.paths.results / "attacks.parquet"
+        attacks = pd.read_parquet(found) if found.exists() else None
         result["targets"] = [{"mask_id": r["mask_id"], "bucket": int(r["bucket"]),
                               "range": d.labels[int(r["bucket"])], "sha256": sha[r["mask_id"]],
                               "in_training_pool": sha[r["mask_id"]] in pool_sha, **_figures(r),
-                              **attacked.get(r["mask_id"], {}), "confirmation": confirm.get(r["mask_id"])}
+                              **attacked.get(r["mask_id"], {}), "confirmation": confirm.get(r["mask_id"]),
+                              "attackers": None if attacks is None else attacker_figures(attacks, r["mask_id"])}
                              for _, r in decision.targets.iterrows()]
         write_parquet(keep, targets_parquet)
     else:
@@ -341,6 +363,9 @@ def write_targets(d: Determination, decision: Decision, tables: dict[str, pd.Dat
     update_record(d.paths.run_json, "determine", {
         "config": dataclasses.asdict(d.config), "thresholds": d.thresholds.to_dict(),
         "rank_mode": result.get("rank_mode"), **d.key, "target_buckets": decision.buckets, "targets": ids,
+        "attack": {"config": dataclasses.asdict(d.attack), **{k: v for k, v in result.get("attack", {}).items()
+                                                               if k != "training"},
+                   "trained": (result.get("attack", {}).get("training") or {}).get("attackers")},
         "seconds": result["seconds"]})
     return result
 
@@ -354,6 +379,7 @@ def determine(
     redo: bool = False,
     report: bool = True,
     log: Callable[[str], None] = print,
+    attackers: AttackConfig = AttackConfig(),
 ) -> dict[str, Any]:
     """Run the determination on a run with trained models; return what ``targets.json`` holds.
 
@@ -369,6 +395,7 @@ def determine(
     require_ray("determine")
     started = time.perf_counter()
     d = open_determination(run, config, thresholds, settings, adaptive, redo, log)
+    d.attack = attackers
     t1, pm_counts = table1(d)
     buckets, _ = target_buckets(t1, thresholds)
     log(f"target buckets (first - second > {thresholds.t_gap:.2f}): "
@@ -380,7 +407,7 @@ def determine(
     if d.out_of_range:
         log(f"{d.out_of_range} mask(s) of the library lie outside every bucket (bucket -1): kept, counted, "
             "not measured")
-    for stale in ("per_mask", "candidates", "table2", "table2_confirmation"):
+    for stale in ("per_mask", "candidates", "table2", "table2_confirmation", "attacks"):
         (d.paths.results / f"{stale}.parquet").unlink(missing_ok=True)
     tables: dict[str, pd.DataFrame] = {}
     pm = None
@@ -421,9 +448,13 @@ def format_target(t: dict[str, Any]) -> str:
     line = (f"target mask {t['mask_id']} {t['range']}: E {t['fourth']:.2%} masked, {t['fifth']:.2%} inpainted "
             f"(drop {t['drop']:.2%} [{t['drop_lo']:.2%}, {t['drop_hi']:.2%}]); "
             f"O {t.get('O_masked', float('nan')):.2%} masked, {t.get('O_inpainted', float('nan')):.2%} inpainted")
+    if t.get("worst_attacker"):
+        line += f"; worst attacker {t['worst_attacker']} {t['worst_accuracy']:.2%}"
     c = t.get("confirmation")
     if c:
         line += (f"\n    on the confirmation split: E {c['fourth']:.2%} masked, {c['fifth']:.2%} inpainted "
                  f"(drop {c['drop']:.2%}); O {c.get('O_masked', float('nan')):.2%} masked, "
-                 f"{c.get('O_inpainted', float('nan')):.2%} inpainted")
+                 f"{c.get('O_inpainted', float('nan')):.2%} inpainted"
+                 + (f"; worst attacker {c['worst_attacker']} {c['worst_accuracy']:.2%}" if c.get("worst_attacker")
+                    else ""))
     return line

@@ -11,7 +11,7 @@ adaptive race (many small rounds on one pool of plain actors) is
 * :func:`evaluate_masks` - every mask of some buckets x every probe (per-mask third
   accuracy; Table 1's full mode), written in resumable Parquet parts;
 * :func:`evaluate_sampled` - Table 1's sampled mode;
-* :func:`evaluate_attack` - the inpainting attack's paired counts.
+* :func:`evaluate_attack` - the inpainting attack's paired counts, and every attacker's.
 """
 
 from __future__ import annotations
@@ -200,13 +200,19 @@ def evaluate_attack(
     inpainter: str | Path,
     splits: Sequence[str] = ("selection",),
     settings: EvalSettings = EvalSettings(),
+    attackers: Sequence[str] = (),
+    trained: dict[str, str | Path] | None = None,
 ) -> pd.DataFrame:
-    """The inpainting attack on ``mask_ids``: R fills each masked probe, E and O recognize it.
+    """The inpainting attack on ``mask_ids``: R fills each masked probe, E and O recognize it; and the attackers.
 
     ``models`` must name ``E`` and ``O``. One row per (mask, split) with ``n`` and E's
     paired counts before/after inpainting (``both``, ``before_only``, ``after_only``,
     ``neither``) plus ``correct_O_masked`` and ``correct_O_inpainted``: does inpainting
-    hand an ordinary model back what the mask hid?
+    hand an ordinary model back what the mask hid? ``attackers`` (names of
+    :data:`maskcrypt.config.ATTACKERS`) add one ``atk:<name>`` count per attacker;
+    ``trained`` names the adaptive attackers' model folders (``family``, and a mask id
+    per known-mask attacker), see :mod:`maskcrypt.attack`. The first split's row of each
+    mask carries its ``forward_passes``, ``fills_R`` and ``fills_classical``.
     """
     import ray.data
 
@@ -217,13 +223,23 @@ def evaluate_attack(
         raise MaskcryptError(f"attack: needs the models E and O, got {sorted(models)}")
     check_library(library, test)
     check_splits(test, splits)
+    trained = dict(trained or {})
+    if "family" in trained:
+        models = {**models, "F": trained.pop("family")}
+    if {"adaptive-family", "adaptive-family+R"} & set(attackers) and "F" not in models:
+        raise MaskcryptError("attack: adaptive-family needs its trained model (trained['family'])")
     resolved = check_models(models, test)
+    known = check_models(trained, test) if "adaptive-known" in attackers else {}
     ckpt, _ = find_checkpoint(inpainter, kind="inpainter")
     if not mask_ids:
         raise MaskcryptError("attack: no mask to attack")
+    missing = [m for m in mask_ids if "adaptive-known" in attackers and m not in known]
+    if missing:
+        raise MaskcryptError(f"attack: adaptive-known has no trained model for mask(s) {missing[:5]}")
     batch = library.get(list(mask_ids))
     rows = [{"mask_id": m, "bits": b} for m, b in zip(batch.mask_ids, pack_masks(batch.masks))]
-    constructor = scorer_kwargs(test, resolved, splits, settings, "attack", inpainter=str(ckpt))
+    constructor = scorer_kwargs(test, resolved, splits, settings, "attack", inpainter=str(ckpt),
+                                attackers=tuple(attackers), known=known)
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 4 * settings.actors))
     out = ds.map_batches(CrossProductScorer, batch_size=1, **_pool(settings, constructor, len(rows)))
     return out.to_pandas().sort_values(["mask_id", "split"]).reset_index(drop=True)

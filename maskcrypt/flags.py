@@ -46,6 +46,9 @@ RUN_FLAGS: list[tuple[tuple[str, ...], tuple[str, ...], dict[str, Any], str]] = 
     (("--heldout-mask-count",), ("prepare.heldout_mask_count",), {"type": int},
      "masks of the held-out pool (E's per-epoch accuracy on masks it never trained with)"),
     (("--heldout-mask-seed",), ("prepare.heldout_mask_seed",), {"type": int}, "seed of the held-out pool"),
+    (("--attacker-mask-count",), ("prepare.attacker_mask_count",), {"type": int},
+     "masks of the attackers' pool masks_attacker/ (the adaptive-family attacker trains with them)"),
+    (("--attacker-mask-seed",), ("prepare.attacker_mask_seed",), {"type": int}, "seed of the attackers' pool"),
     (("--buckets",), ("prepare.buckets",), {}, "buckets to fill, e.g. 1-6"),
     (("--selection-masks",), ("prepare.selection_masks",), {},
      "use this mask library (e.g. imported NVIDIA masks) as the selection library; copied into RUN/masks"),
@@ -127,8 +130,21 @@ RUN_FLAGS: list[tuple[tuple[str, ...], tuple[str, ...], dict[str, Any], str]] = 
     (("--eval-gpus",), ("evaluation.gpus_per_actor",), {"type": float}, "GPUs per evaluation actor"),
     (("--per-image",), ("evaluation.per_image",), {"action": "store_true"},
      "also store per-image correctness (bit-packed)"),
+    # attackers
+    (("--attackers",), ("attack.attackers",), {},
+     "which attackers the attack stage measures: default (O, R+O, telea+O, ns+O, adaptive-family, "
+     "adaptive-family+R), all (adds adaptive-known: one recognizer trained per attacked mask), or a comma list"),
+    (("--attack-epochs",), ("attack.epochs",), {"type": int},
+     "epochs of the adaptive attackers (O's TrainConfig from O's weights, with these epochs)"),
+    (("--attacker-data",), ("attack.data",), {},
+     "the attacker's labelled images (default: the training data, train split: the worst case; SPEC#limit=N "
+     "for a weaker attacker)"),
+    (("--attack-cpus",), ("attack.trial_cpus",), {"type": float},
+     "CPUs (torch threads) per attacker training trial; the trials run side by side on the cluster's CPUs"),
+    (("--attack-gpus",), ("attack.trial_gpus",), {"type": float}, "GPUs per attacker training trial"),
     (("--thresholds",), ("thresholds",), {"type": _thresholds},
-     "JSON/YAML file of thresholds (t_enc, t_orig, t_gap, t_drop, top_k, attack_top, confidence); fractions"),
+     "JSON/YAML file of thresholds (t_enc, t_orig, t_gap, t_drop, top_k, attack_top, confidence, t_attack); "
+     "fractions"),
 ]
 
 #: The threshold search's flags (``maskcrypt tune``, ``jobs/tune.py``), mapped onto RunConfig.tune.
@@ -139,6 +155,8 @@ TUNE_FLAGS: list[tuple[tuple[str, ...], tuple[str, ...], dict[str, Any], str]] =
     (("--max-o-inpainted",), ("tune.budget.o_inpainted",), {"type": float},
      "privacy budget: O's accuracy on inpainted images, every chosen mask"),
     (("--min-drop",), ("tune.budget.min_drop",), {"type": float}, "floor on every chosen mask's inpainting drop"),
+    (("--max-attacker",), ("tune.budget.max_attacker",), {"type": float},
+     "privacy budget: the worst attacker's accuracy (results/attacks.parquet), every chosen mask (default off)"),
     (("--utility",), ("tune.budget.utility",), {"choices": ("mean", "best")},
      "E's accuracy averaged over the chosen masks, or the best one's (what mask=best serves)"),
     (("--search",), ("tune.search",), {"choices": ("random", "grid")}, ""),

@@ -184,3 +184,42 @@ def target_gallery(run: Path, mask_ids: Sequence[str], images: np.ndarray, per_m
     return grid_image(arr, captions, ncol=1 + 2 * len(x), scale=auto_scale(arr.shape[2]))
 
 
+
+
+def plot_attackers(table: pd.DataFrame, mask_ids: Sequence[str], path: Path, labels: dict[int, str] | None = None,
+                   ) -> Path:
+    """Per mask, one panel: every attacker's accuracy on each split with its interval, chance level dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ids = list(mask_ids)
+    ncol = min(3, max(1, len(ids)))
+    nrow = -(-len(ids) // ncol) if ids else 1
+    attackers = list(dict.fromkeys(table["attacker"]))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(0.55 * len(attackers) * ncol + 1.5, 3.2 * nrow), squeeze=False)
+    splits = [s for s in ("selection", "confirmation") if s in set(table["split"])]
+    width = 0.8 / max(1, len(splits))
+    for ax in axes.ravel()[len(ids):]:
+        ax.axis("off")
+    for ax, mid in zip(axes.ravel(), ids):
+        rows = table[table["mask_id"] == mid]
+        x = np.arange(len(attackers))
+        for k, (split, colour) in enumerate(zip(splits, ("#c05621", "#fbd38d"))):
+            part = rows[rows["split"] == split].set_index("attacker").reindex(attackers)
+            v = part["accuracy"].to_numpy() * 100
+            err = np.vstack([v - part["accuracy_lo"].to_numpy() * 100, part["accuracy_hi"].to_numpy() * 100 - v])
+            ax.bar(x - 0.4 + width * (k + 0.5), v, width, yerr=err, capsize=2, label=split, color=colour)
+        chance = float(rows["chance"].iloc[0]) if len(rows) else float("nan")
+        if np.isfinite(chance):
+            ax.axhline(100 * chance, ls="--", c="k", lw=1, label="chance")
+        bucket = int(rows["bucket"].iloc[0]) if len(rows) else 0
+        ax.set_title(f"{mid} {labels.get(bucket, '') if labels else ''}", fontsize=9)
+        ax.set_xticks(x, attackers, rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("attacker accuracy (%)", fontsize=8)
+        ax.legend(fontsize=6, loc="upper left")
+    fig.suptitle("What an attacker gets: identification accuracy under each mask", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)

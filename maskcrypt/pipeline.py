@@ -21,7 +21,7 @@ from maskcrypt.errors import MaskcryptError
 #: Fields holding local paths (made absolute) and data specs (their path made absolute).
 PATH_FIELDS = ("run", "prepare.selection_masks", "sources.masks", "sources.init_original", "sources.init_inpainter",
                "inpaint.vgg_weights", "sources.init_encrypted")
-SPEC_FIELDS = ("prepare.data", "sources.val_data", "sources.inpaint_data", "determine.test_data")
+SPEC_FIELDS = ("prepare.data", "sources.val_data", "sources.inpaint_data", "determine.test_data", "attack.data")
 
 
 def absolute_path(path: str) -> str:
@@ -126,7 +126,7 @@ def determine_stage(config: RunConfig, redetermine: bool, log: Callable[[str], N
     from maskcrypt.run import RunPaths
 
     result = determine(config.run, config.determine, config.thresholds, config.evaluation, config.adaptive,
-                       redo=redetermine, log=log)
+                       redo=redetermine, log=log, attackers=config.attack)
     paths = RunPaths.resolve(config.run)
     log("Table 1 (accuracy per bucket, mean ± std over repetitions):\n"
         + format_table1(pd.read_parquet(paths.results / "table1.parquet")))

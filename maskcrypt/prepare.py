@@ -6,6 +6,9 @@
   from ``masks/``);
 * ``masks_heldout/``: a small pool for training-time figures on masks E never trained
   with (a third seed; sha256-disjoint from both);
+* ``masks_attacker/``: the attackers' own pool (a fourth seed; sha256-disjoint from all
+  three): the adaptive-family attacker trains with fresh masks of the target buckets
+  from it, as E trains with ``masks_train/``;
 * pictures of both and of the data, and ``run.json`` with the configuration and the
   data's hashes.
 
@@ -91,6 +94,7 @@ def _prepare(paths: RunPaths, config: PrepareConfig, restart: bool, log: Any) ->
                           exclude_sha256=set(lib.column("sha256")) | set(pool.column("sha256")))
     log(f"masks_heldout/ {len(held)} masks for figures on unseen masks during training, disjoint from both "
         f"({res_h.added} new)")
+    attacker = attacker_pool(paths, config, log)
 
     # The splits' indexes only: the training set is decoded by Ray Data during training, never here.
     train = source_split(config.data, default_split="train", size=config.size)
@@ -124,6 +128,7 @@ def _prepare(paths: RunPaths, config: PrepareConfig, restart: bool, log: Any) ->
             "masks": {"count": len(lib), "stats": lib.stats()["buckets"]},
             "masks_train": {"count": len(pool)},
             "masks_heldout": {"count": len(held)},
+            "masks_attacker": {"count": len(attacker)},
         },
         "stages": {"prepare": {"seconds": round(time.perf_counter() - t0, 2),
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}},
@@ -132,3 +137,25 @@ def _prepare(paths: RunPaths, config: PrepareConfig, restart: bool, log: Any) ->
     record["stages"] = {**previous.get("stages", {}), **record["stages"]}
     write_json(paths.run_json, record)
     return record
+
+
+def attacker_pool(paths: RunPaths, config: PrepareConfig, log: Any = print) -> Any:
+    """``masks_attacker/``: the attackers' pool, generated sha256-disjoint from every other pool of the run.
+
+    Called by :func:`prepare`, and by the attack stage for a run prepared before the pool
+    existed (same settings: the run's recorded PrepareConfig, defaults for fields it lacks).
+    """
+    from maskcrypt.masks import MaskLibrary, parse_buckets
+    from maskcrypt.masks.generate import generate_into
+
+    others = [MaskLibrary.open(str(p)) for p in (paths.masks, paths.masks_train, paths.masks_heldout) if p.exists()]
+    taken = set().union(*(set(lib.column("sha256")) for lib in others)) if others else set()
+    size = (config.size, config.size)
+    pool = MaskLibrary.open_or_create(str(paths.masks_attacker), *size)
+    buckets = parse_buckets(config.buckets, pool.edges)
+    res = generate_into(pool, config.attacker_mask_count, config.attacker_mask_seed, buckets, exclude_sha256=taken)
+    overlap = taken & set(pool.column("sha256"))
+    if overlap:
+        raise MaskcryptError(f"run {paths.root}: {len(overlap)} mask(s) of masks_attacker/ are also in another pool")
+    log(f"masks_attacker/ {len(pool)} masks for the attackers, disjoint from every other pool ({res.added} new)")
+    return pool

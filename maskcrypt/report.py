@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from maskcrypt.fileio import write_text
-from maskcrypt.pictures import plot_table1, plot_table2, save_png, target_gallery
+from maskcrypt.pictures import plot_attackers, plot_table1, plot_table2, save_png, target_gallery
 from maskcrypt.testset import pixels
 
 
@@ -115,6 +115,60 @@ def _ranking(res: Path, result: dict[str, Any], th: dict[str, Any]) -> list[str]
     return out
 
 
+def _attackers(res: Path, result: dict[str, Any], th: dict[str, Any]) -> list[str]:
+    """Every attacker's accuracy under each target mask (both splits), from ``results/attacks.parquet``."""
+    if not (res / "attacks.parquet").exists():
+        return []
+    from maskcrypt.attack import DESCRIPTIONS
+
+    table = pd.read_parquet(res / "attacks.parquet")
+    measured = list(dict.fromkeys(table["mask_id"]))
+    shown = [t["mask_id"] for t in result["targets"] if t["mask_id"] in set(measured)]
+    which = "target mask"
+    if not shown and (res / "table2.parquet").exists():  # no target: the candidates show what was at stake
+        t2 = pd.read_parquet(res / "table2.parquet")
+        shown, which = t2.loc[t2["rank"] <= th["top_k"], "mask_id"].tolist(), "candidate (no target was chosen)"
+    t1 = pd.read_parquet(res / "table1.parquet")
+    labels = {int(b): r for b, r in zip(t1["bucket"], t1["range"])} if "range" in t1 else {}
+    info = result.get("attack") or {}
+    chance = float(table["chance"].iloc[0])
+    present = list(dict.fromkeys(table["attacker"]))
+    rows = []
+    for mid in shown:
+        mine = table[table["mask_id"] == mid]
+        for attacker in present:
+            cells = []
+            for split in ("selection", "confirmation"):
+                r = mine[(mine["split"] == split) & (mine["attacker"] == attacker)]
+                if r.empty:
+                    cells.append("")
+                    continue
+                r = r.iloc[0]
+                cells.append(_interval(r, "accuracy") + (" **worst**" if r["worst_attacker"] == attacker else ""))
+            rows.append([f"`{mid}`", labels.get(int(mine["bucket"].iloc[0]), ""), attacker, *cells])
+    if shown:
+        plot_attackers(table, shown, res / "attacks.png", labels)
+    trained = (info.get("training") or {}).get("attackers") or {}
+    out = ["", "## What an attacker gets", "",
+           "The adversary sees masked images and wants the identity; it may hold an ordinary recognizer, an "
+           "inpainter, classical image processing and labelled photos of its own, and may know the mask (the "
+           "service shares masks with clients; the hole shows in every encrypted image). Each attacker's "
+           f"identification accuracy in %, with its {th['confidence']:.0%} Wilson interval, on the selection and "
+           f"the held-out confirmation split; **worst** marks the strongest attacker of a mask and split, the "
+           f"privacy figure. Chance (guessing among the test identities): {100 * chance:.2f}%. Every attacked mask's "
+           "figures are in `results/attacks.parquet`.", "",
+           *[f"- `{a}`: {DESCRIPTIONS.get(a, a)}" for a in present], ""]
+    if info.get("data"):
+        out += [f"The adaptive attackers trained from O's weights for {info.get('epochs')} epoch(s) (O's "
+                f"TrainConfig otherwise) on `{info['data']}` ({info.get('data_images')} images): "
+                + ", ".join(f"{name} {r.get('state')}" for name, r in list(trained.items())[:8])
+                + (" ..." if len(trained) > 8 else "") + ".", ""]
+    if not shown:
+        return [*out, "No mask to show."]
+    return [*out, f"Per {which}:", "", "![attackers](results/attacks.png)", "",
+            md_table(["mask", "bucket", "attacker", "selection", "confirmation"], rows)]
+
+
 def _table2(res: Path, th: dict[str, Any]) -> list[str]:
     if not (res / "table2.parquet").exists():
         return []
@@ -126,10 +180,16 @@ def _table2(res: Path, th: dict[str, Any]) -> list[str]:
             "model gets back. `target` is the run's decision (every rule applied).", "",
             "![Table 2](results/table2.png)", "",
             md_table(["bucket", "rank", "mask", "fourth", "fifth", "drop", "drop near t_drop", "O masked",
-                      "O inpainted", "target"],
+                      "O inpainted", "worst attacker", "target"],
                      [[r["bucket"], r["rank"], r["mask_id"], _interval(r, "fourth"), _interval(r, "fifth"),
                        _interval(r, "drop"), "yes" if r["drop_uncertain"] else "", _pct(r.get("O_masked")),
-                       _pct(r.get("O_inpainted")), "yes" if r["target"] else ""] for _, r in t2.iterrows()])]
+                       _pct(r.get("O_inpainted")), _worst(r), "yes" if r["target"] else ""]
+                      for _, r in t2.iterrows()])]
+
+
+def _worst(row: Any) -> str:
+    name = row.get("worst_attacker") if hasattr(row, "get") else None
+    return "" if not isinstance(name, str) else f"{name} {_pct(row.get('worst_accuracy'))}"
 
 
 def _targets(root: Path, result: dict[str, Any], test: Any) -> list[str]:
@@ -146,12 +206,12 @@ def _targets(root: Path, result: dict[str, Any], test: Any) -> list[str]:
         c = t.get("confirmation") or {}
         if "fourth" not in t:  # the basic rule's masks beyond the attacked top of each bucket
             rows.append([t["mask_id"], t["range"], _interval(t, "third"), "", "", "", _pct(t.get("acc_O")), "", "",
-                         "", "yes" if t["in_training_pool"] else "no"])
+                         "", "", "", "yes" if t["in_training_pool"] else "no"])
             continue
         rows.append([t["mask_id"], t["range"], _interval(t, "fourth"), _interval(c, "fourth") if c else "",
                      _interval(t, "drop"), _interval(c, "drop") if c else "", _pct(t.get("O_masked")),
                      _pct(c.get("O_masked")), _pct(t.get("O_inpainted")), _pct(c.get("O_inpainted")),
-                     "yes" if t["in_training_pool"] else "no"])
+                     _worst(t), _worst(c), "yes" if t["in_training_pool"] else "no"])
     probe = np.flatnonzero(~np.asarray(test.gallery) & (np.asarray(test.split) == 0))
     _, first = np.unique(np.asarray(test.labels)[probe], return_index=True)
     pics = pixels(test.images[probe[np.sort(first)][:3]])
@@ -160,7 +220,7 @@ def _targets(root: Path, result: dict[str, Any], test: Any) -> list[str]:
                   "confirmation split: a fall from one to the other is selection bias.", "",
                   md_table(["mask", "bucket", "E masked (sel.)", "E masked (conf.)", "drop (sel.)", "drop (conf.)",
                             "O masked (sel.)", "O masked (conf.)", "O inpainted (sel.)", "O inpainted (conf.)",
-                            "in E's training pool"], rows), "",
+                            "worst attacker (sel.)", "worst attacker (conf.)", "in E's training pool"], rows), "",
                   f"{result['training_pool_overlap']} of {len(targets)} target masks are in E's training pool "
                   "(compared by sha256).", "",
                   "Each target mask (white = hole), test images masked by it, and R's inpainting of them:", "",
@@ -194,6 +254,15 @@ def _verification(res: Path) -> list[str]:
 def _timing(result: dict[str, Any]) -> list[str]:
     out = ["", "## Time and throughput", "",
            ", ".join(f"{k} {v} s" for k, v in result.get("seconds", {}).items()) + "."]
+    att = result.get("attack") or {}
+    if "forward_passes" in att:
+        train = att.get("training") or {}
+        states = [r.get("state") for r in (train.get("attackers") or {}).values()]
+        out.append(f"Attack stage: {att['masks']} masks x {len(att.get('attackers', []))} attackers on both splits: "
+                   f"{att['forward_passes']:,} recognizer forward passes, {att['fills_R']:,} fills by R and "
+                   f"{att['fills_classical']:,} classical fills in {att['seconds']} s"
+                   + (f"; attacker training: {train.get('trials', 0)} Ray Tune trial(s) in {train.get('seconds')} s "
+                      f"({states.count('done')} attacker(s) complete from an earlier run)" if states else "") + ".")
     tp = result.get("throughput")
     if tp and tp.get("per_mask_images_per_s") is None:
         out.append(f"Per-mask stage: every mask's counts came from earlier work ({tp.get('resumed_masks', 0)} masks "
@@ -212,7 +281,8 @@ def write_report(run: str | os.PathLike[str], test: Any, log: Any = print) -> Pa
     res = root / "results"
     result = json.loads((root / "targets.json").read_text())
     th = result["thresholds"]
-    out = [*_header(root, result), *_table1(res, th), *_ranking(res, result, th), *_table2(res, th),
+    out = [*_header(root, result), *_table1(res, th), *_ranking(res, result, th), *_attackers(res, result, th),
+           *_table2(res, th),
            *_targets(root, result, test), *_verification(res), *_timing(result)]
     path = write_text(root / "report.md", "\n".join(out) + "\n")
     log(f"report: {path}")

@@ -50,6 +50,15 @@ class RunPaths:
         return self.root / "masks_heldout"
 
     @property
+    def masks_attacker(self) -> Path:
+        return self.root / "masks_attacker"
+
+    @property
+    def attackers(self) -> Path:
+        """The adaptive attackers' checkpoints: ``family/`` and one folder per attacked mask."""
+        return self.root / "models" / "attackers"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 
@@ -93,7 +102,7 @@ def check_resumable(paths: RunPaths, config: PrepareConfig, restart: bool) -> No
     """Refuse to add to a run prepared with another configuration, unless ``restart``."""
     recorded = read_run_json(paths)
     if restart and paths.root.exists():
-        for sub in (paths.masks, paths.masks_train, paths.masks_heldout):
+        for sub in (paths.masks, paths.masks_train, paths.masks_heldout, paths.masks_attacker):
             shutil.rmtree(sub, ignore_errors=True)
         paths.run_json.unlink(missing_ok=True)
         return

@@ -46,13 +46,18 @@ class CrossProductScorer:
     the requested splits is recognized under it. ``sampled``: each row is a ``(bucket,
     repeat, seed)`` task; every image gets one mask drawn at random from the bucket
     (bucket 0: no mask). ``attack``: each row is a mask; the masked probes are also
-    inpainted by R, and E and O recognize both versions (paired counts).
+    inpainted by R, and E and O recognize both versions (paired counts); with ``attackers``
+    every other attacker of :mod:`maskcrypt.attack` is counted under the same mask too
+    (``atk:<name>`` columns): O on classical fills, the adaptive-family model ``F`` (among
+    ``models``) on masked and R-filled probes, and the mask's own adaptive-known model
+    (``known``: mask id -> checkpoint).
     """
 
     def __init__(self, test: Any, models: dict[str, str], splits: Sequence[str] = ("selection",),
                  precision: str = "auto", images_per_chunk: int = 256, mode: str = "masks",
                  bucket_masks: Any = None, inpainter: str | None = None, per_image: bool = False,
-                 timing: bool = False, gpus: float = 0.0):
+                 timing: bool = False, gpus: float = 0.0, attackers: Sequence[str] = (),
+                 known: dict[str, str] | None = None):
         import ray
         import torch
 
@@ -64,6 +69,8 @@ class CrossProductScorer:
             bucket_masks = ray.get(bucket_masks)
         device = choose_device(gpus, torch.cuda.is_available())
         self.predictor = Predictor.from_checkpoints(models, device, precision, images_per_chunk, inpainter)
+        self.precision, self.chunk = precision, images_per_chunk
+        self.attackers, self.known = tuple(attackers), dict(known or {})
         self.names = list(models)
         with warnings.catch_warnings():
             # Arrays from the object store are read-only and shared; we never write to them.
@@ -156,22 +163,71 @@ class CrossProductScorer:
             row[f"score_{name}"] = float(score.double().sum())
         return [row]
 
-    def _attack(self, mask: Any) -> list[dict[str, Any]]:
-        """Paired counts for one mask: E on masked vs on inpainted probes, and O on both."""
+    def _attack(self, mask: Any, mask_id: str = "") -> list[dict[str, Any]]:
+        """Paired counts for one mask: E on masked vs on inpainted probes, O on both, and every other attacker.
+
+        Each attacker is judged by the determination's scoring rules: closed set, its
+        top-1 against the label; open set, top-1 cosine against a gallery of centroids,
+        clean for O and the family model (photos from elsewhere), and for the mask's
+        known-mask model both clean and masked with the same mask. The first split's row
+        also carries this mask's recognizer forward passes and fills (the stage's cost).
+        """
         def fixed(s: int, e: int) -> Any:
             return mask
 
+        n_probes = self.probes.stop - self.probes.start
+        n_gallery = self.gallery.stop if self.open else 0
+        passes = {"forward_passes": 0, "fills_R": 0, "fills_classical": 0}
         cents = self._gallery_centroids(fixed)
-        masked = self._outputs(self.probes, fixed, ["E", "O"])
-        filled = self._outputs(self.probes, fixed, ["E", "O"], fill=True)
+        names = [n for n in ("E", "O", "F") if n in self.names]
+        masked = self._outputs(self.probes, fixed, names)
+        filled = self._outputs(self.probes, fixed, names, fill="R")
+        passes["forward_passes"] += 2 * len(names) * n_probes + n_gallery  # E's gallery is masked per mask
+        passes["fills_R"] += n_probes
         before, _ = self._judge("E", masked["E"], cents)
         after, _ = self._judge("E", filled["E"], cents)
-        return self._per_split({
+        vectors = {
             "both": before & after, "before_only": before & ~after, "after_only": ~before & after,
             "neither": ~before & ~after,
             "correct_O_masked": self._judge("O", masked["O"], cents)[0],
             "correct_O_inpainted": self._judge("O", filled["O"], cents)[0],
-        })
+        }
+        for method in ("telea", "ns"):
+            if f"{method}+O" in self.attackers:
+                out = self._outputs(self.probes, fixed, ["O"], fill=method)
+                vectors[f"atk:{method}+O"] = self._judge("O", out["O"], cents)[0]
+                passes["forward_passes"] += n_probes
+                passes["fills_classical"] += n_probes
+        if "F" in names:
+            if "adaptive-family" in self.attackers:
+                vectors["atk:adaptive-family"] = self._judge("F", masked["F"], cents)[0]
+            if "adaptive-family+R" in self.attackers:
+                vectors["atk:adaptive-family+R"] = self._judge("F", filled["F"], cents)[0]
+        if "adaptive-known" in self.attackers and mask_id in self.known:
+            vectors.update(self._known(mask_id, fixed))
+            passes["forward_passes"] += n_probes + 2 * n_gallery
+        rows = self._per_split(vectors)
+        for i, row in enumerate(rows):
+            row.update({k: (v if i == 0 else 0) for k, v in passes.items()})
+        return rows
+
+    def _known(self, mask_id: str, fixed: Callable[[int, int], Any]) -> dict[str, Any]:
+        """The adaptive-known attacker of one mask: its own model (trained on that mask) on the masked probes."""
+        from maskcrypt.models.predictor import Predictor
+        from maskcrypt.models.recognizer import Recognizer
+
+        own = Predictor({"K": Recognizer.from_checkpoint(self.known[mask_id])}, self.predictor.device,
+                        self.precision, self.chunk)
+        probes = own.outputs(self.x[self.probes], fixed, embed=self.open)["K"]
+        if not self.open:
+            return {"atk:adaptive-known": own.judge(probes, self.y[self.probes])[0]}
+        labels = self.y[self.gallery]
+        gallery = self.x[self.gallery]
+        clean = own.centroids(own.outputs(gallery, None, embed=True)["K"], labels, self.n_classes)
+        masked = own.centroids(own.outputs(gallery, fixed, embed=True)["K"], labels, self.n_classes)
+        y = self.y[self.probes]
+        return {"atk:adaptive-known": own.judge(probes, y, clean)[0],
+                "atk:adaptive-known/masked-gallery": own.judge(probes, y, masked)[0]}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -191,7 +247,7 @@ class CrossProductScorer:
                     else:
                         found = self._counts(lambda s, e, m=masks[i]: m)
                 else:
-                    found = self._attack(masks[i])
+                    found = self._attack(masks[i], key["mask_id"])
                 if self.timing:
                     key |= {"t_done": time.time(), "worker": os.getpid(), "node": self.node}
                 rows.extend(key | r for r in found)

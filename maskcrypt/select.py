@@ -13,7 +13,8 @@ tables. Accuracies are fractions in [0, 1]; so are thresholds.
   ``attack_top`` (>= k) to attack, so ``k`` can change without new model runs.
 * :func:`table2` / :func:`target_masks` - fourth (E on masked) and fifth (E on inpainted)
   accuracy and the drop; target masks are candidates whose drop > ``t_drop`` that pass
-  the basic form, best first.
+  the basic form (and, with the optional ``t_attack``, whose worst attacker stays below
+  it), best first.
 
 Every accuracy carries a Wilson interval; every drop a paired (Newcombe) interval,
 since the same images are recognized before and after inpainting. A column says
@@ -46,10 +47,14 @@ class Thresholds:
     top_k: int = 3  # candidates per target bucket (at least 2)
     attack_top: int = 5  # masks per target bucket that the attack stage measures (>= top_k)
     confidence: float = 0.95  # level of every interval
+    #: Optional: a target's worst attacker accuracy (selection split, results/attacks.parquet) must be below it.
+    t_attack: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("t_enc", "t_orig", "t_gap", "t_drop"):
+        for name in ("t_enc", "t_orig", "t_gap", "t_drop", "t_attack"):
             v = getattr(self, name)
+            if name == "t_attack" and v is None:
+                continue
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise MaskcryptError(
                     f"threshold {name}: expected a fraction in [0, 1], got {v!r} (write 0.07 for 7 points)"
@@ -382,18 +387,30 @@ def target_masks(t2: pd.DataFrame, th: Thresholds = Thresholds()) -> tuple[pd.Da
     definition of a target mask; the bucketed refinement keeps it as a floor, so a
     candidate of a target bucket that O still recognizes too well, or E too poorly, is
     not a target. It is judged on the attack's own masked figures (``fourth``, and
-    ``O_masked`` when O was measured). Decided from ``rank``, ``drop`` and those columns
-    with ``th``, so a threshold search reuses one table.
+    ``O_masked`` when O was measured). The optional ``t_attack`` (off by default) also
+    needs ``worst_accuracy`` below it: the strongest measured attacker's accuracy on the
+    selection split (:mod:`maskcrypt.attack`). Decided from ``rank``, ``drop`` and those
+    columns with ``th``, so a threshold search reuses one table.
     """
     is_cand = t2["rank"] <= th.top_k
     dropped = is_cand & (t2["drop"] > th.t_drop)
     basic = t2["fourth"] > th.t_enc
     if "O_masked" in t2.columns:
         basic &= t2["O_masked"] < th.t_orig
-    chosen = t2[dropped & basic]
+    hidden = pd.Series(True, index=t2.index)
+    if th.t_attack is not None:  # the optional rule: what the strongest measured attacker gets stays below it
+        _require(t2, ["worst_accuracy"], "t_attack: Table 2")
+        hidden = t2["worst_accuracy"] < th.t_attack
+    chosen = t2[dropped & basic & hidden]
     chosen = chosen.sort_values(["fourth", "mask_id"], ascending=[False, True]).reset_index(drop=True)
     if len(chosen):
         return chosen, None
+    if (dropped & basic).any():
+        failed = t2[dropped & basic].sort_values("worst_accuracy").head(3)
+        closest = [{"mask_id": r.mask_id, "bucket": int(r.bucket), "worst_attacker": r.worst_attacker,
+                    "worst_accuracy": float(r.worst_accuracy)} for r in failed.itertuples()]
+        return chosen, Empty("t_attack", f"{int((dropped & basic).sum())} candidate(s) pass every other rule, none "
+                                         f"with its worst attacker's accuracy < {th.t_attack:.2f}", closest)
     if dropped.any():
         failed = t2[dropped].sort_values("fourth", ascending=False).head(3)
         closest = [{"mask_id": r.mask_id, "bucket": int(r.bucket), "fourth": float(r.fourth),
@@ -442,6 +459,9 @@ def decide(t1: pd.DataFrame, t2: pd.DataFrame | None, th: Thresholds = Threshold
     """
     if rule not in RULES:
         raise MaskcryptError(f"--rule: expected one of {', '.join(RULES)}, got {rule!r}")
+    if rule == "basic" and th.t_attack is not None:
+        raise MaskcryptError("t_attack: judges the attacked masks of the bucketed rule; --rule basic chooses masks "
+                             "the attack did not measure (leave t_attack out)")
     if rule == "basic":
         if per_mask is None or per_mask.empty:
             raise MaskcryptError("--rule basic: needs the per-mask table of every mask")

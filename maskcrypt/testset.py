@@ -27,8 +27,9 @@ from maskcrypt.data.stream import ImageBlocks
 from maskcrypt.errors import MaskcryptError
 
 SPLITS = ("selection", "confirmation")
-#: Models whose open-set gallery stays clean (an outsider's model); the others see masked galleries.
-CLEAN_GALLERY = frozenset({"O"})
+#: Models whose open-set gallery stays clean (an outsider's model: O, and the adaptive-family attacker ``F``,
+#: which does not know the mask); the others see masked galleries.
+CLEAN_GALLERY = frozenset({"O", "F"})
 
 
 def pixels(images: np.ndarray | ImageBlocks) -> np.ndarray:

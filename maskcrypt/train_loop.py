@@ -31,6 +31,7 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -268,16 +269,9 @@ def rank_batches(cfg: dict[str, Any], rank: int, world: int, per_rank: int, step
     """
     import ray.train
 
-    seed = int(np.random.default_rng([cfg["train_config"]["seed"], 0x5F1, epoch, pass_]).integers(2**31))
+    seed = pass_seed(cfg["train_config"]["seed"], epoch, pass_)
     if cfg["sharding"] == "replicate":
-        data = replica(cfg["meta"]["job_sha256"])
-        perm = np.random.default_rng(seed).permutation(len(data["label"]))
-        if read is not None:
-            read["rows"] = read.get("rows", 0) + len(perm)
-        for step in range(steps):
-            at = (step * world + rank) * per_rank
-            idx = np.sort(perm[at:at + per_rank])  # sorted: contiguous reads; the batch is a set
-            yield {k: v[idx] for k, v in data.items()}
+        yield from array_batches(replica(cfg["meta"]["job_sha256"]), seed, per_rank, steps, rank, world, read)
         return
     shard = ray.train.get_dataset_shard("train")
     batches = shard.iter_batches(batch_size=per_rank, batch_format="numpy", drop_last=True,
@@ -289,6 +283,23 @@ def rank_batches(cfg: dict[str, Any], rank: int, world: int, per_rank: int, step
         if taken < steps:
             taken += 1
             yield batch
+
+
+def pass_seed(seed: int, epoch: int, pass_: int) -> int:
+    """The shuffling seed of one pass over the data: every rank (and every in-memory trainer) derives the same."""
+    return int(np.random.default_rng([seed, 0x5F1, epoch, pass_]).integers(2**31))
+
+
+def array_batches(data: dict[str, np.ndarray], seed: int, per_rank: int, steps: int, rank: int = 0,
+                  world: int = 1, read: dict[str, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """``steps`` batches of in-memory arrays: one seeded permutation shared by every rank, this rank's slice of each."""
+    perm = np.random.default_rng(seed).permutation(len(data["label"]))
+    if read is not None:
+        read["rows"] = read.get("rows", 0) + len(perm)
+    for step in range(steps):
+        at = (step * world + rank) * per_rank
+        idx = np.sort(perm[at:at + per_rank])  # sorted: contiguous reads; the batch is a set
+        yield {k: v[idx] for k, v in data.items()}
 
 
 _REPLICA: dict[str, dict[str, np.ndarray]] = {}
@@ -309,6 +320,56 @@ def _steps_per_pass(cfg: dict[str, Any], world: int, per_rank: int) -> int:
     """Steps of one pass: the same on every rank (DDP), from the training images every rank can count on."""
     n = int(cfg["train_size"])
     return n // (per_rank * world)
+
+
+@dataclass
+class EpochStats:
+    """What one epoch of one rank did: summed loss, samples, seconds, and the steady state after 10% of it."""
+
+    loss_sum: float
+    seen: int
+    seconds: float
+    steady_seen: int
+    steady_seconds: float
+    rows_read: int
+
+
+def train_epoch(steps: Steps, net: Any, epoch: int, per_pass: int,
+                batches: Callable[[int, dict[str, int]], Iterator[dict[str, np.ndarray]]],
+                rank: int = 0) -> EpochStats:
+    """One epoch of ``steps`` on ``net``: ``steps.passes`` passes of ``per_pass`` steps over ``batches(pass, read)``.
+
+    Each batch gets its masks (E: a fresh pool mask per image; fixed mode: the pass's
+    mask) and flips from one seeded generator per (epoch, pass, step, rank). The Ray
+    Train worker feeds it Ray Data batches (:func:`rank_batches`) and the attackers'
+    Tune trials in-memory arrays (:func:`array_batches`), so every recognizer in the
+    project trains by this one definition.
+    """
+    seed = steps.tc["seed"]
+    steps.start_epoch(epoch)
+    steps.train_mode(net)
+    t0 = time.perf_counter()
+    loss_sum, seen = 0.0, 0
+    # Steady state: from the step that ends the first 10% of the epoch (start-up, first decodes) on.
+    warm_step, step_no, t_warm, seen_warm = max(1, (per_pass * steps.passes) // 10), 0, t0, 0
+    read: dict[str, int] = {}
+    for pass_ in range(steps.passes):
+        for i, batch in enumerate(batches(pass_, read)):
+            rng = np.random.default_rng([seed, 0xA06, epoch, pass_, i, rank])
+            masks = steps.batch_masks(len(batch["label"]), rng, pass_)
+            loss = steps.loss(net, batch["image"], np.asarray(batch["label"], dtype=np.int64), masks, rng)
+            steps.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            steps.optimizer.step()
+            steps.scheduler.step()
+            loss_sum += float(loss.detach()) * len(batch["label"])
+            seen += len(batch["label"])
+            step_no += 1
+            if step_no == warm_step:
+                t_warm, seen_warm = time.perf_counter(), seen
+    now = time.perf_counter()
+    return EpochStats(loss_sum, seen, now - t0, seen - seen_warm, now - t_warm,
+                      read.get("rows", 0) // max(steps.passes, 1))
 
 
 def train_worker(cfg: dict[str, Any]) -> None:
@@ -356,34 +417,15 @@ def train_worker(cfg: dict[str, Any]) -> None:
                                         parallel_strategy_kwargs={"find_unused_parameters": unused})
 
     for epoch in range(start_epoch, steps.epochs + 1):
-        steps.start_epoch(epoch)
-        steps.train_mode(net)
-        t0 = time.perf_counter()
-        loss_sum, seen = 0.0, 0
-        # Steady state: from the step that ends the first 10% of the epoch (start-up, first decodes) on.
-        warm_step, step_no, t_warm, seen_warm = max(1, (per_pass * steps.passes) // 10), 0, t0, 0
-        read: dict[str, int] = {}
-        for pass_ in range(steps.passes):
-            for i, batch in enumerate(rank_batches(cfg, rank, world, per_rank, per_pass, epoch, pass_, read)):
-                rng = np.random.default_rng([tc["seed"], 0xA06, epoch, pass_, i, rank])
-                masks = steps.batch_masks(len(batch["label"]), rng, pass_)
-                loss = steps.loss(net, batch["image"], np.asarray(batch["label"], dtype=np.int64), masks, rng)
-                steps.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                steps.optimizer.step()
-                steps.scheduler.step()
-                loss_sum += float(loss.detach()) * len(batch["label"])
-                seen += len(batch["label"])
-                step_no += 1
-                if step_no == warm_step:
-                    t_warm, seen_warm = time.perf_counter(), seen
-        now = time.perf_counter()
-        train_s = now - t0
-        metrics: dict[str, Any] = {"epoch": epoch, "epochs": steps.epochs, "loss": loss_sum / max(seen, 1),
-                                   "images_per_s": seen * world / max(train_s, 1e-9),
-                                   "images_per_s_steady": (seen - seen_warm) * world / max(now - t_warm, 1e-9),
+        stats = train_epoch(steps, net, epoch, per_pass,
+                            lambda pass_, read, e=epoch: rank_batches(cfg, rank, world, per_rank, per_pass, e, pass_,
+                                                                      read), rank)
+        metrics: dict[str, Any] = {"epoch": epoch, "epochs": steps.epochs,
+                                   "loss": stats.loss_sum / max(stats.seen, 1),
+                                   "images_per_s": stats.seen * world / max(stats.seconds, 1e-9),
+                                   "images_per_s_steady": stats.steady_seen * world / max(stats.steady_seconds, 1e-9),
                                    "lr": steps.optimizer.param_groups[0]["lr"], "rank": rank,
-                                   "rows_read": read.get("rows", 0) // steps.passes, "sharding": cfg["sharding"]}
+                                   "rows_read": stats.rows_read, "sharding": cfg["sharding"]}
         if rank != 0:
             ray.train.report(metrics)
             continue

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import TINY_DATA, TINY_SIZE
 
-from maskcrypt.config import AdaptivePlan, DetermineConfig, EvalSettings
+from maskcrypt.config import AdaptivePlan, AttackConfig, DetermineConfig, EvalSettings
 from maskcrypt.determine import determine as run_determination
 from maskcrypt.errors import MaskcryptError
 from maskcrypt.masks import mask_sha256, unpack_masks
@@ -26,10 +26,16 @@ def _quiet(*_):
     return None
 
 
-def determine(run, thresholds, settings=FP32, adaptive=AdaptivePlan(), redo=False, report=True, log=_quiet, **config):
+#: The attackers that need no training: the trained ones (and the default set) run in the shared determined run's
+#: fixture and tests/test_attack.py, once per session.
+UNTRAINED = AttackConfig(attackers="telea+O,ns+O")
+
+
+def determine(run, thresholds, settings=FP32, adaptive=AdaptivePlan(), redo=False, report=True, log=_quiet,
+              attackers=UNTRAINED, **config):
     """The determination on the tiny test data with ``config`` (DetermineConfig fields)."""
     return run_determination(run, DetermineConfig(test_data=TINY_DATA, **config), thresholds, settings, adaptive,
-                             redo=redo, report=report, log=log)
+                             redo=redo, report=report, log=log, attackers=attackers)
 
 
 def test_determination_writes_every_table_consistent_targets_and_the_report(tiny_run):
@@ -61,6 +67,9 @@ def test_determination_writes_every_table_consistent_targets_and_the_report(tiny
     assert all(t["confirmation"]["n"] == result["splits"]["confirmation"] for t in result["targets"])
     assert result["training_pool_overlap"] == 0 and not any(t["in_training_pool"] for t in result["targets"])
     assert (run / "results" / "targets.png").exists() and "confirmation" in report
+    attacks = pd.read_parquet(run / "results" / "attacks.parquet")
+    assert set(attacks["attacker"]) == {"O", "R+O", "telea+O", "ns+O"} and "## What an attacker gets" in report
+    assert all(t["worst_attacker"] in set(attacks["attacker"]) for t in result["targets"])
 
 
 def test_resume_gives_the_tables_of_an_uninterrupted_run_and_other_inputs_are_refused(tiny_run):

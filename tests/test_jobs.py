@@ -119,7 +119,7 @@ def test_select_job_runs_the_whole_method_under_ray_job_submit(head_node, tmp_pa
         assert Recognizer.from_checkpoint(run / "models" / role).checkpoint_meta["epoch"] == 4
     assert Inpainter.from_checkpoint(run / "models" / "inpainter").checkpoint_meta["role"] == "inpainter"
     result = json.loads((run / "targets.json").read_text())
-    for artifact in ("table1", "per_mask", "candidates", "table2", "table2_confirmation"):
+    for artifact in ("table1", "per_mask", "candidates", "table2", "table2_confirmation", "attacks"):
         assert (run / "results" / f"{artifact}.parquet").exists(), (artifact, r.stdout[-3000:])
     assert result["thresholds"]["t_gap"] == 0.0 and (run / "report.md").exists() and result["target_buckets"]
     assert json.loads((run / "run.json").read_text())["stages"]["determine"]["targets"] == [

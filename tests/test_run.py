@@ -73,11 +73,13 @@ def test_run_on_a_trained_run_retrains_nothing_and_determines(tiny_run, tmp_path
     """``make run``'s path on the session's trained tiny run (training itself: test_train.py, test_jobs.py)."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("per_mask.parts", "targets.*"))
-    assert main(["run", "--run", str(run), *SAME]) == 0
+    # The attackers that need no training (the trained default ones: tests/test_attack.py), chosen by flag.
+    assert main(["run", "--run", str(run), *SAME, "--attackers", "telea+O,ns+O"]) == 0
     out = capsys.readouterr().out
     assert out.count("not retrained") == 3, out[-3000:]
     record = json.loads((run / "run.json").read_text())
     assert set(record["stages"]) == {"prepare", "train", "determine"}
+    assert record["config"]["attack"]["attackers"] == "telea+O,ns+O" and (run / "masks_attacker").is_dir()
     assert "Table 1" in out and (run / "results" / "table1.parquet").exists() and (run / "report.md").exists()
     # Impossible thresholds + --require-targets exit 3, with the reason; the determine command alone suffices.
     (tmp_path / "th.json").write_text(json.dumps({"t_gap": 1.0}))

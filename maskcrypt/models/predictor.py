@@ -7,7 +7,9 @@ uint8 pixels and a decision:
 * device placement and memory layout (channels_last where it pays, see
   :mod:`maskcrypt.precision`), and the autocast region;
 * the overlay (:func:`maskcrypt.masks.overlay`: ``image * mask``, 0 = occluded), done
-  once per chunk and shared by every model, and R's fill of the holes when asked;
+  once per chunk and shared by every model, and a fill of the holes when asked (an
+  attacker's view): by R, or by OpenCV's Telea or Navier-Stokes method
+  (:mod:`maskcrypt.models.classical`, no training);
 * batching in chunks of ``chunk`` images;
 * the outputs: logits (closed set) or unit embeddings (open set);
 * the judgement: closed set, top-1 of the classifier against the label (score: the
@@ -37,6 +39,8 @@ from maskcrypt.precision import autocast, channels_last, use_bf16
 #: Masks for a forward: none, one H x W mask for every image, one per image (N x H x W),
 #: or a function ``(start, stop) -> mask(s)`` for images ``start:stop`` (built per chunk).
 Masks = None | np.ndarray | torch.Tensor | Callable[[int, int], Any]
+#: Who fills the holes before recognition (``outputs(fill=...)``): R (the run's RFR-Net), or classical inpainting.
+FILLERS = ("R", "telea", "ns")
 
 
 class Predictor:
@@ -118,11 +122,13 @@ class Predictor:
     # -- mask, fill, recognize ---------------------------------------------------------------------------
     @torch.inference_mode()
     def outputs(self, images: np.ndarray | torch.Tensor, masks: Masks = None, *, embed: bool = False,
-                fill: bool = False, names: Sequence[str] | None = None, flip: bool = False) -> dict[str, torch.Tensor]:
+                fill: bool | str = False, names: Sequence[str] | None = None,
+                flip: bool = False) -> dict[str, torch.Tensor]:
         """Per model: float32 logits (``embed=False``) or unit embeddings of ``images`` under ``masks``.
 
         ``masks`` (see :data:`Masks`) are overlaid once per chunk and shared by every
-        model; ``fill`` lets R inpaint the holes first (an attacker's view). ``flip``
+        model; ``fill`` fills the holes first (an attacker's view): ``True`` or ``"R"``
+        by the inpainter R, ``"telea"`` or ``"ns"`` by OpenCV (see :data:`FILLERS`). ``flip``
         (embeddings only): the face-verification convention, ``embed(x) + embed(x
         mirrored left-right)`` normalized after the sum; the mirror is of the image the
         model gets (masked, and filled when ``fill``), which is all a server holding
@@ -131,9 +137,12 @@ class Predictor:
         if flip and not embed:
             raise MaskcryptError("predictor: flip=True sums embeddings; it needs embed=True")
         names = list(self.models) if names is None else list(names)
-        if fill and self.inpainter is None:
+        filler = "R" if fill is True else (fill or None)
+        if filler is not None and filler not in FILLERS:
+            raise MaskcryptError(f"predictor: fill must be one of {', '.join(FILLERS)} (or True for R), got {fill!r}")
+        if filler == "R" and self.inpainter is None:
             raise MaskcryptError("predictor: fill=True needs an inpainter")
-        if fill and masks is None:
+        if filler is not None and masks is None:
             raise MaskcryptError("predictor: fill=True needs masks (the holes to fill)")
         n = int(images.shape[0])
         outs: dict[str, list[torch.Tensor]] = {k: [] for k in names}
@@ -143,8 +152,14 @@ class Predictor:
             m = self._masks(masks, s, e)
             if m is not None:
                 x = overlay(x, m)
+            if filler in ("telea", "ns"):
+                from maskcrypt.models.classical import classical_inpaint
+
+                x = classical_inpaint(x, m, filler)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
             with autocast(self.device.type, self.bf16):
-                if fill:
+                if filler == "R":
                     holes = m[None].expand(e - s, -1, -1) if m.dim() == 2 else m
                     x = self.inpainter.inpaint(x, holes)
                     if self.channels_last:

@@ -1,0 +1,383 @@
+"""The attackers (maskcrypt.attack): the table, the t_attack rule, training and resuming, counts against plain loops."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY_DATA, TINY_SIZE
+
+from maskcrypt.attack import (
+    COLUMNS,
+    MASKED_GALLERY,
+    attacker_counts,
+    attacks_table,
+    folder_name,
+    job_state,
+    load_attacker_data,
+    make_job,
+    train_attacker,
+    train_attackers,
+    worst_attackers,
+)
+from maskcrypt.config import ATTACKERS, DEFAULT_ATTACKERS, AttackConfig, Budget, RunConfig, parse_attackers
+from maskcrypt.errors import MaskcryptError
+from maskcrypt.select import Thresholds, decide, target_masks
+
+SPLITS = ("selection", "confirmation")
+
+
+# -- pure -----------------------------------------------------------------------------------------------------
+def _counts() -> pd.DataFrame:
+    rows = []
+    for mid, base in (("a", 2), ("b", 5)):
+        for split, n in (("selection", 10), ("confirmation", 8)):
+            rows.append({"mask_id": mid, "split": split, "n": n, "correct_O_masked": 1, "correct_O_inpainted": base,
+                         "atk:telea+O": base, "atk:ns+O": 0, "atk:adaptive-family": min(n, base + 2)})
+    return pd.DataFrame(rows)
+
+
+def test_attacks_table_has_intervals_the_worst_attacker_and_chance():
+    ranks = pd.DataFrame({"mask_id": ["a", "b"], "bucket": [5, 6]})
+    table = attacks_table(_counts(), ranks, Thresholds(confidence=0.9), chance=0.25)
+    assert list(table.columns) == COLUMNS and len(table) == 2 * 2 * 5
+    assert table["attacker"].drop_duplicates().tolist() == ["O", "R+O", "telea+O", "ns+O", "adaptive-family"]
+    row = table[(table["mask_id"] == "b") & (table["split"] == "selection") & (table["attacker"] == "R+O")].iloc[0]
+    assert (row["n"], row["correct"], row["accuracy"], row["bucket"], row["chance"]) == (10, 5, 0.5, 6, 0.25)
+    assert row["accuracy_lo"] < 0.5 < row["accuracy_hi"]
+    worst = worst_attackers(table, "selection").set_index("mask_id")
+    assert worst.loc["a", "worst_attacker"] == "adaptive-family" and worst.loc["a", "worst_accuracy"] == 0.4
+    # Ties go to the first attacker in report order (R+O and telea+O both 5/10 are below family's 7/10 here).
+    assert worst.loc["b", "worst_attacker"] == "adaptive-family"
+    tied = _counts().assign(**{"atk:adaptive-family": 0})
+    assert worst_attackers(attacks_table(tied, ranks), "selection").set_index("mask_id").loc["b",
+                                                                                           "worst_attacker"] == "R+O"
+    long = attacker_counts(_counts())
+    assert set(long["attacker"]) == {"O", "R+O", "telea+O", "ns+O", "adaptive-family"}
+    with pytest.raises(MaskcryptError, match="not in the attack list"):
+        attacks_table(_counts(), ranks.iloc[:1])
+    with pytest.raises(MaskcryptError, match="unknown attacker"):
+        attacks_table(_counts().assign(**{"atk:psychic": 1}), ranks)
+    with pytest.raises(MaskcryptError, match="correct <= n"):
+        attacks_table(_counts().assign(**{"atk:ns+O": 99}), ranks)
+
+
+def _t2() -> pd.DataFrame:
+    return pd.DataFrame({"mask_id": ["a", "b", "c"], "bucket": [5, 5, 6], "rank": [1, 2, 1], "n": [10, 10, 10],
+                         "fourth": [0.9, 0.95, 0.85], "drop": [0.1, 0.1, 0.1], "O_masked": [0.1, 0.1, 0.1],
+                         "worst_attacker": ["R+O", "telea+O", "O"], "worst_accuracy": [0.6, 0.3, 0.2]})
+
+
+def test_t_attack_is_off_by_default_and_keeps_masks_whose_worst_attacker_stays_below(tmp_path):
+    th = Thresholds(t_drop=0.05)
+    assert th.t_attack is None
+    assert target_masks(_t2(), th)[0]["mask_id"].tolist() == ["b", "a", "c"]
+    assert target_masks(_t2().drop(columns=["worst_accuracy"]), th)[0]["mask_id"].tolist() == ["b", "a", "c"]
+    chosen, why = target_masks(_t2(), dataclasses.replace(th, t_attack=0.5))
+    assert chosen["mask_id"].tolist() == ["b", "c"] and why is None
+    chosen, why = target_masks(_t2(), dataclasses.replace(th, t_attack=0.1))
+    assert chosen.empty and why.rule == "t_attack" and why.closest[0]["mask_id"] == "c"
+    with pytest.raises(MaskcryptError, match=r"worst_accuracy"):
+        target_masks(_t2().drop(columns=["worst_accuracy"]), dataclasses.replace(th, t_attack=0.5))
+    with pytest.raises(MaskcryptError, match="threshold t_attack"):
+        Thresholds(t_attack=1.5)
+    with pytest.raises(MaskcryptError, match="--rule basic"):
+        decide(pd.DataFrame(), None, Thresholds(t_attack=0.5), "basic", pd.DataFrame({"mask_id": ["a"]}))
+    (tmp_path / "th.json").write_text(json.dumps({"t_attack": 0.4, "t_gap": 0.2}))
+    assert Thresholds.from_file(tmp_path / "th.json").t_attack == 0.4
+    assert Thresholds.from_file(tmp_path / "th.json", t_attack=None).t_attack is None
+
+
+def test_tune_budget_caps_the_worst_attacker():
+    from maskcrypt.tune import assess
+
+    chosen = _t2().assign(O_inpainted=0.2)
+    assert assess(chosen, Budget())["feasible"] and assess(chosen, Budget())["leak_attacker"] == 0.6
+    capped = assess(chosen, Budget(max_attacker=0.5))
+    assert not capped["feasible"] and capped["violation"] == pytest.approx(0.1)
+    with pytest.raises(MaskcryptError, match="max_attacker"):
+        Budget(max_attacker=2.0)
+
+
+def test_attacker_names_flags_and_yaml():
+    from maskcrypt.cli import build_parser
+    from maskcrypt.flags import RUN_FLAGS, TUNE_FLAGS, build_config
+
+    assert parse_attackers("default") == DEFAULT_ATTACKERS and "adaptive-known" not in DEFAULT_ATTACKERS
+    assert parse_attackers("all") == ATTACKERS
+    assert parse_attackers("ns+O") == ("O", "R+O", "ns+O")  # O and R+O are Table 2's own, always measured
+    assert AttackConfig().trained == ("family",) and AttackConfig(attackers="all").trained == ("family", "known")
+    assert AttackConfig(attackers="telea+O").trained == ()
+    with pytest.raises(MaskcryptError, match="--attackers"):
+        AttackConfig(attackers="O,psychic")
+    with pytest.raises(MaskcryptError, match="--attack-epochs"):
+        AttackConfig(epochs=0)
+    args = build_parser().parse_args(["determine", "--attackers", "all", "--attack-epochs", "2",
+                                      "--attacker-data", "synthetic:#limit=40", "--attack-cpus", "2"])
+    config = build_config(args, RUN_FLAGS)
+    assert config.attack == AttackConfig("all", 2, "synthetic:#limit=40", 2.0)
+    with pytest.raises(MaskcryptError, match="cpus per trial"):
+        AttackConfig(trial_cpus=0)
+    assert RunConfig.from_dict({"attack": {"attackers": "telea+O", "epochs": 1}}).attack.names() == ("O", "R+O",
+                                                                                                    "telea+O")
+    tune_args = build_parser().parse_args(["tune", "--max-attacker", "0.4"])
+    assert build_config(tune_args, TUNE_FLAGS).tune.budget.max_attacker == 0.4
+    assert folder_name("g0-0000052") == "g0-0000052"
+    assert folder_name("family") != "family" and "/" not in folder_name("sub/00007")
+
+
+def test_classical_inpainting_fills_only_the_hole():
+    from maskcrypt.models.classical import classical_inpaint, inpaint_numpy
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (3, 3, 12, 12), dtype=np.uint8)
+    grey = images[:, :1].copy()
+    mask = np.ones((12, 12), np.uint8)
+    mask[3:7, 2:9] = 0
+    for method in ("telea", "ns"):
+        for x in (images, grey):
+            out = inpaint_numpy(x * mask, mask, method)
+            assert out.shape == x.shape and (out[..., mask == 1] == x[..., mask == 1]).all()
+            assert (out[..., mask == 0] > 0).any()  # the hole is filled, not left black
+        t = classical_inpaint(torch.from_numpy(images * mask), torch.from_numpy(mask), method)
+        assert torch.equal(t, torch.from_numpy(inpaint_numpy(images * mask, mask, method)))
+    with pytest.raises(MaskcryptError, match="expected one of"):
+        inpaint_numpy(images, mask, "lama")
+
+
+# -- trained attackers on the tiny run ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def attacked(determined_run, tmp_path_factory):
+    """A copy of the determined run (its default attackers done) plus known-mask attackers of two attacked masks.
+
+    The first mask's attacker is trained as if an earlier, interrupted launch had finished it; the relaunch
+    (one Ray Tune run over both) must train only the second.
+    """
+    from maskcrypt.masks import MaskLibrary
+    from maskcrypt.models.checkpoint import find_checkpoint, sha256_file
+
+    src, result = determined_run
+    run = tmp_path_factory.mktemp("attacked") / "run"
+    shutil.copytree(src, run)
+    ids = list(dict.fromkeys(pd.read_parquet(run / "results" / "attacks.parquet")["mask_id"]))[:2]
+    o_ckpt, o_meta = find_checkpoint(run / "models" / "original", kind="recognizer")
+    data = load_attacker_data(TINY_DATA, o_meta, "closed")
+    arrays = {"images": data["images"], "labels": data["labels"]}
+    masks = MaskLibrary.open(str(run / "masks")).get(ids).masks
+    jobs = {m: make_job(m, run / "models" / "attackers" / folder_name(m), mk[None], 1, o_ckpt, o_meta, data, 1)
+            for m, mk in zip(ids, masks)}
+    assert [m["epoch"] for m in train_attacker(jobs[ids[0]], arrays)] == [1]  # the earlier launch
+    first, _ = find_checkpoint(jobs[ids[0]]["folder"])
+    before = sha256_file(first / "model.pt")
+    lines: list[str] = []
+    folders, record = train_attackers(jobs, arrays, run / "models" / "attackers" / ".tune", AttackConfig(epochs=1),
+                                      lines.append)
+    return SimpleNamespace(run=run, ids=ids, masks=masks, result=result, jobs=jobs, data=data, arrays=arrays,
+                           o=(o_ckpt, o_meta), first=first, before=before, record=record, lines=lines,
+                           trained={"family": run / "models" / "attackers" / "family",
+                                    **{m: str(f) for m, f in folders.items()}})
+
+
+def test_relaunch_retrains_no_finished_attacker_and_resumes_an_interrupted_one(attacked, tmp_path):
+    from maskcrypt.models.checkpoint import find_checkpoint, sha256_file
+
+    a, b = attacked.ids
+    assert attacked.record["attackers"][a]["state"] == "done"
+    assert attacked.record["attackers"][b]["state"] == "trained" and attacked.record["trials"] == 1
+    ckpt, _ = find_checkpoint(attacked.jobs[a]["folder"])
+    assert ckpt == attacked.first and sha256_file(ckpt / "model.pt") == attacked.before  # not retrained
+    _, meta_b = find_checkpoint(attacked.jobs[b]["folder"])
+    assert meta_b["attack_epochs"] == 1 and meta_b["attacker_data"] == TINY_DATA and meta_b["name"] == b
+    assert meta_b["init_model_sha256"] == attacked.o[1]["model_sha256"] and meta_b["role"] == "attacker"
+    # An attacker stopped after its first of two epochs resumes at the second (in process: no Ray needed).
+    job = make_job("x", tmp_path / "x", attacked.masks[1][None], 1, *attacked.o, attacked.data, 2)
+    gen = train_attacker(job, attacked.arrays)
+    assert next(gen)["epoch"] == 1
+    gen.close()
+    assert job_state(job)[0] == "resume"
+    again = list(train_attacker(job, attacked.arrays))
+    assert [m["epoch"] for m in again] == [2] and again[0]["resumed"] and job_state(job)[0] == "done"
+    # Other settings (here three epochs) make the old model stale: it is trained again, never reused.
+    assert job_state(make_job("x", tmp_path / "x", attacked.masks[1][None], 1, *attacked.o, attacked.data,
+                              3))[0] == "stale"
+
+
+def _inpaint(r, masked, m, chunk=16):
+    return torch.cat([r.inpaint(masked[s:s + chunk], m[None].expand(len(masked[s:s + chunk]), -1, -1))
+                      for s in range(0, len(masked), chunk)])
+
+
+def _cv2(images: torch.Tensor, mask: np.ndarray, flag: str) -> torch.Tensor:
+    import cv2
+
+    from maskcrypt.models.classical import RADIUS
+
+    hole = ((mask == 0) * 255).astype(np.uint8)
+    out = [cv2.inpaint(np.ascontiguousarray(x.numpy().transpose(1, 2, 0)), hole, RADIUS, getattr(cv2, flag))
+           for x in images]
+    return torch.from_numpy(np.stack(out).transpose(0, 3, 1, 2).copy())
+
+
+def _views(run, x, mask):
+    """Every attacker's input images for one mask, the obvious way."""
+    from maskcrypt.masks import overlay
+    from maskcrypt.models import Inpainter
+
+    m = torch.from_numpy(mask)
+    masked = overlay(x, m)
+    filled = _inpaint(Inpainter.from_checkpoint(run / "models" / "inpainter"), masked, m)
+    return {"masked": masked, "R": filled, "telea": _cv2(masked, mask, "INPAINT_TELEA"),
+            "ns": _cv2(masked, mask, "INPAINT_NS")}
+
+
+#: attacker -> (model, input view)
+PLAN = {"O": ("O", "masked"), "R+O": ("O", "R"), "telea+O": ("O", "telea"), "ns+O": ("O", "ns"),
+        "adaptive-family": ("F", "masked"), "adaptive-family+R": ("F", "R"), "adaptive-known": ("K", "masked")}
+
+
+def _setting(attacked):
+    from maskcrypt.config import EvalSettings
+    from maskcrypt.masks import MaskLibrary
+    from maskcrypt.models import Recognizer
+
+    run = attacked.run
+    paths = {"E": run / "models" / "encrypted", "O": run / "models" / "original"}
+    models = {"O": Recognizer.from_checkpoint(paths["O"]),
+              "F": Recognizer.from_checkpoint(attacked.trained["family"])}
+    known = {m: Recognizer.from_checkpoint(attacked.trained[m]) for m in attacked.ids}
+    settings = EvalSettings(actors=1, masks_per_batch=1, images_per_chunk=16, precision="fp32")
+    return MaskLibrary.open(str(run / "masks")), paths, models, known, settings
+
+
+def test_every_attacker_counts_equal_a_plain_loop(attacked):
+    from maskcrypt.data import load
+    from maskcrypt.evaluate import evaluate_attack
+    from maskcrypt.testset import prepare_test
+
+    lib, paths, models, known, settings = _setting(attacked)
+    test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
+    ts = prepare_test(test.images, test.labels, test.class_names, test.class_names, confirm_fraction=0.5)
+    got = evaluate_attack(lib, attacked.ids, ts, paths, attacked.run / "models" / "inpainter", splits=SPLITS,
+                          settings=settings, attackers=ATTACKERS, trained=attacked.trained)
+    long = attacker_counts(got).set_index(["mask_id", "split", "attacker"])
+    assert sorted(set(long.index.get_level_values("attacker"))) == sorted(ATTACKERS)
+    x, y, split = torch.from_numpy(ts.images), torch.from_numpy(ts.labels), torch.from_numpy(ts.split)
+    for mid, mask in zip(attacked.ids, lib.get(attacked.ids).masks):
+        views = _views(attacked.run, x, mask)
+        for attacker, (who, view) in PLAN.items():
+            model = known[mid] if who == "K" else models[who]
+            with torch.inference_mode():
+                hit = model(views[view]).argmax(1) == y
+            for k, s in enumerate(SPLITS):
+                assert long.loc[(mid, s, attacker), "correct"] == int(hit[split == k].sum()), (mid, s, attacker)
+    cost = got.groupby("mask_id")[["forward_passes", "fills_R", "fills_classical"]].sum()
+    assert (cost["forward_passes"] > 0).all() and (cost["fills_classical"] == 2 * len(y)).all()
+    assert (cost["fills_R"] == len(y)).all()
+
+
+def test_open_set_attackers_use_clean_galleries_and_the_known_mask_also_a_masked_one(attacked):
+    import torch.nn.functional as F
+
+    from maskcrypt.data import load
+    from maskcrypt.evaluate import evaluate_attack
+    from maskcrypt.masks import overlay
+    from maskcrypt.testset import prepare_test
+
+    lib, paths, models, known, settings = _setting(attacked)
+    other = load("synthetic:identities=4,per_identity=8,seed=7#split=all", size=TINY_SIZE)
+    ts = prepare_test(other.images, other.labels, other.class_names, other.class_names, scoring="open", enroll=2,
+                      confirm_fraction=0.5)
+    got = evaluate_attack(lib, attacked.ids, ts, paths, attacked.run / "models" / "inpainter", splits=SPLITS,
+                          settings=settings, attackers=ATTACKERS, trained=attacked.trained)
+    long = attacker_counts(got).set_index(["mask_id", "split", "attacker"])
+    x, y, g = torch.from_numpy(ts.images), torch.from_numpy(ts.labels), torch.from_numpy(ts.gallery)
+    split = torch.from_numpy(ts.split[~ts.gallery])
+
+    def hits(model, gallery_images, probe_images):
+        with torch.inference_mode():
+            emb = F.normalize(model.embed(gallery_images), dim=1)
+            cent = F.normalize(torch.zeros(len(ts.classes), emb.shape[1]).index_add_(0, y[g], emb), dim=1)
+            return (F.normalize(model.embed(probe_images), dim=1) @ cent.T).argmax(1) == y[~g]
+
+    for mid, mask in zip(attacked.ids, lib.get(attacked.ids).masks):
+        views = _views(attacked.run, x[~g], mask)
+        want = {a: hits(known[mid] if who == "K" else models[who], x[g], views[view])
+                for a, (who, view) in PLAN.items()}
+        want[MASKED_GALLERY] = hits(known[mid], overlay(x[g], torch.from_numpy(mask)), views["masked"])
+        for attacker, hit in want.items():
+            for k, s in enumerate(SPLITS):
+                assert long.loc[(mid, s, attacker), "correct"] == int(hit[split == k].sum()), (mid, s, attacker)
+
+
+def test_determination_writes_attacks_and_every_artifact_agrees_with_it(attacked):
+    from maskcrypt.data import load
+    from maskcrypt.report import write_report
+    from maskcrypt.testset import prepare_test
+
+    run, result = attacked.run, attacked.result
+    table = pd.read_parquet(run / "results" / "attacks.parquet")
+    assert list(table.columns) == COLUMNS
+    t2 = {s: pd.read_parquet(run / "results" / f"table2{'' if s == 'selection' else '_' + s}.parquet")
+          for s in SPLITS}
+    for (mid, s), rows in table.groupby(["mask_id", "split"]):
+        assert rows["attacker"].tolist() == list(DEFAULT_ATTACKERS)  # the default attackers, in report order
+        best = rows.loc[rows["accuracy"].idxmax()]
+        assert (rows["worst_accuracy"] == best["accuracy"]).all() and rows["n"].nunique() == 1
+        assert t2[s].set_index("mask_id").loc[mid, "worst_accuracy"] == best["accuracy"]
+    assert set(table["mask_id"]) == set(t2["selection"]["mask_id"])
+    for t in result["targets"]:  # targets.json carries each target's attacker figures
+        for s in SPLITS:
+            for a, fig in t["attackers"][s]["attackers"].items():
+                row = table[(table["mask_id"] == t["mask_id"]) & (table["split"] == s) & (table["attacker"] == a)]
+                assert (fig["n"], fig["correct"]) == (int(row["n"].iloc[0]), int(row["correct"].iloc[0]))
+    record = json.loads((run / "run.json").read_text())["stages"]["determine"]["attack"]
+    assert record["config"]["epochs"] == 3 and record["data"] == TINY_DATA and record["trained"]["family"]
+    assert json.loads((run / "models" / "attackers" / "family" / sorted(
+        p.name for p in (run / "models" / "attackers" / "family").glob("checkpoint_*"))[-1] / "meta.json").read_text(
+    ))["attack_epochs"] == 3
+    test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
+    ts = prepare_test(test.images, test.labels, test.class_names, test.class_names, confirm_fraction=0.5)
+    report = write_report(run, ts, log=lambda *_: None).read_text()
+    assert report.index("## What an attacker gets") < report.index("## Table 2")
+    assert "Attack stage:" in report and (run / "results" / "attacks.png").stat().st_size > 1000
+    section = report[report.index("## What an attacker gets"):report.index("## Table 2")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(result["targets"]) * len(DEFAULT_ATTACKERS)
+
+    def cell(mid, split, attacker):
+        r = table[(table["mask_id"] == mid) & (table["split"] == split) & (table["attacker"] == attacker)].iloc[0]
+        text = f"{100 * r.accuracy:.2f} [{100 * r.accuracy_lo:.2f}, {100 * r.accuracy_hi:.2f}]"
+        return text + (" **worst**" if r.worst_attacker == attacker else "")
+
+    for mask, _, attacker, sel, conf in rows:
+        mid = re.sub("`", "", mask)
+        assert (sel, conf) == (cell(mid, "selection", attacker), cell(mid, "confirmation", attacker))
+
+
+def test_t_attack_on_the_determined_tables(attacked):
+    run = attacked.run
+    t1, t2 = (pd.read_parquet(run / "results" / f"{n}.parquet") for n in ("table1", "table2"))
+    th = Thresholds(**json.loads((run / "targets.json").read_text())["thresholds"])
+    base = decide(t1, t2, th).ids
+    assert base == [t["mask_id"] for t in attacked.result["targets"]]
+    strict = float(t2.set_index("mask_id").loc[base, "worst_accuracy"].min())
+    tighter = decide(t1, t2, dataclasses.replace(th, t_attack=strict)).ids
+    assert set(tighter) < set(base) and all(
+        t2.set_index("mask_id").loc[m, "worst_accuracy"] < strict for m in tighter)
+    assert decide(t1, t2, dataclasses.replace(th, t_attack=0.0)).reason.rule == "t_attack"
+
+
+def test_the_attacker_pool_is_disjoint_from_every_other_pool(attacked):
+    from maskcrypt.masks import MaskLibrary
+
+    pools = [set(MaskLibrary.open(str(attacked.run / p)).column("sha256"))
+             for p in ("masks", "masks_train", "masks_heldout", "masks_attacker")]
+    assert len(pools[3]) == 120
+    assert all(pools[3].isdisjoint(p) for p in pools[:3])
