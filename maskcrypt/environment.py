@@ -25,6 +25,7 @@ REQUIRED = {
     "torch": "torch",
     "torchvision": "torchvision",
     "ray": "ray",
+    "cv2": "opencv-python-headless",  # the default attackers telea+O and ns+O
 }
 
 

@@ -274,13 +274,13 @@ def rank_batches(cfg: dict[str, Any], rank: int, world: int, per_rank: int, step
         yield from array_batches(replica(cfg["meta"]["job_sha256"]), seed, per_rank, steps, rank, world, read)
         return
     shard = ray.train.get_dataset_shard("train")
-    batches = shard.iter_batches(batch_size=per_rank, batch_format="numpy", drop_last=True,
+    batches = shard.iter_batches(batch_size=per_rank, batch_format="numpy",
                                  local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=seed)
     taken = 0
     for batch in batches:  # read to the end either way: a split stream must be drained
-        if read is not None:
+        if read is not None:  # every row, the short last batch's too (it is not trained on)
             read["rows"] = read.get("rows", 0) + len(batch["label"])
-        if taken < steps:
+        if taken < steps and len(batch["label"]) == per_rank:
             taken += 1
             yield batch
 
