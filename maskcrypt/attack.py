@@ -424,10 +424,11 @@ def attacker_spec(d: Any) -> str:
 
 def family_masks(d: Any, buckets: Sequence[int]) -> np.ndarray:
     """Fresh masks of ``buckets`` from the attackers' pool ``masks_attacker/`` (built here for older runs)."""
-    from maskcrypt.config import PrepareConfig, section
+    from maskcrypt.config import PrepareConfig
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.prepare import attacker_pool
     from maskcrypt.run import read_run_json
+    from maskcrypt.runconfig import section
 
     if d.paths.masks_attacker.exists():
         pool = MaskLibrary.open(str(d.paths.masks_attacker))

@@ -1,10 +1,7 @@
-"""Every setting of a run, as frozen dataclasses whose defaults are the embedded defaults.
+"""Every setting of a run, section by section, as frozen dataclasses whose defaults are the embedded defaults.
 
-One :class:`RunConfig` describes a whole run (prepare -> train -> determine -> tune);
-it is built from a YAML file (``--config run.yaml``: the same nested keys as
-:meth:`RunConfig.to_dict`), from command-line flags (:mod:`maskcrypt.cli` maps each flag
-to a field), or both (flags override the file), and the resolved config is recorded in
-``run.json``. Each section validates its own fields once, in ``__post_init__``.
+Each section validates its own fields once, in ``__post_init__``; the whole run's config
+(:class:`maskcrypt.runconfig.RunConfig`) assembles them and reads YAML files.
 
 ``TrainConfig`` is the one hyperparameter set that trains *both* recognizers: the
 method requires E to be trained "with exactly the same hyperparameters and the same
@@ -12,24 +9,20 @@ number of epochs as O". Mask sampling for E lives outside it, so the object itse
 identical; each checkpoint stores its hash, and loading O and E as a pair with
 different hashes is refused (:func:`check_same_training`).
 
-The selection thresholds (:class:`maskcrypt.select.Thresholds`), the serving config
-(:class:`maskcrypt.serving.ServiceConfig`) and the tuning budget
-(:class:`maskcrypt.tune.Budget`) live beside the code they parameterize.
+The selection thresholds (:class:`maskcrypt.select.Thresholds`, pure selection code) and
+the serving config (:class:`maskcrypt.serving.ServiceConfig`) live beside the code they
+parameterize.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from maskcrypt.errors import MaskcryptError
 from maskcrypt.precision import check_precision
-from maskcrypt.select import Thresholds
 
 ROLES = ("original", "encrypted", "inpainter")
 STAGES = ("prepare", "train", "determine", "tune")
@@ -412,129 +405,6 @@ class TuneConfig:
         if self.samples < 1 or self.grid_points < 2 or self.trial_cpus <= 0:
             raise MaskcryptError(f"--samples must be >= 1, --grid-points >= 2 and --trial-cpus > 0 (got "
                                  f"{self.samples}, {self.grid_points}, {self.trial_cpus})")
-
-
-# -- the whole run ---------------------------------------------------------------------------------------
-#: RunConfig's sections and their classes: the YAML file's top-level keys.
-SECTIONS: dict[str, type] = {
-    "prepare": PrepareConfig, "sources": TrainSources, "model": ModelSettings, "train": TrainConfig,
-    "inpaint": InpaintTrainConfig, "sampling": MaskSampling, "resources": Resources, "determine": DetermineConfig,
-    "evaluation": EvalSettings, "adaptive": AdaptivePlan, "attack": AttackConfig, "thresholds": Thresholds,
-    "tune": TuneConfig,
-}
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything a run does, stage by stage; ``until`` is the last stage run."""
-
-    run: str = "runs/default"
-    until: str = "determine"
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    sources: TrainSources = field(default_factory=TrainSources)
-    model: ModelSettings = field(default_factory=ModelSettings)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    inpaint: InpaintTrainConfig = field(default_factory=InpaintTrainConfig)
-    sampling: MaskSampling = field(default_factory=MaskSampling)
-    resources: Resources = field(default_factory=Resources)
-    determine: DetermineConfig = field(default_factory=DetermineConfig)
-    evaluation: EvalSettings = field(default_factory=EvalSettings)
-    adaptive: AdaptivePlan = field(default_factory=AdaptivePlan)
-    attack: AttackConfig = field(default_factory=AttackConfig)
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    tune: TuneConfig = field(default_factory=TuneConfig)
-
-    def __post_init__(self) -> None:
-        if self.until not in STAGES:
-            raise MaskcryptError(f"--until: expected one of {', '.join(STAGES)}, got {self.until!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "run config") -> RunConfig:
-        """From nested mappings (a YAML file); unknown keys are errors that name the known ones."""
-        if not isinstance(data, Mapping):
-            raise MaskcryptError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
-        top = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - top)
-        if unknown:
-            raise MaskcryptError(f"{where}: unknown key(s) {unknown}; known: {sorted(top)}")
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key in SECTIONS:
-                if key == "thresholds" and isinstance(value, str):
-                    kwargs[key] = Thresholds.from_file(value)
-                else:
-                    kwargs[key] = section(SECTIONS[key], value, f"{where}: {key}")
-            else:
-                kwargs[key] = value
-        return cls(**kwargs)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> RunConfig:
-        import yaml
-
-        p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except OSError as exc:
-            raise MaskcryptError(f"--config {p}: cannot read ({exc})") from None
-        except yaml.YAMLError as exc:
-            raise MaskcryptError(f"--config {p}: not valid YAML ({exc})") from None
-        return cls.from_dict(data, f"--config {p}")
-
-    def with_values(self, values: Mapping[str, Any]) -> RunConfig:
-        """A copy with ``{"section.field": value, "run": ...}`` replaced (each section validated again)."""
-        top: dict[str, Any] = {}
-        per: dict[str, dict[str, Any]] = {}
-        for path, value in values.items():
-            head, _, rest = path.partition(".")
-            if rest:
-                per.setdefault(head, {})[rest] = value
-            else:
-                top[head] = value
-        for name, changes in per.items():
-            top[name] = _replace(getattr(self, name), changes)
-        return dataclasses.replace(self, **top)
-
-
-def _replace(obj: Any, changes: Mapping[str, Any]) -> Any:
-    """``dataclasses.replace`` that follows dotted names into nested sections (``budget.o_masked``)."""
-    flat: dict[str, Any] = {}
-    nested: dict[str, dict[str, Any]] = {}
-    for key, value in changes.items():
-        head, _, rest = key.partition(".")
-        if rest:
-            nested.setdefault(head, {})[rest] = value
-        else:
-            flat[key] = value
-    for head, sub in nested.items():
-        flat[head] = _replace(getattr(obj, head), sub)
-    return dataclasses.replace(obj, **flat)
-
-
-def section(cls: type, value: Any, where: str) -> Any:
-    """One config section from a mapping: unknown keys named, lists turned into the tuples fields expect."""
-    if not isinstance(value, Mapping):
-        raise MaskcryptError(f"{where}: expected a mapping of settings, got {value!r}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(value) - set(known))
-    if unknown:
-        raise MaskcryptError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    defaults = cls()
-    kwargs = {}
-    for k, v in value.items():
-        default = getattr(defaults, k)
-        if dataclasses.is_dataclass(default):
-            v = section(type(default), v, f"{where}.{k}")
-        elif isinstance(default, tuple) and isinstance(v, list):
-            v = tuple(v)
-        kwargs[k] = v
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise MaskcryptError(f"{where}: {exc}") from None
 
 
 def config_hash(d: dict[str, Any]) -> str:

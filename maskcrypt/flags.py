@@ -1,4 +1,4 @@
-"""Command-line flags of a run, each mapped to the :class:`~maskcrypt.config.RunConfig` field(s) it sets.
+"""Command-line flags of a run, each mapped to the :class:`~maskcrypt.runconfig.RunConfig` field(s) it sets.
 
 A run is configured by ``--config run.yaml`` (the RunConfig's nested keys), by flags,
 or by both: flags given on the command line override the file, flags not given leave
@@ -13,9 +13,10 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from maskcrypt.config import STAGES, RunConfig, TuneConfig
+from maskcrypt.config import STAGES, TuneConfig
 from maskcrypt.errors import MaskcryptError
 from maskcrypt.precision import PRECISIONS
+from maskcrypt.runconfig import RunConfig
 
 
 def _depth(text: str) -> tuple[int, ...]:

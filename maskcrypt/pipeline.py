@@ -2,7 +2,7 @@
 
 This is the one place the stages are chained. The ``maskcrypt`` command (``run``,
 ``prepare``, ``train``, ``determine``, ``tune``) and ``jobs/select.py`` build a
-:class:`~maskcrypt.config.RunConfig` from flags and/or a YAML file and call
+:class:`~maskcrypt.runconfig.RunConfig` from flags and/or a YAML file and call
 :func:`run_pipeline`; every stage resumes what is already complete. The resolved
 configuration is recorded in ``run.json`` (``config``). Ray must be running (entry
 points start it); paths are made absolute first, because under ``ray job submit`` the
@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from maskcrypt.config import STAGES, RunConfig
+from maskcrypt.config import STAGES
 from maskcrypt.errors import MaskcryptError
+from maskcrypt.runconfig import RunConfig
 
 #: Fields holding local paths (made absolute) and data specs (their path made absolute).
 PATH_FIELDS = ("run", "prepare.selection_masks", "sources.masks", "sources.init_original", "sources.init_inpainter",

@@ -27,8 +27,9 @@ from maskcrypt.attack import (
     train_attackers,
     worst_attackers,
 )
-from maskcrypt.config import ATTACKERS, DEFAULT_ATTACKERS, AttackConfig, Budget, RunConfig, parse_attackers
+from maskcrypt.config import ATTACKERS, DEFAULT_ATTACKERS, AttackConfig, Budget, parse_attackers
 from maskcrypt.errors import MaskcryptError
+from maskcrypt.runconfig import RunConfig
 from maskcrypt.select import Thresholds, decide, target_masks
 
 SPLITS = ("selection", "confirmation")

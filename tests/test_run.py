@@ -49,8 +49,8 @@ def test_prepare_is_idempotent_and_refuses_other_settings_unless_restarted(tmp_p
 def test_a_yaml_config_and_flags_build_one_run_config(tmp_path, capsys):
     import argparse
 
-    from maskcrypt.config import RunConfig
     from maskcrypt.flags import RUN_FLAGS, add_flags, build_config
+    from maskcrypt.runconfig import RunConfig
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text("prepare: {data: 'synthetic:identities=4,per_identity=6', size: 16, mask_count: 24}\n"
