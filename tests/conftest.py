@@ -6,6 +6,11 @@ import os
 
 import pytest
 
+# Ray Train's controller polls its workers every 2 s: a tiny training run then waits ~7 s for its own end.
+# Polling faster changes nothing else; every Ray process the tests start (the shared session, and the clusters
+# and head nodes of tests/test_jobs.py and tests/multinode.py, which copy this environment) inherits it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
 
 @pytest.fixture(scope="session")
 def ray_session():
@@ -71,7 +76,7 @@ def determined_run(tiny_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("determined") / "run"
     shutil.copytree(src, run, ignore=shutil.ignore_patterns("per_mask.parts", "targets.json", "targets.parquet"))
     loose = Thresholds(t_gap=0.0, t_drop=0.0, t_enc=0.0, t_orig=1.0, top_k=2, attack_top=3)
-    result = determine(run, DetermineConfig(test_data=TINY_DATA, repeats=1), loose, EvalSettings(precision="fp32"),
-                       redo=True, report=False, log=lambda *_: None)
+    result = determine(run, DetermineConfig(test_data=TINY_DATA, repeats=1), loose,
+                       EvalSettings(precision="fp32", actors=1), redo=True, report=False, log=lambda *_: None)
     assert result["targets"], result["reason"]
     return run, result

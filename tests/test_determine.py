@@ -16,7 +16,9 @@ from maskcrypt.errors import MaskcryptError
 from maskcrypt.masks import mask_sha256, unpack_masks
 from maskcrypt.select import Thresholds
 
-FP32 = EvalSettings(masks_per_batch=4, images_per_chunk=32, precision="fp32")
+#: One evaluation actor: each stage's actor start (a torch import) is most of a tiny determination's time; the
+#: split of work over several actors is tested in tests/test_evaluate.py and tests/test_multinode.py.
+FP32 = EvalSettings(actors=1, masks_per_batch=4, images_per_chunk=32, precision="fp32")
 #: Loose thresholds so the tiny models pass every rule and the whole path runs (targets exist: the shared
 #: determined run's fixture asserts it with the same thresholds).
 LOOSE = Thresholds(t_gap=0.0, t_drop=0.0, t_enc=0.0, t_orig=1.0, top_k=2, attack_top=3)

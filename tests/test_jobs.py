@@ -103,7 +103,8 @@ def test_select_job_runs_the_whole_method_under_ray_job_submit(head_node, tmp_pa
            "--size", "16", "--mask-count", "12", "--train-mask-count", "12", "--epochs", "4", "--lr", "0.05",
            "--warmup-epochs", "0.5", "--batch-size", "16",
            "--width", "8", "--inpaint-width", "4", "--iterations", "1", "--inpaint-epochs", "1",
-           "--inpaint-batch-size", "16", "--repeats", "1", "--eval-actors", "1", "--thresholds", str(thresholds)]
+           "--inpaint-batch-size", "16", "--repeats", "1", "--eval-actors", "1", "--attack-epochs", "1",
+           "--thresholds", str(thresholds)]
     for _attempt in range(20):  # the head's job agent may still be starting
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         if "No available agent" not in r.stdout + r.stderr:

@@ -79,7 +79,7 @@ def test_tuned_thresholds_reproduce_their_choice_in_the_determination(determined
     shutil.copytree(src, tmp_path / "bare", ignore=shutil.ignore_patterns("targets.json"))
     with pytest.raises(MaskcryptError, match=r"no targets\.json"):
         Tables.load(tmp_path / "bare")
-    settings = EvalSettings(precision="fp32")
+    settings = EvalSettings(actors=1, precision="fp32")
     summary = search(run, Budget(o_masked=1.0, o_inpainted=1.0), samples=8, seed=1, log=lambda *_: None)
     out = run / "tune"
     assert summary["trials"] == 8 and summary["feasible_trials"] >= 1

@@ -154,7 +154,7 @@ def test_determination_shows_verification_when_the_test_source_has_pairs(determi
     shutil.copytree(src, run, ignore=shutil.ignore_patterns("per_mask.parts"))
     loose = Thresholds(t_gap=0.0, t_drop=0.0, t_enc=0.0, t_orig=1.0, top_k=2, attack_top=3)
     result = determine(run, DetermineConfig(test_data=TINY_DATA + "#pairs=generate", repeats=1), loose,
-                       EvalSettings(precision="fp32"), redo=True, log=lambda *_: None)
+                       EvalSettings(actors=1, precision="fp32"), redo=True, log=lambda *_: None)
     v = pd.read_parquet(run / "results" / "verification.parquet")
     targets = [t["mask_id"] for t in result["targets"]]
     assert v[v["condition"] == "masked"]["mask_id"].drop_duplicates().tolist() == targets
