@@ -64,7 +64,8 @@ def tiny_run(ray_session, tmp_path_factory):
 def determined_run(tiny_run, tmp_path_factory):
     """A copy of the tiny run with a finished determination under loose thresholds (every rule passes).
 
-    Built once; tests that write into a run (serving galleries, a re-determination) copy it.
+    Default attackers (the family attacker trained on Ray Tune), report written. Built once; tests that
+    write into a run (serving galleries, a re-determination) copy it.
     """
     import shutil
 
@@ -77,6 +78,6 @@ def determined_run(tiny_run, tmp_path_factory):
     shutil.copytree(src, run, ignore=shutil.ignore_patterns("per_mask.parts", "targets.json", "targets.parquet"))
     loose = Thresholds(t_gap=0.0, t_drop=0.0, t_enc=0.0, t_orig=1.0, top_k=2, attack_top=3)
     result = determine(run, DetermineConfig(test_data=TINY_DATA, repeats=1), loose,
-                       EvalSettings(precision="fp32", actors=1), redo=True, report=False, log=lambda *_: None)
+                       EvalSettings(precision="fp32", actors=1), redo=True, report=True, log=lambda *_: None)
     assert result["targets"], result["reason"]
     return run, result

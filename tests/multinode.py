@@ -12,25 +12,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
 import numpy as np
+from ports import free_port
 
 DATA = "synthetic:identities=6,per_identity=16"
 SIZE = 16
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ports() -> dict[str, int]:
-    return {"dashboard_agent_listen_port": _free_port(), "metrics_export_port": _free_port(),
-            "runtime_env_agent_port": _free_port()}
+    return {"dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port(),
+            "runtime_env_agent_port": free_port()}
 
 
 def work(run: Path, stream: bool) -> dict:

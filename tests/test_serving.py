@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ import torch
 from bombs import png_bomb
 from conftest import TINY_DATA, TINY_SIZE
 from PIL import Image
+from ports import free_port
 
 from maskcrypt.data import load
 from maskcrypt.errors import MaskcryptError
@@ -29,12 +29,6 @@ def _png(chw: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0))).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _call(url: str, data: bytes | None = None, key: str | None = KEY, content_type: str = "image/png"):
@@ -64,7 +58,7 @@ def served(determined_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("serving") / "run"
     shutil.copytree(src, run)
     config = ServiceConfig(run=str(run), api_key=KEY, precision="fp32", max_bytes=200_000)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(config, max_batch_size=8, num_cpus=0.5), name="maskcrypt-test", route_prefix="/")
     yield f"http://127.0.0.1:{port}", run, config
