@@ -245,8 +245,9 @@ def _verification(res: Path) -> list[str]:
             f"different, {first['folds']} folds): flip-sum embeddings, cosine similarity, accuracy with the threshold "
             "chosen on the other nine folds (mean ± std over folds, insightface's `Accuracy-Flip`), TAR at each FAR "
             "on all pairs (`*`: fewer than 1/FAR negative pairs, so no false accept allowed). E sees both images "
-            "under the mask (the deployed system); O on clean pairs is the utility reference; O on masked and on "
-            "inpainted pairs is what an attacker gets. In %.", "", "![ROC](results/roc.png)", "",
+            "under the mask (the deployed system); O on clean pairs is the utility reference; the attacker rows are "
+            "O on masked, R-inpainted, Telea- and Navier-Stokes-filled pairs and, when trained, the adaptive-family "
+            "recognizer (`family`) on masked and inpainted pairs. In %.", "", "![ROC](results/roc.png)", "",
             md_table(["model", "condition", "side", "mask", "bucket", "accuracy",
                       *[f"TAR@FAR={far_label(f)}" for f in FARS], "AUC", "negatives"], rows)]
 

@@ -20,8 +20,11 @@ then unit-normalized (the mirror is of the image the model sees); the figures ar
 :mod:`maskcrypt.verification`'s (10-fold accuracy with the threshold chosen on the other
 nine folds, TAR at FAR 1e-3 and 1e-4 on all pairs, AUC, ROC). Results go to
 ``RUN/results/verification.parquet`` (one row per model, condition and mask, with the ROC
-arrays) and ``RUN/results/roc.png``. The attackers of the threat model (DESIGN.md) are
-added here when they exist.
+arrays) and ``RUN/results/roc.png``. The attackers of the attack stage (README, "What an attacker
+gets") are verified beside them: O on OpenCV's Telea and Navier-Stokes fills (always; they
+need no training) and the run's adaptive-family recognizer on masked and on R-inpainted
+pairs (when its training is complete). Known-mask attackers are left out (one model per
+mask; the attack table has their identification figures).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from maskcrypt.verification import FARS, consecutive_folds, evaluate, far_key, f
 
 #: (model, condition, side) in the order rows are written; side says whose figure it is.
 CONDITIONS = (("O", "clean", "reference"), ("E", "masked", "deployed"), ("O", "masked", "attacker"),
-              ("O", "inpainted", "attacker"), ("E", "inpainted", "method"))
+              ("O", "inpainted", "attacker"), ("E", "inpainted", "method"), ("O", "telea", "attacker"),
+              ("O", "ns", "attacker"), ("family", "masked", "attacker"), ("family", "inpainted", "attacker"))
 TABLE = "verification"
 ROC_PNG = "roc.png"
 
@@ -100,7 +104,8 @@ def verify_images(predictor: Any, images: np.ndarray, pairs: np.ndarray, masks: 
     """Every condition of :data:`CONDITIONS` for ``masks`` (id, bucket, bucket label, H x W mask); one row each.
 
     ``predictor`` holds recognizers ``E`` and ``O`` (and R as its inpainter for the
-    inpainted rows); ``pairs`` rows ``(a, b, same, fold)`` index ``images``.
+    inpainted rows; ``family``, the adaptive-family attacker, when present); ``pairs``
+    rows ``(a, b, same, fold)`` index ``images``.
     """
     rows = []
     clean = predictor.outputs(images, None, embed=True, flip=True, names=["O"])["O"].cpu().numpy()
@@ -114,6 +119,17 @@ def verify_images(predictor: Any, images: np.ndarray, pairs: np.ndarray, masks: 
             out = predictor.outputs(images, mask, embed=True, flip=True, fill=True, names=["E", "O"])
             rows.append(_row("O", "inpainted", "attacker", mask_id, bucket, label, out["O"].cpu().numpy(), pairs))
             rows.append(_row("E", "inpainted", "method", mask_id, bucket, label, out["E"].cpu().numpy(), pairs))
+        for filler in ("telea", "ns"):
+            out = predictor.outputs(images, mask, embed=True, flip=True, fill=filler, names=["O"])
+            rows.append(_row("O", filler, "attacker", mask_id, bucket, label, out["O"].cpu().numpy(), pairs))
+        if "family" in predictor.models:
+            out = predictor.outputs(images, mask, embed=True, flip=True, names=["family"])
+            rows.append(_row("family", "masked", "attacker", mask_id, bucket, label, out["family"].cpu().numpy(),
+                             pairs))
+            if predictor.inpainter is not None:
+                out = predictor.outputs(images, mask, embed=True, flip=True, fill=True, names=["family"])
+                rows.append(_row("family", "inpainted", "attacker", mask_id, bucket, label,
+                                 out["family"].cpu().numpy(), pairs))
         log(f"verify: mask {mask_id} in {time.perf_counter() - t0:.1f}s")
     return pd.DataFrame(rows)
 
@@ -156,8 +172,11 @@ def verify(run: str | Path, pairs: str = "", mask_ids: list[str] | None = None, 
     paths = RunPaths.resolve(run)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     r_dir = paths.models / "inpainter"
-    predictor = Predictor.from_checkpoints({"E": paths.models / "encrypted", "O": paths.models / "original"},
-                                           device=device, precision=precision, chunk=chunk,
+    models = {"E": paths.models / "encrypted", "O": paths.models / "original"}
+    family = family_attacker(paths.models / "attackers" / "family", log)
+    if family is not None:
+        models["family"] = family
+    predictor = Predictor.from_checkpoints(models, device=device, precision=precision, chunk=chunk,
                                            inpainter=r_dir if r_dir.exists() else None)
     check_same_training(predictor.meta("O"), predictor.meta("E"))
     e, o = predictor.meta("E"), predictor.meta("O")
@@ -183,6 +202,24 @@ def verify(run: str | Path, pairs: str = "", mask_ids: list[str] | None = None, 
     return table
 
 
+def family_attacker(folder: Path, log: Callable[[str], None]) -> Path | None:
+    """The run's adaptive-family attacker's checkpoint when its training is complete, else None (said why)."""
+    from maskcrypt.models.checkpoint import find_checkpoint
+
+    if not folder.exists():
+        return None
+    try:
+        ckpt, meta = find_checkpoint(folder, kind="recognizer")
+    except MaskcryptError as exc:
+        log(f"verify: the adaptive-family attacker is left out ({exc})")
+        return None
+    if int(meta.get("epoch", 0)) != int(meta.get("epochs", -1)):
+        log(f"verify: the adaptive-family attacker is left out (trained {meta.get('epoch')} of {meta.get('epochs')} "
+            "epochs: relaunch the determination to finish it)")
+        return None
+    return ckpt
+
+
 def verify_determination(run: str | Path, test_spec: str, precision: str, log: Callable[[str], None]) -> bool:
     """The determination's hook: verify its targets when its test source has pairs; else clear stale results.
 
@@ -203,7 +240,7 @@ def verify_determination(run: str | Path, test_spec: str, precision: str, log: C
 def format_verification(table: pd.DataFrame) -> str:
     """A fixed-width table: accuracy mean ± std and TAR at each FAR (``*``: not resolvable), per row."""
     heads = "".join(f" {'TAR@FAR=' + far_label(far):>16}" for far in FARS)
-    lines = [f"{'model':>5} {'condition':>10} {'mask':>14} {'bucket':>11} {'accuracy':>16}{heads} {'negatives':>9}"]
+    lines = [f"{'model':>6} {'condition':>10} {'mask':>14} {'bucket':>11} {'accuracy':>16}{heads} {'negatives':>9}"]
     flagged = False
     for _, r in table.iterrows():
         d = r.to_dict()
@@ -215,7 +252,7 @@ def format_verification(table: pd.DataFrame) -> str:
             tar = "{:.2%}".format(d["tar_" + k]) + ("" if ok else "*")
             cells += f" {tar:>16}"
         acc = f"{r['accuracy']:.2%} ± {r['accuracy_std']:.2%}"
-        lines.append(f"{r['model']:>5} {r['condition']:>10} {r['mask_id'] or '-':>14} {r['range']:>11} {acc:>16}"
+        lines.append(f"{r['model']:>6} {r['condition']:>10} {r['mask_id'] or '-':>14} {r['range']:>11} {acc:>16}"
                      f"{cells} {r['negatives']:>9,}")
     if flagged:
         lines.append("* not resolvable: fewer than 1/FAR negative pairs, so no false accept is allowed (TAR at FAR 0)")
@@ -238,7 +275,10 @@ def plot_verification(table: pd.DataFrame, path: Path, panels: int = 6) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
     styles = {("O", "clean"): ("O clean (reference)", "#718096", "--"), ("E", "masked"): ("E masked", "#2b6cb0", "-"),
               ("O", "masked"): ("O masked", "#c05621", "-"), ("O", "inpainted"): ("O inpainted", "#dd6b20", ":"),
-              ("E", "inpainted"): ("E inpainted", "#63b3ed", ":")}
+              ("E", "inpainted"): ("E inpainted", "#63b3ed", ":"), ("O", "telea"): ("O on Telea fill", "#9c4221", "-."),
+              ("O", "ns"): ("O on Navier-Stokes fill", "#7b341e", "-."),
+              ("family", "masked"): ("adaptive-family masked", "#c53030", "-"),
+              ("family", "inpainted"): ("adaptive-family inpainted", "#e53e3e", ":")}
     floor = 1.0 / max(int(ref["negatives"]), 1)
     for ax, mid in zip(axes.ravel(), ids):
         part = [ref] + [r for _, r in table[table["mask_id"] == mid].iterrows()] if mid else [ref]

@@ -71,7 +71,8 @@ def test_verify_command_on_generated_pairs_and_on_a_bin(tmp_path, capsys):
     assert (run / "results" / "roc.png").stat().st_size > 1000
     assert table[["model", "condition"]].apply(tuple, axis=1).tolist() == [
         ("O", "clean"), *[(m, c) for _ in ids for m, c in
-                          (("E", "masked"), ("O", "masked"), ("O", "inpainted"), ("E", "inpainted"))]]
+                          (("E", "masked"), ("O", "masked"), ("O", "inpainted"), ("E", "inpainted"),
+                           ("O", "telea"), ("O", "ns"))]]
     assert json.loads((run / "run.json").read_text())["stages"]["verify"]["masks"] == ids
 
     # The same figures by hand: flip-sum embeddings of the masked test images, cosine, the protocol.
@@ -85,6 +86,21 @@ def test_verify_command_on_generated_pairs_and_on_a_bin(tmp_path, capsys):
     assert row["pairs"] == len(p) and row["negatives"] == expected["negatives"]
     for key in ("accuracy", "accuracy_std", "tar_far_1e-3", "auc"):
         assert row[key] == pytest.approx(expected[key], abs=1e-9), key
+
+    # The adaptive-family attacker is verified when its training is complete: a copy of O gives O's figures.
+    family = run / "models" / "attackers" / "family" / "checkpoint_epoch_0001"
+    shutil.copytree(run / "models" / "original" / "checkpoint_epoch_0001", family)
+    assert main(["verify", str(run), "--precision", "fp32"]) == 0
+    with_family = pd.read_parquet(run / "results" / "verification.parquet").set_index(["model", "condition",
+                                                                                      "mask_id"])
+    for mid in ids:
+        for cond in ("masked", "inpainted"):
+            assert with_family.loc[("family", cond, mid), "accuracy"] == with_family.loc[("O", cond, mid), "accuracy"]
+    meta = json.loads((family / "meta.json").read_text())
+    (family / "meta.json").write_text(json.dumps({**meta, "epochs": 3}))  # an interrupted training: left out
+    assert main(["verify", str(run), "--precision", "fp32"]) == 0
+    assert "adaptive-family attacker is left out (trained 1 of 3 epochs" in capsys.readouterr().out
+    assert "family" not in set(pd.read_parquet(run / "results" / "verification.parquet")["model"])
 
     # A .bin written from the same split with the same pairs gives the same figures.
     assert main(["data", "export-bin", DATA + "#split=test,pairs=generate", "--out", str(tmp_path / "t.bin")]) == 0
