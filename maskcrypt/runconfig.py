@@ -104,18 +104,7 @@ class RunConfig:
 
     def with_values(self, values: Mapping[str, Any]) -> RunConfig:
         """A copy with ``{"section.field": value, "run": ...}`` replaced (each section validated again)."""
-        top: dict[str, Any] = {}
-        per: dict[str, dict[str, Any]] = {}
-        for path, value in values.items():
-            head, _, rest = path.partition(".")
-            if rest:
-                per.setdefault(head, {})[rest] = value
-            else:
-                top[head] = value
-        for name, changes in per.items():
-            top[name] = _replace(getattr(self, name), changes)
-        return dataclasses.replace(self, **top)
-
+        return _replace(self, values)
 
 def _replace(obj: Any, changes: Mapping[str, Any]) -> Any:
     """``dataclasses.replace`` that follows dotted names into nested sections (``budget.o_masked``)."""
