@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One prepared session on a lent GPU machine (no network, no Ray installed, ~10 minutes):
+#
+#   1. benchmarks/gpu_step.py: the evaluator's step (mask-then-recognize, the attack) per
+#      architecture, precision and batch, torch only;
+#   2. the whole method at 112 px on Ray with a GPU in every stage: configs/faces112.yaml
+#      on an exported image folder, Ray Train workers on the GPU (--gpus-per-worker 1,
+#      NCCL), evaluation actors sharing it (--eval-gpus), the attackers' Tune trials too.
+#
+# Ray's wheel is larger than what travels to that machine, so it travels stripped (no Java
+# jar, RLlib, LLM or dashboard front end, none of which maskcrypt uses) as wheels in .whl/,
+# with the few dependencies that machine lacks: `python benchmarks/gpu_wheels.py` makes
+# them here (it needs PyPI). Then, from the repository root on the GPU machine:
+#
+#   OUT=/tmp/gpu-out bash benchmarks/gpu_session.sh        # extra flags go to `maskcrypt run`
+#
+# Every stage is time-boxed so that one hang cannot eat the lease; logs land in $OUT.
+set -u
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+STEP_LIMIT=${STEP_LIMIT:-150}
+RUN_LIMIT=${RUN_LIMIT:-480}
+
+if ! python3 -c "import ray" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+nvidia-smi -L
+python3 -c "import torch, ray, pyarrow, numpy; print('torch', torch.__version__, 'ray', ray.__version__, \
+'pyarrow', pyarrow.__version__, 'numpy', numpy.__version__, 'bf16', torch.cuda.is_bf16_supported())"
+nproc
+
+echo "== gpu_step"
+timeout "$STEP_LIMIT" python3 benchmarks/gpu_step.py --steps 10 2>&1 | tee "$OUT/gpu_step.txt"
+
+echo "== the method at 112 px on Ray, GPUs in every stage"
+t0=$(date +%s)
+python3 -m maskcrypt data export "synthetic:size=112#split=all" --out /tmp/faces112-data 2>&1 | tail -2
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 2 > "$OUT/gpu_util.csv" 2>&1 &
+smi=$!
+timeout "$RUN_LIMIT" python3 -m maskcrypt run --config configs/faces112.yaml --run /tmp/faces112 \
+  --data imagefolder:/tmp/faces112-data --workers 1 --gpus-per-worker 1 --eval-actors 4 --eval-gpus 0.25 \
+  --attack-gpus 0.25 --attack-cpus 2 "$@" 2>&1 | tee "$OUT/run.txt"
+rc=${PIPESTATUS[0]}
+kill $smi 2>/dev/null
+echo "run exit $rc after $(( $(date +%s) - t0 )) s"
+for f in report.md run.json; do [ -f "/tmp/faces112/$f" ] && cp "/tmp/faces112/$f" "$OUT/"; done
+if [ "$rc" -ne 0 ]; then
+  tail -n 40 /tmp/ray/session_latest/logs/*.err /tmp/ray/session_latest/logs/worker*.out 2>/dev/null \
+    | tail -n 400 > "$OUT/ray_logs_tail.txt"
+fi
+exit 0
