@@ -5,11 +5,13 @@
 #      architecture, precision and batch, torch only;
 #   2. the whole method at 112 px on Ray with a GPU in every stage: configs/faces112.yaml
 #      on an exported image folder, Ray Train workers on the GPU (--gpus-per-worker 1,
-#      NCCL), evaluation actors sharing it (--eval-gpus), the attackers' Tune trials too.
+#      NCCL), evaluation actors sharing it (--eval-gpus), the attackers' Tune trials too;
+#   3. Serve on the GPU: benchmarks/serve_probe.py deploys that run with --gpus 1 per
+#      replica, checks an answer and drives it (one image per request, and 16).
 #
 # Ray's wheel is larger than what travels to that machine, so it travels stripped (no Java
 # jar, RLlib, LLM or dashboard front end, none of which maskcrypt uses) as wheels in .whl/,
-# with the few dependencies that machine lacks: `python benchmarks/gpu_wheels.py` makes
+# with the dependencies that machine lacks (Serve's FastAPI/uvicorn/gRPC set included): `python benchmarks/gpu_wheels.py` makes
 # them here (it needs PyPI). Then, from the repository root on the GPU machine:
 #
 #   OUT=/tmp/gpu-out bash benchmarks/gpu_session.sh        # extra flags go to `maskcrypt run`
@@ -51,5 +53,10 @@ for f in report.md run.json; do [ -f "/tmp/faces112/$f" ] && cp "/tmp/faces112/$
 if [ "$rc" -ne 0 ]; then
   tail -n 40 /tmp/ray/session_latest/logs/*.err /tmp/ray/session_latest/logs/worker*.out 2>/dev/null \
     | tail -n 400 > "$OUT/ray_logs_tail.txt"
+fi
+
+echo "== Serve on the GPU: one replica with --gpus 1, the run's target masks"
+if [ -f /tmp/faces112/targets.json ]; then
+  timeout "${SERVE_LIMIT:-150}" python3 benchmarks/serve_probe.py /tmp/faces112 --gpus 1 2>&1 | tee "$OUT/serve.txt"
 fi
 exit 0

@@ -1,0 +1,82 @@
+"""Serve a run as ``maskcrypt serve`` does, check one answer, then drive it: req/s where the replica runs.
+
+    python benchmarks/serve_probe.py RUN [--gpus 1] [--concurrency 32] [--seconds 10]
+
+A short check for a machine where ``benchmarks/serve_load.py`` (2-CPU sizing, py-spy,
+autoscaling) is too much: starts a local Ray, deploys the run's service with
+``--gpus`` per replica (the config path ``maskcrypt serve --gpus`` takes), posts one
+test face and prints the answer and the replica's device, then drives ``/v1/recognize``
+(one PNG per request) and ``/v1/recognize/batch`` (16 per request) with closed-loop
+clients. Ends with ``RESULT`` lines. ``benchmarks/gpu_session.sh`` runs it on the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--gpus", type=float, default=0.0, help="GPUs per replica")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--port", type=int, default=8000)
+    args = ap.parse_args()
+
+    import numpy as np
+    import ray
+    from PIL import Image
+    from ray import serve
+    from serve_load import drive, multipart
+
+    from maskcrypt.cluster import init_ray
+    from maskcrypt.data import load
+    from maskcrypt.serving import ServiceConfig, build_app, load_targets
+
+    run = args.run.resolve()
+    targets = load_targets(run)  # refuses a run without targets, naming why
+    size = targets.masks.shape[1]
+    test = load(json.loads((run / "run.json").read_text())["prepare"]["data"], default_split="test", size=size)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(test.images[0].transpose(1, 2, 0))).save(buf, format="PNG")
+    body = buf.getvalue()
+
+    init_ray(include_dashboard=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    t0 = time.perf_counter()
+    serve.run(build_app(ServiceConfig(run=str(run)), num_gpus=args.gpus), name="probe", route_prefix="/")
+    print(f"deployed in {time.perf_counter() - t0:.1f}s, {args.gpus:g} GPU per replica, {len(targets.ids)} masks")
+    url = f"http://127.0.0.1:{args.port}"
+    health = json.loads(urllib.request.urlopen(f"{url}/healthz", timeout=30).read())
+    req = urllib.request.Request(f"{url}/v1/recognize", data=body, headers={"Content-Type": "image/png"})
+    answer = json.loads(urllib.request.urlopen(req, timeout=60).read())
+    print("healthz:", json.dumps(health)[:400])
+    print("answer:", json.dumps({k: answer[k] for k in answer if k != "top_k"}), "true label", int(test.labels[0]))
+    drive(f"{url}/v1/recognize", body, args.concurrency, 3.0)  # warm-up
+    single = drive(f"{url}/v1/recognize", body, args.concurrency, args.seconds)
+    batch_body, ctype = multipart([body] * 16)
+    batched = drive(f"{url}/v1/recognize/batch", batch_body, max(1, args.concurrency // 4), args.seconds, ctype)
+    print(f"one image per request, concurrency {args.concurrency}: {single['req_per_s']:.0f} req/s, "
+          f"p50 {single['p50_ms']:.1f} ms, p99 {single['p99_ms']:.1f} ms, errors {single['errors']}")
+    print(f"16 images per request, concurrency {max(1, args.concurrency // 4)}: "
+          f"{16 * batched['req_per_s']:.0f} images/s, p50 {batched['p50_ms']:.1f} ms, errors {batched['errors']}")
+    print(f"RESULT serve_probe_req_per_s {single['req_per_s']:.1f}")
+    print(f"RESULT serve_probe_batch_images_per_s {16 * batched['req_per_s']:.1f}")
+    print(f"RESULT serve_probe_errors {single['errors'] + batched['errors']}")
+    serve.shutdown()
+    ray.shutdown()
+    return 0 if single["errors"] + batched["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
