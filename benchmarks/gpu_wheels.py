@@ -7,8 +7,9 @@ with the checkout), so it is rewritten without what maskcrypt never imports: the
 jar (Ray for Java), RLlib, Ray LLM and the dashboard's web front end (~42 MB left).
 Its ``RECORD`` drops the same entries, so ``pip install --no-deps`` installs it like the
 original; file modes are kept (the raylet and GCS binaries stay executable). Added: the
-pure-Python or small dependencies of ``ray[train,tune,data]`` that the machine's image
-lacks (jsonschema, pydantic and theirs, tensorboardX). ``benchmarks/gpu_session.sh``
+dependencies of ``ray[train,tune,data,serve]`` that the machine's image lacks
+(jsonschema, pydantic, FastAPI, uvicorn, gRPC reflection, OpenTelemetry and theirs),
+pinned to this environment's versions; ~53 MiB in all. ``benchmarks/gpu_session.sh``
 installs them into ``/tmp/site`` there.
 """
 
@@ -22,9 +23,24 @@ import zipfile
 from pathlib import Path
 
 RAY = "ray==2.60.0"
-#: What ray[train,tune,data] needs beyond the GPU image's packages (torch, pyarrow, pandas, aiohttp, ...).
+#: What ray[train,tune,data,serve] needs beyond the GPU image's packages (torch, pyarrow, pandas, aiohttp, ...).
+#: Serve imports gRPC reflection unconditionally: grpcio and protobuf travel too, at the versions of this
+#: environment (a reflection module newer than the machine's grpcio refuses to import).
 EXTRA = ["jsonschema", "jsonschema-specifications", "referencing", "rpds-py", "pydantic", "pydantic-core",
-         "annotated-types", "typing-inspection", "tensorboardX"]
+         "annotated-types", "typing-inspection", "tensorboardX",
+         "fastapi", "starlette", "uvicorn", "python-multipart", "watchfiles", "grpcio", "grpcio-reflection", "protobuf",
+         "opentelemetry-api", "opentelemetry-sdk", "opentelemetry-semantic-conventions", "opentelemetry-proto",
+         "opentelemetry-exporter-prometheus"]
+
+
+def pinned(name: str) -> str:
+    """``name==<version installed here>``, so the machine gets the set this project is tested with; else ``name``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{name}=={version(name)}"
+    except PackageNotFoundError:
+        return name
 #: Parts of Ray that maskcrypt never imports.
 DROP = ("ray/jars/", "ray/rllib/", "ray/llm/", "ray/dashboard/client/")
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
@@ -57,7 +73,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(".whl"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    download(EXTRA, args.python, args.out)
+    download([pinned(n) for n in EXTRA], args.python, args.out)
     with tempfile.TemporaryDirectory() as tmp:
         download([RAY], args.python, Path(tmp))
         (wheel,) = Path(tmp).glob("ray-*.whl")
