@@ -85,12 +85,7 @@ def head_node(tmp_path_factory):
 
 
 def test_select_job_runs_the_whole_method_under_ray_job_submit(head_node, tmp_path):
-    """prepare -> train -> determine, submitted as README shows, on the test's own head node.
-
-    The attackers are the ones that need no training: the trained ones (Ray Tune trials)
-    run in the shared fixture ``determined_run`` already, and here they would only add a
-    Tune run's start-up to the suite.
-    """
+    """prepare -> train -> determine, submitted as README shows, on the test's own head node."""
     import json
 
     address, env = head_node
@@ -102,7 +97,7 @@ def test_select_job_runs_the_whole_method_under_ray_job_submit(head_node, tmp_pa
            "--size", "16", "--mask-count", "12", "--train-mask-count", "12", "--epochs", "4", "--lr", "0.05",
            "--warmup-epochs", "0.5", "--batch-size", "16",
            "--width", "8", "--inpaint-width", "4", "--iterations", "1", "--inpaint-epochs", "1",
-           "--inpaint-batch-size", "16", "--repeats", "1", "--eval-actors", "1", "--attackers", "O,R+O,telea+O,ns+O",
+           "--inpaint-batch-size", "16", "--repeats", "1", "--eval-actors", "1", "--attack-epochs", "1",
            "--thresholds", str(thresholds)]
     for _attempt in range(20):
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
