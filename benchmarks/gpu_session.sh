@@ -7,7 +7,8 @@
 #      on an exported image folder, Ray Train workers on the GPU (--gpus-per-worker 1,
 #      NCCL), evaluation actors sharing it (--eval-gpus), the attackers' Tune trials too;
 #   3. Serve on the GPU: benchmarks/serve_probe.py deploys that run with --gpus 1 per
-#      replica, checks an answer and drives it (one image per request, and 16).
+#      replica, checks an answer and drives it (one image per request, and 16);
+#   4. the capacity job at its default size (100,000 masks at 112 px), one race round.
 #
 # Ray's wheel is larger than what travels to that machine, so it travels stripped (no Java
 # jar, RLlib, LLM or dashboard front end, none of which maskcrypt uses) as wheels in .whl/,
@@ -16,47 +17,63 @@
 #
 #   OUT=/tmp/gpu-out bash benchmarks/gpu_session.sh        # extra flags go to `maskcrypt run`
 #
+# All four stages take ~12 minutes, more than one 10-minute call: choose with STAGES, e.g.
+# STAGES="step run" then STAGES="serve capacity" on the still-warm machine (serve uses the run).
+#
 # Every stage is time-boxed so that one hang cannot eat the lease; logs land in $OUT.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+STAGES=" ${STAGES:-step run serve capacity} "
+want() { [[ "$STAGES" == *" $1 "* ]]; }
 STEP_LIMIT=${STEP_LIMIT:-150}
 RUN_LIMIT=${RUN_LIMIT:-480}
 
-if ! python3 -c "import ray" 2>/dev/null; then
+if ! python3 -c "import ray" 2>/dev/null && [ ! -d /tmp/site/ray ]; then  # installed once per machine
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "wheel install failed"; exit 1; }
-  export PYTHONPATH=/tmp/site
 fi
+[ -d /tmp/site/ray ] && export PYTHONPATH=/tmp/site
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 nvidia-smi -L
 python3 -c "import torch, ray, pyarrow, numpy; print('torch', torch.__version__, 'ray', ray.__version__, \
 'pyarrow', pyarrow.__version__, 'numpy', numpy.__version__, 'bf16', torch.cuda.is_bf16_supported())"
 nproc
 
-echo "== gpu_step"
-timeout "$STEP_LIMIT" python3 benchmarks/gpu_step.py --steps 10 2>&1 | tee "$OUT/gpu_step.txt"
-
-echo "== the method at 112 px on Ray, GPUs in every stage"
-t0=$(date +%s)
-python3 -m maskcrypt data export "synthetic:size=112#split=all" --out /tmp/faces112-data 2>&1 | tail -2
-nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 2 > "$OUT/gpu_util.csv" 2>&1 &
-smi=$!
-timeout "$RUN_LIMIT" python3 -m maskcrypt run --config configs/faces112.yaml --run /tmp/faces112 \
-  --data imagefolder:/tmp/faces112-data --workers 1 --gpus-per-worker 1 --eval-actors 4 --eval-gpus 0.25 \
-  --attack-gpus 0.25 --attack-cpus 2 "$@" 2>&1 | tee "$OUT/run.txt"
-rc=${PIPESTATUS[0]}
-kill $smi 2>/dev/null
-echo "run exit $rc after $(( $(date +%s) - t0 )) s"
-for f in report.md run.json; do [ -f "/tmp/faces112/$f" ] && cp "/tmp/faces112/$f" "$OUT/"; done
-if [ "$rc" -ne 0 ]; then
-  tail -n 40 /tmp/ray/session_latest/logs/*.err /tmp/ray/session_latest/logs/worker*.out 2>/dev/null \
-    | tail -n 400 > "$OUT/ray_logs_tail.txt"
+if want step; then
+  echo "== gpu_step"
+  timeout "$STEP_LIMIT" python3 benchmarks/gpu_step.py --steps 10 2>&1 | tee "$OUT/gpu_step.txt"
 fi
 
-echo "== Serve on the GPU: one replica with --gpus 1, the run's target masks"
-if [ -f /tmp/faces112/targets.json ]; then
+if want run; then
+  echo "== the method at 112 px on Ray, GPUs in every stage"
+  t0=$(date +%s)
+  python3 -m maskcrypt data export "synthetic:size=112#split=all" --out /tmp/faces112-data 2>&1 | tail -2
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 2 > "$OUT/gpu_util.csv" 2>&1 &
+  smi=$!
+  timeout "$RUN_LIMIT" python3 -m maskcrypt run --config configs/faces112.yaml --run /tmp/faces112 \
+    --data imagefolder:/tmp/faces112-data --workers 1 --gpus-per-worker 1 --eval-actors 4 --eval-gpus 0.25 \
+    --attack-gpus 0.25 --attack-cpus 2 "$@" 2>&1 | tee "$OUT/run.txt"
+  rc=${PIPESTATUS[0]}
+  kill $smi 2>/dev/null
+  echo "run exit $rc after $(( $(date +%s) - t0 )) s"
+  for f in report.md run.json; do [ -f "/tmp/faces112/$f" ] && cp "/tmp/faces112/$f" "$OUT/"; done
+  if [ "$rc" -ne 0 ]; then
+    tail -n 40 /tmp/ray/session_latest/logs/*.err /tmp/ray/session_latest/logs/worker*.out 2>/dev/null \
+      | tail -n 400 > "$OUT/ray_logs_tail.txt"
+  fi
+fi
+
+if want serve && [ -f /tmp/faces112/targets.json ]; then
+  echo "== Serve on the GPU: one replica with --gpus 1, the run's target masks"
   timeout "${SERVE_LIMIT:-150}" python3 benchmarks/serve_probe.py /tmp/faces112 --gpus 1 2>&1 | tee "$OUT/serve.txt"
+fi
+
+if want capacity; then
+  echo "== capacity: 100,000 masks at 112 px, Table 1 and one race round on the GPU"
+  timeout "${CAPACITY_LIMIT:-200}" python3 -m maskcrypt capacity --count 100000 --size 112 --max-rounds 1 --images 200 \
+    --eval-actors 4 --eval-gpus 0.25 --out /tmp/capacity 2>&1 | tee "$OUT/capacity.txt"
+  [ -f /tmp/capacity/capacity.json ] && cp /tmp/capacity/capacity.json "$OUT/"
 fi
 exit 0
