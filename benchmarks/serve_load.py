@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,6 +91,21 @@ def multipart(images: list[bytes]) -> tuple[bytes, str]:
     parts = [(f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{i}.png\"\r\n"
               "Content-Type: image/png\r\n\r\n").encode() + data + b"\r\n" for i, data in enumerate(images)]
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def probe_face(run: Path) -> tuple[Any, Any, bytes]:
+    """The run's targets, its test split, and the first test face as the PNG a client would post."""
+    from PIL import Image
+
+    from maskcrypt.data import load
+    from maskcrypt.serving import load_targets
+
+    targets = load_targets(run)  # refuses a run without targets, naming why
+    size = targets.masks.shape[1]
+    test = load(json.loads((run / "run.json").read_text())["prepare"]["data"], default_split="test", size=size)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(test.images[0].transpose(1, 2, 0))).save(buf, format="PNG")
+    return targets, test, buf.getvalue()
 
 
 def profile(seconds: float, out: Path) -> dict[str, list[tuple[str, float]]]:
@@ -219,18 +235,12 @@ def main() -> int:
     run = Path(args.run).resolve()
 
     import ray
-    from PIL import Image
     from ray import serve
 
-    from maskcrypt.data import load
-    from maskcrypt.serving import ServiceConfig, build_app, load_targets
+    from maskcrypt.serving import ServiceConfig, build_app
 
-    targets = load_targets(run)  # refuses a run without targets, naming why
+    targets, test, body = probe_face(run)
     size = targets.masks.shape[1]
-    test = load(json.loads((run / "run.json").read_text())["prepare"]["data"], default_split="test", size=size)
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(test.images[0].transpose(1, 2, 0))).save(buf, format="PNG")
-    body = buf.getvalue()
 
     bare = bare_rates(run, test.images[0], targets.masks[0], args.precision)
     costs = stage_costs(body, size, targets.masks[0])

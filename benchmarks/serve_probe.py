@@ -13,7 +13,6 @@ clients. Ends with ``RESULT`` lines. ``benchmarks/gpu_session.sh`` runs it on th
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -33,23 +32,15 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=8000)
     args = ap.parse_args()
 
-    import numpy as np
     import ray
-    from PIL import Image
     from ray import serve
-    from serve_load import drive, multipart
+    from serve_load import drive, multipart, probe_face
 
     from maskcrypt.cluster import init_ray
-    from maskcrypt.data import load
-    from maskcrypt.serving import ServiceConfig, build_app, load_targets
+    from maskcrypt.serving import ServiceConfig, build_app
 
     run = args.run.resolve()
-    targets = load_targets(run)  # refuses a run without targets, naming why
-    size = targets.masks.shape[1]
-    test = load(json.loads((run / "run.json").read_text())["prepare"]["data"], default_split="test", size=size)
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(test.images[0].transpose(1, 2, 0))).save(buf, format="PNG")
-    body = buf.getvalue()
+    targets, test, body = probe_face(run)
 
     init_ray(include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
