@@ -3,7 +3,7 @@
     python benchmarks/cross_product.py --quick     # 10k masked images per model, ~1-2 minutes
     python benchmarks/cross_product.py             # 100k
 
-Model: the embedded default recognizer (compact ResNet, width 32, 32 x 32, 50 classes)
+Model: the embedded default recognizer (compact ResNet at the run's default width, 32 x 32, 50 classes)
 with *untrained* weights: speed does not depend on them. Images: the synthetic test
 split (400 faces). Masks: generated into a temporary library.
 
@@ -45,7 +45,9 @@ def make_checkpoint(root: Path, classes: list[str]) -> Path:
     from maskcrypt.models.recognizer import RecognizerConfig
 
     torch.manual_seed(0)
-    cfg = RecognizerConfig(num_classes=len(classes), image_size=32)
+    from maskcrypt.config import ModelSettings
+
+    cfg = RecognizerConfig(num_classes=len(classes), image_size=32, width=ModelSettings().width)
     meta = {"kind": "recognizer", "role": "benchmark", "model_config": dataclasses.asdict(cfg),
             "class_names": classes, "image_size": 32, "channels": 3, "epoch": 0}
     return save_checkpoint(root / "model" / "checkpoint_epoch_0000", Recognizer(cfg).eval(), meta)
@@ -70,7 +72,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="10k masked images instead of 100k")
     p.add_argument("--images", type=int, default=0, help="masked images per model (default 10k quick, 100k)")
     p.add_argument("--actors", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--chunk", type=int, default=256)
+    p.add_argument("--chunk", type=int, default=0, help="images per forward pass (0: 64 on CPUs, 256 on GPUs)")
     p.add_argument("--masks-per-batch", type=int, default=4)
     p.add_argument("--masks-per-block", type=int, default=8)
     p.add_argument("--precision", default="auto")

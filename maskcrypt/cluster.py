@@ -36,6 +36,9 @@ def init_ray(**kwargs: Any) -> None:
     import ray
 
     verbose = bool(os.environ.get(VERBOSE))
+    # Ray Train's controller polls its workers every 2 s by default, so each training waits seconds for its own
+    # end; polling every 0.5 s costs nothing measurable. Read by the controllers, which copy this environment.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     if not ray.is_initialized():
         if not verbose:
             kwargs = {"log_to_driver": False, "logging_level": logging.WARNING, **kwargs}

@@ -120,7 +120,9 @@ class TrainConfig:
 class InpaintTrainConfig:
     """R's training hyperparameters (RFR-Net: Adam 2e-4, then a BN-frozen fine-tune at 5e-5)."""
 
-    epochs: int = 12
+    #: 6 on the embedded default: on one core of the 2-core default machine R's epoch costs ~7x one of O, and
+    #: 12 epochs made R the longest training (hole PSNR 17.7 dB after 6, 18.4 after 12: README, "Quality").
+    epochs: int = 6
     batch_size: int = 32
     lr: float = 2e-4
     finetune_epochs: int = 0
@@ -161,7 +163,9 @@ class ModelSettings:
     """Architectures of the three models (the recognizers share one)."""
 
     arch: str = "compact"
-    width: int = 32
+    #: compact only. 16 on the embedded default: E within 0-4 points of width 32 under every bucket, at ~1/4 the
+    #: compute (README "Quality on the embedded defaults").
+    width: int = 16
     depth: tuple[int, ...] = (1, 1, 1, 1)
     head: str = "softmax"
     inpaint_width: int = 16
@@ -174,9 +178,14 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class Resources:
-    """Where training runs: Ray Train workers and what each one gets."""
+    """Where training runs: Ray Train workers and what each one gets.
 
-    workers: int = 2
+    One worker per model by default: on the 2-core default machine two models training
+    side by side (one core each) finish sooner than one model at a time on 2 DDP workers
+    (see :func:`maskcrypt.train.training_slots`); on GPUs, one worker per GPU.
+    """
+
+    workers: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     max_failures: int = 1
@@ -228,14 +237,15 @@ class EvalSettings:
     gpus_per_actor: float = 0.0
     masks_per_batch: int = 8  # masks per Ray Data batch (one actor call)
     masks_per_block: int = 64  # masks per Ray Data block (one actor task; the unit of progress and resume)
-    images_per_chunk: int = 256  # images per forward pass
+    images_per_chunk: int = 0  # images per forward pass; 0 = the device's default (64 on CPUs, 256 on GPUs)
     precision: str = "auto"
     per_image: bool = False  # also emit per-image correctness, bit-packed (hits_<model>)
     timing: bool = False  # also emit when each row was done, by which worker and on which node (benchmarks)
 
     def __post_init__(self) -> None:
-        if min(self.actors, self.masks_per_batch, self.masks_per_block, self.images_per_chunk) < 1:
-            raise MaskcryptError("evaluation: actors, masks per batch/block and images_per_chunk must be >= 1")
+        if min(self.actors, self.masks_per_batch, self.masks_per_block) < 1 or self.images_per_chunk < 0:
+            raise MaskcryptError("evaluation: actors and masks per batch/block must be >= 1, images_per_chunk >= 1 "
+                                 "(0 = the device's default)")
         if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0:
             raise MaskcryptError("evaluation: cpus per actor must be > 0 and gpus per actor >= 0")
         check_precision(self.precision)

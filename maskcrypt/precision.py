@@ -1,9 +1,10 @@
 """Numeric precision: the one place that decides bf16 or fp32 and opens the autocast region.
 
 ``--precision`` takes ``auto``, ``bf16`` or ``fp32`` everywhere (training, evaluation,
-serving). ``auto`` means bf16 autocast with channels_last where the hardware has native
-bf16 (CUDA GPUs that report it, CPUs with AVX512-BF16 or AMX as on our machines), fp32
-elsewhere; ``bf16`` on hardware without it is an error rather than a slow emulation.
+serving). ``auto`` means bf16 autocast where the hardware has native bf16 (CUDA GPUs that
+report it, CPUs with AVX512-BF16 or AMX), fp32 elsewhere; ``bf16`` on hardware without it
+is an error rather than a slow emulation. Convolutions run channels_last on every device
+(oneDNN's and cuDNN's fast layout), whatever the precision.
 Training, the predictor and every benchmark import this module downward, so a speed
 figure and the code it describes always resolve precision the same way.
 """
@@ -55,8 +56,25 @@ def use_bf16(precision: str, device_type: str) -> bool:
 
 
 def channels_last(device_type: str, bf16: bool) -> bool:
-    """Whether 4-d tensors and conv weights should be channels_last: GPUs always, CPUs with bf16."""
-    return device_type == "cuda" or bf16
+    """Whether 4-d tensors and conv weights should be channels_last: on GPUs and CPUs, in bf16 and fp32.
+
+    ``benchmarks/cpu_layout.py`` on a 2-vCPU AMD EPYC without bf16 (fp32, one thread, the
+    default compact recognizer at 32 px): 1.21x the forward rate and 1.33x the training
+    rate of NCHW; RFR-Net 1.25x and 1.18x. ``bf16`` stays in the signature so callers state
+    the precision they resolved.
+    """
+    return device_type in ("cuda", "cpu")
+
+
+def default_chunk(device_type: str) -> int:
+    """Images per forward pass when the caller does not say: 64 on CPUs, 256 on GPUs.
+
+    On the bf16 Xeons of RAY_NOTES a batch of 64 was faster per image than 256 in every
+    mode; on the fp32 EPYC of ``benchmarks/cpu_layout.py`` it is a wash (0.90x at width 16,
+    1.06x at width 32, within this machine's run-to-run drift). GPUs want large batches
+    (BENCHMARKS: the H200 was fastest at 1,024).
+    """
+    return 256 if device_type == "cuda" else 64
 
 
 def autocast(device_type: str, bf16: bool) -> contextlib.AbstractContextManager[Any]:

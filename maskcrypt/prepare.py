@@ -59,7 +59,7 @@ def _libraries(paths: RunPaths) -> list[Any]:
 
 
 def _prepare(paths: RunPaths, config: PrepareConfig, restart: bool, log: Any) -> dict[str, Any]:
-    from maskcrypt.data import source_split
+    from maskcrypt.data import labelled, source_split
     from maskcrypt.masks import MaskLibrary, overlay, parse_buckets
     from maskcrypt.masks.generate import generate_into
     from maskcrypt.pictures import auto_scale, grid_image, mask_grid, save_png
@@ -99,7 +99,7 @@ def _prepare(paths: RunPaths, config: PrepareConfig, restart: bool, log: Any) ->
     # The splits' indexes only: the training set is decoded by Ray Data during training, never here.
     train = source_split(config.data, default_split="train", size=config.size)
     test = source_split(config.data, default_split="test", size=config.size)
-    log(f"data          {config.data}: {len(train)} train / {len(test)} test images of "
+    log(f"data          {labelled(config.data)} {len(train)} train / {len(test)} test images of "
         f"{len(train.class_names)} classes, {train.channels}x{config.size}x{config.size}")
 
     save_png(mask_grid(lib, per_bucket=8), paths.root / "masks.png")

@@ -18,7 +18,7 @@ import numpy as np
 from maskcrypt.errors import MaskcryptError
 
 
-def training_quality(run: str | os.PathLike[str], test_data: str, seed: int = 0, batch: int = 256,
+def training_quality(run: str | os.PathLike[str], test_data: str, seed: int = 0, batch: int = 0,
                      precision: str = "auto") -> dict[str, Any]:
     """E, O and R on ``test_data``'s test split under one random mask of each bucket per image."""
     import torch
@@ -105,7 +105,7 @@ def cached_training_quality(run: str | os.PathLike[str], test_data: str, seed: i
 
 
 def format_quality(q: dict[str, Any]) -> str:
-    lines = [f"held-out quality on {q['images']} images of {q['test_data']} (one random mask per image):",
+    lines = [f"held-out quality on {q['images']} images of {q['test_data']}, one random mask per image:",
              f"{'bucket':>14} {'E acc':>7} {'O acc':>7} {'R PSNR':>8} {'mean fill':>10}"]
     for row in q["rows"]:
         psnr = f"{row['R_hole_psnr']:8.2f} {row['mean_fill_psnr']:10.2f}" if "R_hole_psnr" in row else ""

@@ -54,7 +54,7 @@ class CrossProductScorer:
     """
 
     def __init__(self, test: Any, models: dict[str, str], splits: Sequence[str] = ("selection",),
-                 precision: str = "auto", images_per_chunk: int = 256, mode: str = "masks",
+                 precision: str = "auto", images_per_chunk: int = 0, mode: str = "masks",
                  bucket_masks: Any = None, inpainter: str | None = None, per_image: bool = False,
                  timing: bool = False, gpus: float = 0.0, attackers: Sequence[str] = (),
                  known: dict[str, str] | None = None):

@@ -45,7 +45,9 @@ class Thresholds:
     t_gap: float = 0.30  # first threshold: first - second accuracy of a target bucket
     t_drop: float = 0.07  # second threshold: fourth - fifth accuracy of a target mask
     top_k: int = 3  # candidates per target bucket (at least 2)
-    attack_top: int = 5  # masks per target bucket that the attack stage measures (>= top_k)
+    #: Masks per target bucket that the attack stage measures (>= top_k): the candidates by default; raise it to
+    #: let the threshold search try a larger top_k without new model runs.
+    attack_top: int = 3
     confidence: float = 0.95  # level of every interval
     #: Optional: a target's worst attacker accuracy (selection split, results/attacks.parquet) must be below it.
     t_attack: float | None = None

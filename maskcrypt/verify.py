@@ -159,7 +159,7 @@ def _masks(root: Path, ids: list[str] | None) -> tuple[list[tuple[str, int, str,
 
 
 def verify(run: str | Path, pairs: str = "", mask_ids: list[str] | None = None, precision: str = "auto",
-           chunk: int = 256, device: str | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
+           chunk: int = 0, device: str | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
     """Verification of a run's target masks on a source's pairs; writes the table, the ROC picture and run.json."""
     import torch
 

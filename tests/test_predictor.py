@@ -52,6 +52,16 @@ def test_chunking_does_not_change_the_answer(models):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
 
 
+def test_the_device_sets_the_default_chunk_and_layout(models):
+    nets, x, _ = models
+    p = Predictor(nets, precision="fp32")
+    assert p.chunk == 64 and p.channels_last  # CPUs: batches of 64, channels_last in fp32 too (cpu_layout.py)
+    assert p.to_device(x).is_contiguous(memory_format=torch.channels_last)
+    assert Predictor(nets, precision="fp32", chunk=5).chunk == 5
+    with pytest.raises(MaskcryptError, match="chunk must be >= 1"):
+        Predictor(nets, precision="fp32", chunk=-1)
+
+
 def test_judgement_closed_and_open_set():
     logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 5.0]])
     correct, score = Predictor.judge(logits, torch.tensor([0, 1]))

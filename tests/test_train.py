@@ -22,7 +22,7 @@ from maskcrypt.data import load
 from maskcrypt.errors import MaskcryptError
 from maskcrypt.masks import MaskLibrary, overlay
 from maskcrypt.models import Inpainter, Recognizer
-from maskcrypt.train import TrainInputs, train_model, train_run
+from maskcrypt.train import TrainInputs, train_model, train_run, training_slots
 
 TINY_MODELS = ModelSettings(width=8, inpaint_width=4, inpaint_iterations=1)
 TINY_TRAIN = TrainConfig(epochs=4, batch_size=16, lr=0.05, warmup_epochs=0.5)
@@ -35,7 +35,7 @@ def test_three_models_train_and_load(tiny_run):
         history = metas[role]["history"]
         assert [h["epoch"] for h in history] == [1, 2, 3, 4]
         assert history[-1]["loss"] < history[0]["loss"], role  # loss decreases
-        assert metas[role]["world_size"] == 2
+        assert metas[role]["world_size"] == 1  # one worker per model, side by side (DDP: the killed-worker test)
     assert metas["inpainter"]["history"][-1]["loss"] < metas["inpainter"]["history"][0]["loss"]
     assert metas["inpainter"]["feature_losses"] is False  # no VGG weights here: recorded
     o = Recognizer.from_checkpoint(run / "models" / "original")
@@ -54,6 +54,17 @@ def test_three_models_train_and_load(tiny_run):
     assert filled.shape == x.shape
     record = json.loads((run / "run.json").read_text())
     assert set(record["stages"]["train"]) == {"original", "encrypted", "inpainter"}
+
+
+def test_models_train_side_by_side_as_far_as_the_cluster_holds_their_worker_groups():
+    two_cpus = {"CPU": 2.0}
+    assert training_slots(Resources(), two_cpus, streams=False) == 2  # the default: O|E beside R, a core each
+    assert training_slots(Resources(workers=2), two_cpus, streams=False) == 1  # one DDP group fills the machine
+    assert training_slots(Resources(), two_cpus, streams=True) == 1  # Ray Data keeps a CPU for decoding
+    assert training_slots(Resources(workers=4, cpus_per_worker=2), {"CPU": 64.0}, streams=True) == 7
+    gpus = Resources(workers=2, gpus_per_worker=1)
+    assert training_slots(gpus, {"CPU": 64.0, "GPU": 4.0}, streams=False) == 2  # GPUs bound it, not CPUs
+    assert training_slots(gpus, {"CPU": 64.0, "GPU": 1.0}, streams=False) == 1  # never below one
 
 
 def test_complete_models_are_not_retrained_and_other_settings_are_refused(tiny_run):

@@ -80,6 +80,12 @@ class _Prepared:
     channels: int
 
 
+def labelled(spec: str | DataSpec) -> str:
+    """A spec's text followed by a colon, for "SPEC: what it holds" lines: ``synthetic:`` is not doubled."""
+    text = spec.text if isinstance(spec, DataSpec) else str(spec)
+    return text if text.endswith(":") else f"{text}:"
+
+
 def _as_spec(spec: str | DataSpec) -> DataSpec:
     return spec if isinstance(spec, DataSpec) else parse_spec(spec)
 

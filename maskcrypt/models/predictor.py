@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from maskcrypt.errors import MaskcryptError
 from maskcrypt.masks.core import overlay
 from maskcrypt.models.recognizer import Recognizer
-from maskcrypt.precision import autocast, channels_last, use_bf16
+from maskcrypt.precision import autocast, channels_last, default_chunk, use_bf16
 
 #: Masks for a forward: none, one H x W mask for every image, one per image (N x H x W),
 #: or a function ``(start, stop) -> mask(s)`` for images ``start:stop`` (built per chunk).
@@ -47,9 +47,9 @@ class Predictor:
     """Recognizers (and optionally R) on one device at one precision: mask, fill, recognize, judge."""
 
     def __init__(self, models: Recognizer | Mapping[str, Recognizer], device: str | torch.device = "cpu",
-                 precision: str = "auto", chunk: int = 256, inpainter: Any = None):
-        if chunk < 1:
-            raise MaskcryptError(f"predictor: chunk must be >= 1 image, got {chunk}")
+                 precision: str = "auto", chunk: int = 0, inpainter: Any = None):
+        if chunk < 0:
+            raise MaskcryptError(f"predictor: chunk must be >= 1 image (0 = the device's default), got {chunk}")
         self.device = torch.device(device)
         self.bf16 = use_bf16(precision, self.device.type)
         self.channels_last = channels_last(self.device.type, self.bf16)
@@ -58,7 +58,7 @@ class Predictor:
             raise MaskcryptError("predictor: needs at least one recognizer")
         self.models = {name: self._place(m) for name, m in named.items()}
         self.inpainter = self._place(inpainter) if inpainter is not None else None
-        self.chunk = int(chunk)
+        self.chunk = int(chunk) or default_chunk(self.device.type)
 
     def _place(self, model: torch.nn.Module) -> torch.nn.Module:
         model = model.to(self.device)
@@ -68,7 +68,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoints(cls, paths: Mapping[str, str | os.PathLike[str]], device: str | torch.device = "cpu",
-                         precision: str = "auto", chunk: int = 256,
+                         precision: str = "auto", chunk: int = 0,
                          inpainter: str | os.PathLike[str] | None = None) -> Predictor:
         """Recognizers from checkpoint folders (newest complete checkpoint each), R from its folder if given."""
         models = {name: Recognizer.from_checkpoint(p) for name, p in paths.items()}
@@ -81,7 +81,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu",
-                        precision: str = "auto", chunk: int = 256) -> Predictor:
+                        precision: str = "auto", chunk: int = 0) -> Predictor:
         """One recognizer (named ``model``): what serving and a benchmark need."""
         return cls.from_checkpoints({"model": path}, device, precision, chunk)
 
