@@ -452,6 +452,7 @@ def train_for(d: Any, alist: pd.DataFrame) -> dict[str, Path]:
     ``adaptive-known`` (K = 1: one mask). Records the settings and each attacker's state
     in ``d.result["attack"]``.
     """
+    from maskcrypt.data import labelled
     from maskcrypt.models.checkpoint import find_checkpoint
 
     kinds = d.attack.trained
@@ -473,7 +474,7 @@ def train_for(d: Any, alist: pd.DataFrame) -> dict[str, Path]:
         for mid, mask in zip(batch.mask_ids, batch.masks):
             jobs[mid] = make_job(mid, d.paths.attackers / folder_name(mid), mask[None], 1, o_ckpt, o_meta, data,
                                  d.attack.epochs, {"mask_id": mid})
-    d.log(f"attacker data {data['spec']}: {len(data['labels'])} images of {len(set(data['labels'].tolist()))} "
+    d.log(f"attacker data {labelled(data['spec'])} {len(data['labels'])} images of {len(set(data['labels'].tolist()))} "
           f"identities; {len(jobs)} adaptive attacker(s), {d.attack.epochs} epoch(s) each")
     folders, record = train_attackers(jobs, {"images": data["images"], "labels": data["labels"]},
                                       d.paths.attackers / ".tune", d.attack, d.log)

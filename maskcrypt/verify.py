@@ -164,6 +164,7 @@ def verify(run: str | Path, pairs: str = "", mask_ids: list[str] | None = None, 
     import torch
 
     from maskcrypt.config import check_same_training
+    from maskcrypt.data import labelled
     from maskcrypt.fileio import write_parquet
     from maskcrypt.models.predictor import Predictor
     from maskcrypt.run import RunPaths, update_record
@@ -188,8 +189,9 @@ def verify(run: str | Path, pairs: str = "", mask_ids: list[str] | None = None, 
     ds, prs, origin = load_pairs(spec, size, channels)
     masks, what = _masks(paths.root, mask_ids)
     same = int(prs[:, 2].sum())
-    log(f"verify: {spec}: {len(prs)} pairs ({same} same, {len(prs) - same} different) of {len(ds.images)} images, "
-        f"{np.unique(prs[:, 3]).size} folds, pairs {origin}; {len(masks)} {what}; flip-sum embeddings on {device}")
+    log(f"verify: {labelled(spec)} {len(prs)} pairs ({same} same, {len(prs) - same} different) of "
+        f"{len(ds.images)} images, {np.unique(prs[:, 3]).size} folds, pairs {origin}; {len(masks)} {what}; "
+        f"flip-sum embeddings on {device}")
     table = verify_images(predictor, ds.images, prs, masks, log=log)
     table.insert(0, "pairs_source", spec)
     write_parquet(table, paths.results / f"{TABLE}.parquet")
