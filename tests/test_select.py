@@ -130,7 +130,8 @@ def test_candidates_attack_list_and_basic_rule():
     assert cands.groupby("bucket")["mask_id"].apply(list).to_dict() == {
         5: ["b5m0", "b5m1", "b5m2"], 6: ["b6m0", "b6m1", "b6m2"]}
     assert cands["rank"].tolist() == [1, 2, 3, 1, 2, 3]
-    assert len(attack_list(pm, [5, 6])) == 10  # top 5 per bucket
+    assert len(attack_list(pm, [5, 6])) == 6  # the default attack_top: the top 3 per bucket
+    assert len(attack_list(pm, [5, 6], Thresholds(attack_top=5))) == 10
     chosen, why = basic_selection(pm)
     assert why is None and (chosen["third"] > 0.8).all() and (chosen["acc_O"] < 0.5).all()
     assert chosen["third"].is_monotonic_decreasing
