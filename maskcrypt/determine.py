@@ -85,6 +85,7 @@ class Determination:
     timings: dict[str, float] = field(default_factory=dict)
     result: dict[str, Any] = field(default_factory=dict)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    redo: bool = False
 
     @property
     def labels(self) -> dict[int, str]:
@@ -119,6 +120,31 @@ class Determination:
     def write(self, df: pd.DataFrame, name: str) -> pd.DataFrame:
         write_parquet(df, self.paths.results / f"{name}.parquet")
         return df
+
+    def cached(self, name: str, settings: dict[str, Any],
+               compute: Callable[[], tuple[pd.DataFrame, dict[str, Any]]]) -> tuple[pd.DataFrame, dict[str, Any], bool]:
+        """A stage's counts, kept under ``results/cache/`` and reused by a relaunch with the same inputs.
+
+        Sampled Table 1 and the adaptive race are not resumable parts like full mode's, and
+        a relaunch that only changes thresholds or attackers would redo them (minutes). The
+        key is the parts key (models, test data, library, precision, seed) plus the stage's
+        own ``settings``; the record is written after the table and names its sha256, so a
+        table without a matching record is never read. ``redo`` recomputes. Returns the
+        table, the stage's extra record and whether it was reused.
+        """
+        from maskcrypt.models.checkpoint import sha256_file
+
+        table, record = self.paths.results / "cache" / f"{name}.parquet", self.paths.results / "cache" / f"{name}.json"
+        key = json.loads(json.dumps({**{k: v for k, v in self.key.items() if k != "inpainter_sha256"}, name: settings},
+                                    sort_keys=True, default=str))
+        if not self.redo and table.exists() and record.exists():
+            saved = json.loads(record.read_text())
+            if saved.get("key") == key and saved.get("sha256") == sha256_file(table):
+                return pd.read_parquet(table), saved.get("extra", {}), True
+        df, extra = compute()
+        write_parquet(df, table)
+        write_json(record, {"key": key, "sha256": sha256_file(table), "extra": extra})
+        return df, extra, False
 
 
 def _library_sha(lib: Any) -> str:
@@ -187,7 +213,7 @@ def open_determination(run: Any, config: DetermineConfig, thresholds: Thresholds
            "per_image": settings.per_image, "inpainter_sha256": r_meta.get("model_sha256"),
            **{f"model_{k}_sha256": m.get("model_sha256") for k, m in metas.items()}}
     d = Determination(paths, config, thresholds, settings, adaptive, test, raw.spec.text, int(kept.size), lib, models,
-                      paths.models / "inpainter", key, log)
+                      paths.models / "inpainter", key, log, redo=redo)
     if not d.present:
         raise MaskcryptError(f"mask library {lib.uri}: no mask in any bucket (empty library)")
     _check_parts_key(d.parts, {k: v for k, v in key.items() if k != "inpainter_sha256"}, redo)
@@ -202,9 +228,12 @@ def table1(d: Determination) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     cfg, models, n_sel = d.config, d.models, d.test.probes("selection")
     pm_counts = None
     if cfg.table1_mode == "sampled":
-        counts = evaluate_sampled(d.library, d.test, models, repeats=cfg.repeats, seed=cfg.seed, buckets=d.present,
-                                  settings=d.settings)
-        what = f"{len(d.present)} buckets x {cfg.repeats} repetitions x {n_sel} images"
+        counts, _, reused = d.cached("table1_sampled", {"repeats": cfg.repeats, "buckets": d.present},
+                                     lambda: (evaluate_sampled(d.library, d.test, models, repeats=cfg.repeats,
+                                                               seed=cfg.seed, buckets=d.present, settings=d.settings),
+                                              {}))
+        what = (f"{len(d.present)} buckets x {cfg.repeats} repetitions x {n_sel} images"
+                + (" (reused: same models, test data, masks and settings)" if reused else ""))
     else:
         clean = evaluate_sampled(d.library, d.test, models, repeats=1, seed=cfg.seed, buckets=[], settings=d.settings)
         pm_counts = evaluate_masks(d.library, d.test, models, buckets=d.present, settings=d.settings, parts=d.parts,
@@ -233,12 +262,22 @@ def rank(d: Determination, buckets: list[int], pm_counts: pd.DataFrame | None) -
         mode = "adaptive" if n_masks * n_sel > ADAPTIVE_ABOVE and pm_counts is None else "full"
     resumed: set[str] = set()
     if pm_counts is None and mode == "adaptive":
-        pm_counts, rounds = evaluate_adaptive(d.library, d.test, d.models, measured, keep=d.thresholds.attack_top,
-                                              plan=d.adaptive, settings=d.settings, log=d.log)
+        def race() -> tuple[pd.DataFrame, dict[str, Any]]:
+            counts, rounds = evaluate_adaptive(d.library, d.test, d.models, measured, keep=d.thresholds.attack_top,
+                                               plan=d.adaptive, settings=d.settings, log=d.log)
+            return counts, {"rounds": rounds}
+
+        pm_counts, extra, reused = d.cached("adaptive", {"plan": dataclasses.asdict(d.adaptive), "buckets": measured,
+                                                         "keep": d.thresholds.attack_top}, race)
+        rounds = extra["rounds"]
+        if reused:
+            resumed = set(pm_counts["mask_id"])
+            d.log(f"adaptive: reused the race of results/cache/ ({len(pm_counts)} masks; same models, test data, "
+                  "masks, plan and attack_top)")
         spent = sum(r["forward_passes"] for r in rounds)
         full_cost = n_masks * d.images_per_mask * len(d.models)
         d.result["adaptive"] = {"rounds": rounds, "forward_passes": spent, "full_forward_passes": full_cost,
-                                "confidence": d.adaptive.confidence, "keep": d.thresholds.attack_top}
+                                "confidence": d.adaptive.confidence, "keep": d.thresholds.attack_top, "reused": reused}
         d.log(f"adaptive: {spent:,} forward passes against {full_cost:,} in full mode "
               f"({full_cost / max(spent, 1):.1f}x fewer)")
     elif pm_counts is None:

@@ -125,6 +125,17 @@ def test_adaptive_rank_mode_reports_its_rounds_and_measures_candidates_on_every_
     assert (cands["n"] == result["splits"]["selection"]).all()  # ranked on every selection image
     report = (run / "report.md").read_text()
     assert "Ranked adaptively" in report and f"{ad['forward_passes']:,} forward passes" in report
+    assert not ad["reused"]
+    # A relaunch with the same inputs (e.g. other t_enc/t_orig) reuses the race and sampled Table 1, not re-races.
+    before = pd.read_parquet(run / "results" / "per_mask.parquet")
+    lines: list[str] = []
+    again = determine(run, LOOSE, repeats=1, per_mask="all", rank_mode="adaptive",
+                      adaptive=AdaptivePlan(first=3, growth=2.0), settings=FP32, report=False, log=lines.append)
+    assert again["adaptive"]["reused"] and again["adaptive"]["rounds"] == ad["rounds"]
+    assert any("reused the race" in line for line in lines) and any("table1:" in line and "(reused" in line
+                                                                    for line in lines)
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "results" / "per_mask.parquet"), before)
+    assert again["throughput"]["per_mask_images_per_s"] is None  # nothing measured now: no rate to claim
 
 
 def test_no_target_bucket_is_reported_with_the_closest_values(tiny_run):
