@@ -49,7 +49,7 @@ fi
 if want run; then
   echo "== the method at 112 px on Ray, GPUs in every stage"
   t0=$(date +%s)
-  python3 -m maskcrypt data export "synthetic:size=112#split=all" --out /tmp/faces112-data 2>&1 | tail -2
+  python3 -m maskcrypt data export "synthetic:size=112,per_identity=30#split=all" --out /tmp/faces112-data 2>&1 | tail -2
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 2 > "$OUT/gpu_util.csv" 2>&1 &
   smi=$!
   timeout "$RUN_LIMIT" python3 -m maskcrypt run --config configs/faces112.yaml --run /tmp/faces112 \

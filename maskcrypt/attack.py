@@ -339,6 +339,20 @@ def _trial(config: dict[str, Any], jobs: dict[str, dict[str, Any]], data: dict[s
         tune.report(metrics)
 
 
+def auto_trial_cpus(trials: int, cap: int = 8) -> float:
+    """CPUs per attacker trial when not set: the cluster's CPUs spread over the trials, within one node.
+
+    A lone trial (the default's family attacker) gets its node's CPUs, up to ``cap``
+    (small models gain little beyond that); with more trials than CPUs each gets one, so
+    they run side by side. Never more than a node holds: a trial's threads share one process.
+    """
+    import ray
+
+    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources().get("CPU", 1.0)
+    return float(max(1, min(cap, int(max(nodes, default=1.0)), int(total // max(trials, 1)))))
+
+
 def train_attackers(jobs: dict[str, dict[str, Any]], data: dict[str, Any], storage: Path,
                     config: AttackConfig = AttackConfig(),
                     log: Callable[[str], None] = print) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -368,7 +382,7 @@ def train_attackers(jobs: dict[str, dict[str, Any]], data: dict[str, Any], stora
     if todo:
         require_ray("attacker training")
         check_gpus("--attack-gpus", config.trial_gpus)
-        cpus, gpus = config.trial_cpus, config.trial_gpus
+        cpus, gpus = config.trial_cpus or auto_trial_cpus(len(todo)), config.trial_gpus
         for job in todo.values():
             job["cpus"], job["gpus"] = cpus, gpus
         log(f"attackers: training {len(todo)} ({', '.join(sorted(todo)[:6])}{' ...' if len(todo) > 6 else ''}) as "

@@ -73,6 +73,7 @@ RUN_FLAGS: list[tuple[tuple[str, ...], tuple[str, ...], dict[str, Any], str]] = 
     (("--schedule",), ("train.schedule",), {"choices": ("cosine", "step", "constant")}, ""),
     (("--warmup-epochs",), ("train.warmup_epochs",), {"type": float}, ""),
     (("--augment",), ("train.augment",), {"choices": ("flip", "none")}, ""),
+    (("--label-smoothing",), ("train.label_smoothing",), {"type": float}, "of O's and E's cross-entropy"),
     (("--precision",), ("train.precision", "inpaint.precision", "evaluation.precision"), {"choices": PRECISIONS},
      "auto = bf16 autocast + channels_last where the hardware has bf16, else fp32 (training and evaluation)"),
     (("--seed",), ("train.seed", "inpaint.seed", "sampling.seed", "determine.seed", "adaptive.seed"),
@@ -141,7 +142,8 @@ RUN_FLAGS: list[tuple[tuple[str, ...], tuple[str, ...], dict[str, Any], str]] = 
      "the attacker's labelled images (default: the training data, train split: the worst case; SPEC#limit=N "
      "for a weaker attacker)"),
     (("--attack-cpus",), ("attack.trial_cpus",), {"type": float},
-     "CPUs (torch threads) per attacker training trial; the trials run side by side on the cluster's CPUs"),
+     "CPUs (torch threads) per attacker training trial; the trials run side by side on the cluster's CPUs "
+     "(0 = auto: spread over the trials, a lone trial gets its node's, up to 8)"),
     (("--attack-gpus",), ("attack.trial_gpus",), {"type": float}, "GPUs per attacker training trial"),
     (("--thresholds",), ("thresholds",), {"type": _thresholds},
      "JSON/YAML file of thresholds (t_enc, t_orig, t_gap, t_drop, top_k, attack_top, confidence, t_attack); "

@@ -33,7 +33,7 @@ def ray_session():
 
 
 #: The tiny trained run's settings: the same code as the defaults, a few seconds of compute.
-TINY_DATA = "synthetic:identities=6,per_identity=16"
+TINY_DATA = "synthetic:identities=6,per_identity=16,test_fraction=0.2"
 TINY_SIZE = 16
 
 

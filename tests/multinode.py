@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from ports import free_port
 
-DATA = "synthetic:identities=6,per_identity=16"
+DATA = "synthetic:identities=6,per_identity=16,test_fraction=0.2"
 SIZE = 16
 
 

@@ -107,6 +107,18 @@ def test_tune_budget_caps_the_worst_attacker():
         Budget(max_attacker=2.0)
 
 
+def test_auto_trial_cpus_spreads_the_cpus_over_the_trials(ray_session):
+    import ray
+
+    from maskcrypt.attack import auto_trial_cpus
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    assert auto_trial_cpus(1) == min(cpus, 8)  # a lone trial takes the node's CPUs, up to 8
+    assert auto_trial_cpus(1, cap=1) == 1
+    assert auto_trial_cpus(cpus) == 1 and auto_trial_cpus(10 * cpus) == 1  # side by side, one each
+    assert auto_trial_cpus(max(1, cpus // 2)) == cpus // max(1, cpus // 2)
+
+
 def test_attacker_names_flags_and_yaml():
     from maskcrypt.cli import build_parser
     from maskcrypt.flags import RUN_FLAGS, TUNE_FLAGS, build_config
@@ -125,7 +137,8 @@ def test_attacker_names_flags_and_yaml():
     config = build_config(args, RUN_FLAGS)
     assert config.attack == AttackConfig("all", 2, "synthetic:#limit=40", 2.0)
     with pytest.raises(MaskcryptError, match="cpus per trial"):
-        AttackConfig(trial_cpus=0)
+        AttackConfig(trial_cpus=-1)
+    assert AttackConfig().trial_cpus == 0  # auto (auto_trial_cpus, checked on the session's cluster)
     assert RunConfig.from_dict({"attack": {"attackers": "telea+O", "epochs": 1}}).attack.names() == ("O", "R+O",
                                                                                                     "telea+O")
     tune_args = build_parser().parse_args(["tune", "--max-attacker", "0.4"])

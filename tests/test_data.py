@@ -31,16 +31,18 @@ def test_synthetic_is_deterministic_split_and_sized():
     spec = "synthetic:identities=6,per_identity=10,size=24"
     train = load(spec, default_split="train")
     test = load(spec + "#split=test")
-    assert train.images.shape == (48, 3, 24, 24) and test.images.shape == (12, 3, 24, 24)
+    # synthetic's own test fraction (0.12: 6 of the default 50 faces per person) rounds to 1 of 10 here
+    assert train.images.shape == (54, 3, 24, 24) and test.images.shape == (6, 3, 24, 24)
     assert train.images.dtype == np.uint8
-    assert np.bincount(test.labels).tolist() == [2] * 6
+    assert np.bincount(test.labels).tolist() == [1] * 6
+    assert len(load(spec + "#split=test,test_fraction=0.2")) == 12
     again = load(spec + "#split=test")
     np.testing.assert_array_equal(test.images, again.images)
     assert test.content_hash() == again.content_hash()
     other_seed = load(spec + "#split=test,seed=1")
     assert not np.array_equal(test.images, other_seed.images)
     grey = load(spec + "#split=test,channels=1", size=40)
-    assert grey.images.shape == (12, 1, 40, 40)
+    assert grey.images.shape == (6, 1, 40, 40)
     assert train.class_names[:2] == ["id000", "id001"]
 
 
@@ -212,8 +214,8 @@ def test_held_out_synthetic_faces_share_no_image_with_any_training_split():
         return {hashlib.sha256(im.tobytes()).hexdigest() for im in load(spec, default_split="all", size=16).images}
 
     trained = digests("synthetic:#split=all")  # every image of the default source, train and test split
-    assert len(trained) == 2400
+    assert len(trained) == 4000
     assert not trained & digests(held_out_spec(80, 2))
-    assert len(trained & digests("synthetic:per_identity=32#split=all")) == 2400
+    assert len(trained & digests("synthetic:per_identity=52#split=all")) == 4000
     same_people = load(held_out_spec(80, 2), default_split="all", size=16)
     assert same_people.class_names == load("synthetic:", default_split="all", size=16).class_names

@@ -93,7 +93,8 @@ def test_select_job_runs_the_whole_method_under_ray_job_submit(head_node, tmp_pa
     thresholds = tmp_path / "loose.json"  # the tiny models pass every rule: the whole path runs
     thresholds.write_text(json.dumps({"t_gap": 0.0, "t_drop": 0.0, "top_k": 2, "attack_top": 2}))
     cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-           "python", "jobs/select.py", "--run", str(run), "--data", "synthetic:identities=6,per_identity=16",
+           "python", "jobs/select.py", "--run", str(run), "--data",
+           "synthetic:identities=6,per_identity=16,test_fraction=0.2",
            "--size", "16", "--mask-count", "12", "--train-mask-count", "12", "--epochs", "4", "--lr", "0.05",
            "--warmup-epochs", "0.5", "--batch-size", "16",
            "--width", "8", "--inpaint-width", "4", "--iterations", "1", "--inpaint-epochs", "1",

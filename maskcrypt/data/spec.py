@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from maskcrypt.data.synthetic import DEFAULT_IDENTITIES, DEFAULT_PER_IDENTITY
+from maskcrypt.data.synthetic import DEFAULT_IDENTITIES, DEFAULT_PER_IDENTITY, DEFAULT_TEST_FRACTION
 from maskcrypt.errors import MaskcryptError
 
 KINDS = ("imagefolder", "lfw", "celeba", "idx", "npz", "synthetic", "bin")
@@ -48,7 +48,7 @@ COMMON: dict[str, tuple[type, Any]] = {
 EXTRA: dict[str, dict[str, tuple[type, Any]]] = {
     # offset: variants offset .. offset + per_identity - 1 of each identity (images disjoint from offset 0's)
     "synthetic": {"identities": (int, DEFAULT_IDENTITIES), "per_identity": (int, DEFAULT_PER_IDENTITY),
-                  "offset": (int, 0)},
+                  "offset": (int, 0), "test_fraction": (float, DEFAULT_TEST_FRACTION)},
 }
 
 
