@@ -53,7 +53,7 @@ def tiny_run(ray_session, tmp_path_factory):
     metas = train_run(
         run, TINY_DATA, TINY_SIZE,
         models=ModelSettings(width=8, inpaint_width=4, inpaint_iterations=1),
-        train_config=TrainConfig(epochs=4, batch_size=16, lr=0.05, warmup_epochs=0.5),
+        train_config=TrainConfig(epochs=4, batch_size=16, lr=0.05, warmup_epochs=0.5, label_smoothing=0.0),
         inpaint_config=InpaintTrainConfig(epochs=2, batch_size=16),
         log=lambda *_: None,
     )

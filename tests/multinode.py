@@ -47,7 +47,9 @@ def work(run: Path, stream: bool) -> dict:
     quiet = lambda *_: None  # noqa: E731
     prepare(run, PrepareConfig(data=DATA, size=SIZE, mask_count=24, train_mask_count=12), log=quiet)
     train_run(run, DATA, SIZE, models=ModelSettings(width=8),
-              train_config=TrainConfig(epochs=2, batch_size=16, lr=0.05, warmup_epochs=0.5),  # default precision
+              # default precision
+              train_config=TrainConfig(epochs=2, batch_size=16, lr=0.05, warmup_epochs=0.5,
+                                       label_smoothing=0.0),
               resources=Resources(workers=2, cpus_per_worker=1), sources=TrainSources(models="encrypted"), log=quiet)
     final = sorted((run / "models" / "encrypted").glob("checkpoint_*/model.pt"))[-1]
     weights = torch.load(final, weights_only=True)
@@ -66,7 +68,8 @@ def work(run: Path, stream: bool) -> dict:
         write_imagefolder(source_split(f"{DATA}#split=all", size=SIZE), run / "faces")
         spec = f"imagefolder:{run / 'faces'}#size={SIZE}"
         meta = train_run(run / "streamed", spec, SIZE, models=ModelSettings(width=8),
-                         train_config=TrainConfig(epochs=1, batch_size=16, lr=0.05, warmup_epochs=0.5),
+                         train_config=TrainConfig(epochs=1, batch_size=16, lr=0.05, warmup_epochs=0.5,
+                                                  label_smoothing=0.0),
                          resources=Resources(workers=2, cpus_per_worker=1, sharding="stream"),
                          sources=TrainSources(models="original", masks=str(run / "masks_train")), log=quiet)
         m = meta["original"]["metrics"]

@@ -352,10 +352,11 @@ def test_determination_writes_attacks_and_every_artifact_agrees_with_it(attacked
                 row = table[(table["mask_id"] == t["mask_id"]) & (table["split"] == s) & (table["attacker"] == a)]
                 assert (fig["n"], fig["correct"]) == (int(row["n"].iloc[0]), int(row["correct"].iloc[0]))
     record = json.loads((run / "run.json").read_text())["stages"]["determine"]["attack"]
-    assert record["config"]["epochs"] == 3 and record["data"] == TINY_DATA and record["trained"]["family"]
+    epochs = AttackConfig().epochs
+    assert record["config"]["epochs"] == epochs and record["data"] == TINY_DATA and record["trained"]["family"]
     assert json.loads((run / "models" / "attackers" / "family" / sorted(
         p.name for p in (run / "models" / "attackers" / "family").glob("checkpoint_*"))[-1] / "meta.json").read_text(
-    ))["attack_epochs"] == 3
+    ))["attack_epochs"] == epochs
     test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
     ts = prepare_test(test.images, test.labels, test.class_names, test.class_names, confirm_fraction=0.5)
     report = write_report(run, ts, log=lambda *_: None).read_text()

@@ -96,6 +96,7 @@ def test_select_job_runs_the_whole_method_under_ray_job_submit(head_node, tmp_pa
            "python", "jobs/select.py", "--run", str(run), "--data",
            "synthetic:identities=6,per_identity=16,test_fraction=0.2",
            "--size", "16", "--mask-count", "12", "--train-mask-count", "12", "--epochs", "4", "--lr", "0.05",
+           "--label-smoothing", "0",
            "--warmup-epochs", "0.5", "--batch-size", "16",
            "--width", "8", "--inpaint-width", "4", "--iterations", "1", "--inpaint-epochs", "1",
            "--inpaint-batch-size", "16", "--repeats", "1", "--eval-actors", "1", "--attack-epochs", "1",

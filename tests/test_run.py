@@ -20,7 +20,8 @@ TINY = ["--data", "synthetic:identities=4,per_identity=6", "--size", "16", "--ma
 #: The shared tiny run's settings, as flags.
 SAME = ["--eval-actors", "1", "--data", TINY_DATA, "--size", str(TINY_SIZE), "--mask-count", "24",
         "--train-mask-count", "12",
-        "--epochs", "4", "--batch-size", "16", "--lr", "0.05", "--warmup-epochs", "0.5", "--width", "8",
+        "--epochs", "4", "--batch-size", "16", "--lr", "0.05", "--label-smoothing", "0", "--warmup-epochs", "0.5",
+        "--width", "8",
         "--inpaint-width", "4", "--iterations", "1", "--inpaint-epochs", "2", "--inpaint-batch-size", "16",
         "--repeats", "1"]
 

@@ -25,7 +25,7 @@ from maskcrypt.models import Inpainter, Recognizer
 from maskcrypt.train import TrainInputs, train_model, train_run, training_slots
 
 TINY_MODELS = ModelSettings(width=8, inpaint_width=4, inpaint_iterations=1)
-TINY_TRAIN = TrainConfig(epochs=4, batch_size=16, lr=0.05, warmup_epochs=0.5)
+TINY_TRAIN = TrainConfig(epochs=4, batch_size=16, lr=0.05, warmup_epochs=0.5, label_smoothing=0.0)
 
 
 def test_three_models_train_and_load(tiny_run):
