@@ -9,6 +9,7 @@ library call.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from maskcrypt.errors import MaskcryptError
@@ -42,9 +43,71 @@ def init_ray(**kwargs: Any) -> None:
     if not ray.is_initialized():
         if not verbose:
             kwargs = {"log_to_driver": False, "logging_level": logging.WARNING, **kwargs}
+            logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_DefaultAuthNotice())
         ray.init(**kwargs)
     if not verbose:
         quiet_ray_data()
+        spend_restart_notice()
+
+
+class _DefaultAuthNotice:
+    """Drops Ray's notice that a new local cluster turned token authentication on by default.
+
+    That is Ray 2.60's normal state (README, "Install"), not a problem; the opposite
+    warning (authentication *disabled*) still reaches the terminal.
+    """
+
+    def filter(self, record: Any) -> bool:
+        return not str(record.getMessage()).startswith("Token authentication is enabled")
+
+
+def spend_restart_notice() -> None:
+    """Spend the core worker's once-per-process error about actors restarted from object-store arguments.
+
+    Ray Data hands every actor pool its map function as an object reference and makes
+    the actors restartable, so the first pool of every driver logs, at error level,
+    that a restart could fail if that reference were lost (ray-project/ray#53727). The
+    operator holds the reference for the pool's whole life, so it is not lost and the
+    line is a false alarm. Ray logs it once per process: creating one restartable actor
+    with a reference argument here, while the driver's stderr goes to Ray's log folder,
+    spends that once. The actor asks for a resource no node has, so no process starts,
+    and it is killed at once.
+    """
+    import ray
+
+    @ray.remote(num_cpus=0, resources={"maskcrypt_never_scheduled": 1}, max_restarts=1)
+    class _Spend:
+        def __init__(self, _arg: Any) -> None:
+            pass
+
+    ref = ray.put(0)
+    with _stderr_to_ray_logs():
+        actor = _Spend.remote(ref)
+    ray.kill(actor)
+
+
+class _stderr_to_ray_logs:
+    """File descriptor 2 goes to ``<session>/logs/maskcrypt-driver-stderr.log`` inside the block."""
+
+    def __enter__(self) -> None:
+        import sys
+
+        import ray
+
+        try:
+            node = ray._private.worker._global_node  # no public accessor for the session's log folder
+            target = str(Path(node.get_logs_dir_path()) / "maskcrypt-driver-stderr.log")
+        except Exception:  # a driver without a local node: drop the lines
+            target = os.devnull
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        self.file = open(target, "ab")
+        os.dup2(self.file.fileno(), 2)
+
+    def __exit__(self, *exc: object) -> None:
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.file.close()
 
 
 def quiet_ray_data() -> None:
@@ -62,6 +125,27 @@ def quiet_ray_data() -> None:
     # Ray Data warns once that the bars are off: we turned them off on purpose, so spend its "once" here.
     log_once("ray_data_progress_manager_disabled")
     log_once("ray_data_progress_manager_global")
+
+
+def wait_for_free_cpu(timeout_s: float = 5.0) -> None:
+    """Before a Ray Data stage starts: wait a moment for a CPU that a finished stage is about to release.
+
+    Ray Data warns that a dataset "will hang" when no CPU is free the instant it
+    starts. Between our stages that instant is transient (the metadata tasks that
+    ``from_pandas`` launches while building the dataset, or the previous stage's last
+    tasks and actors, are still ending), so the warning would be a false alarm: call
+    this after building the dataset, before running it. Returns at once when a CPU is free
+    or the cluster has none yet (a CPU-less head before its workers start); after
+    ``timeout_s`` Ray's warning is left to speak.
+    """
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while (ray.cluster_resources().get("CPU", 0) and not ray.available_resources().get("CPU", 0)
+           and time.monotonic() < deadline):
+        time.sleep(0.1)
 
 
 def require_ray(what: str) -> None:

@@ -82,11 +82,12 @@ def _pool(settings: EvalSettings, constructor: dict[str, Any], rows: int | None 
     """map_batches arguments for the actor pool; no more actors than input rows (idle actors cost a start)."""
     import ray.data
 
-    from maskcrypt.cluster import require_ray
+    from maskcrypt.cluster import require_ray, wait_for_free_cpu
 
     require_ray("evaluation")
     size = settings.actors if rows is None else max(1, min(settings.actors, rows))
     check_gpus(settings)
+    wait_for_free_cpu()
     return {
         "fn_constructor_kwargs": constructor,
         "compute": ray.data.ActorPoolStrategy(size=size),

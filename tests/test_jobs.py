@@ -113,6 +113,9 @@ def test_select_job_runs_the_whole_method_under_ray_job_submit(head_node, tmp_pa
     # Quiet by default: our lines (one per epoch and model, per stage), not Ray's per-report or progress output.
     out = r.stdout + r.stderr
     assert "TrainingReport(" not in out and "Traceback" not in out and "Running Dataset" not in out
+    # Ray's false alarms: every actor pool's "constructor arguments in the object store" error and Ray Data's
+    # "will hang" warning when a stage starts while the last one's tasks are ending (maskcrypt.cluster).
+    assert "constructor arguments in the object store" not in out and "will hang" not in out, out[-3000:]
     assert out.count("epoch   4/4") == 2 and len(out.splitlines()) < 150, out[-3000:]
     for role in ("original", "encrypted"):
         assert Recognizer.from_checkpoint(run / "models" / role).checkpoint_meta["epoch"] == 4

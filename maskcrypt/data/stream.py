@@ -153,7 +153,11 @@ class SourceSplit:
         """
         import ray
 
-        ds = self.dataset().materialize()
+        from maskcrypt.cluster import wait_for_free_cpu
+
+        ds = self.dataset()
+        wait_for_free_cpu()  # after the build: its own metadata tasks hold CPUs for a moment
+        ds = ds.materialize()
         refs = ds.to_numpy_refs(column="image")
         items = ray.get(ds.to_numpy_refs(column="item"))
         counts = tuple(len(i) for i in items)
