@@ -243,3 +243,33 @@ def test_device_selection_and_gpu_requests_without_gpus(setting):
     with pytest.raises(MaskcryptError, match="--eval-gpus 1: the Ray cluster has 0 GPU"):
         evaluate_masks(MaskLibrary.open(str(run / "masks")), _closed(test), paths,
                        settings=EvalSettings(gpus_per_actor=1))
+
+
+def test_a_stage_waits_for_the_cpus_that_short_tasks_still_hold(ray_session):
+    """``wait_for_free_cpu`` returns once the CPUs a short task held are free again, not before.
+
+    What keeps Ray Data's false "will hang" warning off the terminal: a stage that starts
+    while Ray Data's own block-metadata tasks (or the last stage's) hold every CPU waits.
+    """
+    import time
+
+    import ray
+
+    from maskcrypt.cluster import wait_for_free_cpu
+
+    free = ray.available_resources().get("CPU", 0)
+    assert free > 0
+
+    @ray.remote
+    def hold(seconds: float) -> bool:
+        time.sleep(seconds)
+        return True
+
+    ref = hold.options(num_cpus=free).remote(2.0)
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not ray.available_resources().get("CPU", 0), "the task never took the CPUs"
+    wait_for_free_cpu(timeout_s=120)
+    assert ray.available_resources().get("CPU", 0) > 0
+    assert ray.get(ref)
