@@ -2,6 +2,7 @@
 
     make run                                                    # once: the run whose mask pools this uses
     python benchmarks/e_recipe.py                               # the default recipe, ~4 min on one thread
+    python benchmarks/e_recipe.py --quick                       # 2 epochs, 1 draw: the path only (~80 s)
     python benchmarks/e_recipe.py --data "synthetic:per_identity=30,test_fraction=0.2" \\
         --epochs 12 --label-smoothing 0                         # the previous default (30 faces x 12 epochs)
 
@@ -43,7 +44,10 @@ def main() -> int:
     p.add_argument("--width", type=int, default=ModelSettings().width)
     p.add_argument("--draws", type=int, default=4, help="random masks per test face and bucket")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="2 epochs and 1 draw: checks the path, not a recipe")
     args = p.parse_args()
+    if args.quick:
+        args.epochs, args.draws = 2, 1
 
     import numpy as np
     import torch

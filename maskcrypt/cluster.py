@@ -9,6 +9,8 @@ library call.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,28 +88,27 @@ def spend_restart_notice() -> None:
     ray.kill(actor)
 
 
-class _stderr_to_ray_logs:
+@contextmanager
+def _stderr_to_ray_logs() -> Iterator[None]:
     """File descriptor 2 goes to ``<session>/logs/maskcrypt-driver-stderr.log`` inside the block."""
+    import sys
 
-    def __enter__(self) -> None:
-        import sys
+    import ray
 
-        import ray
-
-        try:
-            node = ray._private.worker._global_node  # no public accessor for the session's log folder
-            target = str(Path(node.get_logs_dir_path()) / "maskcrypt-driver-stderr.log")
-        except Exception:  # a driver without a local node: drop the lines
-            target = os.devnull
-        sys.stderr.flush()
-        self.saved = os.dup(2)
-        self.file = open(target, "ab")
-        os.dup2(self.file.fileno(), 2)
-
-    def __exit__(self, *exc: object) -> None:
-        os.dup2(self.saved, 2)
-        os.close(self.saved)
-        self.file.close()
+    try:
+        node = ray._private.worker._global_node  # no public accessor for the session's log folder
+        target = str(Path(node.get_logs_dir_path()) / "maskcrypt-driver-stderr.log")
+    except Exception:  # a driver without a local node: drop the lines
+        target = os.devnull
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(target, "ab") as file:
+            os.dup2(file.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def quiet_ray_data() -> None:
