@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import io
 import json
-import socket
 import statistics
 import sys
 import threading
@@ -46,11 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from maskcrypt.ports import free_port
 
 
 async def _drive(url: str, body: bytes, concurrency: int, seconds: float, content_type: str = "image/png") -> dict:
@@ -249,7 +244,7 @@ def main() -> int:
           + f", forward at batch 1 {1000 / bare['batch1']:.2f} ms")
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    port = _free_port()
+    port = free_port()  # below the ephemeral range: no outgoing connection takes it before Serve binds it
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}/v1/recognize"
     config = ServiceConfig(run=str(run), precision=args.precision)
