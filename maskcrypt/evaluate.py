@@ -22,12 +22,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from maskcrypt.config import EvalSettings
 from maskcrypt.errors import MaskcryptError
 from maskcrypt.fileio import write_parquet
-from maskcrypt.scorer import CrossProductScorer
+from maskcrypt.scorer import CrossProductScorer, sampled_draw
 from maskcrypt.testset import SPLITS, ImageBlocks, TestSet
 
 
@@ -246,6 +247,24 @@ def evaluate_attack(
     return out.to_pandas().sort_values(["mask_id", "split"]).reset_index(drop=True)
 
 
+def _drawn_masks(library: Any, bucket: int, repeats: int, seed: int, n_input: int) -> dict[str, Any]:
+    """The bucket's masks that some image draws in some repetition, packed, with their library indices.
+
+    What the actors need for Table 1's sampled mode: at most ``repeats x n_input`` masks
+    per bucket whatever the library's size, 1/8 of a byte per pixel (not the whole bucket
+    unpacked: 1.25 GB for 100,000 masks at 112 px, in the driver, the object store and
+    every actor).
+    """
+    import pyarrow as pa
+
+    bits = library.table([bucket], columns=["bits"]).column("bits")
+    if len(bits) == 0:
+        raise MaskcryptError(f"mask library {library.uri}: bucket {bucket} holds no mask (empty bucket)")
+    index = np.unique(np.concatenate([sampled_draw(seed, bucket, r, len(bits), n_input) for r in range(repeats)]))
+    packed = np.frombuffer(b"".join(bits.take(pa.array(index)).to_pylist()), np.uint8).reshape(len(index), -1)
+    return {"size": len(bits), "index": index, "packed": packed}
+
+
 def evaluate_sampled(
     library: Any,
     test: TestSet,
@@ -270,12 +289,7 @@ def evaluate_sampled(
     check_splits(test, splits)
     resolved = check_models(models, test)
     wanted = list(buckets) if buckets is not None else list(range(1, len(library.edges)))
-    per_bucket = {}
-    for b in wanted:
-        masks = library.load([b]).masks
-        if len(masks) == 0:
-            raise MaskcryptError(f"mask library {library.uri}: bucket {b} holds no mask (empty bucket)")
-        per_bucket[b] = masks
+    per_bucket = {b: _drawn_masks(library, b, repeats, seed, test.n_input) for b in wanted}
     tasks = [{"bucket": b, "repeat": r, "seed": seed} for b in [0, *wanted] for r in range(repeats)]
     constructor = scorer_kwargs(test, resolved, splits, settings, "sampled", bucket_masks=ray.put(per_bucket))
     ds = ray.data.from_items(tasks, override_num_blocks=min(len(tasks), 4 * settings.actors))

@@ -24,6 +24,25 @@ from maskcrypt.errors import MaskcryptError
 from maskcrypt.testset import CLEAN_GALLERY, SPLITS, pixels
 
 
+def sampled_draw(seed: int, bucket: int, repeat: int, pool_size: int, n_input: int) -> np.ndarray:
+    """Table 1's sampled mode: the bucket mask (index in library order) each input image gets in a repetition.
+
+    Seeded by ``(seed, bucket, repeat)`` and drawn over the caller's image order, so the
+    draw depends neither on how the test set is ordered inside the actor nor on where it
+    runs; the driver calls it too, to ship only the masks some image will get.
+    """
+    return np.random.default_rng([int(seed), int(bucket), int(repeat)]).integers(0, pool_size, n_input)
+
+
+def unpack_on_device(packed: Any, height: int, width: int) -> Any:
+    """``np.unpackbits`` for a uint8 tensor of packed rows, on the tensor's device: ``(n, H, W)`` 0/1 masks."""
+    import torch
+
+    shifts = torch.arange(7, -1, -1, device=packed.device, dtype=torch.uint8)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(packed.shape[0], -1)[:, :height * width].reshape(-1, height, width)
+
+
 def choose_device(gpus_per_actor: float, cuda_available: bool) -> str:
     """The actor's device: CUDA when it was given a GPU, else the CPU; a GPU it cannot see is an error.
 
@@ -77,6 +96,12 @@ class CrossProductScorer:
             warnings.simplefilter("ignore", UserWarning)
             # Test images arrive as an array or as blocks in the object store (ImageBlocks): fetched here, once.
             self.x = self.predictor.to_device(torch.from_numpy(pixels(test.images)))
+            # Sampled mode: per bucket the library's mask count and, packed, only the masks some image is drawn
+            # (sorted library indices): bounded by repeats x images, not by the library (100k masks at 112 px
+            # would be 1.25 GB unpacked in every actor).
+            self.bucket_masks = {
+                int(b): (int(p["size"]), np.asarray(p["index"]), torch.from_numpy(p["packed"]).to(device))
+                for b, p in (bucket_masks or {}).items()}
         self.y = torch.from_numpy(np.asarray(test.labels)).to(device)
         self.h, self.w = test.size
         self.open = test.scoring == "open"
@@ -94,7 +119,6 @@ class CrossProductScorer:
         self.per_image = per_image
         self.timing = timing
         self.node = ray.get_runtime_context().get_node_id() if timing and ray.is_initialized() else ""
-        self.bucket_masks = {int(b): torch.from_numpy(m).to(device) for b, m in (bucket_masks or {}).items()}
         self.clean_centroids: dict[str, Any] = {}
         if self.open:
             clean = [n for n in self.names if n in CLEAN_GALLERY]
@@ -258,12 +282,10 @@ class CrossProductScorer:
                 if bucket == 0:
                     found = self._counts(None)
                 else:
-                    pool = self.bucket_masks[bucket]
-                    # Drawn over the caller's image order, so the draw does not depend on our ordering.
-                    pick = np.random.default_rng([int(seed), bucket, int(repeat)]).integers(
-                        0, len(pool), self.n_input)[self.order]
-                    pick_t = torch.from_numpy(pick).to(device)
-                    found = self._counts(lambda s, e, p=pool, k=pick_t: p[k[s:e]])
+                    size, index, packed = self.bucket_masks[bucket]
+                    pick = sampled_draw(int(seed), bucket, int(repeat), size, self.n_input)[self.order]
+                    row_t = torch.from_numpy(np.searchsorted(index, pick)).to(device)  # rows of ``packed``
+                    found = self._counts(lambda s, e, p=packed, k=row_t: unpack_on_device(p[k[s:e]], self.h, self.w))
                 rows.extend(key | r for r in found)
         else:
             raise MaskcryptError(f"scorer: unknown mode {self.mode!r}")

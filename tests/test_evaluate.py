@@ -82,6 +82,21 @@ def test_sampled_table1_counts_equal_a_plain_loop(setting):
     assert got.loc[got.bucket == 0, "correct_E"].nunique() == 1
 
 
+def test_sampled_mode_ships_only_the_drawn_masks_packed(tmp_path):
+    """Table 1's actors get at most repeats x images masks per bucket, bit-packed, however big the library."""
+    from maskcrypt.evaluate import _drawn_masks
+    from maskcrypt.masks.core import unpack_masks
+
+    lib = MaskLibrary.create(str(tmp_path / "lib"), 16, 16)
+    generate_into(lib, 120, seed=0, buckets=[6])
+    got = _drawn_masks(lib, 6, repeats=2, seed=3, n_input=5)
+    pool = lib.load([6]).masks
+    drawn = {int(i) for r in range(2) for i in np.random.default_rng([3, 6, r]).integers(0, len(pool), 5)}
+    assert got["size"] == len(pool) == 120 and list(got["index"]) == sorted(drawn) and len(drawn) <= 10
+    assert got["packed"].shape == (len(drawn), 16 * 16 // 8)
+    assert (unpack_masks(got["packed"], 16, 16) == pool[got["index"]]).all()
+
+
 def test_size_mismatch_missing_model_and_empty_bucket(setting, tmp_path):
     run, test, paths, _ = setting
     other = MaskLibrary.create(str(tmp_path / "big"), 32, 32)
