@@ -1,7 +1,7 @@
 """What the embedded default costs per image on one CPU thread: layout, batch and width, measured side by side.
 
-    python benchmarks/cpu_layout.py            # ~2 minutes
-    python benchmarks/cpu_layout.py --quick    # ~30 s, fewer repeats
+    python benchmarks/cpu_layout.py            # ~4 minutes
+    python benchmarks/cpu_layout.py --quick    # ~1 minute, fewer repeats
 
 One torch thread, as each Ray Train worker and evaluation actor has. Untrained weights
 (speed does not depend on them), 32 x 32 inputs, 80 classes (the default's identities).
@@ -17,7 +17,12 @@ measured in the same run:
 * ``width16_forward_ratio`` / ``width16_train_ratio``: width 16 against 32, both
   channels_last (the default's ``--width``);
 * ``rfr_channels_last_forward_ratio`` / ``rfr_channels_last_train_ratio``: RFR-Net
-  (width 16, 3 iterations) likewise.
+  (width 16, 3 iterations) likewise;
+* ``chunk16_112px_<arch>_<precision>_ratio``: at 112 x 112, the evaluator's
+  :class:`~maskcrypt.models.predictor.Predictor` (auto precision: bf16 autocast where the
+  CPU has it; and fp32) with 16 images per pass against 64, for the compact recognizer
+  and ResNet-18 (``maskcrypt.precision.default_chunk`` scales the CPU chunk by pixels);
+  the 8-image case is printed too.
 """
 
 from __future__ import annotations
@@ -106,6 +111,26 @@ def inpainter_cases(seconds: float) -> dict[str, float]:
     return out
 
 
+def chunk_cases(seconds: float) -> dict[str, float]:
+    """The Predictor at 112 px on 64 images, per architecture, precision and images per pass."""
+    import torch
+
+    from maskcrypt.models.predictor import Predictor
+    from maskcrypt.models.recognizer import Recognizer, RecognizerConfig
+
+    out = {}
+    x = torch.randint(0, 256, (64, 3, 112, 112), dtype=torch.uint8)
+    for arch in ("compact", "resnet18"):
+        torch.manual_seed(0)
+        model = Recognizer(RecognizerConfig(arch=arch, num_classes=80, width=16, image_size=112))
+        for precision in ("auto", "fp32"):
+            for chunk in (8, 16, 64):
+                p = Predictor(model, precision=precision, chunk=chunk)
+                xs = p.to_device(x)
+                out[f"{arch}_112_{precision}_chunk{chunk}"] = rate(lambda p=p, xs=xs: p.outputs(xs), 64, seconds)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1 s per case, 2 repeats")
@@ -119,7 +144,8 @@ def main() -> None:
     torch.set_num_threads(1)
     runs: dict[str, list[float]] = {}
     for _ in range(repeats):
-        for name, value in {**recognizer_cases(seconds), **inpainter_cases(seconds)}.items():
+        cases = {**recognizer_cases(seconds), **inpainter_cases(seconds), **chunk_cases(seconds)}
+        for name, value in cases.items():
             runs.setdefault(name, []).append(value)
     med = {name: statistics.median(values) for name, values in runs.items()}
     print(f"one torch thread, {repeats} interleaved repeats of {seconds:g} s, median images/s:")
@@ -133,6 +159,9 @@ def main() -> None:
         "width16_train_ratio": med["w16_cl_train_b128"] / med["w32_cl_train_b128"],
         "rfr_channels_last_forward_ratio": med["rfr_cl_fwd_b64"] / med["rfr_nchw_fwd_b64"],
         "rfr_channels_last_train_ratio": med["rfr_cl_train_b32"] / med["rfr_nchw_train_b32"],
+        **{f"chunk16_112px_{arch}_{precision}_ratio":
+           med[f"{arch}_112_{precision}_chunk16"] / med[f"{arch}_112_{precision}_chunk64"]
+           for arch in ("compact", "resnet18") for precision in ("auto", "fp32")},
     }
     for name, value in ratios.items():
         print(f"RESULT {name} {value:.3f}")

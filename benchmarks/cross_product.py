@@ -72,7 +72,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="10k masked images instead of 100k")
     p.add_argument("--images", type=int, default=0, help="masked images per model (default 10k quick, 100k)")
     p.add_argument("--actors", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--chunk", type=int, default=0, help="images per forward pass (0: 64 on CPUs, 256 on GPUs)")
+    p.add_argument("--chunk", type=int, default=0, help="images per forward pass (0: the device's default)")
     p.add_argument("--masks-per-batch", type=int, default=4)
     p.add_argument("--masks-per-block", type=int, default=8)
     p.add_argument("--precision", default="auto")

@@ -452,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "pairs generated when it has none)")
     ve.add_argument("--mask-ids", nargs="+", help="verify these library masks instead of the run's targets")
     ve.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
-    ve.add_argument("--chunk", type=int, default=0, help="images per forward pass (0: 64 on CPUs, 256 on GPUs)")
+    ve.add_argument("--chunk", type=int, default=0, help="images per forward pass (0: the device's default)")
     ve.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     ve.set_defaults(func=cmd_verify)
     ex = sub.add_parser("export", help="export a run's recognizer (ONNX), checked with onnxruntime")

@@ -241,7 +241,7 @@ class EvalSettings:
     gpus_per_actor: float = 0.0
     masks_per_batch: int = 8  # masks per Ray Data batch (one actor call)
     masks_per_block: int = 64  # masks per Ray Data block (one actor task; the unit of progress and resume)
-    images_per_chunk: int = 0  # images per forward pass; 0 = the device's default (64 on CPUs, 256 on GPUs)
+    images_per_chunk: int = 0  # images per forward pass; 0 = the device's default (precision.default_chunk)
     precision: str = "auto"
     per_image: bool = False  # also emit per-image correctness, bit-packed (hits_<model>)
     timing: bool = False  # also emit when each row was done, by which worker and on which node (benchmarks)

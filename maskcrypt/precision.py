@@ -66,15 +66,21 @@ def channels_last(device_type: str, bf16: bool) -> bool:
     return device_type in ("cuda", "cpu")
 
 
-def default_chunk(device_type: str) -> int:
-    """Images per forward pass when the caller does not say: 64 on CPUs, 256 on GPUs.
+def default_chunk(device_type: str, image_size: int = 32) -> int:
+    """Images per forward pass when the caller does not say: 256 on GPUs; on CPUs 64 at 32 px, fewer above.
 
-    On the bf16 Xeons of RAY_NOTES a batch of 64 was faster per image than 256 in every
-    mode; on the fp32 EPYC of ``benchmarks/cpu_layout.py`` it is a wash (0.90x at width 16,
-    1.06x at width 32, within this machine's run-to-run drift). GPUs want large batches
-    (BENCHMARKS: the H200 was fastest at 1,024).
+    A CPU pass is fastest when its activations stay in cache, so the CPU chunk holds about
+    as many pixels as 64 images of 32 x 32 (16 at 64 px and above, 64 at 32 px and below).
+    At 112 px, ``benchmarks/cpu_layout.py`` (one thread, 2-vCPU EPYC with bf16, 2 MiB L2 per
+    core; two runs): 16 against 64 gave 1.30-1.58x (bf16) and 1.54-1.92x (fp32) for the
+    default compact recognizer, whose first stage runs at full resolution, and 0.91-1.06x /
+    1.08-1.17x for ResNet-18; 8 helps the compact one more and costs ResNet-18 up to 0.9x,
+    hence the floor of 16. At 32 px 64 against 256 is a wash here, and 64 was the fastest on
+    RAY_NOTES' bf16 Xeons. GPUs want large batches (BENCHMARKS: the H200 was fastest at 1,024).
     """
-    return 256 if device_type == "cuda" else 64
+    if device_type == "cuda":
+        return 256
+    return max(16, min(64, 64 * 32 * 32 // max(1, image_size * image_size)))
 
 
 def autocast(device_type: str, bf16: bool) -> contextlib.AbstractContextManager[Any]:

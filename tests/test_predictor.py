@@ -13,6 +13,7 @@ from maskcrypt.errors import MaskcryptError
 from maskcrypt.masks import overlay
 from maskcrypt.models import Inpainter, InpainterConfig, Recognizer, RecognizerConfig
 from maskcrypt.models.predictor import Predictor
+from maskcrypt.precision import default_chunk
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,9 @@ def test_the_device_sets_the_default_chunk_and_layout(models):
     assert p.chunk == 64 and p.channels_last  # CPUs: batches of 64, channels_last in fp32 too (cpu_layout.py)
     assert p.to_device(x).is_contiguous(memory_format=torch.channels_last)
     assert Predictor(nets, precision="fp32", chunk=5).chunk == 5
+    # A CPU pass holds about as many pixels as 64 images of 32 px (cache), never under 16 images; GPUs take 256.
+    assert [default_chunk("cpu", s) for s in (16, 32, 48, 64, 112, 224)] == [64, 64, 28, 16, 16, 16]
+    assert default_chunk("cuda", 112) == 256
     with pytest.raises(MaskcryptError, match="chunk must be >= 1"):
         Predictor(nets, precision="fp32", chunk=-1)
 

@@ -58,7 +58,8 @@ class Predictor:
             raise MaskcryptError("predictor: needs at least one recognizer")
         self.models = {name: self._place(m) for name, m in named.items()}
         self.inpainter = self._place(inpainter) if inpainter is not None else None
-        self.chunk = int(chunk) or default_chunk(self.device.type)
+        size = max(int(getattr(getattr(m, "config", None), "image_size", 32)) for m in named.values())
+        self.chunk = int(chunk) or default_chunk(self.device.type, size)
 
     def _place(self, model: torch.nn.Module) -> torch.nn.Module:
         model = model.to(self.device)
