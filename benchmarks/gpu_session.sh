@@ -8,7 +8,9 @@
 #      NCCL), evaluation actors sharing it (--eval-gpus), the attackers' Tune trials too;
 #   3. Serve on the GPU: benchmarks/serve_probe.py deploys that run with --gpus 1 per
 #      replica, checks an answer and drives it (one image per request, and 16);
-#   4. the capacity job at its default size (100,000 masks at 112 px), one race round.
+#   4. the capacity job at its default size (100,000 masks at 112 px): generation, read-back,
+#      Table 1 and the race's first round on 10 faces per mask (1M masked images), against
+#      the bare forward on the same GPU share.
 #
 # Ray's wheel is larger than what travels to that machine, so it travels stripped (no Java
 # jar, RLlib, LLM or dashboard front end, none of which maskcrypt uses) as wheels in .whl/,
@@ -72,7 +74,7 @@ fi
 
 if want capacity; then
   echo "== capacity: 100,000 masks at 112 px, Table 1 and one race round on the GPU"
-  timeout "${CAPACITY_LIMIT:-200}" python3 -m maskcrypt capacity --count 100000 --size 112 --max-rounds 1 --images 200 \
+  timeout "${CAPACITY_LIMIT:-300}" python3 -m maskcrypt capacity --count 100000 --size 112 --max-rounds 1 --first 10 \
     --eval-actors 4 --eval-gpus 0.25 --out /tmp/capacity 2>&1 | tee "$OUT/capacity.txt"
   [ -f /tmp/capacity/capacity.json ] && cp /tmp/capacity/capacity.json "$OUT/"
 fi

@@ -3,11 +3,14 @@
 :func:`measure` generates N masks (or copies a library), then, with a recognizer of the
 configured architecture (untrained unless ``model`` names a checkpoint: speed does not
 depend on the weights, the adaptive race's pruning does) and synthetic test faces at the
-same size, runs Table 1 in sampled mode and the adaptive per-mask ranking over every
-bucket. It reports masks/s generated, library bytes per mask, forward passes and wall
-time per stage, peak driver, actor and object-store memory, masked images/s per
-evaluation device, and the projected time of full and adaptive ranking on G devices for
-a test set of ``project_images`` (default 13,233: LFW).
+same size, runs the configured ``stages``: reading the whole library back (decode and
+unpack in one process), Table 1 in sampled mode, and the adaptive per-mask ranking over
+every bucket. It reports masks/s generated and read, library bytes per mask, forward
+passes and wall time per stage, peak driver, actor and object-store memory, masked
+images/s per evaluation device, and the projected time of full (and, when the race ran,
+adaptive) ranking on G devices for a test set of ``project_images`` (default 13,233: LFW).
+Leaving the race out lets a CPU machine measure the cheap stages of a library whose race
+needs GPUs; the projection then rests on Table 1's rate, which runs on the same actors.
 
 :func:`forward_rate` is the bare-forward baseline every throughput figure is compared
 with (the same :class:`~maskcrypt.models.predictor.Predictor`, no overlay, pre-built
@@ -44,6 +47,16 @@ def forward_rate(predictor: Any, images: Any, masks: Any = None, seconds: float 
             return done / (time.perf_counter() - t0)
 
 
+#: What :func:`measure` can run after building the library, in this order.
+STAGES = ("read", "table1", "race")
+
+
+def _default_width() -> int:
+    from maskcrypt.config import ModelSettings
+
+    return ModelSettings().width
+
+
 @dataclass(frozen=True)
 class CapacityConfig:
     """What the capacity measurement generates and runs (defaults: 100k masks at 112 px)."""
@@ -52,18 +65,26 @@ class CapacityConfig:
     size: int = 112
     masks: str = ""  # an existing library to copy in instead of generating
     arch: str = "compact"
-    width: int = 32
+    width: int = dataclasses.field(default_factory=_default_width)  # the pipeline's recognizer width
     model: str = ""  # a trained recognizer checkpoint (folder) instead of untrained weights
     images: int = 400
     repeats: int = 5
     keep: int = 5
     max_rounds: int = 0  # 0 = race to the end; else stop after this many rounds and project the rest
+    first: int = AdaptivePlan.first  # the race's first step: test images every mask sees in round 1
+    stages: tuple[str, ...] = STAGES
     project_images: int = 13_233
     project_devices: tuple[int, ...] = (1, 8, 64)
 
     def __post_init__(self) -> None:
         if self.count < 1 or self.images < 2 or self.repeats < 1 or self.keep < 1 or self.max_rounds < 0:
             raise MaskcryptError("capacity: count >= 1, images >= 2, repeats >= 1, keep >= 1, max_rounds >= 0")
+        if self.first < 1:
+            raise MaskcryptError(f"--first: expected images >= 1 for the race's first round, got {self.first}")
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown or not self.stages or len(set(self.stages)) != len(self.stages):
+            raise MaskcryptError(f"--stages: expected distinct names from {', '.join(STAGES)}, got "
+                                 f"{','.join(self.stages) or 'none'}")
         if not self.project_devices or min(self.project_devices) < 1:
             raise MaskcryptError(f"--project-devices: expected device counts >= 1, got {self.project_devices}")
 
@@ -107,21 +128,129 @@ def _library(out: Path, cfg: CapacityConfig, log: Callable[[str], None]) -> tupl
     return lib, report
 
 
+def _read_back(lib: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """Read every mask back (Parquet decode + bit unpack, one process): the library's read rate."""
+    t0, n, nbytes = time.perf_counter(), 0, 0
+    for batch in lib.iter_batches():
+        n += len(batch)
+        nbytes += batch.masks.nbytes
+    seconds = time.perf_counter() - t0
+    report = {"library_read_seconds": round(seconds, 3),
+              "masks_per_s_read": round(n / max(seconds, 1e-9), 1),
+              "read_unpacked_mb_per_s": round(nbytes / 1e6 / max(seconds, 1e-9), 1)}
+    log(f"library read back: {n:,} masks in {seconds:.1f} s ({report['masks_per_s_read']:,.0f} masks/s, "
+        f"{report['read_unpacked_mb_per_s']:,.0f} MB/s unpacked)")
+    return report
+
+
 def measure(out: Path, cfg: CapacityConfig = CapacityConfig(), settings: EvalSettings = EvalSettings(),
             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Generate, evaluate, project; returns what ``capacity.json`` holds. Needs a running Ray."""
-    from maskcrypt.adaptive import evaluate_adaptive
-    from maskcrypt.cluster import require_ray
-    from maskcrypt.data import load
-    from maskcrypt.evaluate import evaluate_sampled
-    from maskcrypt.monitor import PeakRSS
-    from maskcrypt.testset import prepare_test
+    """Build the library, run ``cfg.stages``, project; returns what ``capacity.json`` holds.
 
-    require_ray("capacity")
-    report: dict[str, Any] = {"count": cfg.count, "size": cfg.size, "arch": cfg.arch, "images": cfg.images}
-    lib, lib_report = _library(out, cfg, log)
-    report |= lib_report
+    Table 1 and the race need a running Ray; the library and its read-back do not.
+    """
+    from maskcrypt.monitor import PeakRSS
+
+    evaluates = [s for s in cfg.stages if s != "read"]
+    if evaluates:
+        from maskcrypt.cluster import require_ray
+
+        require_ray("capacity")
+    report: dict[str, Any] = {"count": cfg.count, "size": cfg.size, "arch": cfg.arch, "width": cfg.width,
+                              "images": cfg.images, "stages": list(cfg.stages)}
+    if evaluates:
+        from maskcrypt.precision import use_bf16
+
+        # Resolved here for CPU actors (this CPU's kind); GPU actors resolve "auto" on their GPU.
+        report["precision"] = (settings.precision if settings.gpus_per_actor > 0
+                               else "bf16" if use_bf16(settings.precision, "cpu") else "fp32")
+    with PeakRSS(object_store=bool(evaluates)) as peak:
+        lib, lib_report = _library(out, cfg, log)
+        report |= lib_report
+        if "read" in cfg.stages:
+            report |= _read_back(lib, log)
+        rate = None
+        if evaluates:
+            report |= _evaluate(out, cfg, settings, lib, log)
+            rate = report["masked_images_per_s_per_device"]
+    report |= {"peak_driver_mb": round(peak.driver_mb),
+               "peak_actor_mb": round(peak.actor_mb) if evaluates else None,
+               "peak_object_store_mb": None if peak.object_store_mb is None else round(peak.object_store_mb, 1)}
+    bare = report.get("bare_forward_per_s")
+    if bare is not None:
+        report["vs_bare_forward"] = round(rate / bare, 2)
+        log(f"bare forward of E per device ({settings.actors} tasks with an actor's resources): {bare:,.0f} "
+            f"images/s; the evaluator reaches {report['vs_bare_forward']}x of it")
+    if evaluates:
+        log(f"throughput: {rate:,.0f} masked images/s per evaluation device ({settings.actors} actors, "
+            f"{settings.gpus_per_actor:g} GPU each, {report['precision']}, {report['rate_from']}); peak RSS driver "
+            f"{peak.driver_mb:.0f} MB, actor {peak.actor_mb:.0f} MB, object store " + (
+                "not reported by Ray" if peak.object_store_mb is None else f"{peak.object_store_mb:.1f} MB"))
+    else:
+        log(f"peak RSS driver {peak.driver_mb:.0f} MB")
+    if "race" in cfg.stages and not cfg.model:
+        log("note: untrained weights score every mask alike, so the adaptive search cannot drop any; pass "
+            "--model with a trained E for a realistic reduction")
+    if rate is None:
+        return report
+    # An unfinished race's reduction is that of its first rounds only: no adaptive projection rests on it.
+    race = report.get("adaptive")
+    reduction = race["reduction"] if race and race["finished"] else None
+    if race and not race["finished"]:
+        log(f"adaptive: not projected (the race stopped after {len(race['rounds'])} round(s), before its "
+            "reduction was known)")
+    projection = []
+    for g in cfg.project_devices:
+        full_h = len(lib) * cfg.project_images / (rate * g) / 3600
+        projection.append({"devices": g, "full_seconds": round(full_h * 3600, 3),
+                           "adaptive_seconds": None if reduction is None else round(full_h * 3600 / reduction, 3)})
+        log(f"projection, {len(lib):,} masks x {cfg.project_images:,} images on {g} device(s): full {full_h:.2f} h"
+            + ("" if reduction is None else f", adaptive ~{full_h / reduction:.2f} h (at this run's reduction)"))
+    report["projection"] = {"images": cfg.project_images, "rate_from": report["rate_from"], "rows": projection}
+    return report
+
+
+def _bare_task(model: str, images: Any, mask: Any, precision: str, chunk: int, gpus: float) -> float:
+    """One evaluation device's bare forward of E (run as a Ray task with an actor's resources)."""
+    import torch
+
+    from maskcrypt.masks import overlay
+    from maskcrypt.models.predictor import Predictor
+    from maskcrypt.scorer import choose_device
+    from maskcrypt.testset import pixels
+
+    predictor = Predictor.from_checkpoint(model, choose_device(gpus, torch.cuda.is_available()), precision, chunk)
+    return forward_rate(predictor, predictor.to_device(overlay(torch.from_numpy(pixels(images)),
+                                                               torch.from_numpy(mask))))
+
+
+def _bare_rate(model: Path, ts: Any, lib: Any, settings: EvalSettings) -> float:
+    """E's bare forward per device on pre-masked test faces: what the evaluator's rate is a ratio of.
+
+    Measured as ``settings.actors`` concurrent Ray tasks with an actor's CPUs and GPUs, so the
+    baseline runs where and as the evaluator's actors do (one thread per CPU, the same
+    device, precision and chunk); the mean of the tasks.
+    """
+    import ray
+
+    from maskcrypt.cluster import wait_for_free_cpu
+
+    mask = next(lib.iter_batches(batch_size=1)).masks[0]
+    task = ray.remote(_bare_task).options(num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor)
+    wait_for_free_cpu()
+    rates = ray.get([task.remote(str(model), ts.images, mask, settings.precision, settings.images_per_chunk,
+                                 settings.gpus_per_actor) for _ in range(settings.actors)])
+    return sum(rates) / len(rates)
+
+
+def _evaluate(out: Path, cfg: CapacityConfig, settings: EvalSettings, lib: Any,
+              log: Callable[[str], None]) -> dict[str, Any]:
+    """Table 1 (sampled) and/or the race on synthetic held-out faces, through the evaluator's actors."""
+    from maskcrypt.adaptive import evaluate_adaptive
+    from maskcrypt.data import load
     from maskcrypt.data.synthetic import DEFAULT_IDENTITIES, held_out_spec
+    from maskcrypt.evaluate import evaluate_sampled
+    from maskcrypt.testset import prepare_test
 
     people = DEFAULT_IDENTITIES
     if cfg.model:  # a trained E: its classes are the synthetic identities it was trained on
@@ -134,46 +263,32 @@ def measure(out: Path, cfg: CapacityConfig = CapacityConfig(), settings: EvalSet
     ts = prepare_test(test.images, test.labels, test.class_names, test.class_names, confirm_fraction=0.0)
     models = {"E": _model(out, cfg, test.class_names)}
     buckets = sorted({int(b) for b in lib.column("bucket")} - {-1})
-    with PeakRSS(object_store=True) as peak:
+    report: dict[str, Any] = {}
+    if "table1" in cfg.stages:
         t0 = time.perf_counter()
         evaluate_sampled(lib, ts, models, repeats=cfg.repeats, buckets=buckets, settings=settings)
-        sampled_s = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        passes = (len(buckets) + 1) * cfg.repeats * len(ts)
+        report["sampled"] = {"seconds": round(seconds, 1), "forward_passes": passes}
+        report |= {"masked_images_per_s_per_device": round(passes / seconds / settings.actors, 1),
+                   "rate_from": "Table 1"}
+        log(f"Table 1 sampled: {passes:,} forward passes in {seconds:.1f} s")
+    if "race" in cfg.stages:
         t0 = time.perf_counter()
         _, rounds = evaluate_adaptive(lib, ts, models, buckets, keep=cfg.keep, settings=settings,
-                                           plan=AdaptivePlan(), max_rounds=cfg.max_rounds or None)
-        adaptive_s = time.perf_counter() - t0
-    sampled_passes = (len(buckets) + 1) * cfg.repeats * len(ts)
-    adaptive_passes = sum(r["forward_passes"] for r in rounds)
-    full_passes = len(lib) * len(ts)
-    rate = adaptive_passes / adaptive_s / settings.actors  # per device, start-up of each round included
-    finished = not cfg.max_rounds or rounds[-1]["open"] == 0
-    report |= {
-        "sampled": {"seconds": round(sampled_s, 1), "forward_passes": sampled_passes},
-        "adaptive": {"seconds": round(adaptive_s, 1), "forward_passes": adaptive_passes, "rounds": rounds,
-                     "finished": finished, "full_forward_passes": full_passes,
-                     "reduction": round(full_passes / adaptive_passes, 2)},
-        "masked_images_per_s_per_device": round(rate, 1),
-        "peak_driver_mb": round(peak.driver_mb), "peak_actor_mb": round(peak.actor_mb),
-        "peak_object_store_mb": None if peak.object_store_mb is None else round(peak.object_store_mb, 1),
-    }
-    log(f"Table 1 sampled: {sampled_passes:,} forward passes in {sampled_s:.1f} s")
-    log(f"adaptive ranking: {adaptive_passes:,} forward passes in {adaptive_s:.1f} s over {len(rounds)} rounds"
-        + ("" if finished else f" (stopped at --max-rounds {cfg.max_rounds}, {rounds[-1]['open']} masks open)")
-        + f"; full mode would need {full_passes:,} ({report['adaptive']['reduction']}x more)")
-    log(f"throughput: {rate:,.0f} masked images/s per evaluation device ({settings.actors} actors, "
-        f"{settings.gpus_per_actor:g} GPU each); peak RSS driver {peak.driver_mb:.0f} MB, actor {peak.actor_mb:.0f} "
-        "MB, object store " + ("not reported by Ray" if peak.object_store_mb is None
-                               else f"{peak.object_store_mb:.1f} MB"))
-    if not cfg.model:
-        log("note: untrained weights score every mask alike, so the adaptive search cannot drop any; pass "
-            "--model with a trained E for a realistic reduction")
-    reduction = full_passes / adaptive_passes
-    projection = []
-    for g in cfg.project_devices:
-        full_h = len(lib) * cfg.project_images / (rate * g) / 3600
-        projection.append({"devices": g, "full_seconds": round(full_h * 3600, 3),
-                           "adaptive_seconds": round(full_h * 3600 / reduction, 3)})
-        log(f"projection, {len(lib):,} masks x {cfg.project_images:,} images on {g} device(s): full "
-            f"{full_h:.2f} h, adaptive ~{full_h / reduction:.2f} h (at this run's reduction)")
-    report["projection"] = {"images": cfg.project_images, "rows": projection}
+                                      plan=AdaptivePlan(first=cfg.first), max_rounds=cfg.max_rounds or None)
+        seconds = time.perf_counter() - t0
+        passes = sum(r["forward_passes"] for r in rounds)
+        full = len(lib) * len(ts)
+        finished = rounds[-1]["open"] == 0
+        report["adaptive"] = {"seconds": round(seconds, 1), "forward_passes": passes, "rounds": rounds,
+                              "finished": finished, "full_forward_passes": full,
+                              "reduction": round(full / passes, 2)}
+        # The race's rate is the one a user's ranking runs at: it supersedes Table 1's.
+        report |= {"masked_images_per_s_per_device": round(passes / seconds / settings.actors, 1),
+                   "rate_from": "the race"}
+        log(f"adaptive ranking: {passes:,} forward passes in {seconds:.1f} s over {len(rounds)} rounds"
+            + ("" if finished else f" (stopped at --max-rounds {cfg.max_rounds}, {rounds[-1]['open']} masks open)")
+            + f"; full mode would need {full:,} ({report['adaptive']['reduction']}x more)")
+    report["bare_forward_per_s"] = round(_bare_rate(models["E"], ts, lib, settings), 1)
     return report

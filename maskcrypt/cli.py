@@ -242,11 +242,14 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         raise MaskcryptError(f"--project-devices: expected a comma list of counts, got {args.project_devices!r}") \
             from None
     cfg = CapacityConfig(count=args.count, size=args.size, masks=absolute_path(args.masks), arch=args.arch,
-                         width=args.width, model=absolute_path(args.model), images=args.images, repeats=args.repeats,
-                         keep=args.keep, max_rounds=args.max_rounds, project_images=args.project_images,
-                         project_devices=devices)
+                         model=absolute_path(args.model), images=args.images, repeats=args.repeats,
+                         keep=args.keep, max_rounds=args.max_rounds, first=args.first,
+                         stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()),
+                         project_images=args.project_images, project_devices=devices,
+                         **({"width": args.width} if args.width else {}))
     settings = EvalSettings(actors=args.eval_actors, gpus_per_actor=args.eval_gpus, precision=args.precision)
-    init_ray()
+    if set(cfg.stages) - {"read"}:
+        init_ray()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(absolute_path(args.out) or tmp)
         out.mkdir(parents=True, exist_ok=True)
@@ -415,12 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--masks", default="", help="an existing library to copy in instead of generating")
     ca.add_argument("--out", default="", help="directory for the library and capacity.json (default: temporary)")
     ca.add_argument("--arch", default="compact")
-    ca.add_argument("--width", type=int, default=32)
+    ca.add_argument("--width", type=int, default=0, help="compact recognizer width (default: the pipeline's)")
     ca.add_argument("--model", default="", help="a trained recognizer (folder) instead of untrained weights")
     ca.add_argument("--images", type=int, default=400, help="synthetic test faces")
     ca.add_argument("--repeats", type=int, default=5, help="Table 1 repetitions")
     ca.add_argument("--keep", type=int, default=5, help="adaptive: masks kept per bucket")
     ca.add_argument("--max-rounds", type=int, default=0, help="adaptive: stop after this many rounds (0 = finish)")
+    ca.add_argument("--first", type=int, default=50, help="adaptive: test images every mask sees in round 1")
+    ca.add_argument("--stages", default="read,table1,race",
+                    help="what runs after the library is built: read (read it back), table1, race")
     ca.add_argument("--eval-actors", type=int, default=2)
     ca.add_argument("--eval-gpus", type=float, default=0.0)
     ca.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))

@@ -142,10 +142,29 @@ def test_capacity_job_reports_throughput_memory_and_a_projection(tmp_path):
                         "--project-devices", "1,8"], capture_output=True, text=True, timeout=600, cwd="/")
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((tmp_path / "cap" / "capacity.json").read_text())
-    assert report["masks"] == 60 and report["library_bytes_per_mask"] > 0
+    assert report["masks"] == 60 and report["library_bytes_per_mask"] > 0 and report["precision"] in ("bf16", "fp32")
+    assert report["sampled"]["forward_passes"] == 7 * 1 * 20 and report["masks_per_s_read"] > 0
+    assert report["bare_forward_per_s"] > 0 and report["vs_bare_forward"] > 0
     assert report["adaptive"]["full_forward_passes"] == 60 * 20
     assert 0 < report["adaptive"]["forward_passes"] <= 60 * 20
     rows = report["projection"]["rows"]
     assert [row["devices"] for row in rows] == [1, 8] and rows[0]["full_seconds"] == pytest.approx(
         8 * rows[1]["full_seconds"], rel=0.01)
     assert "masked images/s per evaluation device" in r.stdout
+
+
+def test_capacity_read_stage_alone_needs_no_ray_and_bad_stages_are_named(tmp_path):
+    """A CPU machine measures a library's generation and read-back without the race (issue 14, item 6)."""
+    from maskcrypt.capacity import CapacityConfig, measure
+    from maskcrypt.errors import MaskcryptError
+
+    lines: list[str] = []
+    report = measure(tmp_path, CapacityConfig(count=40, size=16, stages=("read",)), log=lines.append)
+    assert report["masks"] == 40 and report["masks_per_s_read"] > 0 and report["read_unpacked_mb_per_s"] > 0
+    assert "projection" not in report and "sampled" not in report and report["peak_actor_mb"] is None
+    assert any(line.startswith("library read back: 40 masks") for line in lines)
+    with pytest.raises(MaskcryptError, match="--stages: expected distinct names from read, table1, race, got "
+                                             "read,inpaint"):
+        CapacityConfig(stages=("read", "inpaint"))
+    with pytest.raises(MaskcryptError, match="--first"):
+        CapacityConfig(first=0)
