@@ -272,8 +272,13 @@ def test_a_stage_waits_for_the_cpus_that_short_tasks_still_hold(ray_session):
 
     from maskcrypt.cluster import wait_for_free_cpu
 
+    # Earlier tests' actors may still be ending: start from a cluster whose CPUs are all free again.
+    deadline = time.monotonic() + 60
+    while (ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0)
+           and time.monotonic() < deadline):
+        time.sleep(0.1)
     free = ray.available_resources().get("CPU", 0)
-    assert free > 0
+    assert free > 0, "earlier tests' tasks or actors still hold every CPU after 60 s"
 
     @ray.remote
     def hold(seconds: float) -> bool:
