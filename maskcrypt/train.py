@@ -222,10 +222,25 @@ def worker_cpus(resources: Resources, mode: str, cluster_cpus: float) -> float:
 _DATASETS_BUILT_ONE_AT_A_TIME = threading.Lock()
 
 
-def _datasets(inputs: TrainInputs, mode: str, eval_limit: int) -> dict[str, Any]:
-    """The training and held-out datasets: in-memory sources materialized once (later epochs reread blocks)."""
-    train = inputs.train.dataset()
-    val = inputs.val.dataset(order=np.arange(min(len(inputs.val), eval_limit)))
+def held_out_order(n: int, limit: int, seed: int) -> np.ndarray:
+    """Which held-out images the per-epoch figures use: all of them, or a seeded sample of ``limit`` in order.
+
+    Not the first ``limit``: file sources list identity by identity, and the first 2,000
+    images of a large test split would be a handful of identities.
+    """
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 0x7A1]).choice(n, limit, replace=False))
+
+
+def _datasets(inputs: TrainInputs, mode: str, eval_limit: int, seed: int) -> dict[str, Any]:
+    """The training and held-out datasets: in-memory sources materialized once (later epochs reread blocks).
+
+    A streamed training set is shuffled by Ray Data (``SourceSplit.dataset``'s ``shuffle_seed``);
+    a replicated one is permuted per epoch by the workers themselves (``array_batches``).
+    """
+    train = inputs.train.dataset(shuffle_seed=seed if mode == "stream" else None)
+    val = inputs.val.dataset(order=held_out_order(len(inputs.val), eval_limit, seed))
     if inputs.train.in_memory:
         train = train.materialize()
     if inputs.val.in_memory:
@@ -347,7 +362,7 @@ def train_model(
     log(f"{role}: training on {resources.workers} worker(s) x {cpus:g} CPU, data {mode} ({len(inputs.train)} "
         f"images x {k} per epoch) into {folder}")
     with _DATASETS_BUILT_ONE_AT_A_TIME:
-        datasets = _datasets(inputs, mode, eval_limit)
+        datasets = _datasets(inputs, mode, eval_limit, tc["seed"])
     with EpochPrinter(folder, role, log):
         _fit(cfg, role, Path(models_dir), resources, datasets, cpus)
     _, final = find_checkpoint(folder, kind=kind)

@@ -115,6 +115,47 @@ def test_imagefolder_streams_through_ray_data(tmp_path, ray_session):
     assert streamed == in_memory  # same decode, same labels from the path
 
 
+
+def test_a_training_stream_mixes_identities_in_every_block_and_reorders_blocks_each_epoch(ray_session):
+    """Face sources list identity by identity: a streamed training set must not keep that order.
+
+    Without the shuffle, a block (and with it a worker's shard of the streaming split) holds
+    one identity here; with it, every block mixes them, and each execution (epoch) reads the
+    blocks in a new order that the seed reproduces.
+    """
+    import ray.data
+
+    from maskcrypt.data.stream import SourceSplit
+    from maskcrypt.train import held_out_order
+
+    labels = np.repeat(np.arange(8), 256)  # 8 blocks of 256 rows (ROWS_PER_BLOCK)
+    images = np.broadcast_to(labels.astype(np.uint8)[:, None, None, None], (labels.size, 1, 4, 4))
+    split = SourceSplit.from_arrays(np.ascontiguousarray(images), labels, [f"id{i}" for i in range(8)])
+
+    def blocks(ds: ray.data.Dataset) -> list[np.ndarray]:
+        return [b["label"] for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
+
+    ctx = ray.data.DataContext.get_current()
+    kept, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
+    try:
+        assert all(len(np.unique(b)) == 1 for b in blocks(split.dataset(blocks=8)))  # the sorted order
+        ds = split.dataset(blocks=8, shuffle_seed=3)
+        first, second = ds.take_all(), ds.take_all()
+        again = split.dataset(blocks=8, shuffle_seed=3).take_all()
+        mixed = blocks(split.dataset(blocks=8, shuffle_seed=3))
+    finally:
+        ctx.execution_options.preserve_order = kept
+    assert len(mixed) == 8 and all(len(np.unique(b)) == 8 for b in mixed)
+    items = [[int(r["item"]) for r in rows] for rows in (first, second, again)]
+    assert sorted(items[0]) == list(range(labels.size))  # every image once per epoch
+    assert items[0] != items[1] and items[0] == items[2]  # a new block order per epoch, reproduced by the seed
+    with pytest.raises(ValueError, match="not both"):
+        split.dataset(order=np.arange(4), shuffle_seed=3)
+
+    assert np.array_equal(held_out_order(50, 2000, seed=0), np.arange(50))
+    sample = held_out_order(5000, 2000, seed=0)  # the per-epoch held-out figures: spread, not the first 2,000
+    assert len(np.unique(sample)) == 2000 and np.all(np.diff(sample) > 0) and sample[-1] > 4500
+
 # -- lfw -------------------------------------------------------------------------------------
 def test_lfw_crop_pairs_and_min_images(tmp_path):
     root = write_lfw(tmp_path / "lfw")

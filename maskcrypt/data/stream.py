@@ -167,11 +167,25 @@ class SourceSplit:
         blocks = ImageBlocks(tuple(refs), counts, (self.channels, *self.size), np.arange(kept.size))
         return blocks, kept
 
-    def dataset(self, order: np.ndarray | None = None, blocks: int = 0) -> ray.data.Dataset:
-        """Rows ``image``, ``label``, ``item``, decoded in Ray tasks; ``order`` picks and orders items."""
+    def dataset(self, order: np.ndarray | None = None, blocks: int = 0,
+                shuffle_seed: int | None = None) -> ray.data.Dataset:
+        """Rows ``image``, ``label``, ``item``, decoded in Ray tasks; ``order`` picks and orders items.
+
+        ``shuffle_seed`` makes a training stream: the items in one seeded random order (so
+        that every block, and every worker's shard of a streaming split, mixes identities:
+        face sources list their files identity by identity, and a block of 256 files in that
+        order would hold one or two identities), and the blocks in a new seeded order on each
+        execution of the dataset (each epoch). Only the blocks of file paths are reordered,
+        before anything is decoded: the all-to-all step costs no pixels. Within a worker,
+        the local shuffle buffer (:data:`maskcrypt.train_loop.SHUFFLE_BUFFER`) mixes the blocks.
+        """
         import ray
         import ray.data
 
+        if order is not None and shuffle_seed is not None:
+            raise ValueError("dataset: give order or shuffle_seed, not both")
+        if shuffle_seed is not None:
+            order = np.random.default_rng([shuffle_seed, 0x5B1]).permutation(len(self))
         idx = np.arange(len(self)) if order is None else np.asarray(order, dtype=np.int64)
         if idx.size == 0:
             raise MaskcryptError(f"data spec {self.spec.text!r}: split {self.split!r} has no image to read")
@@ -190,6 +204,10 @@ class SourceSplit:
 
         frame = pd.DataFrame(table)
         index = ray.data.from_pandas([frame.iloc[p] for p in np.array_split(np.arange(len(frame)), n_blocks)])
+        if shuffle_seed is not None:
+            from ray.data import RandomSeedConfig
+
+            index = index.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
         return index.map_batches(fn, fn_kwargs=kwargs, batch_size=ROWS_PER_BLOCK, batch_format="numpy")
 
 
