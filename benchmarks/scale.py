@@ -77,7 +77,7 @@ def child_dataloader(folder: str, threads: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from maskcrypt.config import TrainConfig
+    from maskcrypt.config import ModelSettings, TrainConfig
     from maskcrypt.data import source_split
     from maskcrypt.data.images import decode_file
     from maskcrypt.models.recognizer import Recognizer, RecognizerConfig
@@ -97,7 +97,9 @@ def child_dataloader(folder: str, threads: int) -> dict:
     torch.manual_seed(0)
     tc = TrainConfig(epochs=1, batch_size=BATCH)
     bf16 = use_bf16(tc.precision, "cpu")
-    model = Recognizer(RecognizerConfig(num_classes=len(split.class_names), image_size=SIZE))
+    ms = ModelSettings()  # the Ray path's model: train_run builds it from the same defaults
+    model = Recognizer(RecognizerConfig(arch=ms.arch, num_classes=len(split.class_names), channels=split.channels,
+                                        image_size=SIZE, width=ms.width, depth=tuple(ms.depth), head=ms.head))
     if channels_last("cpu", bf16):
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay,
