@@ -115,7 +115,6 @@ def test_imagefolder_streams_through_ray_data(tmp_path, ray_session):
     assert streamed == in_memory  # same decode, same labels from the path
 
 
-
 def test_a_training_stream_mixes_identities_in_every_block_and_reorders_blocks_each_epoch(ray_session):
     """Face sources list identity by identity: a streamed training set must not keep that order.
 
@@ -155,6 +154,7 @@ def test_a_training_stream_mixes_identities_in_every_block_and_reorders_blocks_e
     assert np.array_equal(held_out_order(50, 2000, seed=0), np.arange(50))
     sample = held_out_order(5000, 2000, seed=0)  # the per-epoch held-out figures: spread, not the first 2,000
     assert len(np.unique(sample)) == 2000 and np.all(np.diff(sample) > 0) and sample[-1] > 4500
+
 
 # -- lfw -------------------------------------------------------------------------------------
 def test_lfw_crop_pairs_and_min_images(tmp_path):
