@@ -64,7 +64,7 @@ def child_ray(folder: str, workers: int) -> dict:
             t0 = time.perf_counter()
             metas = train_run(run, f"imagefolder:{folder}", SIZE, sources=TrainSources(models="original"),
                               models=ModelSettings(), train_config=TrainConfig(epochs=1, batch_size=BATCH),
-                              resources=Resources(workers=workers), log=lambda *_: None)
+                              resources=Resources(workers=workers, sharding="stream"), log=lambda *_: None)
             wall = time.perf_counter() - t0
     m = metas["original"]["metrics"]
     return {"driver_mb": peak.driver_mb, "object_store_mb": peak.object_store_mb, "wall_s": wall,

@@ -101,7 +101,11 @@ RUN_FLAGS: list[tuple[tuple[str, ...], tuple[str, ...], dict[str, Any], str]] = 
     (("--max-failures",), ("resources.max_failures",), {"type": int}, ""),
     (("--data-sharding",), ("resources.sharding",), {"choices": ("auto", "stream", "replicate")},
      "how Ray Train workers share the training data: stream (each image decoded once), replicate (bitwise "
-     "reproducible), auto (replicate for in-memory sources, stream for files)"),
+     "reproducible), auto (replicate when the decoded set fits --replicate-max-mb per worker, else stream)"),
+    (("--replicate-max-mb",), ("resources.replicate_max_mb",), {"type": float},
+     "auto sharding: decoded training pixels per worker up to which every rank holds the whole set"),
+    (("--held-out-limit",), ("resources.held_out_limit",), {"type": int},
+     "held-out images evaluated after each training epoch (a seeded sample of a larger split)"),
     # determination
     (("--test-data",), ("determine.test_data",), {}, "test images (default: --data, test split)"),
     (("--scoring",), ("determine.scoring",), {"choices": ("auto", "closed", "open")},

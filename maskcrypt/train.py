@@ -198,11 +198,20 @@ def format_epoch(role: str, meta: dict[str, Any], elapsed: float, done_here: int
             f"{m.get('images_per_s', 0):,.0f} img/s  ETA {int(left // 60)}m{int(left % 60):02d}s")
 
 
+def decoded_mb(split: SourceSplit) -> float:
+    """MB the split's decoded pixels take (uint8 C x H x W per image): what a replicating rank holds."""
+    return len(split) * split.channels * split.size[0] * split.size[1] / 1e6
+
+
 def sharding(resources: Resources, train: SourceSplit) -> str:
-    """``stream`` or ``replicate`` (see the module docstring); ``auto`` picks by whether the data fits in memory."""
+    """``stream`` or ``replicate`` (see the module docstring); ``auto`` picks by the decoded size per worker.
+
+    Not by the source's kind: a synthetic, idx or npz source of millions of images would be
+    copied whole into every rank, and a small image folder gains reproducibility by replicating.
+    """
     if resources.sharding != "auto":
         return resources.sharding
-    return "replicate" if train.in_memory else "stream"
+    return "replicate" if decoded_mb(train) <= resources.replicate_max_mb else "stream"
 
 
 def worker_cpus(resources: Resources, mode: str, cluster_cpus: float) -> float:
@@ -234,14 +243,17 @@ def held_out_order(n: int, limit: int, seed: int) -> np.ndarray:
 
 
 def _datasets(inputs: TrainInputs, mode: str, eval_limit: int, seed: int) -> dict[str, Any]:
-    """The training and held-out datasets: in-memory sources materialized once (later epochs reread blocks).
+    """The training and held-out datasets; rendered or in-memory sources that replicate are materialized once.
 
     A streamed training set is shuffled by Ray Data (``SourceSplit.dataset``'s ``shuffle_seed``);
-    a replicated one is permuted per epoch by the workers themselves (``array_batches``).
+    a replicated one is permuted per epoch by the workers themselves (``array_batches``). A
+    rendered source too large to replicate streams like files: it is rendered again each
+    epoch rather than held whole in the object store. The held-out sample (at most
+    ``eval_limit`` images) is materialized when it is rendered.
     """
     train = inputs.train.dataset(shuffle_seed=seed if mode == "stream" else None)
     val = inputs.val.dataset(order=held_out_order(len(inputs.val), eval_limit, seed))
-    if inputs.train.in_memory:
+    if inputs.train.in_memory and mode == "replicate":
         train = train.materialize()
     if inputs.val.in_memory:
         val = val.materialize()
@@ -279,13 +291,19 @@ def _fit(cfg: dict[str, Any], role: str, models_dir: Path, resources: Resources,
     )
     try:
         trainer.fit()
-    except Exception as exc:  # Ray wraps worker errors; surface the cause by name.
-        cause = exc
-        while cause.__cause__ is not None:
+    except Exception as exc:  # Ray wraps worker errors; surface the named one, keep the traceback in a file.
+        import traceback
+
+        named, cause = None, exc
+        while cause is not None:
+            if isinstance(cause, MaskcryptError):
+                named = cause
             cause = cause.__cause__
-        if isinstance(cause, MaskcryptError):
-            raise MaskcryptError(str(cause)) from None
-        raise
+        log_file = models_dir / f"{role}.error.log"
+        models_dir.mkdir(parents=True, exist_ok=True)
+        log_file.write_text("".join(traceback.format_exception(exc)))
+        what = str(named) if named is not None else f"training {role} failed: {type(exc).__name__}: {exc}"
+        raise MaskcryptError(f"{what} (traceback: {log_file})") from None
 
 
 def train_model(
@@ -350,7 +368,7 @@ def train_model(
     }
     mode = sharding(resources, inputs.train)
     cpus = worker_cpus(resources, mode, ray.cluster_resources().get("CPU", 0))
-    eval_limit = 2000
+    eval_limit = resources.held_out_limit
     cfg = {
         "role": role, "model_config": model_config, "train_config": tc, "meta": meta, "k": k,
         "sharding": mode, "train_size": len(inputs.train), "val_size": min(len(inputs.val), eval_limit),

@@ -26,6 +26,7 @@ What differs per model lives in a *steps* object:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import time
@@ -179,7 +180,7 @@ class RecognizerSteps(Steps):
             masks = held_out_masks(self.cfg, batch["item"]) if self.encrypted else None
             correct += predictor.accuracy(batch["image"], batch["label"], masks) * len(batch["label"])
             total += len(batch["label"])
-        return {"test_accuracy": correct / max(total, 1)}
+        return {"test_accuracy": correct / max(total, 1), "held_out_images": total}
 
 
 class InpainterSteps(Steps):
@@ -247,14 +248,33 @@ class InpainterSteps(Steps):
                 m = self.to_device(held_out_masks(self.cfg, batch["item"]))[:, None].float()
                 psnr.append(hole_psnr(net(img * m, m).float(), img, m))
                 base.append(hole_psnr(mean_fill(img, m), img, m))
-        return {"hole_psnr": float(torch.cat(psnr).mean()), "mean_fill_psnr": float(torch.cat(base).mean())}
+        return {"hole_psnr": float(torch.cat(psnr).mean()), "mean_fill_psnr": float(torch.cat(base).mean()),
+                "held_out_images": sum(len(p) for p in psnr)}
+
+
+def per_item_choice(seed: int, items: np.ndarray, n: int) -> np.ndarray:
+    """A seeded choice in ``[0, n)`` for each item number, a pure function of (seed, item).
+
+    Each item's choice depends on nothing else (not on how many items the split has, nor
+    on which sample of it is evaluated): splitmix64 of the item number keyed by the seed.
+    """
+    with np.errstate(over="ignore"):
+        z = np.asarray(items, dtype=np.uint64) + np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z % np.uint64(n)).astype(np.int64)
 
 
 def held_out_masks(cfg: dict[str, Any], items: np.ndarray) -> np.ndarray:
-    """The held-out mask of each held-out image: drawn once per image position (seeded), the same every epoch."""
+    """The held-out mask of each held-out image, by its item number in the whole split: the same every epoch.
+
+    ``items`` are positions in the whole held-out split (``SourceSplit.dataset(order=...)``
+    keeps them), so any sample of the split, of any size, sees each image under one mask.
+    """
     pool = cfg["eval_masks"] if cfg.get("eval_masks") is not None else cfg["masks"]
-    pick = np.random.default_rng([cfg["train_config"]["seed"], 0xE7A1]).integers(0, len(pool), cfg["val_size"])
-    return pool[pick[np.asarray(items, dtype=np.int64)]]
+    return pool[per_item_choice(int(cfg["train_config"]["seed"]) ^ 0xE7A1, items, len(pool))]
 
 
 def rank_batches(cfg: dict[str, Any], rank: int, world: int, per_rank: int, steps: int, epoch: int,
@@ -372,6 +392,24 @@ def train_epoch(steps: Steps, net: Any, epoch: int, per_pass: int,
                       read.get("rows", 0) // max(steps.passes, 1))
 
 
+@contextlib.contextmanager
+def named_failure(role: str, epoch: int, epochs: int, rank: int, doing: str) -> Iterator[None]:
+    """Any error inside becomes one :class:`MaskcryptError` line: which model, which epoch, doing what, what failed.
+
+    The driver (:func:`maskcrypt.train._fit`) prints that line and writes the whole
+    traceback beside the model's checkpoints; Ray's own log keeps it too.
+    """
+    from maskcrypt.errors import MaskcryptError
+
+    try:
+        yield
+    except MaskcryptError:
+        raise
+    except Exception as exc:
+        raise MaskcryptError(f"training {role}: epoch {epoch}/{epochs} failed while {doing} on rank {rank}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+
 def train_worker(cfg: dict[str, Any]) -> None:
     """Ray Train loop for one model; every rank runs it (DDP)."""
     import ray
@@ -417,9 +455,10 @@ def train_worker(cfg: dict[str, Any]) -> None:
                                         parallel_strategy_kwargs={"find_unused_parameters": unused})
 
     for epoch in range(start_epoch, steps.epochs + 1):
-        stats = train_epoch(steps, net, epoch, per_pass,
-                            lambda pass_, read, e=epoch: rank_batches(cfg, rank, world, per_rank, per_pass, e, pass_,
-                                                                      read), rank)
+        with named_failure(cfg["role"], epoch, steps.epochs, rank, "training"):
+            stats = train_epoch(steps, net, epoch, per_pass,
+                                lambda pass_, read, e=epoch: rank_batches(cfg, rank, world, per_rank, per_pass, e,
+                                                                          pass_, read), rank)
         metrics: dict[str, Any] = {"epoch": epoch, "epochs": steps.epochs,
                                    "loss": stats.loss_sum / max(stats.seen, 1),
                                    "images_per_s": stats.seen * world / max(stats.seconds, 1e-9),
@@ -430,7 +469,8 @@ def train_worker(cfg: dict[str, Any]) -> None:
             ray.train.report(metrics)
             continue
         val = ray.train.get_dataset_shard("val").iter_batches(batch_size=256, batch_format="numpy")
-        metrics.update(steps.evaluate(unwrap(net), val))
+        with named_failure(cfg["role"], epoch, steps.epochs, rank, "evaluating the held-out images"):
+            metrics.update(steps.evaluate(unwrap(net), val))
         history.append({**metrics, "resumed": epoch == start_epoch and ckpt is not None})
         with tempfile.TemporaryDirectory() as tmp:
             meta = {**cfg["meta"], "epoch": epoch, "epochs": steps.epochs, "metrics": metrics, "history": history,

@@ -35,6 +35,8 @@ def ray_session():
 #: The tiny trained run's settings: the same code as the defaults, a few seconds of compute.
 TINY_DATA = "synthetic:identities=6,per_identity=16,test_fraction=0.2"
 TINY_SIZE = 16
+#: Held-out images the tiny run evaluates per epoch: fewer than its held-out split holds.
+TINY_HELD_OUT_LIMIT = 8
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +45,7 @@ def tiny_run(ray_session, tmp_path_factory):
 
     Later stages' tests (evaluation, selection, serving) reuse it.
     """
-    from maskcrypt.config import InpaintTrainConfig, ModelSettings, PrepareConfig, TrainConfig
+    from maskcrypt.config import InpaintTrainConfig, ModelSettings, PrepareConfig, Resources, TrainConfig
     from maskcrypt.prepare import prepare
     from maskcrypt.train import train_run
 
@@ -55,6 +57,9 @@ def tiny_run(ray_session, tmp_path_factory):
         models=ModelSettings(width=8, inpaint_width=4, inpaint_iterations=1),
         train_config=TrainConfig(epochs=4, batch_size=16, lr=0.05, warmup_epochs=0.5, label_smoothing=0.0),
         inpaint_config=InpaintTrainConfig(epochs=2, batch_size=16),
+        # Below the held-out split's 18 images: every model evaluates a sample after each epoch (the size limit a
+        # real data set crosses, here crossed by the fixture every later test builds on).
+        resources=Resources(held_out_limit=TINY_HELD_OUT_LIMIT),
         log=lambda *_: None,
     )
     return run, metas

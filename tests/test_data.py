@@ -156,6 +156,28 @@ def test_a_training_stream_mixes_identities_in_every_block_and_reorders_blocks_e
     assert len(np.unique(sample)) == 2000 and np.all(np.diff(sample) > 0) and sample[-1] > 4500
 
 
+def test_held_out_masks_are_drawn_per_item_of_the_whole_split_whatever_the_sample():
+    """A held-out split over the per-epoch limit: items are numbers in the whole split, past the sample's size.
+
+    Before, masks were drawn for the sample's size and indexed by the item number: an
+    IndexError at the end of E's first epoch on any held-out split over 2,000 images.
+    """
+    from maskcrypt.train import held_out_order
+    from maskcrypt.train_loop import held_out_masks, per_item_choice
+
+    pool = np.arange(7, dtype=np.uint8)[:, None, None] * np.ones((1, 2, 2), np.uint8)  # mask i is filled with i
+    cfg = {"train_config": {"seed": 0}, "eval_masks": pool, "masks": None, "val_size": 20}
+    sample = held_out_order(3000, 20, seed=0)  # the 3,000-image held-out split of the report, limit 20
+    assert sample.max() >= 20
+    got = held_out_masks(cfg, sample)[:, 0, 0]
+    whole = held_out_masks({**cfg, "val_size": 3000}, np.arange(3000))[:, 0, 0]
+    assert np.array_equal(got, whole[sample])  # the same mask for the same image, in the sample or the whole split
+    assert np.array_equal(held_out_masks(cfg, sample[::-1])[:, 0, 0], got[::-1])  # by item, not position
+    draws = per_item_choice(0, np.arange(70_000), 7)
+    assert draws.min() == 0 and draws.max() == 6 and np.bincount(draws).min() > 9_000  # spread over the pool
+    assert not np.array_equal(per_item_choice(1, np.arange(100), 7), per_item_choice(0, np.arange(100), 7))
+
+
 # -- lfw -------------------------------------------------------------------------------------
 def test_lfw_crop_pairs_and_min_images(tmp_path):
     root = write_lfw(tmp_path / "lfw")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_DATA, TINY_SIZE
+from conftest import TINY_DATA, TINY_HELD_OUT_LIMIT, TINY_SIZE
 
 from maskcrypt.config import (
     InpaintTrainConfig,
@@ -38,6 +38,13 @@ def test_three_models_train_and_load(tiny_run):
         assert metas[role]["world_size"] == 1  # one worker per model, side by side (DDP: the killed-worker test)
     assert metas["inpainter"]["history"][-1]["loss"] < metas["inpainter"]["history"][0]["loss"]
     assert metas["inpainter"]["feature_losses"] is False  # no VGG weights here: recorded
+    # The held-out split (18 images) is over the per-epoch limit: every model evaluated a sample of it, every epoch
+    # (E and R under held-out masks drawn by the item's number in the whole split: the crash of a real-size run).
+    held_out = len(load(TINY_DATA, default_split="test", size=TINY_SIZE))
+    assert held_out > TINY_HELD_OUT_LIMIT
+    for role in ("original", "encrypted", "inpainter"):
+        assert [h["held_out_images"] for h in metas[role]["history"]] == [TINY_HELD_OUT_LIMIT] * len(
+            metas[role]["history"]), role
     o = Recognizer.from_checkpoint(run / "models" / "original")
     e = Recognizer.from_checkpoint(run / "models" / "encrypted")
     r = Inpainter.from_checkpoint(run / "models" / "inpainter")
