@@ -163,7 +163,8 @@ def folder_name(mask_id: str) -> str:
     return safe
 
 
-def load_attacker_data(spec: str, o_meta: dict[str, Any], scoring: str) -> dict[str, Any]:
+def load_attacker_data(spec: str, o_meta: dict[str, Any], scoring: str,
+                       cache: Path | None = None) -> dict[str, Any]:
     """The attacker's labelled images (train split unless the spec names one), labels in O's class space.
 
     Identities that are O's classes keep O's classifier (labels mapped by name); other
@@ -193,7 +194,7 @@ def load_attacker_data(spec: str, o_meta: dict[str, Any], scoring: str) -> dict[
                              "an attacker with other identities)")
     else:
         labels, classes = np.asarray(raw_labels, np.int64), [str(c) for c in raw.class_names]
-    digest = hashlib.sha256(split.fingerprint().encode() + kept.tobytes()).hexdigest()
+    digest = hashlib.sha256(split.fingerprint(cache).encode() + kept.tobytes()).hexdigest()
     return {"images": images, "labels": labels, "class_names": classes, "spec": raw.spec.text, "sha256": digest}
 
 
@@ -476,7 +477,7 @@ def train_for(d: Any, alist: pd.DataFrame) -> dict[str, Path]:
     t0 = time.perf_counter()
     o_ckpt, o_meta = find_checkpoint(d.paths.models / "original", kind="recognizer")
     _, e_meta = find_checkpoint(d.paths.models / "encrypted", kind="recognizer")
-    data = load_attacker_data(attacker_spec(d), o_meta, d.test.scoring)
+    data = load_attacker_data(attacker_spec(d), o_meta, d.test.scoring, d.paths.file_digests)
     jobs: dict[str, dict[str, Any]] = {}
     if "family" in kinds:
         buckets = sorted(int(b) for b in alist["bucket"].unique())

@@ -155,8 +155,12 @@ def _library_sha(lib: Any) -> str:
     return h.hexdigest()
 
 
-def _check_parts_key(parts: Path, key: dict[str, Any], redo: bool) -> None:
-    """Per-mask parts are reused only when computed from the same inputs; else refuse or discard."""
+def _check_parts_key(parts: Path, key: dict[str, Any], redo: bool,
+                     explain: Callable[[dict[str, Any]], str] = lambda before: "") -> None:
+    """Per-mask parts are reused only when computed from the same inputs; else refuse or discard.
+
+    ``explain(before)`` names how the test data differs from the recorded one, if it does.
+    """
     key_file = parts / "_key.json"
     if parts.exists() and not key_file.exists():
         shutil.rmtree(parts)  # written before its key: nothing in it can be trusted
@@ -164,9 +168,11 @@ def _check_parts_key(parts: Path, key: dict[str, Any], redo: bool) -> None:
         before = json.loads(key_file.read_text())
         diff = sorted(k for k in set(before) | set(key) if before.get(k) != key.get(k))
         if diff and not redo:
+            why = explain(before)
             raise MaskcryptError(
                 f"per-mask results in {parts} were computed with other inputs or settings (differ: "
-                f"{', '.join(diff)}); pass --redetermine to discard them and start the determination over"
+                f"{', '.join(diff)}{'; ' + why if why else ''}); pass --redetermine to discard them and start the "
+                "determination over"
             )
         if diff or redo:
             shutil.rmtree(parts)
@@ -206,8 +212,10 @@ def open_determination(run: Any, config: DetermineConfig, thresholds: Thresholds
         + f"; selection {test.probes('selection')} / confirmation {test.probes('confirmation')} probe images"
         + (f"; dropped identities with too few images: {test.dropped}" if test.dropped else ""))
     lib = MaskLibrary.open(str(paths.masks))
-    digest = hashlib.sha256(raw.fingerprint().encode() + kept.tobytes()).hexdigest()
-    key = {"test_data": raw.spec.text, "test_data_sha256": digest, "size": int(e["image_size"]),
+    fingerprint = raw.fingerprint(paths.file_digests)
+    digest = hashlib.sha256(fingerprint.encode() + kept.tobytes()).hexdigest()
+    key = {"test_data": raw.spec.text, "test_data_sha256": digest, "test_data_fingerprint": fingerprint,
+           "size": int(e["image_size"]),
            "scoring": test.scoring, "confirm_fraction": config.confirm_fraction, "enroll": config.enroll,
            "seed": config.seed, "precision": settings.precision, "library_sha256": _library_sha(lib),
            "per_image": settings.per_image, "inpainter_sha256": r_meta.get("model_sha256"),
@@ -216,7 +224,16 @@ def open_determination(run: Any, config: DetermineConfig, thresholds: Thresholds
                       paths.models / "inpainter", key, log, redo=redo)
     if not d.present:
         raise MaskcryptError(f"mask library {lib.uri}: no mask in any bucket (empty library)")
-    _check_parts_key(d.parts, {k: v for k, v in key.items() if k != "inpainter_sha256"}, redo)
+    def explain(before: dict[str, Any]) -> str:
+        from maskcrypt.data.identity import describe_change
+
+        old = before.get("test_data_fingerprint")
+        if before.get("test_data") != raw.spec.text or old == fingerprint:
+            return ""
+        return f"test data {raw.spec.text} changed: " + (describe_change(paths.manifests, old, raw) if old else
+                                                          "its files were not recorded one by one then")
+
+    _check_parts_key(d.parts, {k: v for k, v in key.items() if k != "inpainter_sha256"}, redo, explain)
     return d
 
 

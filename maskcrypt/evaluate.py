@@ -274,11 +274,14 @@ def evaluate_sampled(
     buckets: Sequence[int] | None = None,
     splits: Sequence[str] = ("selection",),
     settings: EvalSettings = EvalSettings(),
+    inpainter: str | Path | None = None,
 ) -> pd.DataFrame:
     """Table 1's sampled mode: per repetition, each test image gets one random mask of the bucket.
 
     Returns one row per (bucket, repeat, split), bucket 0 being the "no mask" row,
     with ``n`` and the counts per model. A bucket with no mask in the library is an error.
+    With ``inpainter`` (R's folder: the training report), the masked buckets' rows also
+    carry ``psnr_sum_R`` and ``psnr_sum_mean_fill``, sums of the hole PSNR over the probes.
     """
     import ray
     import ray.data
@@ -291,7 +294,13 @@ def evaluate_sampled(
     wanted = list(buckets) if buckets is not None else list(range(1, len(library.edges)))
     per_bucket = {b: _drawn_masks(library, b, repeats, seed, test.n_input) for b in wanted}
     tasks = [{"bucket": b, "repeat": r, "seed": seed} for b in [0, *wanted] for r in range(repeats)]
-    constructor = scorer_kwargs(test, resolved, splits, settings, "sampled", bucket_masks=ray.put(per_bucket))
+    extra: dict[str, Any] = {}
+    if inpainter is not None:
+        from maskcrypt.models.checkpoint import find_checkpoint
+
+        extra["inpainter"] = str(find_checkpoint(inpainter, kind="inpainter")[0])
+    constructor = scorer_kwargs(test, resolved, splits, settings, "sampled", bucket_masks=ray.put(per_bucket),
+                                **extra)
     ds = ray.data.from_items(tasks, override_num_blocks=min(len(tasks), 4 * settings.actors))
     out = ds.map_batches(CrossProductScorer, batch_size=1, **_pool(settings, constructor, len(tasks)))
     return out.to_pandas().sort_values(["bucket", "repeat", "split"]).reset_index(drop=True)

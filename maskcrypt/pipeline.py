@@ -114,7 +114,7 @@ def train_stage(config: RunConfig, retrain: bool, log: Callable[[str], None]) ->
     out: dict[str, Any] = {"models": metas}
     if set(metas) == {"original", "encrypted", "inpainter"}:
         quality = cached_training_quality(paths.root, config.prepare.data, seed=config.train.seed,
-                                          precision=config.evaluation.precision, log=log)
+                                          settings=config.evaluation, log=log)
         log(format_quality(quality))
         out["quality"] = quality
     return out

@@ -122,9 +122,9 @@ def _prepare(paths: RunPaths, config: PrepareConfig, restart: bool, log: Any) ->
         "python": platform.python_version(),
         "prepare": dataclasses.asdict(config),
         "inputs": {
-            # Fingerprints of the splits' indexes (paths or items, labels, options): no pixel decoded.
-            "train_data_sha256": train.fingerprint(),
-            "test_data_sha256": test.fingerprint(),
+            # Fingerprints of the splits (files by content, items or pixels; labels; options): no pixel decoded.
+            "train_data_sha256": train.fingerprint(paths.file_digests),
+            "test_data_sha256": test.fingerprint(paths.file_digests),
             "masks": {"count": len(lib), "stats": lib.stats()["buckets"]},
             "masks_train": {"count": len(pool)},
             "masks_heldout": {"count": len(held)},

@@ -70,6 +70,16 @@ class RunPaths:
     def run_json(self) -> Path:
         return self.root / RUN_JSON
 
+    @property
+    def file_digests(self) -> Path:
+        """The content digests of the run's data files, by path, size and mtime (:mod:`maskcrypt.data.identity`)."""
+        return self.root / "cache" / "files.parquet"
+
+    @property
+    def manifests(self) -> Path:
+        """Each data split's files as fingerprinted, one Parquet file per fingerprint."""
+        return self.file_digests.parent / "splits"
+
 
 def code_version() -> str:
     """The package version plus the git commit when running from a checkout."""

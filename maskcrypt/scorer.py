@@ -173,6 +173,14 @@ class CrossProductScorer:
             vectors[f"correct_{name}"], vectors[f"score_{name}"] = self._judge(name, out, cents)
         return self._per_split(vectors)
 
+    def _with_fill_psnr(self, found: list[dict[str, Any]],
+                        masks_for: Callable[[int, int], Any]) -> list[dict[str, Any]]:
+        """``found`` (counts per split) plus the sums of R's and the mean fill's hole PSNR over each split's probes."""
+        psnr_r, psnr_mean = self.predictor.fill_psnr(
+            self.x[self.probes], lambda s, e: masks_for(self.probes.start + s, self.probes.start + e))
+        sums = self._per_split({"psnr_sum_R": psnr_r.double(), "psnr_sum_mean_fill": psnr_mean.double()})
+        return [row | {k: v for k, v in extra.items() if k.startswith("psnr_")} for row, extra in zip(found, sums)]
+
     def _range_counts(self, mask: Any, start: int, stop: int) -> list[dict[str, Any]]:
         """Counts for one mask on probes ``start:stop`` only (positions among the probes): the adaptive race."""
         def fixed(s: int, e: int) -> Any:
@@ -285,7 +293,13 @@ class CrossProductScorer:
                     size, index, packed = self.bucket_masks[bucket]
                     pick = sampled_draw(int(seed), bucket, int(repeat), size, self.n_input)[self.order]
                     row_t = torch.from_numpy(np.searchsorted(index, pick)).to(device)  # rows of ``packed``
-                    found = self._counts(lambda s, e, p=packed, k=row_t: unpack_on_device(p[k[s:e]], self.h, self.w))
+
+                    def drawn(s: int, e: int, p: Any = packed, k: Any = row_t) -> Any:
+                        return unpack_on_device(p[k[s:e]], self.h, self.w)
+
+                    found = self._counts(drawn)
+                    if self.predictor.inpainter is not None:  # the training report: R's fidelity under the draw
+                        found = self._with_fill_psnr(found, drawn)
                 rows.extend(key | r for r in found)
         else:
             raise MaskcryptError(f"scorer: unknown mode {self.mode!r}")

@@ -121,8 +121,25 @@ def _second_sample(inputs: TrainInputs, sampling: MaskSampling) -> tuple[np.ndar
     return masks, held_out, info
 
 
-def _complete(folder: Path, kind: str, job_sha: str, retrain: bool) -> dict[str, Any] | None:
-    """The meta of a complete model trained by this very job (to skip), after refusing or clearing others."""
+def data_changes(before: dict[str, str], inputs: TrainInputs, manifests: Path) -> list[str]:
+    """What differs between the data a model was trained on (its recorded input hashes) and ``inputs``, named."""
+    from maskcrypt.data.identity import describe_change
+
+    out = []
+    for key, split in (("train_data", inputs.train), ("val_data", inputs.val)):
+        if before.get(key) and before.get(key) != inputs.hashes.get(key):
+            what = "training data" if key == "train_data" else "held-out data"
+            out.append(f"its {what} {split.spec.text} changed: {describe_change(manifests, before[key], split)}")
+    return out
+
+
+def _complete(folder: Path, kind: str, job_sha: str, retrain: bool,
+              changed: Callable[[dict[str, Any]], list[str]] = lambda meta: []) -> dict[str, Any] | None:
+    """The meta of a complete model trained by this very job (to skip), after refusing or clearing others.
+
+    ``changed(meta)`` names how the data differs from the one the model was trained on,
+    for the refusal.
+    """
     from maskcrypt.models.checkpoint import find_checkpoint
 
     if not folder.exists():
@@ -135,6 +152,10 @@ def _complete(folder: Path, kind: str, job_sha: str, retrain: bool) -> dict[str,
         shutil.rmtree(folder)
         return None
     if meta is not None and meta.get("job_sha256") != job_sha:
+        named = changed(meta)
+        if named:
+            raise MaskcryptError(f"model {folder}: {'; '.join(named)}; nothing trained on the old images is reused: "
+                                 "pass --retrain to train it again on the current files")
         raise MaskcryptError(f"model {folder}: was trained with other settings or inputs; pass --retrain to train "
                              "it again")
     if meta is not None and meta.get("epoch") == meta.get("epochs"):
@@ -243,21 +264,20 @@ def held_out_order(n: int, limit: int, seed: int) -> np.ndarray:
 
 
 def _datasets(inputs: TrainInputs, mode: str, eval_limit: int, seed: int) -> dict[str, Any]:
-    """The training and held-out datasets; rendered or in-memory sources that replicate are materialized once.
+    """The training and held-out datasets, a training set that replicates and the held-out sample decoded once.
 
-    A streamed training set is shuffled by Ray Data (``SourceSplit.dataset``'s ``shuffle_seed``);
-    a replicated one is permuted per epoch by the workers themselves (``array_batches``). A
-    rendered source too large to replicate streams like files: it is rendered again each
-    epoch rather than held whole in the object store. The held-out sample (at most
-    ``eval_limit`` images) is materialized when it is rendered.
+    A streamed training set is shuffled by Ray Data (``SourceSplit.dataset``'s ``shuffle_seed``)
+    and decoded again each epoch (it may be far larger than memory). A replicated one is
+    small by definition (``Resources.replicate_max_mb``): decoded once here, before the
+    workers hold the CPUs that decoding needs, and permuted per epoch by the workers
+    themselves (``array_batches``). The held-out sample (at most ``eval_limit`` images) is
+    decoded once too, not every epoch.
     """
     train = inputs.train.dataset(shuffle_seed=seed if mode == "stream" else None)
     val = inputs.val.dataset(order=held_out_order(len(inputs.val), eval_limit, seed))
-    if inputs.train.in_memory and mode == "replicate":
+    if mode == "replicate":
         train = train.materialize()
-    if inputs.val.in_memory:
-        val = val.materialize()
-    return {"train": train, "val": val}
+    return {"train": train, "val": val.materialize()}
 
 
 def _fit(cfg: dict[str, Any], role: str, models_dir: Path, resources: Resources, datasets: dict[str, Any],
@@ -347,7 +367,9 @@ def train_model(
            "mask_sampling": mask_info, "samples_per_epoch": samples, "init_sha256": init_sha}
     job_sha = config_hash(job)
     folder = Path(models_dir) / role
-    done = _complete(folder, kind, job_sha, retrain)
+    manifests = Path(models_dir).parent / "cache" / "splits"
+    done = _complete(folder, kind, job_sha, retrain,
+                     lambda before: data_changes(before.get("inputs", {}), inputs, manifests))
     if done is not None:
         log(f"{role}: complete in {folder} (epoch {done['epoch']}), not retrained")
         return done
@@ -535,7 +557,7 @@ def train_run(
         )
     pool_uri = sources.masks or str(paths.masks_train)
     pool = _pool(pool_uri, size)
-    hashes = {"train_data": train.fingerprint(), "val_data": val.fingerprint(),
+    hashes = {"train_data": train.fingerprint(paths.file_digests), "val_data": val.fingerprint(paths.file_digests),
               "masks": config_hash({"sha256": sorted(pool.sha256)})}
     log(f"training data {labelled(train.spec)} {len(train)} images, {len(train.class_names)} classes; "
         f"held-out {len(val)}; mask pool {pool_uri}: {len(pool)} masks")
@@ -556,8 +578,9 @@ def train_run(
             r_train = source_split(r_spec, default_split="train", size=size, channels=train.channels)
             r_val = source_split(r_spec.with_options(split="test"), default_split="test", size=size,
                                  channels=train.channels) if r_spec.split in ("", "train") else val
-            r_inputs = TrainInputs(r_train, r_val, {**hashes, "train_data": r_train.fingerprint(),
-                                                    "val_data": r_val.fingerprint()}, pool.masks, held_out)
+            r_inputs = TrainInputs(r_train, r_val, {**hashes, "train_data": r_train.fingerprint(paths.file_digests),
+                                                    "val_data": r_val.fingerprint(paths.file_digests)},
+                                   pool.masks, held_out)
             streams = streams or sharding(resources, r_train) == "stream"
         inp = InpainterConfig(width=models.inpaint_width, iterations=models.inpaint_iterations,
                               channels=train.channels, image_size=size)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,3 +283,44 @@ def test_held_out_synthetic_faces_share_no_image_with_any_training_split():
     assert len(trained & digests("synthetic:per_identity=52#split=all")) == 4000
     same_people = load(held_out_spec(80, 2), default_split="all", size=16)
     assert same_people.class_names == load("synthetic:", default_split="all", size=16).class_names
+
+
+def test_file_digests_are_by_content_cached_by_stat_and_hashed_in_ray_tasks_past_the_limit(ray_session, tmp_path):
+    """Content sha256 per file: the same past the Ray-task limit as in process; the cache spares unchanged files."""
+    import hashlib
+
+    import pandas as pd
+
+    from maskcrypt.data import identity
+
+    files = []
+    for i in range(9):
+        p = tmp_path / "d" / f"{i}.bin"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(bytes([i]) * (i + 1))
+        files.append(str(p))
+    expected = [hashlib.sha256(bytes([i]) * (i + 1)).hexdigest() for i in range(9)]
+    identity._KNOWN.clear()
+    in_process, _, _ = identity.content_digests(files, ray_above=100)
+    identity._KNOWN.clear()
+    in_ray, _, _ = identity.content_digests(files, ray_above=4, chunk=2)  # 9 files > 4: five Ray tasks
+    assert list(in_process) == list(in_ray) == expected
+
+    cache = tmp_path / "cache" / "files.parquet"
+    identity._KNOWN.clear()
+    identity.content_digests(files, cache)
+    frame = pd.read_parquet(cache)
+    frame.loc[frame["path"] == files[2], "sha256"] = "stale"  # what the cache says is what a same-stat file gets
+    frame.to_parquet(cache)
+    identity._KNOWN.clear()
+    assert identity.content_digests(files, cache)[0][2] == "stale"
+    Path(files[2]).write_bytes(b"new content")  # size and mtime move: read again
+    identity._KNOWN.clear()
+    digests, sizes, _ = identity.content_digests(files, cache)
+    assert digests[2] == hashlib.sha256(b"new content").hexdigest() and sizes[2] == 11
+    gone, _, _ = identity.content_digests([*files, str(tmp_path / "missing.bin")], cache)
+    assert gone[-1] == ""  # a missing file has no digest (and changes the fingerprint)
+
+    change = identity.compare(["a", "b", "c"], ["1", "2", "3"], [0, 0, 1], ["a", "b", "d"], ["1", "9", "4"], [1, 0, 1])
+    assert (change.changed, change.added, change.removed, change.relabelled) == (["b"], ["d"], ["c"], ["a"])
+    assert change.describe().startswith("1 file(s) changed (e.g. b), 1 file(s) added (e.g. d)")

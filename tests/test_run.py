@@ -10,9 +10,12 @@ import json
 import shutil
 
 import pytest
+import torch
 from conftest import TINY_DATA, TINY_SIZE
 
 from maskcrypt.cli import main
+from maskcrypt.config import EvalSettings
+from maskcrypt.data import load
 from maskcrypt.masks import MaskLibrary
 
 TINY = ["--data", "synthetic:identities=4,per_identity=6", "--size", "16", "--mask-count", "24",
@@ -124,10 +127,36 @@ def test_the_training_report_is_reused_until_its_inputs_change(tiny_run, tmp_pat
     run = tmp_path / "run"
     shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("per_mask.parts", "targets.*"))
     lines: list[str] = []
-    first = cached_training_quality(run, TINY_DATA, log=lines.append)
-    again = cached_training_quality(run, TINY_DATA, log=lines.append)
+    fp32 = EvalSettings(precision="fp32", actors=2)
+    first = cached_training_quality(run, TINY_DATA, settings=fp32, log=lines.append)
+    again = cached_training_quality(run, TINY_DATA, settings=fp32, log=lines.append)
     assert again == first and sum("reused" in line for line in lines) == 1
-    other = cached_training_quality(run, TINY_DATA, seed=1, log=lines.append)  # another draw of masks: recomputed
+    assert any("masked images per model" in line and "/s)" in line for line in lines)  # the stage says its rate
+
+    # The report runs in evaluation actors (no model in the driver): the same figures as a plain loop here.
+    from maskcrypt.models.predictor import Predictor
+    from maskcrypt.scorer import sampled_draw
+
+    test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
+    plain = Predictor.from_checkpoints({"E": run / "models" / "encrypted", "O": run / "models" / "original"},
+                                       precision="fp32", inpainter=run / "models" / "inpainter")
+    lib = MaskLibrary.open(str(run / "masks"))
+    y = torch.from_numpy(test.labels)
+    buckets = sorted({int(b) for b in lib.column("bucket")} - {-1})
+    assert first["images"] == len(test) and [r["bucket"] for r in first["rows"]] == [0, *buckets]
+    for row in first["rows"]:
+        masks = None
+        if row["bucket"]:
+            pool = lib.load([row["bucket"]]).masks
+            masks = torch.from_numpy(pool[sampled_draw(0, row["bucket"], 0, len(pool), len(test))])
+        out = plain.outputs(test.images, masks)
+        for name in ("E", "O"):
+            assert round(row[name] * len(test)) == int(plain.judge(out[name], y)[0].sum()), row  # counts equal
+        if masks is not None:
+            psnr_r, psnr_mean = plain.fill_psnr(test.images, masks)
+            assert row["R_hole_psnr"] == pytest.approx(float(psnr_r.double().mean()), abs=1e-3)
+            assert row["mean_fill_psnr"] == pytest.approx(float(psnr_mean.double().mean()), abs=1e-3)
+    other = cached_training_quality(run, TINY_DATA, seed=1, settings=fp32, log=lines.append)  # another draw: recomputed
     assert other["key"]["seed"] == 1 and sum("reused" in line for line in lines) == 1
     meta = json.loads(next((run / "models" / "encrypted").glob("checkpoint_*/meta.json")).read_text())
     assert meta["held_out_masks"] == len(MaskLibrary.open(str(run / "masks_heldout")))

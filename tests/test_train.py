@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_DATA, TINY_HELD_OUT_LIMIT, TINY_SIZE
+from PIL import Image
 
 from maskcrypt.config import (
     InpaintTrainConfig,
@@ -227,3 +230,20 @@ def test_files_streamed_to_two_workers_train_as_well_as_the_in_memory_path(ray_s
         accs = mem["test_accuracy"], streamed["test_accuracy"]
         assert min(accs) >= (0.75 if role == "original" else 0.3), (role, accs)  # chance: 0.125
         assert abs(accs[0] - accs[1]) <= _accuracy_band(*accs, n), (role, accs)
+
+    # Data identity by content: a relaunch on the same files reuses the models (a touch re-reads a file and finds
+    # the same bytes); one image edited under the same name is refused, the change named.
+    run, args = tmp_path / "files", dict(models=ModelSettings(width=8), train_config=train,
+                                         resources=Resources(workers=2, sharding="stream"),
+                                         sources=TrainSources(models="original,encrypted"), log=lambda *_: None)
+    some = sorted((tmp_path / "faces").rglob("*.png"))
+    some[0].touch()
+    assert {r: m["job_sha256"] for r, m in train_run(run, files, TINY_SIZE, **args).items()} == {
+        r: m["job_sha256"] for r, m in metas["files"].items()}
+    edited = Path(source_split(files, default_split="train").paths[3])
+    pixels = np.asarray(Image.open(edited)).copy()
+    pixels[0, 0] ^= 1
+    Image.fromarray(pixels).save(edited)
+    named = rf"training data .* changed: 1 file\(s\) changed \(e.g. {re.escape(str(edited))}\).*--retrain"
+    with pytest.raises(MaskcryptError, match=named):
+        train_run(run, files, TINY_SIZE, **args)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -91,6 +92,8 @@ class SourceSplit:
     arrays: np.ndarray | None = None  # array sources: the split's images (N x C x H x W), already in memory
     render: dict[str, int] = field(default_factory=dict)  # synthetic: identities, per_identity, seed, offset
     items: np.ndarray | None = None  # synthetic: the item numbers to render
+    _fingerprint: str = field(default="", init=False, repr=False, compare=False)
+    _manifest_written: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -110,21 +113,39 @@ class SourceSplit:
         """Small by nature (rendered or already-loaded arrays): materialized once, reread every epoch."""
         return self.paths is None
 
-    def fingerprint(self) -> str:
-        """sha256 of what defines the split's images (spec options, paths or items or pixels, labels)."""
+    def fingerprint(self, cache: Path | None = None) -> str:
+        """sha256 of what defines the split's images: spec options, labels, and the files' *content*, items or pixels.
+
+        A file source hashes every file's bytes (:mod:`maskcrypt.data.identity`): an image
+        edited, replaced, added or removed changes the fingerprint, so nothing computed on
+        the old images is reused. ``cache`` (``RUN/cache/files.parquet``) keeps the digests
+        by path, size and mtime, so a relaunch reads only files that moved, and records the
+        split's manifest beside it (``RUN/cache/splits/``) for naming a later difference.
+        Computed once per object.
+        """
+        if self._fingerprint and (cache is None or self.paths is None or self._manifest_written):
+            return self._fingerprint
         h = hashlib.sha256()
         opts = {k: v for k, v in self.spec.options.items() if k not in ("pairs", "pairs_per_fold")}
         h.update(repr((self.spec.kind, self.spec.path, sorted(opts.items()), self.split, self.size,
                        self.channels, self.crop)).encode())
         h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
         if self.paths is not None:
+            from maskcrypt.data.identity import content_digests, write_manifest
+
+            digests, sizes, mtimes = content_digests(self.paths, cache)
             h.update("\n".join(self.paths).encode())
+            h.update("\n".join(digests.astype(str)).encode())
         if self.items is not None:
             h.update(np.ascontiguousarray(self.items, dtype=np.int64).tobytes())
             h.update(repr(sorted(self.render.items())).encode())
         if self.arrays is not None:
             h.update(np.ascontiguousarray(self.arrays).tobytes())
-        return h.hexdigest()
+        self._fingerprint = h.hexdigest()
+        if self.paths is not None and cache is not None:
+            write_manifest(cache.parent / "splits", self._fingerprint, self.paths, self.labels, digests, sizes, mtimes)
+            self._manifest_written = True
+        return self._fingerprint
 
     def read(self, positions: np.ndarray) -> np.ndarray:
         """A handful of the split's images decoded here, in this process (pictures, a first look)."""

@@ -177,6 +177,31 @@ class Predictor:
                         outs[k].append(model(x).float())
         return {k: torch.cat(v) if v else torch.empty(0, device=self.device) for k, v in outs.items()}
 
+    @torch.inference_mode()
+    def fill_psnr(self, images: np.ndarray | torch.Tensor, masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image: PSNR (dB) inside the hole of R's fill, and of filling the hole with the mean known colour.
+
+        R gets the masked image (the holes zero) and the mask, as in its training; the
+        figure is over hole pixels only (the known pixels would be copied by any attacker).
+        The training report's and R's per-epoch fidelity figure, in chunks on the device.
+        """
+        from maskcrypt.models.losses import hole_psnr, mean_fill
+
+        if self.inpainter is None:
+            raise MaskcryptError("predictor: fill_psnr needs an inpainter")
+        n = int(images.shape[0])
+        r_out, base = [], []
+        for s in range(0, n, self.chunk):
+            e = min(s + self.chunk, n)
+            x = self.to_device(images[s:e]).float() / 255.0
+            m = self._masks(masks, s, e)
+            m = (m[None].expand(e - s, -1, -1) if m.dim() == 2 else m)[:, None].to(x.dtype)
+            with autocast(self.device.type, self.bf16):
+                filled = self.inpainter(x * m, m).float()
+            r_out.append(hole_psnr(filled, x, m))
+            base.append(hole_psnr(mean_fill(x, m), x, m))
+        return torch.cat(r_out), torch.cat(base)
+
     def logits(self, images: np.ndarray | torch.Tensor, masks: Masks = None, name: str | None = None) -> torch.Tensor:
         """One model's float32 logits of the masked images."""
         key = self._one(name)
