@@ -297,13 +297,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Face verification of a run's target masks on a source's pairs (in process, no Ray)."""
+    """Face verification of a run's target masks on a source's pairs, on this machine's (or RAY_ADDRESS's) Ray."""
+    from maskcrypt.cluster import init_ray
+    from maskcrypt.config import EvalSettings
     from maskcrypt.data.spec import absolute_spec
     from maskcrypt.pipeline import absolute_path
     from maskcrypt.verify import verify
 
-    verify(absolute_path(args.run), absolute_spec(args.pairs), mask_ids=args.mask_ids, precision=args.precision,
-           chunk=args.chunk, device=args.device or None, log=print)
+    gpus = args.eval_gpus if args.eval_gpus is not None else (1.0 if args.device == "cuda" else 0.0)
+    if args.device == "cpu" and args.eval_gpus:
+        raise MaskcryptError("verify: --device cpu and --eval-gpus contradict each other; give one")
+    settings = EvalSettings(actors=args.eval_actors, gpus_per_actor=gpus, precision=args.precision,
+                            images_per_chunk=args.chunk)
+    init_ray()
+    verify(absolute_path(args.run), absolute_spec(args.pairs), mask_ids=args.mask_ids, settings=settings, log=print)
     return 0
 
 
@@ -451,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=cmd_serve)
     ve = sub.add_parser("verify", help="face verification (10-fold accuracy, TAR@FAR, ROC) of a run's target masks",
                         description="E under each target mask, O clean, O masked and O inpainted on every pair of a "
-                                    "source; writes RUN/results/verification.parquet and roc.png")
+                                    "source, in Ray evaluation actors (a local Ray starts unless RAY_ADDRESS names "
+                                    "a cluster); writes RUN/results/verification.parquet and roc.png")
     ve.add_argument("run", nargs="?", default="runs/default", help="a determined run (default runs/default)")
     ve.add_argument("--pairs", default="", help="source with pairs: bin:lfw.bin, lfw:/data/lfw#split=all, or any "
                                                 "labelled source with #pairs=generate (default: the run's test data, "
@@ -459,7 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--mask-ids", nargs="+", help="verify these library masks instead of the run's targets")
     ve.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     ve.add_argument("--chunk", type=int, default=0, help="images per forward pass (0: the device's default)")
-    ve.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
+    ve.add_argument("--device", default="", choices=("", "cpu", "cuda"),
+                    help="cuda: one GPU per evaluation actor (as --eval-gpus 1); cpu: none (the default)")
+    ve.add_argument("--eval-actors", type=int, default=2, help="evaluation actors (one mask per task)")
+    ve.add_argument("--eval-gpus", type=float, default=None, help="GPUs per evaluation actor")
     ve.set_defaults(func=cmd_verify)
     ex = sub.add_parser("export", help="export a run's recognizer (ONNX), checked with onnxruntime")
     ex.add_argument("run", nargs="?", default="runs/default", help="a trained run (default runs/default)")

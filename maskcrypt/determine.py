@@ -481,7 +481,7 @@ def determine(
     result = write_targets(d, decision, tables)
     from maskcrypt.verify import verify_determination
 
-    verify_determination(d.paths.root, d.test_spec, d.settings.precision, log)  # when the test source has pairs
+    verify_determination(d.paths.root, d.test_spec, d.settings, log)  # when the test source has pairs
     if report:
         from maskcrypt.report import write_report
 

@@ -2,8 +2,12 @@
 
 The method judges masks by identification accuracy; face-recognition users judge a
 system by verification on pairs (LFW, CFP-FP, AgeDB-30...). This stage measures the
-run's target masks that way, on *all* pairs of a source (no rule selects on them), in
-process (no Ray), through the :class:`~maskcrypt.models.predictor.Predictor`:
+run's target masks that way, on *all* pairs of a source (no rule selects on them), on Ray:
+the images the pairs use are decoded by Ray tasks into the object store, and evaluation
+actors (:class:`PairScorer`, on the run's devices: ``--eval-gpus``) hold them with the
+models, one task per mask, each answering per-pair similarities' figures through the
+:class:`~maskcrypt.models.predictor.Predictor`. The driver holds the pairs, the masks and
+the table:
 
 =============  ==========  ==============================================================
 model          condition   what it says
@@ -38,6 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from maskcrypt.config import EvalSettings
 from maskcrypt.errors import MaskcryptError
 from maskcrypt.verification import FARS, consecutive_folds, evaluate, far_key, far_label
 
@@ -60,34 +65,49 @@ def pairs_spec(run: str | Path, spec: str = "") -> str:
             or record.get("prepare", {}).get("data") or "synthetic:")
 
 
-def load_pairs(spec: str, size: int, channels: int, generate: bool = True) -> tuple[Any, np.ndarray, str]:
-    """(images used by the pairs, pairs re-indexed into them with folds, where the pairs came from).
+def pairs_index(spec: str, size: int, channels: int, generate: bool = True) -> tuple[Any, np.ndarray, str]:
+    """(the split's index, its pairs into the split's positions with folds, where the pairs came from).
 
-    A labelled source without pairs gets them generated (``#pairs=generate``'s rule) when
-    ``generate``; ``None`` images are returned when it has none and ``generate`` is off.
+    Decodes no image. A labelled source without pairs gets them generated
+    (``#pairs=generate``'s rule) when ``generate``; ``None`` is returned for the split when
+    it has none and ``generate`` is off.
     """
-    from maskcrypt.data import load, parse_spec
+    from maskcrypt.data import parse_spec, source_split
     from maskcrypt.data.pairs import generate_pairs
 
     parsed = parse_spec(spec)
-    ds = load(parsed, default_split="test", size=size, channels=channels, verification=True)
+    split = source_split(parsed, default_split="test", size=size, channels=channels, verification=True)
     origin = ("generated (seeded, 10 folds)" if parsed.get("pairs") == "generate"
-              else "the source's own" if ds.pairs is not None else "")
-    pairs = ds.pairs
+              else "the source's own" if split.pairs is not None else "")
+    pairs = split.pairs
     if pairs is None or not len(pairs):
         if not generate:
             return None, np.zeros((0, 4), np.int64), ""
-        pairs, disjoint = generate_pairs(ds.labels, parsed.get("pairs_per_fold"), parsed.get("seed"))
+        pairs, disjoint = generate_pairs(split.labels, parsed.get("pairs_per_fold"), parsed.get("seed"))
         origin = ("generated from the labels (the source has none; seeded, 10 "
                   + ("identity-disjoint folds)" if disjoint else "folds, not identity-disjoint: too few identities)"))
     pairs = np.asarray(pairs, np.int64).copy()
     if np.unique(pairs[:, 3]).size < 2:  # a pairs file without folds: 10 consecutive ones, as insightface
         pairs[:, 3] = consecutive_folds(len(pairs))
+    return split, pairs, origin
+
+
+def decode_pair_images(split: Any, pairs: np.ndarray, log: Callable[[str], None]) -> tuple[Any, np.ndarray]:
+    """The images the pairs use, decoded by Ray tasks into the object store; pairs re-indexed into them.
+
+    A pair with an image that could not be decoded is dropped and counted (``strict=1``
+    in the spec fails instead).
+    """
     used = np.unique(pairs[:, :2])
-    pairs[:, :2] = np.searchsorted(used, pairs[:, :2])
-    ds.images = ds.images[used]
-    ds.labels = ds.labels[used]
-    return ds, pairs, origin
+    images, kept = split.to_object_store(order=used)
+    where = np.full(len(split), -1, np.int64)
+    where[kept] = np.arange(kept.size)
+    out = pairs.copy()
+    out[:, :2] = where[pairs[:, :2]]
+    good = (out[:, :2] >= 0).all(1)
+    if not good.all():
+        log(f"verify: {int((~good).sum())} pair(s) left out: an image of theirs could not be read")
+    return images, out[good]
 
 
 def _row(model: str, condition: str, side: str, mask_id: str, bucket: int, label: str, emb: np.ndarray,
@@ -99,17 +119,19 @@ def _row(model: str, condition: str, side: str, mask_id: str, bucket: int, label
             "range": label, **figures, "roc_fpr": fpr.astype(np.float32), "roc_tpr": tpr.astype(np.float32)}
 
 
-def verify_images(predictor: Any, images: np.ndarray, pairs: np.ndarray, masks: list[tuple[str, int, str, np.ndarray]],
-                  log: Callable[[str], None] = print) -> pd.DataFrame:
+def verify_images(predictor: Any, images: Any, pairs: np.ndarray, masks: list[tuple[str, int, str, np.ndarray]],
+                  log: Callable[[str], None] = print, clean: bool = True) -> pd.DataFrame:
     """Every condition of :data:`CONDITIONS` for ``masks`` (id, bucket, bucket label, H x W mask); one row each.
 
     ``predictor`` holds recognizers ``E`` and ``O`` (and R as its inpainter for the
     inpainted rows; ``family``, the adaptive-family attacker, when present); ``pairs``
-    rows ``(a, b, same, fold)`` index ``images``.
+    rows ``(a, b, same, fold)`` index ``images``. ``clean`` adds O's clean reference row.
+    The plain loop: :class:`PairScorer` runs it per mask in evaluation actors.
     """
     rows = []
-    clean = predictor.outputs(images, None, embed=True, flip=True, names=["O"])["O"].cpu().numpy()
-    rows.append(_row("O", "clean", "reference", "", 0, "no mask", clean, pairs))
+    if clean:
+        emb = predictor.outputs(images, None, embed=True, flip=True, names=["O"])["O"].cpu().numpy()
+        rows.append(_row("O", "clean", "reference", "", 0, "no mask", emb, pairs))
     for mask_id, bucket, label, mask in masks:
         t0 = time.perf_counter()
         out = predictor.outputs(images, mask, embed=True, flip=True, names=["E", "O"])
@@ -132,6 +154,89 @@ def verify_images(predictor: Any, images: np.ndarray, pairs: np.ndarray, masks: 
                                  out["family"].cpu().numpy(), pairs))
         log(f"verify: mask {mask_id} in {time.perf_counter() - t0:.1f}s")
     return pd.DataFrame(rows)
+
+
+class PairScorer:
+    """An evaluation actor of the verification: the pairs' images and the models on one device, masks streaming.
+
+    Each input row is one task: the clean reference (an empty ``bits``) or one mask
+    (``mask_id``, ``bucket``, ``range``, packed ``bits``); it answers that task's rows of
+    :func:`verify_images` (figures and ROC arrays, a few KB), never embeddings.
+    """
+
+    def __init__(self, images: Any, pairs: np.ndarray, models: dict[str, str], inpainter: str | None,
+                 precision: str, images_per_chunk: int, gpus: float):
+        import ray
+        import torch
+
+        from maskcrypt.models.predictor import Predictor
+        from maskcrypt.scorer import choose_device
+        from maskcrypt.testset import pixels
+
+        self.pairs = ray.get(pairs) if isinstance(pairs, ray.ObjectRef) else pairs
+        device = choose_device(gpus, torch.cuda.is_available())
+        self.predictor = Predictor.from_checkpoints(models, device, precision, images_per_chunk, inpainter)
+        self.x = self.predictor.to_device(torch.from_numpy(pixels(images)))
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        from maskcrypt.masks.core import unpack_masks
+
+        h, w = int(self.x.shape[2]), int(self.x.shape[3])
+        out = []
+        for _, task in batch.iterrows():
+            if not len(task["bits"]):
+                rows = verify_images(self.predictor, self.x, self.pairs, [], log=lambda _: None, clean=True)
+            else:
+                mask = unpack_masks([task["bits"]], h, w)[0]
+                rows = verify_images(self.predictor, self.x, self.pairs,
+                                     [(str(task["mask_id"]), int(task["bucket"]), str(task["range"]), mask)],
+                                     log=lambda _: None, clean=False)
+            out.append(rows.assign(order=int(task["order"])))
+        return pd.concat(out, ignore_index=True)
+
+
+def verify_on_ray(images: Any, pairs: np.ndarray, masks: list[tuple[str, int, str, np.ndarray]],
+                  models: dict[str, Path], inpainter: Path | None, settings: Any,
+                  log: Callable[[str], None]) -> pd.DataFrame:
+    """:func:`verify_images` for every mask, one Ray Data task per mask on a pool of :class:`PairScorer` actors.
+
+    Rows come back in :data:`CONDITIONS` order per mask, the clean reference first; the
+    stage logs its progress (masks done, images embedded per second) as they arrive.
+    """
+    import ray
+    import ray.data
+
+    from maskcrypt.evaluate import _pool
+    from maskcrypt.masks.core import pack_masks
+    from maskcrypt.models.checkpoint import find_checkpoint
+
+    resolved = {k: str(find_checkpoint(p, kind="recognizer")[0]) for k, p in models.items()}
+    r = str(find_checkpoint(inpainter, kind="inpainter")[0]) if inpainter is not None else None
+    packed = pack_masks(np.stack([m[3] for m in masks])) if masks else []
+    tasks = [{"order": 0, "mask_id": "", "bucket": 0, "range": "no mask", "bits": b""}]
+    tasks += [{"order": i + 1, "mask_id": m[0], "bucket": m[1], "range": m[2], "bits": bits}
+              for i, (m, bits) in enumerate(zip(masks, packed))]
+    constructor = {"images": images, "pairs": ray.put(pairs), "models": resolved, "inpainter": r,
+                   "precision": settings.precision, "images_per_chunk": settings.images_per_chunk,
+                   "gpus": settings.gpus_per_actor}
+    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+    pool = {**_pool(settings, constructor, len(tasks)), "batch_format": "pandas"}
+    out = ds.map_batches(PairScorer, batch_size=1, **pool)
+    per_mask = 2 * len(images) * (2 + (2 if inpainter is not None else 0) + 2 + 2 * ("family" in models))
+    parts, t0 = [], time.perf_counter()
+    for block in out.iter_batches(batch_size=None, batch_format="pandas"):
+        parts.append(block)
+        done = sum(int((p["mask_id"] != "").any()) for p in parts)
+        now = time.perf_counter() - t0
+        log(f"verify: {done}/{len(masks)} masks, {len(pairs):,} pairs each, in {now:.0f}s "
+            f"({done * per_mask / max(now, 1e-9):,.0f} images embedded/s)")
+    table = pd.concat(parts, ignore_index=True)
+    order = {c: i for i, c in enumerate((m, cond) for m, cond, _ in CONDITIONS)}
+    table["_c"] = [order[(m, c)] for m, c in zip(table["model"], table["condition"])]
+    table = table.sort_values(["order", "_c"], kind="stable").drop(columns=["order", "_c"]).reset_index(drop=True)
+    for col in ("roc_fpr", "roc_tpr"):
+        table[col] = [np.asarray(v, np.float32) for v in table[col]]
+    return table
 
 
 def _masks(root: Path, ids: list[str] | None) -> tuple[list[tuple[str, int, str, np.ndarray]], str]:
@@ -158,47 +263,52 @@ def _masks(root: Path, ids: list[str] | None) -> tuple[list[tuple[str, int, str,
     return masks, "target masks" if targets.source == "targets" else "candidate masks (the run has no target)"
 
 
-def verify(run: str | Path, pairs: str = "", mask_ids: list[str] | None = None, precision: str = "auto",
-           chunk: int = 0, device: str | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Verification of a run's target masks on a source's pairs; writes the table, the ROC picture and run.json."""
-    import torch
+def verify(run: str | Path, pairs: str = "", mask_ids: list[str] | None = None,
+           settings: EvalSettings = EvalSettings(), log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Verification of a run's target masks on a source's pairs; writes the table, the ROC picture and run.json.
 
+    Needs Ray (the caller's cluster, or the one entry points start): the pairs' images are
+    decoded in Ray tasks and the models run in ``settings.actors`` evaluation actors.
+    """
+    from maskcrypt.cluster import require_ray
     from maskcrypt.config import check_same_training
     from maskcrypt.data import labelled
     from maskcrypt.fileio import write_parquet
-    from maskcrypt.models.predictor import Predictor
+    from maskcrypt.models.checkpoint import find_checkpoint
     from maskcrypt.run import RunPaths, update_record
 
+    require_ray("verify")
     t0 = time.perf_counter()
     paths = RunPaths.resolve(run)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     r_dir = paths.models / "inpainter"
     models = {"E": paths.models / "encrypted", "O": paths.models / "original"}
+    metas = {k: find_checkpoint(p, kind="recognizer")[1] for k, p in models.items()}
     family = family_attacker(paths.models / "attackers" / "family", log)
     if family is not None:
         models["family"] = family
-    predictor = Predictor.from_checkpoints(models, device=device, precision=precision, chunk=chunk,
-                                           inpainter=r_dir if r_dir.exists() else None)
-    check_same_training(predictor.meta("O"), predictor.meta("E"))
-    e, o = predictor.meta("E"), predictor.meta("O")
+    check_same_training(metas["O"], metas["E"])
+    e, o = metas["E"], metas["O"]
     size, channels = int(e["image_size"]), int(e.get("channels", 3))
     if (int(o["image_size"]), int(o.get("channels", 3))) != (size, channels):
         raise MaskcryptError(f"run {paths.root}: E takes {size} px x {channels} channels, O "
                              f"{o['image_size']} px x {o.get('channels', 3)}: one set of pairs cannot serve both")
     spec = pairs_spec(paths.root, pairs)
-    ds, prs, origin = load_pairs(spec, size, channels)
+    split, prs, origin = pairs_index(spec, size, channels)
     masks, what = _masks(paths.root, mask_ids)
     same = int(prs[:, 2].sum())
+    where = f"{settings.actors} actor(s)" + (f" with {settings.gpus_per_actor:g} GPU each" if settings.gpus_per_actor
+                                             else "")
     log(f"verify: {labelled(spec)} {len(prs)} pairs ({same} same, {len(prs) - same} different) of "
-        f"{len(ds.images)} images, {np.unique(prs[:, 3]).size} folds, pairs {origin}; {len(masks)} {what}; "
-        f"flip-sum embeddings on {device}")
-    table = verify_images(predictor, ds.images, prs, masks, log=log)
+        f"{np.unique(prs[:, :2]).size} images, {np.unique(prs[:, 3]).size} folds, pairs {origin}; {len(masks)} "
+        f"{what}; flip-sum embeddings on {where}")
+    images, prs = decode_pair_images(split, prs, log)
+    table = verify_on_ray(images, prs, masks, models, r_dir if r_dir.exists() else None, settings, log)
     table.insert(0, "pairs_source", spec)
     write_parquet(table, paths.results / f"{TABLE}.parquet")
     plot_verification(table, paths.results / ROC_PNG)
     update_record(paths.run_json, "verify", {
         "pairs": spec, "pairs_origin": origin, "pair_count": len(prs), "masks": [m[0] for m in masks],
-        "masks_are": what, "precision": precision, "seconds": round(time.perf_counter() - t0, 1)})
+        "masks_are": what, "precision": settings.precision, "seconds": round(time.perf_counter() - t0, 1)})
     log(format_verification(table))
     log(f"verification: {paths.results / (TABLE + '.parquet')}; ROC: {paths.results / ROC_PNG}")
     return table
@@ -222,7 +332,8 @@ def family_attacker(folder: Path, log: Callable[[str], None]) -> Path | None:
     return ckpt
 
 
-def verify_determination(run: str | Path, test_spec: str, precision: str, log: Callable[[str], None]) -> bool:
+def verify_determination(run: str | Path, test_spec: str, settings: EvalSettings,
+                         log: Callable[[str], None]) -> bool:
     """The determination's hook: verify its targets when its test source has pairs; else clear stale results.
 
     Returns whether a verification was written (the report then shows it).
@@ -235,7 +346,7 @@ def verify_determination(run: str | Path, test_spec: str, precision: str, log: C
         for stale in (paths.results / f"{TABLE}.parquet", paths.results / ROC_PNG):
             stale.unlink(missing_ok=True)
         return False
-    verify(paths.root, test_spec, precision=precision, log=log)
+    verify(paths.root, test_spec, settings=settings, log=log)
     return True
 
 

@@ -61,7 +61,8 @@ def _embed(model, images, mask=None):
         return F.normalize(model.embed(x) + model.embed(x.flip(3)), dim=1).numpy()
 
 
-def test_verify_command_on_generated_pairs_and_on_a_bin(tmp_path, capsys):
+def test_verify_command_on_generated_pairs_and_on_a_bin(tmp_path, capsys, ray_session):
+    """``maskcrypt verify`` on the shared Ray (evaluation actors): the figures of a plain loop by hand."""
     run, ids = _fake_run(tmp_path / "run")
     assert main(["verify", str(run), "--precision", "fp32"]) == 0
     out = capsys.readouterr().out
@@ -111,7 +112,7 @@ def test_verify_command_on_generated_pairs_and_on_a_bin(tmp_path, capsys):
         np.testing.assert_allclose(from_bin[key], table[key], atol=1e-6)
 
 
-def test_verify_errors_are_named(tmp_path, capsys):
+def test_verify_errors_are_named(tmp_path, capsys, ray_session):
     run, _ = _fake_run(tmp_path / "run")
     (run / "targets.json").unlink()
     assert main(["verify", str(run)]) == 2
@@ -178,5 +179,5 @@ def test_determination_shows_verification_when_the_test_source_has_pairs(determi
     assert "## Verification (the field's protocol)" in report and "![ROC](results/roc.png)" in report
     assert (run / "results" / "roc.png").exists()
     # A test source without pairs: the stale section goes.
-    assert verify_determination(run, TINY_DATA, "fp32", lambda *_: None) is False
+    assert verify_determination(run, TINY_DATA, EvalSettings(precision="fp32"), lambda *_: None) is False
     assert not (run / "results" / "verification.parquet").exists()

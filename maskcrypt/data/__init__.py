@@ -229,11 +229,13 @@ def describe(spec: str | DataSpec) -> dict[str, Any]:
 
 
 def source_split(spec: str | DataSpec, default_split: str = "all", size: int | tuple[int, int] | None = None,
-                 channels: int | None = None) -> SourceSplit:
+                 channels: int | None = None, verification: bool = False) -> SourceSplit:
     """One split of a source as an index (:class:`SourceSplit`): labels and what to decode, no pixel decoded.
 
     The same class filters, splits and ``limit`` as :func:`load`; its ``dataset()`` decodes
     in Ray tasks. Array sources (idx, npz) hold their arrays already: those come along.
+    ``verification``: a source without identity labels is accepted, and ``pairs`` (the
+    source's own, or generated with ``#pairs=generate``) index the split's positions.
     """
     spec = _as_spec(spec)
     if size is not None:
@@ -241,10 +243,13 @@ def source_split(spec: str | DataSpec, default_split: str = "all", size: int | t
     if channels is not None:
         spec = spec.with_options(channels=channels)
     prep = _prepare(spec)
-    _refuse_unlabelled(spec, prep.index)
+    if not verification:
+        _refuse_unlabelled(spec, prep.index)
     split = spec.split or default_split
     chosen = _select(prep, split)
     out = SourceSplit(spec, split, prep.labels[chosen], prep.class_names, prep.size, prep.channels)
+    if verification:
+        out.pairs = _pairs(prep, chosen, prep.labels[chosen])
     if prep.index.paths is not None:
         out.paths, out.crop = [prep.index.paths[i] for i in prep.items[chosen]], prep.index.crop
     elif spec.kind == "synthetic":

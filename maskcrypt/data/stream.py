@@ -92,6 +92,7 @@ class SourceSplit:
     arrays: np.ndarray | None = None  # array sources: the split's images (N x C x H x W), already in memory
     render: dict[str, int] = field(default_factory=dict)  # synthetic: identities, per_identity, seed, offset
     items: np.ndarray | None = None  # synthetic: the item numbers to render
+    pairs: np.ndarray | None = None  # verification: rows (position a, position b, same, fold) into the split
     _fingerprint: str = field(default="", init=False, repr=False, compare=False)
     _manifest_written: bool = field(default=False, init=False, repr=False, compare=False)
 
@@ -165,18 +166,19 @@ class SourceSplit:
                                   channels=self.channels, items=self.items[positions], offset=r["offset"])
         return np.ascontiguousarray(self.arrays[positions])
 
-    def to_object_store(self) -> tuple[ImageBlocks, np.ndarray]:
-        """Decode the split in Ray tasks into blocks that stay in the object store; and which items decoded.
+    def to_object_store(self, order: np.ndarray | None = None) -> tuple[ImageBlocks, np.ndarray]:
+        """Decode the split (or the items ``order`` picks) in Ray tasks into blocks that stay in the object store.
 
-        The driver receives object references and the item numbers only (unreadable files
-        are left out there, or fail with ``strict=1``): a test set of any size is decoded
-        where Ray runs, and every evaluation actor fetches it from its node's store.
+        Returns the blocks and which items decoded, in the blocks' order. The driver
+        receives object references and the item numbers only (unreadable files are left
+        out there, or fail with ``strict=1``): a test set of any size is decoded where Ray
+        runs, and every evaluation actor fetches it from its node's store.
         """
         import ray
 
         from maskcrypt.cluster import wait_for_free_cpu
 
-        ds = self.dataset()
+        ds = self.dataset(order=order)
         wait_for_free_cpu()  # after the build: its own metadata tasks hold CPUs for a moment
         ds = ds.materialize()
         refs = ds.to_numpy_refs(column="image")
