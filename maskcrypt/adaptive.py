@@ -103,6 +103,12 @@ def evaluate_adaptive(
     pool = ActorPool(actors)
     rounds: list[dict[str, Any]] = []
     todo = state.assign(start=0, stop=int(steps[0]))
+    full = len(state) * population
+    if log:
+        log(f"adaptive: racing {len(state):,} masks of {state['bucket'].nunique()} bucket(s) on {population:,} "
+            f"selection images (full mode: {full:,} masked images per model); first round {len(todo):,} x "
+            f"{int(steps[0]):,} on {len(actors)} actor(s)")
+    t_start, t_logged, spent = time.perf_counter(), 0.0, 0
     try:
         while len(todo):
             t0 = time.perf_counter()
@@ -130,10 +136,15 @@ def evaluate_adaptive(
                            "open": len(nxt), "settled_buckets": int(decided.groupby("bucket")["settled"].all()
                                                                           .sum()),
                            "seconds": round(time.perf_counter() - t0, 2)})
-            if log and (len(rounds) % 5 == 1 or not len(nxt)):
-                log(f"adaptive: round {len(rounds)}: {len(todo)} masks, {images:,} masked images; "
-                    f"{len(nxt)} to measure next, {rounds[-1]['settled_buckets']} of "
-                    f"{state['bucket'].nunique()} buckets settled")
+            spent += images
+            elapsed = time.perf_counter() - t_start
+            # Every round that ends 10 s after the last line (so a long race reports as it goes), and the last.
+            if log and (elapsed - t_logged >= 10 or len(rounds) == 1 or not len(nxt)):
+                t_logged = elapsed
+                log(f"adaptive: round {len(rounds)}: {len(todo)} masks, {images:,} masked images in "
+                    f"{rounds[-1]['seconds']:.1f}s; {spent:,} of full mode's {full:,} so far "
+                    f"({spent / max(elapsed, 1e-9):,.0f}/s); {len(nxt)} to measure next, "
+                    f"{rounds[-1]['settled_buckets']} of {state['bucket'].nunique()} buckets settled")
             todo = nxt
             if max_rounds is not None and len(rounds) >= max_rounds:
                 break

@@ -204,6 +204,8 @@ class Resources:
     #: Held-out images evaluated after each epoch: all of a split this small, else a seeded spread sample of this
     #: many (the figure is a progress signal; the determination measures the test set in full).
     held_out_limit: int = 2000
+    #: Images a rank's local shuffle buffer holds when the training data streams (seeded, per epoch).
+    shuffle_buffer: int = 2048
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or self.max_failures < 0:
@@ -214,6 +216,8 @@ class Resources:
             raise MaskcryptError(f"--data-sharding: expected auto, stream or replicate, got {self.sharding!r}")
         if not self.replicate_max_mb >= 0:
             raise MaskcryptError(f"resources.replicate_max_mb: expected MB >= 0, got {self.replicate_max_mb!r}")
+        if self.shuffle_buffer < 1:
+            raise MaskcryptError(f"resources.shuffle_buffer: expected at least 1 image, got {self.shuffle_buffer}")
         if self.held_out_limit < 1:
             raise MaskcryptError(f"--held-out-limit: expected at least 1 image, got {self.held_out_limit}")
 
@@ -308,6 +312,9 @@ class DetermineConfig:
     table1_mode: str = "sampled"  # sampled | full
     repeats: int = 5
     rank_mode: str = "auto"  # full | adaptive | auto
+    #: ``rank_mode="auto"`` races masks adaptively above this many masked images per model: the embedded
+    #: default's 600 masks x 240 selection faces (144,000) race; small test runs are measured in full.
+    adaptive_above: int = 100_000
     per_mask: str = "targets"  # targets | all
     rule: str = "bucketed"  # bucketed (Table 1 buckets, candidates, the attack) | basic (E > t_enc, O < t_orig)
     seed: int = 0
@@ -323,6 +330,8 @@ class DetermineConfig:
                 raise MaskcryptError(f"{name}: expected {', '.join(allowed)}, got {value!r}")
         if self.repeats < 1:
             raise MaskcryptError(f"--repeats: expected at least 1, got {self.repeats}")
+        if self.adaptive_above < 0:
+            raise MaskcryptError(f"determine.adaptive_above: expected masked images >= 0, got {self.adaptive_above}")
         if not 0.0 <= self.confirm_fraction < 1.0:
             raise MaskcryptError(f"--confirm-fraction: expected a fraction in [0, 1), got {self.confirm_fraction}")
         if self.enroll < 1:

@@ -60,9 +60,18 @@ from maskcrypt.select import (
 from maskcrypt.select import table1 as table1_of
 from maskcrypt.testset import TestSet
 
-#: ``rank_mode="auto"`` races masks adaptively above this many masked images per model: the embedded
-#: default's 600 masks x 240 selection faces (144,000) race; small test runs are measured in full.
-ADAPTIVE_ABOVE = 100_000
+
+def rank_mode_for(config: DetermineConfig, n_masks: int, n_selection: int, counted: bool) -> str:
+    """``full`` or ``adaptive``: the basic rule judges every mask; ``auto`` races above ``config.adaptive_above``.
+
+    ``counted``: full mode's per-mask counts exist already (Table 1's full mode), so a
+    race would only repeat them.
+    """
+    if config.rule == "basic":
+        return "full"
+    if config.rank_mode != "auto":
+        return config.rank_mode
+    return "adaptive" if n_masks * n_selection > config.adaptive_above and not counted else "full"
 
 
 @dataclass
@@ -247,7 +256,8 @@ def table1(d: Determination) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     if cfg.table1_mode == "sampled":
         counts, _, reused = d.cached("table1_sampled", {"repeats": cfg.repeats, "buckets": d.present},
                                      lambda: (evaluate_sampled(d.library, d.test, models, repeats=cfg.repeats,
-                                                               seed=cfg.seed, buckets=d.present, settings=d.settings),
+                                                               seed=cfg.seed, buckets=d.present, settings=d.settings,
+                                                               log=d.log),
                                               {}))
         what = (f"{len(d.present)} buckets x {cfg.repeats} repetitions x {n_sel} images"
                 + (" (reused: same models, test data, masks and settings)" if reused else ""))
@@ -274,9 +284,7 @@ def rank(d: Determination, buckets: list[int], pm_counts: pd.DataFrame | None) -
     measured = d.present if d.config.per_mask == "all" else buckets
     n_masks = d.library.table(measured, columns=["mask_id"]).num_rows
     n_sel = d.test.probes("selection")
-    mode = "full" if d.config.rule == "basic" else d.config.rank_mode  # the basic form judges every mask
-    if mode == "auto":
-        mode = "adaptive" if n_masks * n_sel > ADAPTIVE_ABOVE and pm_counts is None else "full"
+    mode = rank_mode_for(d.config, n_masks, n_sel, pm_counts is not None)
     resumed: set[str] = set()
     if pm_counts is None and mode == "adaptive":
         def race() -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -336,7 +344,7 @@ def attack(d: Determination, pm: pd.DataFrame, buckets: list[int]) -> dict[str, 
     trained = train_for(d, alist)
     t0 = time.perf_counter()
     counts = evaluate_attack(d.library, alist["mask_id"].tolist(), d.test, d.models, d.inpainter, splits=d.splits,
-                             settings=d.settings, attackers=d.attack.names(), trained=trained)
+                             settings=d.settings, attackers=d.attack.names(), trained=trained, log=d.log)
     found = d.write(attacks_table(counts, alist, d.thresholds, chance_level(d.test)), "attacks")
     tables = {}
     paired = ["mask_id", "n", "both", "before_only", "after_only", "neither", "correct_O_masked",
@@ -444,7 +452,7 @@ def determine(
     continues them, and refuses parts computed from other inputs unless ``redo``.
     ``config.rank_mode``: ``full`` measures every mask on every selection image;
     ``adaptive`` races them on confidence bounds (:mod:`maskcrypt.adaptive`), keeping
-    ``attack_top`` per bucket; ``auto`` picks adaptive above ``ADAPTIVE_ABOVE`` masked
+    ``attack_top`` per bucket; ``auto`` picks adaptive above ``config.adaptive_above`` masked
     images per model. Needs a running Ray (the entry points start it).
     """
     from maskcrypt.cluster import require_ray

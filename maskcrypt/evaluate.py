@@ -204,6 +204,7 @@ def evaluate_attack(
     settings: EvalSettings = EvalSettings(),
     attackers: Sequence[str] = (),
     trained: dict[str, str | Path] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """The inpainting attack on ``mask_ids``: R fills each masked probe, E and O recognize it; and the attackers.
 
@@ -244,7 +245,22 @@ def evaluate_attack(
                                 attackers=tuple(attackers), known=known)
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 4 * settings.actors))
     out = ds.map_batches(CrossProductScorer, batch_size=1, **_pool(settings, constructor, len(rows)))
-    return out.to_pandas().sort_values(["mask_id", "split"]).reset_index(drop=True)
+    return collect(out, "attack", "masks", len(rows), log, "mask_id").sort_values(["mask_id", "split"]).reset_index(
+        drop=True)
+
+
+def collect(out: Any, stage: str, unit: str, total: int, log: Callable[[str], None] | None, key: str) -> pd.DataFrame:
+    """A Ray Data result's rows, read as they come; with ``log``, a line every 30 s and at the end: done of total."""
+    parts, t0, last = [], time.perf_counter(), 0.0
+    seen: set[Any] = set()
+    for block in out.iter_batches(batch_size=None, batch_format="pandas"):
+        parts.append(block)
+        seen.update(block[key].tolist() if key != "task" else zip(block["bucket"], block["repeat"]))
+        now = time.perf_counter() - t0
+        if log and (now - last >= 30 or len(seen) >= total):
+            last = now
+            log(f"{stage}: {len(seen)}/{total} {unit} in {now:.0f}s")
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def _drawn_masks(library: Any, bucket: int, repeats: int, seed: int, n_input: int) -> dict[str, Any]:
@@ -275,6 +291,7 @@ def evaluate_sampled(
     splits: Sequence[str] = ("selection",),
     settings: EvalSettings = EvalSettings(),
     inpainter: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """Table 1's sampled mode: per repetition, each test image gets one random mask of the bucket.
 
@@ -293,7 +310,10 @@ def evaluate_sampled(
     resolved = check_models(models, test)
     wanted = list(buckets) if buckets is not None else list(range(1, len(library.edges)))
     per_bucket = {b: _drawn_masks(library, b, repeats, seed, test.n_input) for b in wanted}
-    tasks = [{"bucket": b, "repeat": r, "seed": seed} for b in [0, *wanted] for r in range(repeats)]
+    # The clean row (bucket 0) draws no mask: every repetition would give the same counts, so it runs once and
+    # its row stands for each repetition.
+    tasks = [{"bucket": 0, "repeat": 0, "seed": seed}] + [{"bucket": b, "repeat": r, "seed": seed} for b in wanted
+                                                           for r in range(repeats)]
     extra: dict[str, Any] = {}
     if inpainter is not None:
         from maskcrypt.models.checkpoint import find_checkpoint
@@ -303,5 +323,9 @@ def evaluate_sampled(
                                 **extra)
     ds = ray.data.from_items(tasks, override_num_blocks=min(len(tasks), 4 * settings.actors))
     out = ds.map_batches(CrossProductScorer, batch_size=1, **_pool(settings, constructor, len(tasks)))
-    return out.to_pandas().sort_values(["bucket", "repeat", "split"]).reset_index(drop=True)
+    counts = collect(out, "training report" if inpainter is not None else "table1", "bucket repetitions", len(tasks),
+                     log, "task")
+    clean = counts[counts["bucket"] == 0]
+    counts = pd.concat([counts, *[clean.assign(repeat=r) for r in range(1, repeats)]], ignore_index=True)
+    return counts.sort_values(["bucket", "repeat", "split"]).reset_index(drop=True)
 

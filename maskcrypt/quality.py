@@ -53,7 +53,7 @@ def training_quality(run: str | os.PathLike[str], test_data: str, seed: int = 0,
     test = prepare_test(images, raw.labels[kept], raw.class_names, e["class_names"], scoring="closed",
                         confirm_fraction=0.0, seed=seed)
     counts = evaluate_sampled(lib, test, models, repeats=1, seed=seed, buckets=buckets, settings=settings,
-                              inpainter=paths.models / "inpainter")
+                              inpainter=paths.models / "inpainter", log=log)
     seconds = time.perf_counter() - t0
     n = int(kept.size)
     log(f"training report: {n * (len(buckets) + 1):,} masked images per model in {seconds:.1f}s "

@@ -394,6 +394,7 @@ def train_model(
     cfg = {
         "role": role, "model_config": model_config, "train_config": tc, "meta": meta, "k": k,
         "sharding": mode, "train_size": len(inputs.train), "val_size": min(len(inputs.val), eval_limit),
+        "shuffle_buffer": resources.shuffle_buffer,
         "masks": ray.put(masks) if masks is not None else None,
         "eval_masks": ray.put(held_out) if held_out is not None else None,
         "mask_mode": sampling.mode if sampling else None, "init_weights": init_weights, "init_flag": flag,

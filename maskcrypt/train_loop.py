@@ -38,9 +38,6 @@ from typing import Any
 
 import numpy as np
 
-#: Images a rank's local shuffle buffer holds (per-epoch shuffling within the stream, seeded).
-SHUFFLE_BUFFER = 2048
-
 
 def lr_lambda(tc: dict[str, Any], steps_per_epoch: int) -> Callable[[int], float]:
     """The learning-rate factor per step: linear warm-up, then cosine, step (x0.1 at 1/3, 2/3) or constant."""
@@ -295,7 +292,8 @@ def rank_batches(cfg: dict[str, Any], rank: int, world: int, per_rank: int, step
         return
     shard = ray.train.get_dataset_shard("train")
     batches = shard.iter_batches(batch_size=per_rank, batch_format="numpy",
-                                 local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=seed)
+                                 local_shuffle_buffer_size=int(cfg["shuffle_buffer"]),
+                                 local_shuffle_seed=seed)
     taken = 0
     for batch in batches:  # read to the end either way: a split stream must be drained
         if read is not None:  # every row, the short last batch's too (it is not trained on)

@@ -314,3 +314,18 @@ def test_the_basic_rule_is_a_complete_selection_without_buckets():
     assert empty.ids == [] and empty.reason.rule == "t_enc"
     with pytest.raises(MaskcryptError, match="--rule: expected one of bucketed, basic"):
         decide(t1, None, Thresholds(), rule="loose")
+
+
+def test_rank_mode_auto_races_above_its_threshold_and_never_under_the_basic_rule():
+    """Both sides of ``DetermineConfig.adaptive_above`` (the relation of the two modes: test_determine's race test)."""
+    from maskcrypt.config import DetermineConfig
+    from maskcrypt.determine import rank_mode_for
+
+    auto = DetermineConfig(adaptive_above=1000)
+    assert rank_mode_for(auto, 10, 100, counted=False) == "full"  # 1,000 masked images: at the threshold
+    assert rank_mode_for(auto, 11, 100, counted=False) == "adaptive"
+    assert rank_mode_for(auto, 11, 100, counted=True) == "full"  # Table 1's full mode counted them already
+    assert rank_mode_for(DetermineConfig(rank_mode="adaptive"), 1, 1, counted=False) == "adaptive"
+    assert rank_mode_for(DetermineConfig(rule="basic", adaptive_above=0), 11, 100, counted=False) == "full"
+    with pytest.raises(MaskcryptError, match="adaptive_above"):
+        DetermineConfig(adaptive_above=-1)

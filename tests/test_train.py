@@ -212,8 +212,9 @@ def test_files_streamed_to_two_workers_train_as_well_as_the_in_memory_path(ray_s
     assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
     train = TrainConfig(epochs=8, batch_size=16, lr=0.05, warmup_epochs=0.5, label_smoothing=0.0)
     metas = {}
-    for name, spec, resources in (("memory", data, Resources()),
-                                  ("files", files, Resources(workers=2, sharding="stream"))):
+    # The files' ranks shuffle through a buffer smaller than their share (90 images): the limit crossed.
+    streamed = Resources(workers=2, sharding="stream", shuffle_buffer=32)
+    for name, spec, resources in (("memory", data, Resources()), ("files", files, streamed)):
         run = tmp_path / name
         prepare(run, PrepareConfig(data=spec, size=TINY_SIZE, mask_count=24, train_mask_count=12),
                 log=lambda *_: None)
@@ -233,8 +234,7 @@ def test_files_streamed_to_two_workers_train_as_well_as_the_in_memory_path(ray_s
 
     # Data identity by content: a relaunch on the same files reuses the models (a touch re-reads a file and finds
     # the same bytes); one image edited under the same name is refused, the change named.
-    run, args = tmp_path / "files", dict(models=ModelSettings(width=8), train_config=train,
-                                         resources=Resources(workers=2, sharding="stream"),
+    run, args = tmp_path / "files", dict(models=ModelSettings(width=8), train_config=train, resources=streamed,
                                          sources=TrainSources(models="original,encrypted"), log=lambda *_: None)
     some = sorted((tmp_path / "faces").rglob("*.png"))
     some[0].touch()
@@ -247,3 +247,32 @@ def test_files_streamed_to_two_workers_train_as_well_as_the_in_memory_path(ray_s
     named = rf"training data .* changed: 1 file\(s\) changed \(e.g. {re.escape(str(edited))}\).*--retrain"
     with pytest.raises(MaskcryptError, match=named):
         train_run(run, files, TINY_SIZE, **args)
+
+
+def test_auto_sharding_replicates_by_decoded_size_per_worker_not_by_the_source_kind():
+    """Both sides of ``Resources.replicate_max_mb``: a folder that fits replicates, a large rendered set streams."""
+    from maskcrypt.data import source_split
+    from maskcrypt.train import decoded_mb, sharding
+
+    rendered = source_split("synthetic:identities=6,per_identity=16", size=TINY_SIZE)  # 96 x 3 x 16 x 16 bytes
+    assert decoded_mb(rendered) == pytest.approx(96 * 3 * 16 * 16 / 1e6)
+    assert sharding(Resources(), rendered) == "replicate"
+    assert sharding(Resources(replicate_max_mb=0.01), rendered) == "stream"  # a huge synthetic set is not copied
+    files = SourceSplitStub(paths=["a.jpg"] * 10)
+    assert sharding(Resources(replicate_max_mb=1.0), files) == "replicate"  # a small folder: reproducible
+    assert sharding(Resources(replicate_max_mb=0.0), files) == "stream"
+    assert sharding(Resources(sharding="stream"), rendered) == "stream"  # an explicit choice wins
+    with pytest.raises(MaskcryptError, match="shuffle_buffer"):
+        Resources(shuffle_buffer=0)
+    with pytest.raises(MaskcryptError, match="held-out-limit"):
+        Resources(held_out_limit=0)
+
+
+class SourceSplitStub:
+    """What sharding reads of a split: its length, channels and size."""
+
+    def __init__(self, paths: list[str]):
+        self.paths, self.channels, self.size = paths, 3, (112, 112)
+
+    def __len__(self) -> int:
+        return len(self.paths)

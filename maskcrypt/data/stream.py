@@ -200,7 +200,7 @@ class SourceSplit:
         order would hold one or two identities), and the blocks in a new seeded order on each
         execution of the dataset (each epoch). Only the blocks of file paths are reordered,
         before anything is decoded: the all-to-all step costs no pixels. Within a worker,
-        the local shuffle buffer (:data:`maskcrypt.train_loop.SHUFFLE_BUFFER`) mixes the blocks.
+        the local shuffle buffer (``Resources.shuffle_buffer``) mixes the blocks.
         """
         import ray
         import ray.data
