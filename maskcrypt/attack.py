@@ -399,7 +399,13 @@ def train_attackers(jobs: dict[str, dict[str, Any]], data: dict[str, Any], stora
             run_config=tune.RunConfig(name="train", storage_path=str(storage), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=1)),
         )
-        with _quiet():
+        from contextlib import ExitStack
+
+        from maskcrypt.train import EpochPrinter
+
+        with _quiet(), ExitStack() as printers:  # one line per finished attacker epoch: loss, images/s, ETA
+            for name, job in todo.items():
+                printers.enter_context(EpochPrinter(Path(job["folder"]), f"attacker {name}", log, interval=2.0))
             grid = tuner.fit()
         errors = [r.error for r in grid if r.error is not None]
         if errors:

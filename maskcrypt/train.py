@@ -211,11 +211,11 @@ class EpochPrinter:
 def format_epoch(role: str, meta: dict[str, Any], elapsed: float, done_here: int) -> str:
     """``original  epoch  3/12  loss 1.234  held-out 45.6%  1,234 img/s  ETA 1m20s``."""
     m, epoch, epochs = meta.get("metrics", {}), int(meta["epoch"]), int(meta["epochs"])
-    figure = (f"held-out {m['test_accuracy']:6.1%}" if "test_accuracy" in m
-              else f"hole PSNR {m.get('hole_psnr', float('nan')):5.2f} dB "
-                   f"(mean fill {m.get('mean_fill_psnr', 0):5.2f})")
+    figure = (f"held-out {m['test_accuracy']:6.1%}  " if "test_accuracy" in m
+              else f"hole PSNR {m['hole_psnr']:5.2f} dB (mean fill {m.get('mean_fill_psnr', 0):5.2f})  "
+              if "hole_psnr" in m else "")
     left = elapsed / max(done_here, 1) * (epochs - epoch)
-    return (f"{role:>10}  epoch {epoch:>3}/{epochs}  loss {m.get('loss', float('nan')):.4f}  {figure}  "
+    return (f"{role:>10}  epoch {epoch:>3}/{epochs}  loss {m.get('loss', float('nan')):.4f}  {figure}"
             f"{m.get('images_per_s', 0):,.0f} img/s  ETA {int(left // 60)}m{int(left % 60):02d}s")
 
 

@@ -237,6 +237,9 @@ def test_multipart_upload_and_sixteen_concurrent_clients(served):
         answers = list(pool.map(lambda i: _call(f"{url}/v1/recognize", _png(test.images[i % len(test)])),
                                 range(160)))
     assert all(s == 200 for s, _ in answers)
+    # 16 clients against batches of at most 8 (max_batch_size crossed): each answer is the one-by-one answer.
+    alone = {i: _call(f"{url}/v1/recognize", _png(test.images[i]))[1]["label"] for i in range(len(test))}
+    assert [a["label"] for _, a in answers] == [alone[i % len(test)] for i in range(160)]
     # The batch endpoint: several images in one request, the same answer for each as one by one.
     parts = b"".join((f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{i}.png\"\r\n"
                       "Content-Type: image/png\r\n\r\n").encode() + _png(test.images[i]) + b"\r\n" for i in range(5))
