@@ -213,8 +213,8 @@ def test_files_streamed_to_two_workers_train_as_well_as_the_in_memory_path(ray_s
     train = TrainConfig(epochs=8, batch_size=16, lr=0.05, warmup_epochs=0.5, label_smoothing=0.0)
     metas = {}
     # The files' ranks shuffle through a buffer smaller than their share (90 images): the limit crossed.
-    streamed = Resources(workers=2, sharding="stream", shuffle_buffer=32)
-    for name, spec, resources in (("memory", data, Resources()), ("files", files, streamed)):
+    small_buffer = Resources(workers=2, sharding="stream", shuffle_buffer=32)
+    for name, spec, resources in (("memory", data, Resources()), ("files", files, small_buffer)):
         run = tmp_path / name
         prepare(run, PrepareConfig(data=spec, size=TINY_SIZE, mask_count=24, train_mask_count=12),
                 log=lambda *_: None)
@@ -234,7 +234,7 @@ def test_files_streamed_to_two_workers_train_as_well_as_the_in_memory_path(ray_s
 
     # Data identity by content: a relaunch on the same files reuses the models (a touch re-reads a file and finds
     # the same bytes); one image edited under the same name is refused, the change named.
-    run, args = tmp_path / "files", dict(models=ModelSettings(width=8), train_config=train, resources=streamed,
+    run, args = tmp_path / "files", dict(models=ModelSettings(width=8), train_config=train, resources=small_buffer,
                                          sources=TrainSources(models="original,encrypted"), log=lambda *_: None)
     some = sorted((tmp_path / "faces").rglob("*.png"))
     some[0].touch()
