@@ -61,3 +61,14 @@ def write_parquet(df: Any, path: str | os.PathLike[str]) -> Path:
 
             pq.write_table(df, tmp)
     return Path(path)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes, read in 1 MB blocks (checkpoints, data files)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

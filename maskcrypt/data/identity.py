@@ -17,7 +17,6 @@ added or removed, and one of each by name (:func:`describe_change`).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,17 +33,11 @@ CHUNK = 2048
 _KNOWN: dict[tuple[str, int, int], str] = {}
 
 
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _hash_many(paths: Sequence[str]) -> list[str]:
+    from maskcrypt.fileio import sha256_file
+
     with ThreadPoolExecutor(max_workers=8) as pool:  # reading files: threads overlap the I/O
-        return list(pool.map(sha256_of, paths))
+        return list(pool.map(sha256_file, paths))
 
 
 def stat_files(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

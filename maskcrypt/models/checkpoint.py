@@ -16,7 +16,6 @@ newest complete ``checkpoint_*`` inside it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from maskcrypt.errors import MaskcryptError
+from maskcrypt.fileio import sha256_file
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
@@ -38,12 +38,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(directory: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any],
