@@ -11,9 +11,9 @@ and the median is kept. Ends with ``RESULT`` lines, each a ratio against a basel
 measured in the same run:
 
 * ``channels_last_forward_ratio`` / ``channels_last_train_ratio``: the compact recognizer
-  in channels_last against NCHW (what ``maskcrypt.precision.channels_last`` decides);
+  in channels_last against NCHW (what ``maskcrypt.core.precision.channels_last`` decides);
 * ``batch64_forward_ratio``: 64 images per forward pass against 256
-  (``maskcrypt.precision.default_chunk``);
+  (``maskcrypt.core.precision.default_chunk``);
 * ``width16_forward_ratio`` / ``width16_train_ratio``: width 16 against 32, both
   channels_last (the default's ``--width``);
 * ``rfr_channels_last_forward_ratio`` / ``rfr_channels_last_train_ratio``: RFR-Net
@@ -21,7 +21,7 @@ measured in the same run:
 * ``chunk16_112px_<arch>_<precision>_ratio``: at 112 x 112, the evaluator's
   :class:`~maskcrypt.models.predictor.Predictor` (auto precision: bf16 autocast where the
   CPU has it; and fp32) with 16 images per pass against 64, for the compact recognizer
-  and ResNet-18 (``maskcrypt.precision.default_chunk`` scales the CPU chunk by pixels);
+  and ResNet-18 (``maskcrypt.core.precision.default_chunk`` scales the CPU chunk by pixels);
   the 8-image case is printed too.
 """
 

@@ -11,7 +11,7 @@ models (compact recognizer width 8, RFR-Net width 4 with one iteration: memory, 
 accuracy, is measured), a library of 12 masks of the (0.5,0.6] bucket and one target
 mask, then measures, on a local Ray of 2 CPUs, the training report (E, O and R under one
 mask per image) and ``verify`` (pairs generated from the labels, one target mask) inside
-a :class:`maskcrypt.monitor.PeakRSS` sampler: the driver's peak RSS, the evaluation
+a :class:`maskcrypt.runtime.monitor.PeakRSS` sampler: the driver's peak RSS, the evaluation
 actors' and the object store's. The test images are the synthetic source at 112 px
 (``synthetic:identities=N/20,per_identity=20,size=112#split=all``).
 
@@ -41,7 +41,7 @@ def make_run(root: Path, spec: str) -> None:
     import torch
 
     from maskcrypt.data import source_split
-    from maskcrypt.fileio import write_json, write_parquet
+    from maskcrypt.core.fileio import write_json, write_parquet
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.masks.generate import generate_into
     from maskcrypt.models import Inpainter, InpainterConfig, Recognizer, RecognizerConfig
@@ -71,9 +71,9 @@ def measure(n: int) -> dict[str, float]:
     """One test-set size, in this process: each stage's wall time and peaks."""
     import ray
 
-    from maskcrypt.monitor import PeakRSS
-    from maskcrypt.quality import training_quality
-    from maskcrypt.verify import verify
+    from maskcrypt.runtime.monitor import PeakRSS
+    from maskcrypt.train.report import training_quality
+    from maskcrypt.verification.stage import verify
 
     spec = f"synthetic:identities={n // 20},per_identity=20,size={SIZE}#split=all"
     out: dict[str, float] = {}

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from maskcrypt.masks.core import overlay
 from maskcrypt.models import Inpainter, InpainterConfig, Recognizer, RecognizerConfig
 from maskcrypt.models.losses import inpaint_loss
-from maskcrypt.precision import autocast, use_bf16
+from maskcrypt.core.precision import autocast, use_bf16
 
 
 def timed(fn, steps: int, warm: int = 3) -> float:

@@ -3,7 +3,7 @@
     python benchmarks/realsize.py --config configs/faces25k.yaml [--log runs/faces25k.log]
 
 Runs ``maskcrypt run``'s pipeline (the same code) one stage at a time (prepare, train,
-determine) on an embedded local Ray, each inside a :class:`maskcrypt.monitor.PeakRSS`
+determine) on an embedded local Ray, each inside a :class:`maskcrypt.runtime.monitor.PeakRSS`
 sampler: wall seconds, the driver's peak RSS, the evaluation actors' peak RSS and the
 object stores' peak use. Every stage resumes what the run directory already holds, so
 an interrupted measurement is relaunched with the same command (a resumed stage's
@@ -30,10 +30,10 @@ def main() -> None:
     ap.add_argument("--stages", default="prepare,train,determine")
     args = ap.parse_args()
 
-    from maskcrypt.cluster import init_ray
-    from maskcrypt.monitor import PeakRSS
+    from maskcrypt.runtime.cluster import init_ray
+    from maskcrypt.runtime.monitor import PeakRSS
     from maskcrypt.pipeline import run_pipeline
-    from maskcrypt.runconfig import RunConfig
+    from maskcrypt.config.runconfig import RunConfig
 
     log_file = open(args.log, "a") if args.log else None  # noqa: SIM115 (open for the whole run)
 

@@ -49,12 +49,12 @@ def export(n: int, folder: Path) -> None:
 
 def child_ray(folder: str, workers: int) -> dict:
     """One epoch of O through Ray Train + Ray Data in this (fresh) process: peaks and steady images/s."""
-    from maskcrypt.cluster import init_ray
+    from maskcrypt.runtime.cluster import init_ray
     from maskcrypt.config import ModelSettings, Resources, TrainConfig, TrainSources
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.masks.generate import generate_into
-    from maskcrypt.monitor import PeakRSS
-    from maskcrypt.train import train_run
+    from maskcrypt.runtime.monitor import PeakRSS
+    from maskcrypt.train.driver import train_run
 
     init_ray(num_cpus=os.cpu_count(), include_dashboard=False)
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,8 +81,8 @@ def child_dataloader(folder: str, threads: int) -> dict:
     from maskcrypt.data import source_split
     from maskcrypt.data.images import decode_file
     from maskcrypt.models.recognizer import Recognizer, RecognizerConfig
-    from maskcrypt.precision import autocast, channels_last, use_bf16
-    from maskcrypt.train_loop import lr_lambda
+    from maskcrypt.core.precision import autocast, channels_last, use_bf16
+    from maskcrypt.train.loop import lr_lambda
 
     split = source_split(f"imagefolder:{folder}", default_split="train", size=SIZE)
 

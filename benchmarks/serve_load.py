@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maskcrypt.ports import free_port
+from maskcrypt.runtime.ports import free_port
 
 
 async def _drive(url: str, body: bytes, concurrency: int, seconds: float, content_type: str = "image/png") -> dict:
@@ -93,7 +93,7 @@ def probe_face(run: Path) -> tuple[Any, Any, bytes]:
     from PIL import Image
 
     from maskcrypt.data import load
-    from maskcrypt.serving import load_targets
+    from maskcrypt.serving.requests import load_targets
 
     targets = load_targets(run)  # refuses a run without targets, naming why
     size = targets.masks.shape[1]
@@ -194,7 +194,7 @@ def bare_rates(run: Path, image: np.ndarray, mask: np.ndarray, precision: str) -
 
 def stage_costs(body: bytes, size: int, mask: np.ndarray) -> dict[str, float]:
     """Per-request costs inside a replica, in ms: decode + crop/resize, masking, a JSON answer."""
-    from maskcrypt.serving import ServiceConfig, decode_upload
+    from maskcrypt.serving.requests import ServiceConfig, decode_upload
 
     cfg = ServiceConfig()
     timings: dict[str, list[float]] = {"decode_ms": [], "mask_ms": [], "json_ms": []}
@@ -232,7 +232,9 @@ def main() -> int:
     import ray
     from ray import serve
 
-    from maskcrypt.serving import ServiceConfig, build_app
+    from maskcrypt.serving.deployment import build_app
+
+    from maskcrypt.serving.requests import ServiceConfig
 
     targets, test, body = probe_face(run)
     size = targets.masks.shape[1]

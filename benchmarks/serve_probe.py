@@ -36,8 +36,9 @@ def main() -> int:
     from ray import serve
     from serve_load import drive, multipart, probe_face
 
-    from maskcrypt.cluster import init_ray
-    from maskcrypt.serving import ServiceConfig, build_app
+    from maskcrypt.runtime.cluster import init_ray
+    from maskcrypt.serving.deployment import build_app
+    from maskcrypt.serving.requests import ServiceConfig
 
     run = args.run.resolve()
     targets, test, body = probe_face(run)

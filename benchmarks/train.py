@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from maskcrypt.config import Resources, TrainConfig
 from maskcrypt.data import load
 from maskcrypt.models.recognizer import RecognizerConfig
-from maskcrypt.precision import autocast, use_bf16
-from maskcrypt.train import TrainInputs, train_model
-from maskcrypt.train_loop import augment_flip, lr_lambda
+from maskcrypt.core.precision import autocast, use_bf16
+from maskcrypt.train.driver import TrainInputs, train_model
+from maskcrypt.train.loop import augment_flip, lr_lambda
 
 SPEC = "synthetic:identities=50,per_identity=40,size=32"
 

@@ -14,7 +14,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 # Standard library only until the environment is checked: a Python without the project's packages
 # gets one line naming them and the fix, not a traceback.
-from maskcrypt.environment import run_job  # noqa: E402
+from maskcrypt.cli.environment import run_job  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(run_job("capacity", __file__))

@@ -4,7 +4,7 @@ The method is specified in METHOD.md; the layout and conventions in DESIGN.md.
 Pure logic (masks, data, selection) lives in plain modules; Ray stays at the edges.
 """
 
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 
 __all__ = ["MaskcryptError", "__version__"]
 __version__ = "0.1.0"

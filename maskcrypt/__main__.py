@@ -1,5 +1,5 @@
 """``python -m maskcrypt`` is the ``maskcrypt`` command."""
 
-from maskcrypt.cli import main
+from maskcrypt.cli.main import main
 
 raise SystemExit(main())

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from maskcrypt.config import AdaptivePlan, EvalSettings
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 
 
 def forward_rate(predictor: Any, images: Any, masks: Any = None, seconds: float = 3.0,
@@ -149,17 +149,17 @@ def measure(out: Path, cfg: CapacityConfig = CapacityConfig(), settings: EvalSet
 
     Table 1 and the race need a running Ray; the library and its read-back do not.
     """
-    from maskcrypt.monitor import PeakRSS
+    from maskcrypt.runtime.monitor import PeakRSS
 
     evaluates = [s for s in cfg.stages if s != "read"]
     if evaluates:
-        from maskcrypt.cluster import require_ray
+        from maskcrypt.runtime.cluster import require_ray
 
         require_ray("capacity")
     report: dict[str, Any] = {"count": cfg.count, "size": cfg.size, "arch": cfg.arch, "width": cfg.width,
                               "images": cfg.images, "stages": list(cfg.stages)}
     if evaluates:
-        from maskcrypt.precision import use_bf16
+        from maskcrypt.core.precision import use_bf16
 
         # Resolved here for CPU actors (this CPU's kind); GPU actors resolve "auto" on their GPU.
         report["precision"] = (settings.precision if settings.gpus_per_actor > 0
@@ -216,8 +216,8 @@ def _bare_task(model: str, images: Any, mask: Any, precision: str, chunk: int, g
 
     from maskcrypt.masks import overlay
     from maskcrypt.models.predictor import Predictor
-    from maskcrypt.scorer import choose_device
-    from maskcrypt.testset import pixels
+    from maskcrypt.evaluation.scorer import choose_device
+    from maskcrypt.evaluation.testset import pixels
 
     predictor = Predictor.from_checkpoint(model, choose_device(gpus, torch.cuda.is_available()), precision, chunk)
     return forward_rate(predictor, predictor.to_device(overlay(torch.from_numpy(pixels(images)),
@@ -233,7 +233,7 @@ def _bare_rate(model: Path, ts: Any, lib: Any, settings: EvalSettings) -> float:
     """
     import ray
 
-    from maskcrypt.cluster import wait_for_free_cpu
+    from maskcrypt.runtime.cluster import wait_for_free_cpu
 
     mask = next(lib.iter_batches(batch_size=1)).masks[0]
     task = ray.remote(_bare_task).options(num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor)
@@ -246,11 +246,11 @@ def _bare_rate(model: Path, ts: Any, lib: Any, settings: EvalSettings) -> float:
 def _evaluate(out: Path, cfg: CapacityConfig, settings: EvalSettings, lib: Any,
               log: Callable[[str], None]) -> dict[str, Any]:
     """Table 1 (sampled) and/or the race on synthetic held-out faces, through the evaluator's actors."""
-    from maskcrypt.adaptive import evaluate_adaptive
+    from maskcrypt.determine.race import evaluate_adaptive
     from maskcrypt.data import load
     from maskcrypt.data.synthetic import DEFAULT_IDENTITIES, held_out_spec
-    from maskcrypt.evaluate import evaluate_sampled
-    from maskcrypt.testset import prepare_test
+    from maskcrypt.evaluation.crossproduct import evaluate_sampled
+    from maskcrypt.evaluation.testset import prepare_test
 
     people = DEFAULT_IDENTITIES
     if cfg.model:  # a trained E: its classes are the synthetic identities it was trained on

@@ -5,7 +5,7 @@ The graph is the recognizer as every stage runs it, normalization inside:
 * input ``images``: ``N x C x H x W`` with a dynamic batch ``N``; ``uint8`` pixels
   (default) or ``float32`` pixels in 0..255 (``--input float``), already masked (the
   client or the server multiplies by the target mask first: ``image * mask``, 0 =
-  occluded, as :mod:`maskcrypt.serving` does);
+  occluded, as :mod:`maskcrypt.serving.requests` does);
 * outputs ``logits`` (``N x classes``; an ArcFace head gives its scaled cosines) and
   ``embedding`` (``N x 512``, unit length: cosine similarity is a dot product).
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 
 MODELS = ("encrypted", "original")
 INPUTS = ("uint8", "float")
@@ -60,9 +60,9 @@ def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str], model:
     import onnx
     import torch
 
-    from maskcrypt.fileio import atomic_path
+    from maskcrypt.core.fileio import atomic_path
     from maskcrypt.models import Recognizer
-    from maskcrypt.run import RunPaths, update_record
+    from maskcrypt.core.rundir import RunPaths, update_record
 
     if model not in MODELS:
         raise MaskcryptError(f"--model: expected one of {', '.join(MODELS)}, got {model!r}")

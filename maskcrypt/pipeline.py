@@ -2,7 +2,7 @@
 
 This is the one place the stages are chained. The ``maskcrypt`` command (``run``,
 ``prepare``, ``train``, ``determine``, ``tune``) and ``jobs/select.py`` build a
-:class:`~maskcrypt.runconfig.RunConfig` from flags and/or a YAML file and call
+:class:`~maskcrypt.config.runconfig.RunConfig` from flags and/or a YAML file and call
 :func:`run_pipeline`; every stage resumes what is already complete. The resolved
 configuration is recorded in ``run.json`` (``config``). Ray must be running (entry
 points start it); paths are made absolute first, because under ``ray job submit`` the
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from maskcrypt.config import STAGES
-from maskcrypt.errors import MaskcryptError
-from maskcrypt.runconfig import RunConfig
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.config.runconfig import RunConfig
 
 #: Fields holding local paths (made absolute) and data specs (their path made absolute).
 PATH_FIELDS = ("run", "prepare.selection_masks", "sources.masks", "sources.init_original", "sources.init_inpainter",
@@ -48,8 +48,8 @@ def resolve(config: RunConfig) -> RunConfig:
 
 def record_config(config: RunConfig) -> None:
     """``run.json``'s ``config``: the resolved RunConfig of the latest invocation that prepared the run."""
-    from maskcrypt.fileio import write_json
-    from maskcrypt.run import RunPaths, read_run_json
+    from maskcrypt.core.fileio import write_json
+    from maskcrypt.core.rundir import RunPaths, read_run_json
 
     paths = RunPaths.resolve(config.run)
     record = read_run_json(paths) or {}
@@ -60,7 +60,7 @@ def record_config(config: RunConfig) -> None:
 def run_pipeline(config: RunConfig, start: str = "prepare", restart: bool = False, retrain: bool = False,
                  redetermine: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the stages from ``start`` to ``config.until``; returns each stage's summary by name."""
-    from maskcrypt.run import RunPaths
+    from maskcrypt.core.rundir import RunPaths
 
     if start not in STAGES or STAGES.index(start) > STAGES.index(config.until):
         raise MaskcryptError(f"stages: cannot run from {start!r} to {config.until!r} (order: {', '.join(STAGES)})")
@@ -86,7 +86,7 @@ def run_pipeline(config: RunConfig, start: str = "prepare", restart: bool = Fals
 def prepare_stage(config: RunConfig, restart: bool, log: Callable[[str], None]) -> dict[str, Any]:
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.prepare import prepare
-    from maskcrypt.run import RunPaths
+    from maskcrypt.core.rundir import RunPaths
 
     record = prepare(config.run, config.prepare, restart=restart, log=log)
     paths = RunPaths.resolve(config.run)
@@ -98,9 +98,9 @@ def prepare_stage(config: RunConfig, restart: bool, log: Callable[[str], None]) 
 
 def train_stage(config: RunConfig, retrain: bool, log: Callable[[str], None]) -> dict[str, Any]:
     """Train the models, then (when all three exist) the held-out quality report."""
-    from maskcrypt.quality import cached_training_quality, format_quality
-    from maskcrypt.run import RunPaths
-    from maskcrypt.train import train_run
+    from maskcrypt.train.report import cached_training_quality, format_quality
+    from maskcrypt.core.rundir import RunPaths
+    from maskcrypt.train.driver import train_run
 
     metas = train_run(config.run, config.prepare.data, config.prepare.size, sources=config.sources,
                       models=config.model, train_config=config.train, inpaint_config=config.inpaint,
@@ -123,8 +123,8 @@ def train_stage(config: RunConfig, retrain: bool, log: Callable[[str], None]) ->
 def determine_stage(config: RunConfig, redetermine: bool, log: Callable[[str], None]) -> dict[str, Any]:
     import pandas as pd
 
-    from maskcrypt.determine import determine, format_table1, format_target
-    from maskcrypt.run import RunPaths
+    from maskcrypt.determine.stage import determine, format_table1, format_target
+    from maskcrypt.core.rundir import RunPaths
 
     result = determine(config.run, config.determine, config.thresholds, config.evaluation, config.adaptive,
                        redo=redetermine, log=log, attackers=config.attack)

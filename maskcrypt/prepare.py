@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from maskcrypt.config import PrepareConfig
-from maskcrypt.errors import MaskcryptError
-from maskcrypt.fileio import write_json
-from maskcrypt.run import RunPaths, check_resumable, code_version, read_run_json
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.fileio import write_json
+from maskcrypt.masks.pools import attacker_pool
+from maskcrypt.core.rundir import RunPaths, check_resumable, code_version, read_run_json
 
 
 def prepare(run: str | os.PathLike[str], config: PrepareConfig, restart: bool = False,
@@ -62,7 +63,7 @@ def _prepare(paths: RunPaths, config: PrepareConfig, restart: bool, log: Any) ->
     from maskcrypt.data import labelled, source_split
     from maskcrypt.masks import MaskLibrary, overlay, parse_buckets
     from maskcrypt.masks.generate import generate_into
-    from maskcrypt.pictures import auto_scale, grid_image, mask_grid, save_png
+    from maskcrypt.reporting.pictures import auto_scale, grid_image, mask_grid, save_png
 
     check_resumable(paths, config, restart)
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -137,25 +138,3 @@ def _prepare(paths: RunPaths, config: PrepareConfig, restart: bool, log: Any) ->
     record["stages"] = {**previous.get("stages", {}), **record["stages"]}
     write_json(paths.run_json, record)
     return record
-
-
-def attacker_pool(paths: RunPaths, config: PrepareConfig, log: Any = print) -> Any:
-    """``masks_attacker/``: the attackers' pool, generated sha256-disjoint from every other pool of the run.
-
-    Called by :func:`prepare`, and by the attack stage for a run prepared before the pool
-    existed (same settings: the run's recorded PrepareConfig, defaults for fields it lacks).
-    """
-    from maskcrypt.masks import MaskLibrary, parse_buckets
-    from maskcrypt.masks.generate import generate_into
-
-    others = [MaskLibrary.open(str(p)) for p in (paths.masks, paths.masks_train, paths.masks_heldout) if p.exists()]
-    taken = set().union(*(set(lib.column("sha256")) for lib in others)) if others else set()
-    size = (config.size, config.size)
-    pool = MaskLibrary.open_or_create(str(paths.masks_attacker), *size)
-    buckets = parse_buckets(config.buckets, pool.edges)
-    res = generate_into(pool, config.attacker_mask_count, config.attacker_mask_seed, buckets, exclude_sha256=taken)
-    overlap = taken & set(pool.column("sha256"))
-    if overlap:
-        raise MaskcryptError(f"run {paths.root}: {len(overlap)} mask(s) of masks_attacker/ are also in another pool")
-    log(f"masks_attacker/ {len(pool)} masks for the attackers, disjoint from every other pool ({res.added} new)")
-    return pool

@@ -7,7 +7,7 @@ model run: Table 1 (``results/table1.parquet``) and the attack list's Table 2
 (``results/table2.parquet``), both on the selection split.
 
 **Objective** (documented in README "Threshold search"): a trial's thresholds choose
-target masks exactly as :func:`maskcrypt.determine.determine` would (target buckets by
+target masks exactly as :func:`maskcrypt.determine.stage.determine` would (target buckets by
 t_gap, candidates = top k of each, targets = candidates with drop > t_drop passing the
 basic form t_enc/t_orig). The choice is *feasible* when every chosen mask keeps O's
 accuracy on masked images <= ``o_masked``, O's accuracy on inpainted images <=
@@ -41,9 +41,9 @@ import numpy as np
 import pandas as pd
 
 from maskcrypt.config import Budget
-from maskcrypt.errors import MaskcryptError
-from maskcrypt.fileio import write_json, write_parquet
-from maskcrypt.select import Thresholds, decide
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.fileio import write_json, write_parquet
+from maskcrypt.selection.rules import Thresholds, decide
 
 INFEASIBLE = -1.0
 EMPTY = -3.0
@@ -188,7 +188,7 @@ def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, budget: Budget, path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from maskcrypt.pictures import save_figure
+    from maskcrypt.core.fileio import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     pts = trials[trials["targets"] > 0]
@@ -228,7 +228,7 @@ def search(run: str | os.PathLike[str], budget: Budget = Budget(), mode: str = "
 
     from ray import tune
 
-    from maskcrypt.cluster import require_ray
+    from maskcrypt.runtime.cluster import require_ray
 
     root = Path(run).resolve()
     tables = Tables.load(root)

@@ -1,7 +1,7 @@
 """Serve entry point: ``serve run serve/config.yaml`` (from the repository root) or ``serve deploy``.
 
 ``app_builder`` receives the ``args`` of the config's application: the fields of
-:class:`maskcrypt.serving.ServiceConfig` (``max_batch_size`` and
+:class:`maskcrypt.serving.requests.ServiceConfig` (``max_batch_size`` and
 ``batch_wait_timeout_s`` among them) plus the deployment's ``num_replicas``,
 ``num_cpus`` and ``num_gpus``.
 """
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from maskcrypt.serving import ServiceConfig, build_app
+from maskcrypt.serving.deployment import build_app
+
+from maskcrypt.serving.requests import ServiceConfig
 
 
 def app_builder(args: dict[str, Any]) -> Any:

@@ -47,7 +47,7 @@ def tiny_run(ray_session, tmp_path_factory):
     """
     from maskcrypt.config import InpaintTrainConfig, ModelSettings, PrepareConfig, Resources, TrainConfig
     from maskcrypt.prepare import prepare
-    from maskcrypt.train import train_run
+    from maskcrypt.train.driver import train_run
 
     run = tmp_path_factory.mktemp("tiny") / "run"
     prepare(run, PrepareConfig(data=TINY_DATA, size=TINY_SIZE, mask_count=24, train_mask_count=12),
@@ -75,8 +75,8 @@ def determined_run(tiny_run, tmp_path_factory):
     import shutil
 
     from maskcrypt.config import DetermineConfig, EvalSettings
-    from maskcrypt.determine import determine
-    from maskcrypt.select import Thresholds
+    from maskcrypt.determine.stage import determine
+    from maskcrypt.selection.rules import Thresholds
 
     src, _ = tiny_run
     run = tmp_path_factory.mktemp("determined") / "run"

@@ -38,11 +38,11 @@ def work(run: Path, stream: bool) -> dict:
 
     from maskcrypt.config import EvalSettings, ModelSettings, PrepareConfig, Resources, TrainConfig, TrainSources
     from maskcrypt.data import load
-    from maskcrypt.evaluate import evaluate_masks
+    from maskcrypt.evaluation.crossproduct import evaluate_masks
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.prepare import prepare
-    from maskcrypt.testset import prepare_test
-    from maskcrypt.train import train_run
+    from maskcrypt.evaluation.testset import prepare_test
+    from maskcrypt.train.driver import train_run
 
     quiet = lambda *_: None  # noqa: E731
     prepare(run, PrepareConfig(data=DATA, size=SIZE, mask_count=24, train_mask_count=12), log=quiet)

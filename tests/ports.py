@@ -1,5 +1,5 @@
-"""The tests' import of :func:`maskcrypt.ports.free_port` (scripts run from ``tests/`` import it as ``ports``)."""
+"""The tests' import of :func:`maskcrypt.runtime.ports.free_port` (scripts run from ``tests/`` import it as ``ports``)."""
 
-from maskcrypt.ports import free_port
+from maskcrypt.runtime.ports import free_port
 
 __all__ = ["free_port"]

@@ -1,4 +1,4 @@
-"""The attackers (maskcrypt.attack): the table, the t_attack rule, training and resuming, counts against plain loops."""
+"""The attackers (maskcrypt.determine.attackers): the table, the t_attack rule, training and resuming, counts against plain loops."""
 
 from __future__ import annotations
 
@@ -14,23 +14,19 @@ import pytest
 import torch
 from conftest import TINY_DATA, TINY_SIZE
 
-from maskcrypt.attack import (
-    COLUMNS,
-    MASKED_GALLERY,
-    attacker_counts,
-    attacks_table,
+from maskcrypt.determine.attackers import (
     folder_name,
     job_state,
     load_attacker_data,
     make_job,
     train_attacker,
     train_attackers,
-    worst_attackers,
 )
+from maskcrypt.selection.attacks import COLUMNS, MASKED_GALLERY, attacker_counts, attacks_table, worst_attackers
 from maskcrypt.config import ATTACKERS, DEFAULT_ATTACKERS, AttackConfig, Budget, parse_attackers
-from maskcrypt.errors import MaskcryptError
-from maskcrypt.runconfig import RunConfig
-from maskcrypt.select import Thresholds, decide, target_masks
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.config.runconfig import RunConfig
+from maskcrypt.selection.rules import Thresholds, decide, target_masks
 
 SPLITS = ("selection", "confirmation")
 
@@ -110,7 +106,7 @@ def test_tune_budget_caps_the_worst_attacker():
 def test_auto_trial_cpus_spreads_the_cpus_over_the_trials(ray_session):
     import ray
 
-    from maskcrypt.attack import auto_trial_cpus
+    from maskcrypt.determine.attackers import auto_trial_cpus
 
     cpus = int(ray.cluster_resources()["CPU"])
     assert auto_trial_cpus(1) == min(cpus, 8)  # a lone trial takes the node's CPUs, up to 8
@@ -120,8 +116,8 @@ def test_auto_trial_cpus_spreads_the_cpus_over_the_trials(ray_session):
 
 
 def test_attacker_names_flags_and_yaml():
-    from maskcrypt.cli import build_parser
-    from maskcrypt.flags import RUN_FLAGS, TUNE_FLAGS, build_config
+    from maskcrypt.cli.main import build_parser
+    from maskcrypt.cli.flags import RUN_FLAGS, TUNE_FLAGS, build_config
 
     assert parse_attackers("default") == DEFAULT_ATTACKERS and "adaptive-known" not in DEFAULT_ATTACKERS
     assert parse_attackers("all") == ATTACKERS
@@ -272,8 +268,8 @@ def _setting(attacked):
 
 def test_every_attacker_counts_equal_a_plain_loop(attacked):
     from maskcrypt.data import load
-    from maskcrypt.evaluate import evaluate_attack
-    from maskcrypt.testset import prepare_test
+    from maskcrypt.evaluation.crossproduct import evaluate_attack
+    from maskcrypt.evaluation.testset import prepare_test
 
     lib, paths, models, known, settings = _setting(attacked)
     test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
@@ -300,9 +296,9 @@ def test_open_set_attackers_use_clean_galleries_and_the_known_mask_also_a_masked
     import torch.nn.functional as F
 
     from maskcrypt.data import load
-    from maskcrypt.evaluate import evaluate_attack
+    from maskcrypt.evaluation.crossproduct import evaluate_attack
     from maskcrypt.masks import overlay
-    from maskcrypt.testset import prepare_test
+    from maskcrypt.evaluation.testset import prepare_test
 
     lib, paths, models, known, settings = _setting(attacked)
     other = load("synthetic:identities=4,per_identity=8,seed=7#split=all", size=TINY_SIZE)
@@ -332,8 +328,8 @@ def test_open_set_attackers_use_clean_galleries_and_the_known_mask_also_a_masked
 
 def test_determination_writes_attacks_and_every_artifact_agrees_with_it(attacked):
     from maskcrypt.data import load
-    from maskcrypt.report import write_report
-    from maskcrypt.testset import prepare_test
+    from maskcrypt.reporting.report import write_report
+    from maskcrypt.evaluation.testset import prepare_test
 
     run, result = attacked.run, attacked.result
     table = pd.read_parquet(run / "results" / "attacks.parquet")

@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from maskcrypt.client import Client, RetryPolicy, retryable
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.serving.client import Client, RetryPolicy, retryable
+from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.masks import generate, mask_sha256
 
 MASKS = generate(2, 16, seed=0)

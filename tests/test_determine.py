@@ -11,10 +11,10 @@ import pytest
 from conftest import TINY_DATA, TINY_SIZE
 
 from maskcrypt.config import AdaptivePlan, AttackConfig, DetermineConfig, EvalSettings
-from maskcrypt.determine import determine as run_determination
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.determine.stage import determine as run_determination
+from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.masks import mask_sha256, unpack_masks
-from maskcrypt.select import Thresholds
+from maskcrypt.selection.rules import Thresholds
 
 #: One evaluation actor: each stage's actor start (a torch import) is most of a tiny determination's time; the
 #: split of work over several actors is tested in tests/test_evaluate.py and tests/test_multinode.py.
@@ -202,7 +202,7 @@ def test_each_rule_that_empties_the_set_is_named(determined_run, rule):
     """The shared run's own tables, thresholds that force one rule to reject every candidate."""
     import dataclasses
 
-    from maskcrypt.select import decide
+    from maskcrypt.selection.rules import decide
 
     src, _ = determined_run
     t1 = pd.read_parquet(src / "results" / "table1.parquet")

@@ -9,12 +9,12 @@ from conftest import TINY_DATA, TINY_SIZE
 
 from maskcrypt.config import AdaptivePlan, EvalSettings
 from maskcrypt.data import load
-from maskcrypt.errors import MaskcryptError
-from maskcrypt.evaluate import evaluate_masks, evaluate_sampled
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.evaluation.crossproduct import evaluate_masks, evaluate_sampled
 from maskcrypt.masks import MaskLibrary, overlay
 from maskcrypt.masks.generate import generate_into
 from maskcrypt.models import Recognizer
-from maskcrypt.testset import prepare_test
+from maskcrypt.evaluation.testset import prepare_test
 
 FP32 = EvalSettings(actors=2, masks_per_batch=3, images_per_chunk=16, precision="fp32")
 
@@ -84,7 +84,7 @@ def test_sampled_table1_counts_equal_a_plain_loop(setting):
 
 def test_sampled_mode_ships_only_the_drawn_masks_packed(tmp_path):
     """Table 1's actors get at most repeats x images masks per bucket, bit-packed, however big the library."""
-    from maskcrypt.evaluate import _drawn_masks
+    from maskcrypt.evaluation.crossproduct import _drawn_masks
     from maskcrypt.masks.core import unpack_masks
 
     lib = MaskLibrary.create(str(tmp_path / "lib"), 16, 16)
@@ -119,7 +119,7 @@ def test_size_mismatch_missing_model_and_empty_bucket(setting, tmp_path):
 
 def test_attack_counts_equal_a_plain_loop(setting):
     run, test, paths, models = setting
-    from maskcrypt.evaluate import evaluate_attack
+    from maskcrypt.evaluation.crossproduct import evaluate_attack
     from maskcrypt.models import Inpainter
 
     lib = MaskLibrary.open(str(run / "masks"))
@@ -221,8 +221,8 @@ def test_open_set_counts_equal_a_plain_loop(setting):
 
 
 def test_adaptive_ranking_finds_the_full_modes_top_k(setting):
-    from maskcrypt.adaptive import evaluate_adaptive
-    from maskcrypt.select import Thresholds, per_mask_table, rank_masks
+    from maskcrypt.determine.race import evaluate_adaptive
+    from maskcrypt.selection.rules import Thresholds, per_mask_table, rank_masks
 
     run, test, paths, _ = setting
     lib = MaskLibrary.open(str(run / "masks"))
@@ -245,7 +245,7 @@ def test_adaptive_ranking_finds_the_full_modes_top_k(setting):
 
 
 def test_device_selection_and_gpu_requests_without_gpus(setting):
-    from maskcrypt.scorer import choose_device
+    from maskcrypt.evaluation.scorer import choose_device
 
     assert choose_device(1, cuda_available=True) == "cuda"
     assert choose_device(0.5, cuda_available=True) == "cuda"
@@ -270,7 +270,7 @@ def test_a_stage_waits_for_the_cpus_that_short_tasks_still_hold(ray_session):
 
     import ray
 
-    from maskcrypt.cluster import wait_for_free_cpu
+    from maskcrypt.runtime.cluster import wait_for_free_cpu
 
     # Earlier tests' actors may still be ending: start from a cluster whose CPUs are all free again.
     deadline = time.monotonic() + 60

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maskcrypt.errors import MaskcryptError
-from maskcrypt.gallery import Gallery, check_identity, entry_from, unit
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.serving.gallery import Gallery, check_identity, entry_from, unit
 
 
 def _emb(seed: int, n: int, m: int, d: int = 8) -> np.ndarray:

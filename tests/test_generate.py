@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.masks import StrokeStyle, assign_buckets, generate, occlusion_ratio, parse_buckets, plan_masks
 from maskcrypt.masks.core import DEFAULT_EDGES
 from maskcrypt.masks.generate import render_plan

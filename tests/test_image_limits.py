@@ -10,7 +10,7 @@ from bombs import png_bomb
 from PIL import Image
 
 from maskcrypt.data.images import MAX_PIXELS, ImageTooLarge, UnreadableImage, decode_file, decode_many, probe_file
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 
@@ -54,7 +54,7 @@ def test_a_bomb_among_mask_files_is_skipped_by_name(files, tmp_path):
 
 
 def test_client_refuses_a_bomb_or_a_broken_image_by_name(tmp_path):
-    from maskcrypt.client import Client
+    from maskcrypt.serving.client import Client
     from maskcrypt.masks import MaskLibrary, generate
 
     lib = MaskLibrary.create(str(tmp_path / "lib"), 16, 16)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from maskcrypt.environment import REQUIRED
+from maskcrypt.cli.environment import REQUIRED
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = sorted((ROOT / "jobs").glob("*.py"))

@@ -114,7 +114,7 @@ def test_select_job_runs_the_whole_method_under_ray_job_submit(head_node, tmp_pa
     out = r.stdout + r.stderr
     assert "TrainingReport(" not in out and "Traceback" not in out and "Running Dataset" not in out
     # Ray's false alarms: every actor pool's "constructor arguments in the object store" error and Ray Data's
-    # "will hang" warning when a stage starts while the last one's tasks are ending (maskcrypt.cluster).
+    # "will hang" warning when a stage starts while the last one's tasks are ending (maskcrypt.runtime.cluster).
     assert "constructor arguments in the object store" not in out and "will hang" not in out, out[-3000:]
     assert out.count("epoch   4/4") == 2 and len(out.splitlines()) < 150, out[-3000:]
     for role in ("original", "encrypted"):
@@ -156,7 +156,7 @@ def test_capacity_job_reports_throughput_memory_and_a_projection(tmp_path):
 def test_capacity_read_stage_alone_needs_no_ray_and_bad_stages_are_named(tmp_path):
     """A CPU machine measures a library's generation and read-back without the race (issue 14, item 6)."""
     from maskcrypt.capacity import CapacityConfig, measure
-    from maskcrypt.errors import MaskcryptError
+    from maskcrypt.core.errors import MaskcryptError
 
     lines: list[str] = []
     report = measure(tmp_path, CapacityConfig(count=40, size=16, stages=("read",)), log=lines.append)

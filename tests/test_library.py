@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.masks import MaskLibrary, assign_buckets, generate, mask_sha256, occlusion_ratio
 from maskcrypt.masks.generate import generate_into
 from maskcrypt.masks.library import MANIFEST, SCHEMA
@@ -168,8 +168,8 @@ def _results_dir(tmp_path):
     The parts are written by the evaluation's own writer; the folder also holds ``_key.json``
     and a temporary file left by an interrupted write, which no reader may take for a part.
     """
-    from maskcrypt.evaluate import _write_part
-    from maskcrypt.fileio import write_json, write_parquet
+    from maskcrypt.evaluation.crossproduct import _write_part
+    from maskcrypt.core.fileio import write_json, write_parquet
 
     results = tmp_path / "results"
     rng = np.random.default_rng(0)

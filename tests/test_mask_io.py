@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.masks import MaskLibrary, export_masks, import_masks, mask_sha256, read_mask_file
 from maskcrypt.masks.generate import generate_into
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.masks import (
     assign_buckets,
     bucket_label,

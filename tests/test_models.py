@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from maskcrypt.config import TrainConfig, check_same_training
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.models import Inpainter, InpainterConfig, Recognizer, RecognizerConfig
-from maskcrypt.models.checkpoint import MODEL_FILE, find_checkpoint, load_external_weights, save_checkpoint
+from maskcrypt.models.checkpoint import MODEL_FILE, find_checkpoint, save_checkpoint
+from maskcrypt.models.weights import load_external_weights
 from maskcrypt.models.losses import VGG16Features, hole_psnr, inpaint_loss, load_vgg16_features
 from maskcrypt.models.recognizer import count_parameters
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.masks import overlay
 from maskcrypt.models import Inpainter, InpainterConfig, Recognizer, RecognizerConfig
 from maskcrypt.models.predictor import Predictor
-from maskcrypt.precision import default_chunk
+from maskcrypt.core.precision import default_chunk
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_bad_requests_name_the_problem(models):
 
 def test_importing_the_predictor_loads_neither_pyarrow_nor_pandas_nor_ray():
     """The GPU harness runs where only torch and numpy are installed."""
-    code = ("import sys, maskcrypt.models.predictor, maskcrypt.precision; "
+    code = ("import sys, maskcrypt.models.predictor, maskcrypt.core.precision; "
             "print(sorted(m for m in ('pyarrow', 'pandas', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import TINY_DATA, TINY_SIZE
 
-from maskcrypt.cli import main
+from maskcrypt.cli.main import main
 from maskcrypt.config import EvalSettings
 from maskcrypt.data import load
 from maskcrypt.masks import MaskLibrary
@@ -54,8 +54,8 @@ def test_prepare_is_idempotent_and_refuses_other_settings_unless_restarted(tmp_p
 def test_a_yaml_config_and_flags_build_one_run_config(tmp_path, capsys):
     import argparse
 
-    from maskcrypt.flags import RUN_FLAGS, add_flags, build_config
-    from maskcrypt.runconfig import RunConfig
+    from maskcrypt.cli.flags import RUN_FLAGS, add_flags, build_config
+    from maskcrypt.config.runconfig import RunConfig
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text("prepare: {data: 'synthetic:identities=4,per_identity=6', size: 16, mask_count: 24}\n"
@@ -122,7 +122,7 @@ def test_every_stage_has_a_subcommand(command, capsys):
 
 
 def test_the_training_report_is_reused_until_its_inputs_change(tiny_run, tmp_path):
-    from maskcrypt.quality import cached_training_quality
+    from maskcrypt.train.report import cached_training_quality
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("per_mask.parts", "targets.*"))
@@ -135,7 +135,7 @@ def test_the_training_report_is_reused_until_its_inputs_change(tiny_run, tmp_pat
 
     # The report runs in evaluation actors (no model in the driver): the same figures as a plain loop here.
     from maskcrypt.models.predictor import Predictor
-    from maskcrypt.scorer import sampled_draw
+    from maskcrypt.evaluation.scorer import sampled_draw
 
     test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
     plain = Predictor.from_checkpoints({"E": run / "models" / "encrypted", "O": run / "models" / "original"},

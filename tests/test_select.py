@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskcrypt.errors import MaskcryptError
-from maskcrypt.select import (
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.selection.rules import (
     Thresholds,
     attack_list,
     basic_selection,
@@ -187,7 +187,7 @@ def _race(n, correct, bucket=None, eliminated=None):
 
 
 def test_race_eliminates_only_masks_that_cannot_reach_the_top():
-    from maskcrypt.select import race_step
+    from maskcrypt.selection.rules import race_step
 
     # Bucket 1: m2's upper bound (~0.71) is below the 2nd best lower bound (~0.88); m3 overlaps and stays.
     # Bucket 2 has only two masks: both stay, however bad.
@@ -208,7 +208,7 @@ def test_race_eliminates_only_masks_that_cannot_reach_the_top():
 
 
 def test_race_measures_the_boundary_and_settles_ties_only_when_bounds_allow():
-    from maskcrypt.select import race_step
+    from maskcrypt.selection.rules import race_step
 
     # m0, m1 perfect on 2,000 of 5,000 images, m2-m4 at 99.5%: a tie within 0.01 at 99% bounds.
     tie = race_step(_race([2000] * 5, [2000, 2000, 1990, 1990, 1990]), keep=2, population=5000)
@@ -230,7 +230,7 @@ def test_race_measures_the_boundary_and_settles_ties_only_when_bounds_allow():
 
 
 def test_finite_population_bounds_close_on_the_whole_set():
-    from maskcrypt.select import wilson_interval
+    from maskcrypt.selection.rules import wilson_interval
 
     lo, hi = wilson_interval([90, 450, 1000], [100, 500, 1000], 0.99, population=1000)
     plain_lo, plain_hi = wilson_interval([90, 450], [100, 500], 0.99)
@@ -250,7 +250,7 @@ def test_targets_must_also_pass_the_basic_form():
 
 def test_one_decision_marks_table2_from_every_rule():
     """Table 2 holds figures only; decide() applies t_gap, k, t_drop and the basic form; mark_decision() flags."""
-    from maskcrypt.select import decide, mark_decision
+    from maskcrypt.selection.rules import decide, mark_decision
 
     attack, ranks = _attack_rows()
     t2 = table2(attack.assign(correct_O_masked=[0, 0, 0, 0, 0, N // 2]), ranks)
@@ -279,7 +279,7 @@ def test_table1_intervals_cover_the_images_not_the_repetitions():
 
 
 def test_ties_in_accuracy_are_broken_by_the_mean_score_not_the_mask_id():
-    from maskcrypt.select import rank_masks, ties_at_cutoff
+    from maskcrypt.selection.rules import rank_masks, ties_at_cutoff
 
     counts = pd.DataFrame({"mask_id": ["a", "b", "c", "d"], "bucket": 6, "n": 200, "correct_E": [200, 200, 200, 180],
                            "correct_O": 10, "score_E": [150.0, 190.0, 170.0, 199.0]})
@@ -292,7 +292,7 @@ def test_ties_in_accuracy_are_broken_by_the_mean_score_not_the_mask_id():
 
 
 def test_the_race_orders_ties_by_score_like_the_full_ranking():
-    from maskcrypt.select import race_step
+    from maskcrypt.selection.rules import race_step
 
     counts = pd.DataFrame({"mask_id": ["a", "b", "c"], "bucket": 6, "n": 100, "correct_E": 100, "eliminated": False,
                            "score_E": [60.0, 95.0, 80.0]})
@@ -302,7 +302,7 @@ def test_the_race_orders_ties_by_score_like_the_full_ranking():
 
 
 def test_the_basic_rule_is_a_complete_selection_without_buckets():
-    from maskcrypt.select import decide
+    from maskcrypt.selection.rules import decide
 
     counts = pd.DataFrame({"mask_id": ["a", "b", "c"], "bucket": [1, 3, 6], "n": 100, "correct_E": [95, 85, 70],
                            "correct_O": [80, 30, 10], "score_E": [90.0, 80.0, 65.0]})
@@ -319,7 +319,7 @@ def test_the_basic_rule_is_a_complete_selection_without_buckets():
 def test_rank_mode_auto_races_above_its_threshold_and_never_under_the_basic_rule():
     """Both sides of ``DetermineConfig.adaptive_above`` (the relation of the two modes: test_determine's race test)."""
     from maskcrypt.config import DetermineConfig
-    from maskcrypt.determine import rank_mode_for
+    from maskcrypt.determine.stage import rank_mode_for
 
     auto = DetermineConfig(adaptive_above=1000)
     assert rank_mode_for(auto, 10, 100, counted=False) == "full"  # 1,000 masked images: at the threshold

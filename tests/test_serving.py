@@ -19,8 +19,8 @@ from PIL import Image
 from ports import free_port
 
 from maskcrypt.data import load
-from maskcrypt.errors import MaskcryptError
-from maskcrypt.serving import ServiceConfig, ServiceError, decode_upload, load_targets
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.serving.requests import ServiceConfig, ServiceError, decode_upload, load_targets
 
 KEY = "test-key"
 
@@ -52,7 +52,7 @@ def _call(url: str, data: bytes | None = None, key: str | None = KEY, content_ty
 def served(determined_run, tmp_path_factory):
     from ray import serve
 
-    from maskcrypt.serving import build_app
+    from maskcrypt.serving.deployment import build_app
 
     src, _ = determined_run
     run = tmp_path_factory.mktemp("serving") / "run"
@@ -70,7 +70,7 @@ def served_open(served, tmp_path_factory):
     """The same run served open set (E's embeddings against an enrolled gallery), beside the closed app."""
     from ray import serve
 
-    from maskcrypt.serving import build_app
+    from maskcrypt.serving.deployment import build_app
 
     url, src, _ = served
     run = tmp_path_factory.mktemp("serving-open") / "run"
@@ -251,7 +251,7 @@ def test_multipart_upload_and_sixteen_concurrent_clients(served):
 
 
 def test_client_masks_locally_and_agrees_with_server_side_masking(served):
-    from maskcrypt.client import Client
+    from maskcrypt.serving.client import Client
 
     url, run, _ = served
     test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
@@ -305,7 +305,7 @@ def test_client_recognize_survives_a_killed_replica(served):
     import threading
     import time
 
-    from maskcrypt.client import Client
+    from maskcrypt.serving.client import Client
 
     url, run, _ = served
     test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
@@ -437,7 +437,7 @@ def test_open_set_enroll_then_recognize_equals_offline_centroids(served_open):
 
 
 def test_enrollment_errors_and_client_fetching_shared_masks(served, served_open):
-    from maskcrypt.client import Client
+    from maskcrypt.serving.client import Client
 
     closed_url, _, _ = served
     url, run, _ = served_open
@@ -473,8 +473,8 @@ def test_gpu_replicas_are_refused_at_once_without_gpus_and_the_config_sets_them(
     """``maskcrypt serve --gpus 1`` and the Serve config's ``num_gpus``: a named refusal here, no waiting replica."""
     import importlib.util
 
-    from maskcrypt.cli import main
-    from maskcrypt.service import build_app
+    from maskcrypt.cli.main import main
+    from maskcrypt.serving.deployment import build_app
 
     spec = importlib.util.spec_from_file_location("serve_app", Path(__file__).parents[1] / "serve" / "app.py")
     serve_app = importlib.util.module_from_spec(spec)

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from conftest import TINY_DATA
 
-from maskcrypt.errors import MaskcryptError
-from maskcrypt.select import Thresholds
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.selection.rules import Thresholds
 from maskcrypt.tune import EMPTY, Budget, Tables, assess, choose, pareto_front, search_space, t_gap_floor
 
 
@@ -70,7 +70,7 @@ def test_grid_space_spans_each_threshold_and_k():
 
 def test_tuned_thresholds_reproduce_their_choice_in_the_determination(determined_run, tmp_path):
     from maskcrypt.config import AttackConfig, DetermineConfig, EvalSettings
-    from maskcrypt.determine import determine
+    from maskcrypt.determine.stage import determine
     from maskcrypt.tune import search
 
     src, _ = determined_run
@@ -96,7 +96,7 @@ def test_tuned_thresholds_reproduce_their_choice_in_the_determination(determined
 
 
 def test_tune_command_names_bad_flags_without_starting_ray(tmp_path, capsys):
-    from maskcrypt.cli import job_main
+    from maskcrypt.cli.main import job_main
 
     assert job_main("tune", ["--run", str(tmp_path), "--max-o-inpainted", "1.5"]) == 2
     assert "budget o_inpainted: expected a fraction in [0, 1], got 1.5" in capsys.readouterr().err

@@ -11,8 +11,8 @@ import pytest
 from maskcrypt.data import describe, load
 from maskcrypt.data.binfile import read_bin, write_bin
 from maskcrypt.data.pairs import generate_pairs
-from maskcrypt.errors import MaskcryptError
-from maskcrypt.verification import (
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.verification.protocol import (
     best_threshold,
     consecutive_folds,
     evaluate,

@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskcrypt.cli import main
+from maskcrypt.cli.main import main
 from maskcrypt.data import load
 from maskcrypt.masks import MaskLibrary, overlay
 from maskcrypt.masks.generate import generate_into
 from maskcrypt.models import Inpainter, InpainterConfig, Recognizer, RecognizerConfig
 from maskcrypt.models.checkpoint import save_checkpoint
-from maskcrypt.verification import evaluate
+from maskcrypt.verification.protocol import evaluate
 
 SIZE = 16
 DATA = f"synthetic:identities=20,per_identity=15,size={SIZE}"
@@ -44,7 +44,7 @@ def _fake_run(root, targets: int = 2):
     table = lib.table()
     ids = table.column("mask_id").to_pylist()[:targets]
     keep = table.slice(0, targets)
-    from maskcrypt.fileio import write_json, write_parquet
+    from maskcrypt.core.fileio import write_json, write_parquet
 
     write_parquet(keep, root / "targets.parquet")
     write_json(root / "targets.json", {"targets": [{"mask_id": m, "sha256": s} for m, s in
@@ -162,9 +162,9 @@ def test_determination_shows_verification_when_the_test_source_has_pairs(determi
     from conftest import TINY_DATA
 
     from maskcrypt.config import DetermineConfig, EvalSettings
-    from maskcrypt.determine import determine
-    from maskcrypt.select import Thresholds
-    from maskcrypt.verify import verify_determination
+    from maskcrypt.determine.stage import determine
+    from maskcrypt.selection.rules import Thresholds
+    from maskcrypt.verification.stage import verify_determination
 
     src, _ = determined_run
     run = tmp_path / "run"

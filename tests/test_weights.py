@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.models import Recognizer, RecognizerConfig
-from maskcrypt.models.checkpoint import load_external_weights
+from maskcrypt.models.weights import load_external_weights
 from maskcrypt.models.weights import config_for_weights, detect_layout, read_state_dict
 
 
@@ -199,8 +199,8 @@ def test_training_builds_each_role_from_its_initial_weights(tmp_path):
     """What train_run hands each role's workers: the config the weights need, loaded as the worker loads them."""
     import argparse
 
-    from maskcrypt.flags import RUN_FLAGS, add_flags, build_config
-    from maskcrypt.train import _weights_config
+    from maskcrypt.cli.flags import RUN_FLAGS, add_flags, build_config
+    from maskcrypt.train.driver import _weights_config
 
     torch.save(_RefIR().state_dict(), tmp_path / "backbone.pth")
     parser = argparse.ArgumentParser()

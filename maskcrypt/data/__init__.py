@@ -19,7 +19,7 @@ from maskcrypt.data.sources import INDEXERS, SourceIndex
 from maskcrypt.data.spec import DataSpec, parse_spec
 from maskcrypt.data.splits import split_by_identity, split_by_image
 from maskcrypt.data.stream import SourceSplit
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 
 if TYPE_CHECKING:
     import ray.data

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from maskcrypt.errors import MaskcryptError
-from maskcrypt.fileio import atomic_path
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.fileio import atomic_path
 
 
 class _Refused(pickle.UnpicklingError):

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from maskcrypt.data.stream import SourceSplit
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 
 
 def write_imagefolder(split: SourceSplit, out: str | os.PathLike[str], fmt: str = "jpg", quality: int = 95,

@@ -34,7 +34,7 @@ _KNOWN: dict[tuple[str, int, int], str] = {}
 
 
 def _hash_many(paths: Sequence[str]) -> list[str]:
-    from maskcrypt.fileio import sha256_file
+    from maskcrypt.core.fileio import sha256_file
 
     with ThreadPoolExecutor(max_workers=8) as pool:  # reading files: threads overlap the I/O
         return list(pool.map(sha256_file, paths))
@@ -73,7 +73,7 @@ def content_digests(paths: Sequence[str], cache: Path | None = None, ray_above: 
     """
     import pandas as pd
 
-    from maskcrypt.fileio import write_parquet
+    from maskcrypt.core.fileio import write_parquet
 
     paths = [str(p) for p in paths]
     sizes, mtimes = stat_files(paths)
@@ -116,7 +116,7 @@ def write_manifest(folder: Path, fingerprint: str, paths: Sequence[str], labels:
     """The split's files as they were when ``fingerprint`` was taken: what a later relaunch compares with."""
     import pandas as pd
 
-    from maskcrypt.fileio import write_parquet
+    from maskcrypt.core.fileio import write_parquet
 
     out = folder / f"{fingerprint}.parquet"
     if not out.exists():

@@ -15,8 +15,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from maskcrypt.errors import MaskcryptError
-from maskcrypt.verification import FOLDS
+from maskcrypt.core.errors import MaskcryptError
+
+#: Folds of the verification protocol (10, as LFW's and insightface's).
+FOLDS = 10
+
+
+def consecutive_folds(n_pairs: int, folds: int = FOLDS) -> np.ndarray:
+    """Fold of each of ``n_pairs`` consecutive pairs: sklearn ``KFold(folds)`` without shuffling.
+
+    The first ``n_pairs % folds`` folds are one pair longer, as in insightface's ``LFold``.
+    """
+    if n_pairs < folds:
+        raise MaskcryptError(f"verification: {n_pairs} pairs cannot make {folds} folds")
+    sizes = np.full(folds, n_pairs // folds)
+    sizes[: n_pairs % folds] += 1
+    return np.repeat(np.arange(folds), sizes)
 
 
 def _positive_pool(labels: np.ndarray, members: np.ndarray) -> int:

@@ -21,7 +21,7 @@ from PIL import Image
 from maskcrypt.data.images import IMAGE_EXTENSIONS, decode_many, probe_file
 from maskcrypt.data.spec import DataSpec, parse_size
 from maskcrypt.data.synthetic import render_dataset
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 
 #: Default target size for file-based sources (the face-recognition standard).
 FILE_DEFAULT_SIZE = 112
@@ -390,7 +390,7 @@ def index_bin(spec: DataSpec) -> SourceIndex:
     position (a pair cannot lose one image silently).
     """
     from maskcrypt.data.binfile import decode_bin_image, read_bin
-    from maskcrypt.verification import consecutive_folds
+    from maskcrypt.data.pairs import consecutive_folds
 
     path = Path(spec.path)
     bins, same = read_bin(path)

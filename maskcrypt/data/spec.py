@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from maskcrypt.data.synthetic import DEFAULT_IDENTITIES, DEFAULT_PER_IDENTITY, DEFAULT_TEST_FRACTION
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 
 KINDS = ("imagefolder", "lfw", "celeba", "idx", "npz", "synthetic", "bin")
 SPLITS = ("train", "test", "val", "all")

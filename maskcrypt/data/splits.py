@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 
 
 def split_by_image(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:

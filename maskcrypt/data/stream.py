@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from maskcrypt.data.spec import DataSpec
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 
 if TYPE_CHECKING:
     import ray.data
@@ -176,7 +176,7 @@ class SourceSplit:
         """
         import ray
 
-        from maskcrypt.cluster import wait_for_free_cpu
+        from maskcrypt.runtime.cluster import wait_for_free_cpu
 
         ds = self.dataset(order=order)
         wait_for_free_cpu()  # after the build: its own metadata tasks hold CPUs for a moment

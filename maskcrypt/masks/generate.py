@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.masks.core import DEFAULT_EDGES, bucket_count_range, mask_sha256, validate_edges
 
 if TYPE_CHECKING:  # the library needs pyarrow: imported only where a library is written

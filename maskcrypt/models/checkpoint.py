@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from maskcrypt.errors import MaskcryptError
-from maskcrypt.fileio import sha256_file
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.fileio import sha256_file
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
@@ -126,17 +126,3 @@ def load_model(path: str | os.PathLike[str], kind: str, build: Callable[[dict[st
     model.checkpoint_meta = meta
     model.checkpoint_path = ckpt
     return model.eval().to(device)
-
-
-def load_external_weights(model: nn.Module, path: str | os.PathLike[str], what: str) -> dict[str, Any]:
-    """Load a state dict trained elsewhere into ``model``; a classifier of another size is skipped.
-
-    Accepts a plain state dict or one nested under ``state_dict``/``model``, with or
-    without a DDP ``module.`` prefix, in maskcrypt's, torchvision's or insightface's layout
-    (:mod:`maskcrypt.models.weights`). Any other missing or mismatching tensor is an error
-    naming the first such key and both shapes, so a wrong architecture cannot load
-    half-way silently.
-    """
-    from maskcrypt.models.weights import load_weights, read_state_dict
-
-    return load_weights(model, read_state_dict(path, f"{what} {path}"), f"{what} {path}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 
 #: Filler name -> OpenCV flag name.
 METHODS = {"telea": "INPAINT_TELEA", "ns": "INPAINT_NS"}

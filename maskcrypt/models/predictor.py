@@ -5,7 +5,7 @@ optionally the inpainter R on one device at one precision, and owns everything b
 uint8 pixels and a decision:
 
 * device placement and memory layout (channels_last where it pays, see
-  :mod:`maskcrypt.precision`), and the autocast region;
+  :mod:`maskcrypt.core.precision`), and the autocast region;
 * the overlay (:func:`maskcrypt.masks.overlay`: ``image * mask``, 0 = occluded), done
   once per chunk and shared by every model, and a fill of the holes when asked (an
   attacker's view): by R, or by OpenCV's Telea or Navier-Stokes method
@@ -31,10 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.masks.core import overlay
 from maskcrypt.models.recognizer import Recognizer
-from maskcrypt.precision import autocast, channels_last, default_chunk, use_bf16
+from maskcrypt.core.precision import autocast, channels_last, default_chunk, use_bf16
 
 #: Masks for a forward: none, one H x W mask for every image, one per image (N x H x W),
 #: or a function ``(start, stop) -> mask(s)`` for images ``start:stop`` (built per chunk).

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
 
 ARCHS = ("compact", "resnet18", "resnet34", "resnet50", "iresnet18", "iresnet34", "iresnet50", "iresnet100")
 HEADS = ("softmax", "arcface")

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from maskcrypt.errors import MaskcryptError
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.models.checkpoint import unwrap
 
 LAYOUTS = ("maskcrypt", "torchvision", "insightface")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -130,8 +131,6 @@ def _optional(key: str) -> bool:
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> dict[str, Any]:
     """Load ``state`` (any layout) into ``model``; returns what was loaded, skipped and re-initialized."""
-    from maskcrypt.models.checkpoint import unwrap
-
     net = unwrap(model)
     own = net.state_dict()
     layout = detect_layout(state, what)
@@ -199,3 +198,15 @@ def _source_key(key: str, layout: str) -> str:
         back = {v: k for k, v in _TV_MAP.items()}
         return f"{back.get(idx, idx)}.{rest}" if idx in back else key
     return key
+
+
+def load_external_weights(model: nn.Module, path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """Load a state dict trained elsewhere into ``model``; a classifier of another size is skipped.
+
+    Accepts a plain state dict or one nested under ``state_dict``/``model``, with or
+    without a DDP ``module.`` prefix, in maskcrypt's, torchvision's or insightface's layout
+    (the layouts above). Any other missing or mismatching tensor is an error
+    naming the first such key and both shapes, so a wrong architecture cannot load
+    half-way silently.
+    """
+    return load_weights(model, read_state_dict(path, f"{what} {path}"), f"{what} {path}")

@@ -1,0 +1,144 @@
+"""One :class:`RunConfig` describes a whole run (prepare -> train -> determine -> tune).
+
+It is built from a YAML file (``--config run.yaml``: the same nested keys as
+:meth:`RunConfig.to_dict`), from command-line flags (:mod:`maskcrypt.cli.flags` maps each
+flag to a field), or both (flags override the file), and the resolved config is recorded
+in ``run.json``. The sections themselves, and what each field means, are in
+:mod:`maskcrypt.config`; this module only assembles them and reads them from mappings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from maskcrypt.config.sections import (
+    STAGES,
+    AdaptivePlan,
+    AttackConfig,
+    DetermineConfig,
+    EvalSettings,
+    InpaintTrainConfig,
+    MaskSampling,
+    ModelSettings,
+    PrepareConfig,
+    Resources,
+    TrainConfig,
+    TrainSources,
+    TuneConfig,
+)
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.config.thresholds import Thresholds
+
+#: RunConfig's sections and their classes: the YAML file's top-level keys.
+SECTIONS: dict[str, type] = {
+    "prepare": PrepareConfig, "sources": TrainSources, "model": ModelSettings, "train": TrainConfig,
+    "inpaint": InpaintTrainConfig, "sampling": MaskSampling, "resources": Resources, "determine": DetermineConfig,
+    "evaluation": EvalSettings, "adaptive": AdaptivePlan, "attack": AttackConfig, "thresholds": Thresholds,
+    "tune": TuneConfig,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run does, stage by stage; ``until`` is the last stage run."""
+
+    run: str = "runs/default"
+    until: str = "determine"
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    sources: TrainSources = field(default_factory=TrainSources)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inpaint: InpaintTrainConfig = field(default_factory=InpaintTrainConfig)
+    sampling: MaskSampling = field(default_factory=MaskSampling)
+    resources: Resources = field(default_factory=Resources)
+    determine: DetermineConfig = field(default_factory=DetermineConfig)
+    evaluation: EvalSettings = field(default_factory=EvalSettings)
+    adaptive: AdaptivePlan = field(default_factory=AdaptivePlan)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+
+    def __post_init__(self) -> None:
+        if self.until not in STAGES:
+            raise MaskcryptError(f"--until: expected one of {', '.join(STAGES)}, got {self.until!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "run config") -> RunConfig:
+        """From nested mappings (a YAML file); unknown keys are errors that name the known ones."""
+        if not isinstance(data, Mapping):
+            raise MaskcryptError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
+        top = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - top)
+        if unknown:
+            raise MaskcryptError(f"{where}: unknown key(s) {unknown}; known: {sorted(top)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in SECTIONS:
+                if key == "thresholds" and isinstance(value, str):
+                    kwargs[key] = Thresholds.from_file(value)
+                else:
+                    kwargs[key] = section(SECTIONS[key], value, f"{where}: {key}")
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RunConfig:
+        import yaml
+
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except OSError as exc:
+            raise MaskcryptError(f"--config {p}: cannot read ({exc})") from None
+        except yaml.YAMLError as exc:
+            raise MaskcryptError(f"--config {p}: not valid YAML ({exc})") from None
+        return cls.from_dict(data, f"--config {p}")
+
+    def with_values(self, values: Mapping[str, Any]) -> RunConfig:
+        """A copy with ``{"section.field": value, "run": ...}`` replaced (each section validated again)."""
+        return _replace(self, values)
+
+def _replace(obj: Any, changes: Mapping[str, Any]) -> Any:
+    """``dataclasses.replace`` that follows dotted names into nested sections (``budget.o_masked``)."""
+    flat: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in changes.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            flat[key] = value
+    for head, sub in nested.items():
+        flat[head] = _replace(getattr(obj, head), sub)
+    return dataclasses.replace(obj, **flat)
+
+
+def section(cls: type, value: Any, where: str) -> Any:
+    """One config section from a mapping: unknown keys named, lists turned into the tuples fields expect."""
+    if not isinstance(value, Mapping):
+        raise MaskcryptError(f"{where}: expected a mapping of settings, got {value!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise MaskcryptError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    defaults = cls()
+    kwargs = {}
+    for k, v in value.items():
+        default = getattr(defaults, k)
+        if dataclasses.is_dataclass(default):
+            v = section(type(default), v, f"{where}.{k}")
+        elif isinstance(default, tuple) and isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise MaskcryptError(f"{where}: {exc}") from None

@@ -1,0 +1,414 @@
+"""The attackers: what a chosen mask really hides, against the attackers a real adversary has.
+
+**Threat model** (README, "What an attacker gets"). The adversary sees masked images (a
+stored or intercepted upload, or the server's input) and wants the identity. It may
+hold an ordinary recognizer trained on clean faces, an inpainter, classical image
+processing and labelled photos of its own; it may know the mask (the service shares
+masks with clients, and a binary mask leaves exact zeros, so the hole shows in every
+encrypted image) or only how masks are generated.
+
+**Attackers** (:data:`maskcrypt.config.ATTACKERS`), each a function of (mask, split) ->
+counts, measured for every mask the attack stage measures (the ``attack_top`` of each
+target bucket) on the selection and confirmation splits:
+
+* ``O`` - O on the masked images (Table 2's ``O_masked``);
+* ``R+O`` - R (the run's RFR-Net) inpaints, then O (Table 2's ``O_inpainted``);
+* ``telea+O``, ``ns+O`` - OpenCV's Telea / Navier-Stokes inpainting, no training, then O;
+* ``adaptive-family`` - the generator is known, the mask is not: one recognizer per run,
+  trained from O's weights for ``--attack-epochs`` on the attacker's images masked with
+  fresh masks of the target buckets from its own pool ``masks_attacker/`` (E's own
+  recipe on the attacker's data); ``adaptive-family+R`` is the same model on R's fill;
+* ``adaptive-known`` - the mask is known: per attacked mask a recognizer trained from
+  O's weights on the attacker's images under exactly that mask.
+
+Scoring is the determination's: closed set, top-1 against the label; open set, top-1
+cosine against gallery centroids, the gallery clean (photos from elsewhere) and, for the
+known-mask attacker, also masked with the same mask (``adaptive-known/masked-gallery``).
+The worst (most accurate) attacker per (mask, split) is the privacy figure.
+
+The no-training attackers run inside the attack stage's one inference pass
+(:meth:`maskcrypt.evaluation.scorer.CrossProductScorer._attack`, via the
+:class:`~maskcrypt.models.predictor.Predictor`'s fillers). The adaptive ones train first,
+as parallel trials of one Ray Tune run (:func:`train_attackers`), each trial running the
+project's one recognizer training step (:class:`maskcrypt.train.loop.RecognizerSteps`,
+:func:`maskcrypt.train.loop.train_epoch`) and checkpointing every epoch under
+``RUN/models/attackers/<mask_id>/`` (``family/`` for the family model) in the repo's
+checkpoint format: a relaunch skips complete attackers and resumes incomplete ones.
+
+The table building is pure: :mod:`maskcrypt.selection.attacks`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from maskcrypt.config import ATTACKERS, AttackConfig
+from maskcrypt.core.errors import MaskcryptError
+FAMILY = "family"
+
+
+# -- the adaptive attackers: training on Ray Tune ----------------------------------------------------------------
+def folder_name(mask_id: str) -> str:
+    """A mask's attacker folder under ``RUN/models/attackers/``: its id, made safe (never ``family``)."""
+    import hashlib
+
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", mask_id)
+    if safe != mask_id or safe in (FAMILY, "") or safe.startswith("."):
+        safe = f"{safe.strip('.') or 'mask'}-{hashlib.sha256(mask_id.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def load_attacker_data(spec: str, o_meta: dict[str, Any], scoring: str,
+                       cache: Path | None = None) -> dict[str, Any]:
+    """The attacker's labelled images (train split unless the spec names one), labels in O's class space.
+
+    Identities that are O's classes keep O's classifier (labels mapped by name); other
+    identities need a new classifier and are usable only as an embedder, in open-set
+    scoring: closed-set scoring judges the attacker's classifier against the test labels.
+    """
+    import hashlib
+
+    from maskcrypt.data import source_split
+
+    # Decoded by Ray tasks into the object store (the trials fetch them): the driver holds no image.
+    split = source_split(spec, default_split="train", size=int(o_meta["image_size"]),
+                         channels=int(o_meta.get("channels", 3)))
+    images, kept = split.to_object_store()
+    raw = split
+    raw_labels = split.labels[kept]
+    o_classes = [str(c) for c in o_meta["class_names"]]
+    present = [str(raw.class_names[i]) for i in np.unique(raw_labels)]
+    if set(present) <= set(o_classes):
+        where = {c: i for i, c in enumerate(o_classes)}
+        labels = np.asarray([where[str(raw.class_names[k])] for k in raw_labels], np.int64)
+        classes = o_classes
+    elif scoring == "closed":
+        raise MaskcryptError(f"--attacker-data {raw.spec.text}: identities "
+                             f"{sorted(set(present) - set(o_classes))[:5]} are not O's classes; closed-set scoring "
+                             "needs the attacker's photos labelled with the test identities (use open-set scoring for "
+                             "an attacker with other identities)")
+    else:
+        labels, classes = np.asarray(raw_labels, np.int64), [str(c) for c in raw.class_names]
+    digest = hashlib.sha256(split.fingerprint(cache).encode() + kept.tobytes()).hexdigest()
+    return {"images": images, "labels": labels, "class_names": classes, "spec": raw.spec.text, "sha256": digest}
+
+
+def make_job(name: str, folder: Path, masks: np.ndarray, k: int, o_checkpoint: Path, o_meta: dict[str, Any],
+             data: dict[str, Any], epochs: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One attacker's training: O's TrainConfig with ``epochs``, from O's weights, under ``masks`` (K per image).
+
+    The job hash covers everything the model depends on (O's weights, the data, the
+    masks, the settings), so a relaunch reuses exactly the attackers trained from the
+    same inputs. The global batch is capped at the samples per epoch (a small attacker
+    data set still trains).
+    """
+    from maskcrypt.config import config_hash
+    from maskcrypt.masks import mask_sha256
+    from maskcrypt.models.checkpoint import MODEL_FILE
+
+    samples = len(data["labels"]) * int(k)
+    tc = {**o_meta["train_config"], "epochs": int(epochs)}
+    tc["batch_size"] = int(min(tc["batch_size"], samples))
+    if tc["batch_size"] < 2:
+        raise MaskcryptError(f"attacker {name}: {samples} training sample(s); needs at least 2 (--attacker-data)")
+    model_config = {**o_meta["model_config"], "num_classes": len(data["class_names"])}
+    shas = [mask_sha256(m) for m in masks]
+    key = {"attacker": name if name == FAMILY else "known", "o_model_sha256": o_meta.get("model_sha256"),
+           "attacker_data": data["spec"], "attacker_data_sha256": data["sha256"], "train_config": tc,
+           "model_config": model_config, "masks_sha256": sorted(shas), "k": int(k)}
+    meta = {"kind": "recognizer", "role": "attacker", "attacker": key["attacker"], "name": name,
+            "model_config": model_config, "train_config": tc, "train_config_sha256": config_hash(tc),
+            "class_names": data["class_names"],
+            "trained_classes": [data["class_names"][i] for i in np.unique(data["labels"])],
+            "image_size": int(o_meta["image_size"]), "channels": int(o_meta.get("channels", 3)),
+            "attack_epochs": int(epochs), "attacker_data": data["spec"], "attacker_data_sha256": data["sha256"],
+            "init": str(o_checkpoint), "init_model_sha256": o_meta.get("model_sha256"), "masks": len(shas),
+            "masks_sha256": shas if len(shas) <= 16 else config_hash({"sha256": sorted(shas)}), "k": int(k),
+            "job_sha256": config_hash(key), **(extra or {})}
+    return {"name": name, "folder": str(folder), "masks": np.ascontiguousarray(masks, np.uint8), "k": int(k),
+            "meta": meta, "init": str(Path(o_checkpoint) / MODEL_FILE), "cpus": 1.0, "gpus": 0.0}
+
+
+def job_state(job: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """``done`` (complete, same inputs), ``resume`` (an epoch or more done), ``new``, or ``stale`` (other inputs)."""
+    from maskcrypt.models.checkpoint import list_checkpoints
+
+    ckpts = list_checkpoints(job["folder"]) if Path(job["folder"]).is_dir() else []
+    if not ckpts:
+        return "new", None
+    meta = ckpts[-1][1]
+    if meta.get("job_sha256") != job["meta"]["job_sha256"]:
+        return "stale", meta
+    return ("done" if meta.get("epoch") == meta.get("epochs") else "resume"), meta
+
+
+def _save(folder: Path, epoch: int, model: Any, meta: dict[str, Any], state: dict[str, Any], keep: int = 2) -> None:
+    """A checkpoint written under a hidden name and renamed; only the newest ``keep`` stay."""
+    from maskcrypt.models.checkpoint import save_checkpoint
+
+    final = folder / f"checkpoint_epoch_{epoch:04d}"
+    tmp = folder / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(tmp, model, meta, state)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(folder.glob("checkpoint_epoch_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def train_attacker(job: dict[str, Any], data: dict[str, Any]) -> Any:
+    """Train (or resume) one attacker; yields each epoch's metrics after its checkpoint is written.
+
+    Runs in a Tune trial (:func:`_trial`) or in process: the model starts from O's
+    weights (a classifier of another class count is left fresh), the steps are
+    :class:`~maskcrypt.train.loop.RecognizerSteps` of an E-like role (masks drawn per
+    sample and epoch from the job's masks), the epochs :func:`~maskcrypt.train.loop.train_epoch`.
+    """
+    import torch
+
+    from maskcrypt.evaluation.scorer import choose_device
+
+    device = torch.device(choose_device(job["gpus"], torch.cuda.is_available()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(job["cpus"])))
+    try:  # in process (tests, a notebook) the caller's thread count and random state come back
+        with torch.random.fork_rng(devices=[]):
+            yield from _train(job, data, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(job: dict[str, Any], data: dict[str, Any], device: Any) -> Any:
+    import torch
+
+    from maskcrypt.models.checkpoint import STATE_FILE, list_checkpoints, load_state
+
+    from maskcrypt.models.weights import load_external_weights
+    from maskcrypt.core.precision import channels_last, use_bf16
+    from maskcrypt.evaluation.testset import pixels
+    from maskcrypt.train.loop import RecognizerSteps, array_batches, pass_seed, train_epoch
+
+    meta = job["meta"]
+    tc = meta["train_config"]
+    bf16 = use_bf16(tc["precision"], device.type)
+    torch.manual_seed(tc["seed"])
+    cfg = {"train_config": tc, "role": "encrypted", "k": job["k"], "model_config": meta["model_config"],
+           "mask_mode": "random", "masks": job["masks"]}
+    steps = RecognizerSteps(cfg, device, bf16)
+    load_external_weights(steps.model, job["init"], f"attacker {job['name']}: O's weights")
+    model = steps.model.to(device)
+    if channels_last(device.type, bf16):
+        model = model.to(memory_format=torch.channels_last)
+    arrays = {"image": pixels(data["images"]), "label": data["labels"], "item": np.arange(len(data["labels"]))}
+    batch = tc["batch_size"]
+    per_pass = len(data["labels"]) // batch
+    steps.schedule(per_pass * steps.passes)
+    folder = Path(job["folder"])
+    folder.mkdir(parents=True, exist_ok=True)
+    start, history = 1, []
+    mine = [c for c in list_checkpoints(folder) if c[1].get("job_sha256") == meta["job_sha256"]]
+    if mine:
+        path, _ = mine[-1]
+        model.load_state_dict(load_state(path))
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+        steps.optimizer.load_state_dict(state["optimizer"])
+        steps.scheduler.load_state_dict(state["scheduler"])
+        start, history = int(state["epoch"]) + 1, list(state.get("history", []))
+    for epoch in range(start, steps.epochs + 1):
+        stats = train_epoch(steps, model, epoch, per_pass,
+                            lambda pass_, read, e=epoch: array_batches(arrays, pass_seed(tc["seed"], e, pass_), batch,
+                                                                       per_pass, read=read))
+        metrics = {"epoch": epoch, "epochs": steps.epochs, "loss": stats.loss_sum / max(stats.seen, 1),
+                   "images_per_s": stats.seen / max(stats.seconds, 1e-9), "seconds": stats.seconds,
+                   "resumed": bool(mine) and epoch == start}
+        history.append(metrics)
+        _save(folder, epoch, model, {**meta, "epoch": epoch, "epochs": steps.epochs, "metrics": metrics,
+                                     "history": history, "precision_used": "bf16" if bf16 else "fp32"},
+              {"optimizer": steps.optimizer.state_dict(), "scheduler": steps.scheduler.state_dict(), "epoch": epoch,
+               "history": history})
+        yield metrics
+
+
+def _trial(config: dict[str, Any], jobs: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
+    """One Tune trial: one attacker, reported once per epoch."""
+    from ray import tune
+
+    for metrics in train_attacker(jobs[config["name"]], data):
+        tune.report(metrics)
+
+
+def auto_trial_cpus(trials: int, cap: int = 8) -> float:
+    """CPUs per attacker trial when not set: the cluster's CPUs spread over the trials, within one node.
+
+    A lone trial (the default's family attacker) gets its node's CPUs, up to ``cap``
+    (small models gain little beyond that); with more trials than CPUs each gets one, so
+    they run side by side. Never more than a node holds: a trial's threads share one process.
+    """
+    import ray
+
+    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources().get("CPU", 1.0)
+    return float(max(1, min(cap, int(max(nodes, default=1.0)), int(total // max(trials, 1)))))
+
+
+def train_attackers(jobs: dict[str, dict[str, Any]], data: dict[str, Any], storage: Path,
+                    config: AttackConfig = AttackConfig(),
+                    log: Callable[[str], None] = print) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Train the adaptive attackers ``jobs`` as parallel trials of one Ray Tune run; skip complete ones.
+
+    Returns each attacker's model folder and a record (per attacker: ``done``,
+    ``resumed`` or ``trained``, its epochs and seconds). An attacker trained from other
+    inputs (its job hash differs) is trained again. ``data`` (images and labels) and the
+    jobs travel through the object store once (``tune.with_parameters``).
+    """
+    from ray import tune
+
+    from maskcrypt.runtime.cluster import check_gpus, require_ray
+
+    todo, record = {}, {}
+    for name, job in jobs.items():
+        state, meta = job_state(job)
+        if state == "stale":
+            log(f"attacker {name}: {job['folder']} was trained from other inputs; training it again")
+            shutil.rmtree(job["folder"])
+        if state == "done":
+            record[name] = {"state": "done", "epochs": meta["epochs"]}
+            continue
+        todo[name] = job
+        record[name] = {"state": "resumed" if state == "resume" else "trained"}
+    seconds = 0.0
+    if todo:
+        require_ray("attacker training")
+        check_gpus("--attack-gpus", config.trial_gpus)
+        cpus, gpus = config.trial_cpus or auto_trial_cpus(len(todo)), config.trial_gpus
+        for job in todo.values():
+            job["cpus"], job["gpus"] = cpus, gpus
+        log(f"attackers: training {len(todo)} ({', '.join(sorted(todo)[:6])}{' ...' if len(todo) > 6 else ''}) as "
+            f"Ray Tune trials of {cpus:g} CPU{f' + {gpus:g} GPU' if gpus else ''} each; "
+            f"{len(jobs) - len(todo)} complete already")
+        t0 = time.perf_counter()
+        shutil.rmtree(storage / "train", ignore_errors=True)
+        trainable = tune.with_resources(tune.with_parameters(_trial, jobs=todo, data=data),
+                                        {"cpu": cpus, **({"gpu": gpus} if gpus else {})})
+        tuner = tune.Tuner(
+            trainable, param_space={"name": tune.grid_search(sorted(todo))},
+            tune_config=tune.TuneConfig(reuse_actors=True),
+            run_config=tune.RunConfig(name="train", storage_path=str(storage), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=1)),
+        )
+        from contextlib import ExitStack
+
+        from maskcrypt.train.driver import EpochPrinter
+
+        with _quiet(), ExitStack() as printers:  # one line per finished attacker epoch: loss, images/s, ETA
+            for name, job in todo.items():
+                printers.enter_context(EpochPrinter(Path(job["folder"]), f"attacker {name}", log, interval=2.0))
+            grid = tuner.fit()
+        errors = [r.error for r in grid if r.error is not None]
+        if errors:
+            cause = errors[0]
+            while getattr(cause, "__cause__", None) is not None:
+                cause = cause.__cause__
+            raise MaskcryptError(f"attacker training: {len(errors)} trial(s) failed, first: {cause}")
+        seconds = time.perf_counter() - t0
+    folders = {}
+    for name, job in jobs.items():
+        state, meta = job_state(job)
+        if state != "done":
+            raise MaskcryptError(f"attacker {name}: no complete checkpoint in {job['folder']} after training")
+        folders[name] = Path(job["folder"])
+        record[name].update({"epochs": meta["epochs"],
+                             "seconds": round(sum(h.get("seconds", 0.0) for h in meta.get("history", [])), 1)})
+    return folders, {"attackers": record, "seconds": round(seconds, 1), "trials": len(todo)}
+
+
+def _quiet() -> Any:
+    """Tune prints an experiment box and paths on stdout even at verbose=0: kept out unless MASKCRYPT_VERBOSE."""
+    import contextlib
+    import io
+
+    from maskcrypt.runtime.cluster import VERBOSE
+
+    return contextlib.nullcontext() if os.environ.get(VERBOSE) else contextlib.redirect_stdout(io.StringIO())
+
+
+# -- the determination's stage --------------------------------------------------------------------------------
+def attacker_spec(d: Any) -> str:
+    """``--attacker-data``, or the run's training data (train split): the worst case."""
+    from maskcrypt.core.rundir import read_run_json
+
+    return d.attack.data or (read_run_json(d.paths) or {}).get("prepare", {}).get("data", "synthetic:")
+
+
+def family_masks(d: Any, buckets: Sequence[int]) -> np.ndarray:
+    """Fresh masks of ``buckets`` from the attackers' pool ``masks_attacker/`` (built here for older runs)."""
+    from maskcrypt.config import PrepareConfig
+    from maskcrypt.masks import MaskLibrary
+    from maskcrypt.masks.pools import attacker_pool
+    from maskcrypt.core.rundir import read_run_json
+    from maskcrypt.config.runconfig import section
+
+    if d.paths.masks_attacker.exists():
+        pool = MaskLibrary.open(str(d.paths.masks_attacker))
+    else:
+        recorded = (read_run_json(d.paths) or {}).get("prepare", {})
+        known = set(PrepareConfig.__dataclass_fields__)
+        pool = attacker_pool(d.paths, section(PrepareConfig, {k: v for k, v in recorded.items() if k in known},
+                                              "run.json prepare"), d.log)
+    masks = pool.load(list(buckets)).masks
+    if len(masks) == 0:
+        raise MaskcryptError(f"{d.paths.masks_attacker}: no mask in the target buckets {list(buckets)} "
+                             "(--attacker-mask-count)")
+    return masks
+
+
+def train_for(d: Any, alist: pd.DataFrame) -> dict[str, Path]:
+    """Train the adaptive attackers the run asks for (``d.attack``) for the attack list; their model folders.
+
+    ``family`` for ``adaptive-family``/``adaptive-family+R`` (masks of the attacked
+    buckets from ``masks_attacker/``, K per image as E's sample), one folder per mask for
+    ``adaptive-known`` (K = 1: one mask). Records the settings and each attacker's state
+    in ``d.result["attack"]``.
+    """
+    from maskcrypt.data import labelled
+    from maskcrypt.models.checkpoint import find_checkpoint
+
+    kinds = d.attack.trained
+    d.result["attack"] = {"attackers": list(d.attack.names()), "epochs": d.attack.epochs}
+    if not kinds or alist.empty:
+        return {}
+    t0 = time.perf_counter()
+    o_ckpt, o_meta = find_checkpoint(d.paths.models / "original", kind="recognizer")
+    _, e_meta = find_checkpoint(d.paths.models / "encrypted", kind="recognizer")
+    data = load_attacker_data(attacker_spec(d), o_meta, d.test.scoring, d.paths.file_digests)
+    jobs: dict[str, dict[str, Any]] = {}
+    if "family" in kinds:
+        buckets = sorted(int(b) for b in alist["bucket"].unique())
+        k = int((e_meta.get("mask_sampling") or {}).get("k", 4))
+        jobs[FAMILY] = make_job(FAMILY, d.paths.attackers / FAMILY, family_masks(d, buckets), k, o_ckpt, o_meta,
+                                data, d.attack.epochs, {"buckets": buckets})
+    if "known" in kinds:
+        batch = d.library.get(alist["mask_id"].tolist())
+        for mid, mask in zip(batch.mask_ids, batch.masks):
+            jobs[mid] = make_job(mid, d.paths.attackers / folder_name(mid), mask[None], 1, o_ckpt, o_meta, data,
+                                 d.attack.epochs, {"mask_id": mid})
+    d.log(f"attacker data {labelled(data['spec'])} {len(data['labels'])} images of {len(set(data['labels'].tolist()))} "
+          f"identities; {len(jobs)} adaptive attacker(s), {d.attack.epochs} epoch(s) each")
+    folders, record = train_attackers(jobs, {"images": data["images"], "labels": data["labels"]},
+                                      d.paths.attackers / ".tune", d.attack, d.log)
+    d.result["attack"].update({"data": data["spec"], "data_sha256": data["sha256"], "data_images": len(data["labels"]),
+                               "training": record})
+    d.timings["attackers_train"] = time.perf_counter() - t0
+    done = sum(r["state"] == "done" for r in record["attackers"].values())
+    d.log(f"attackers: {len(jobs)} ready in {d.timings['attackers_train']:.1f}s ({done} complete from an earlier "
+          f"run, {record['trials']} trained)")
+    return folders

@@ -1,0 +1,526 @@
+"""Stage 3, determine: the target masks of a trained run (METHOD.md, "Mask determination").
+
+:func:`determine` runs these stage functions in order; each returns its table and
+writes it under ``RUN/results/`` as it completes:
+
+1. :func:`table1` - first (E) and second (O) accuracy per bucket (``sampled`` mode:
+   every test image gets one random mask of the bucket per repetition; ``full``: every
+   mask x every image);
+2. :func:`rank` - per-mask third accuracy of the target buckets' masks (full or
+   adaptive), and the candidates (top k per target bucket); per-mask counts arrive in
+   resumable parts (``per_mask.parts/``);
+3. :func:`attack` - the inpainting attack on the top ``attack_top`` per target bucket,
+   on the selection and the held-out confirmation split, and every attacker of
+   :mod:`maskcrypt.determine.attackers` on the same masks (the adaptive ones trained first, on Ray
+   Tune): ``results/attacks.parquet``, the worst attacker per mask on Table 2;
+4. :func:`choose` - the one target decision (:func:`maskcrypt.selection.rules.decide`), marked
+   on both Table 2 files;
+5. :func:`write_targets` - ``targets.json``, ``targets.parquet`` and ``run.json``;
+   then the report.
+
+The test images are split first: a *selection* part that every rule sees and a
+*confirmation* part, held out, on which the attacked masks are measured again
+(selection bias shows as the difference). The counting runs on Ray Data
+(:mod:`maskcrypt.evaluation.crossproduct`, :mod:`maskcrypt.determine.race`); every decision is a pure function
+of the tables (:mod:`maskcrypt.selection.rules`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from maskcrypt.config import AdaptivePlan, AttackConfig, DetermineConfig, EvalSettings
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.fileio import write_json, write_parquet
+from maskcrypt.selection.rules import (
+    Decision,
+    Empty,
+    Thresholds,
+    attack_list,
+    basic_selection,
+    candidates,
+    decide,
+    full_table1_counts,
+    mark_decision,
+    per_mask_table,
+    table2,
+    target_buckets,
+    ties_at_cutoff,
+)
+from maskcrypt.selection.rules import table1 as table1_of
+from maskcrypt.evaluation.testset import TestSet
+
+
+def rank_mode_for(config: DetermineConfig, n_masks: int, n_selection: int, counted: bool) -> str:
+    """``full`` or ``adaptive``: the basic rule judges every mask; ``auto`` races above ``config.adaptive_above``.
+
+    ``counted``: full mode's per-mask counts exist already (Table 1's full mode), so a
+    race would only repeat them.
+    """
+    if config.rule == "basic":
+        return "full"
+    if config.rank_mode != "auto":
+        return config.rank_mode
+    return "adaptive" if n_masks * n_selection > config.adaptive_above and not counted else "full"
+
+
+@dataclass
+class Determination:
+    """What the stages of one determination share: the run, its settings, the test set, the library."""
+
+    paths: Any
+    config: DetermineConfig
+    thresholds: Thresholds
+    settings: EvalSettings
+    adaptive: AdaptivePlan
+    test: TestSet
+    test_spec: str
+    test_images: int
+    library: Any
+    models: dict[str, Path]
+    inpainter: Path
+    key: dict[str, Any]
+    log: Callable[[str], None]
+    timings: dict[str, float] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    redo: bool = False
+
+    @property
+    def labels(self) -> dict[int, str]:
+        from maskcrypt.masks import bucket_label
+
+        return {0: "no mask", **{b: bucket_label(b, self.library.edges) for b in range(1, len(self.library.edges))}}
+
+    @property
+    def splits(self) -> list[str]:
+        return ["selection", "confirmation"] if self.config.confirm_fraction > 0 else ["selection"]
+
+    @property
+    def present(self) -> list[int]:
+        """Buckets that hold masks (bucket -1, outside every bucket, is counted, never measured)."""
+        return sorted({int(b) for b in self.library.column("bucket")} - {-1})
+
+    @property
+    def out_of_range(self) -> int:
+        """Masks of the library outside every bucket (bucket -1): kept, counted, never measured."""
+        return sum(int(b) == -1 for b in self.library.column("bucket"))
+
+    @property
+    def parts(self) -> Path:
+        return self.paths.results / "per_mask.parts"
+
+    @property
+    def images_per_mask(self) -> int:
+        """Forward passes per model and mask on the selection split (gallery included in open set)."""
+        gallery = int(self.test.gallery.sum()) if self.test.scoring == "open" else 0
+        return self.test.probes("selection") + gallery
+
+    def write(self, df: pd.DataFrame, name: str) -> pd.DataFrame:
+        write_parquet(df, self.paths.results / f"{name}.parquet")
+        return df
+
+    def cached(self, name: str, settings: dict[str, Any],
+               compute: Callable[[], tuple[pd.DataFrame, dict[str, Any]]]) -> tuple[pd.DataFrame, dict[str, Any], bool]:
+        """A stage's counts, kept under ``results/cache/`` and reused by a relaunch with the same inputs.
+
+        Sampled Table 1 and the adaptive race are not resumable parts like full mode's, and
+        a relaunch that only changes thresholds or attackers would redo them (minutes). The
+        key is the parts key (models, test data, library, precision, seed) plus the stage's
+        own ``settings``; the record is written after the table and names its sha256, so a
+        table without a matching record is never read. ``redo`` recomputes. Returns the
+        table, the stage's extra record and whether it was reused.
+        """
+        from maskcrypt.models.checkpoint import sha256_file
+
+        table, record = self.paths.results / "cache" / f"{name}.parquet", self.paths.results / "cache" / f"{name}.json"
+        key = json.loads(json.dumps({**{k: v for k, v in self.key.items() if k != "inpainter_sha256"}, name: settings},
+                                    sort_keys=True, default=str))
+        if not self.redo and table.exists() and record.exists():
+            saved = json.loads(record.read_text())
+            if saved.get("key") == key and saved.get("sha256") == sha256_file(table):
+                return pd.read_parquet(table), saved.get("extra", {}), True
+        df, extra = compute()
+        write_parquet(df, table)
+        write_json(record, {"key": key, "sha256": sha256_file(table), "extra": extra})
+        return df, extra, False
+
+
+def _library_sha(lib: Any) -> str:
+    """Identity of a library's content: its masks' hashes and bucket edges, order-free."""
+    h = hashlib.sha256(json.dumps(list(lib.edges)).encode())
+    for digest in sorted(lib.column("sha256")):
+        h.update(digest.encode())
+    return h.hexdigest()
+
+
+def _check_parts_key(parts: Path, key: dict[str, Any], redo: bool,
+                     explain: Callable[[dict[str, Any]], str] = lambda before: "") -> None:
+    """Per-mask parts are reused only when computed from the same inputs; else refuse or discard.
+
+    ``explain(before)`` names how the test data differs from the recorded one, if it does.
+    """
+    key_file = parts / "_key.json"
+    if parts.exists() and not key_file.exists():
+        shutil.rmtree(parts)  # written before its key: nothing in it can be trusted
+    if key_file.exists():
+        before = json.loads(key_file.read_text())
+        diff = sorted(k for k in set(before) | set(key) if before.get(k) != key.get(k))
+        if diff and not redo:
+            why = explain(before)
+            raise MaskcryptError(
+                f"per-mask results in {parts} were computed with other inputs or settings (differ: "
+                f"{', '.join(diff)}{'; ' + why if why else ''}); pass --redetermine to discard them and start the "
+                "determination over"
+            )
+        if diff or redo:
+            shutil.rmtree(parts)
+    if not key_file.exists():
+        write_json(key_file, key)
+
+
+def open_determination(run: Any, config: DetermineConfig, thresholds: Thresholds, settings: EvalSettings,
+                       adaptive: AdaptivePlan, redo: bool, log: Callable[[str], None]) -> Determination:
+    """Check the models, load and split the test set, open the library, key the resumable parts."""
+    from maskcrypt.config import check_same_training
+    from maskcrypt.data import labelled, source_split
+    from maskcrypt.masks import MaskLibrary
+    from maskcrypt.models.checkpoint import find_checkpoint
+    from maskcrypt.core.rundir import RunPaths, read_run_json
+    from maskcrypt.evaluation.testset import prepare_test
+
+    paths = RunPaths.resolve(run)
+    models = {"E": paths.models / "encrypted", "O": paths.models / "original"}
+    metas = {k: find_checkpoint(p, kind="recognizer")[1] for k, p in models.items()}
+    check_same_training(metas["O"], metas["E"])
+    _, r_meta = find_checkpoint(paths.models / "inpainter", kind="inpainter")
+    spec = config.test_data or (read_run_json(paths) or {}).get("prepare", {}).get("data", "synthetic:")
+    e = metas["E"]
+    # Decoded by Ray tasks into the object store: the driver holds references and labels only.
+    raw = source_split(spec, default_split="test", size=int(e["image_size"]), channels=int(e.get("channels", 3)))
+    images, kept = raw.to_object_store()
+    if kept.size < len(raw):
+        log(f"test data {labelled(raw.spec)} {len(raw) - kept.size} unreadable image(s) left out")
+    labels = raw.labels[kept]
+    test = prepare_test(images, labels, raw.class_names, e["class_names"], scoring=config.scoring,
+                        confirm_fraction=config.confirm_fraction, enroll=config.enroll, seed=config.seed,
+                        trained_classes=e.get("trained_classes"))
+    log(f"test data {labelled(raw.spec)} {kept.size} images, {len(test.classes)} identities, {test.scoring}-set scoring"
+        + (f" (gallery {int(test.gallery.sum())} images, {config.enroll} per identity)" if test.scoring == "open"
+           else "")
+        + f"; selection {test.probes('selection')} / confirmation {test.probes('confirmation')} probe images"
+        + (f"; dropped identities with too few images: {test.dropped}" if test.dropped else ""))
+    lib = MaskLibrary.open(str(paths.masks))
+    fingerprint = raw.fingerprint(paths.file_digests)
+    digest = hashlib.sha256(fingerprint.encode() + kept.tobytes()).hexdigest()
+    key = {"test_data": raw.spec.text, "test_data_sha256": digest, "test_data_fingerprint": fingerprint,
+           "size": int(e["image_size"]),
+           "scoring": test.scoring, "confirm_fraction": config.confirm_fraction, "enroll": config.enroll,
+           "seed": config.seed, "precision": settings.precision, "library_sha256": _library_sha(lib),
+           "per_image": settings.per_image, "inpainter_sha256": r_meta.get("model_sha256"),
+           **{f"model_{k}_sha256": m.get("model_sha256") for k, m in metas.items()}}
+    d = Determination(paths, config, thresholds, settings, adaptive, test, raw.spec.text, int(kept.size), lib, models,
+                      paths.models / "inpainter", key, log, redo=redo)
+    if not d.present:
+        raise MaskcryptError(f"mask library {lib.uri}: no mask in any bucket (empty library)")
+    def explain(before: dict[str, Any]) -> str:
+        from maskcrypt.data.identity import describe_change
+
+        old = before.get("test_data_fingerprint")
+        if before.get("test_data") != raw.spec.text or old == fingerprint:
+            return ""
+        return f"test data {raw.spec.text} changed: " + (describe_change(paths.manifests, old, raw) if old else
+                                                          "its files were not recorded one by one then")
+
+    _check_parts_key(d.parts, {k: v for k, v in key.items() if k != "inpainter_sha256"}, redo, explain)
+    return d
+
+
+def table1(d: Determination) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Table 1 (written), and in full mode the per-mask counts it was built from (the rank stage reuses them)."""
+    from maskcrypt.evaluation.crossproduct import evaluate_masks, evaluate_sampled
+
+    t0 = time.perf_counter()
+    cfg, models, n_sel = d.config, d.models, d.test.probes("selection")
+    pm_counts = None
+    if cfg.table1_mode == "sampled":
+        counts, _, reused = d.cached("table1_sampled", {"repeats": cfg.repeats, "buckets": d.present},
+                                     lambda: (evaluate_sampled(d.library, d.test, models, repeats=cfg.repeats,
+                                                               seed=cfg.seed, buckets=d.present, settings=d.settings,
+                                                               log=d.log),
+                                              {}))
+        what = (f"{len(d.present)} buckets x {cfg.repeats} repetitions x {n_sel} images"
+                + (" (reused: same models, test data, masks and settings)" if reused else ""))
+    else:
+        clean = evaluate_sampled(d.library, d.test, models, repeats=1, seed=cfg.seed, buckets=[], settings=d.settings)
+        pm_counts = evaluate_masks(d.library, d.test, models, buckets=d.present, settings=d.settings, parts=d.parts,
+                                   log=d.log)
+        counts = full_table1_counts(clean, pm_counts)
+        what = f"every mask of {len(d.present)} buckets ({len(pm_counts)} masks) x {n_sel} images"
+    t1 = table1_of(counts, d.thresholds, d.labels)
+    t1.insert(2, "mode", cfg.table1_mode)
+    d.write(t1, "table1")
+    d.timings["table1"] = time.perf_counter() - t0
+    d.log(f"table1: {what} in {d.timings['table1']:.1f}s")
+    return t1, pm_counts
+
+
+def rank(d: Determination, buckets: list[int], pm_counts: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-mask third accuracy (full or adaptive) and the candidates; both written."""
+    from maskcrypt.determine.race import evaluate_adaptive
+    from maskcrypt.evaluation.crossproduct import evaluate_masks, read_parts
+
+    t0 = time.perf_counter()
+    measured = d.present if d.config.per_mask == "all" else buckets
+    n_masks = d.library.table(measured, columns=["mask_id"]).num_rows
+    n_sel = d.test.probes("selection")
+    mode = rank_mode_for(d.config, n_masks, n_sel, pm_counts is not None)
+    resumed: set[str] = set()
+    if pm_counts is None and mode == "adaptive":
+        def race() -> tuple[pd.DataFrame, dict[str, Any]]:
+            counts, rounds = evaluate_adaptive(d.library, d.test, d.models, measured, keep=d.thresholds.attack_top,
+                                               plan=d.adaptive, settings=d.settings, log=d.log)
+            return counts, {"rounds": rounds}
+
+        pm_counts, extra, reused = d.cached("adaptive", {"plan": dataclasses.asdict(d.adaptive), "buckets": measured,
+                                                         "keep": d.thresholds.attack_top}, race)
+        rounds = extra["rounds"]
+        if reused:
+            resumed = set(pm_counts["mask_id"])
+            d.log(f"adaptive: reused the race of results/cache/ ({len(pm_counts)} masks; same models, test data, "
+                  "masks, plan and attack_top)")
+        spent = sum(r["forward_passes"] for r in rounds)
+        full_cost = n_masks * d.images_per_mask * len(d.models)
+        d.result["adaptive"] = {"rounds": rounds, "forward_passes": spent, "full_forward_passes": full_cost,
+                                "confidence": d.adaptive.confidence, "keep": d.thresholds.attack_top, "reused": reused}
+        d.log(f"adaptive: {spent:,} forward passes against {full_cost:,} in full mode "
+              f"({full_cost / max(spent, 1):.1f}x fewer)")
+    elif pm_counts is None:
+        before = read_parts(d.parts)
+        resumed = set(before["mask_id"]) if len(before) else set()
+        pm_counts = evaluate_masks(d.library, d.test, d.models, buckets=measured, settings=d.settings,
+                                   parts=d.parts, log=d.log)
+    d.result["rank_mode"] = mode
+    counts = pm_counts[pm_counts["bucket"].isin(measured)]
+    pm = d.write(per_mask_table(counts.drop(columns=["split"]), d.thresholds), "per_mask")
+    cands = d.write(candidates(pm, buckets, d.thresholds), "candidates")
+    d.result["ties_at_cutoff"] = {str(b): n for b, n in ties_at_cutoff(pm, buckets, d.thresholds.top_k).items()}
+    d.timings["per_mask"] = seconds = time.perf_counter() - t0
+    # Masks measured by this stage: none when Table 1's full mode measured them, nor resumed parts.
+    fresh = 0 if d.config.table1_mode == "full" else len(set(pm["mask_id"]) - resumed)
+    passes = d.result["adaptive"]["forward_passes"] if "adaptive" in d.result else (
+        fresh * d.images_per_mask * len(d.models))
+    rate = passes / max(seconds, 1e-9)
+    d.log(f"per-mask: {len(pm)} masks x {n_sel} images ({fresh} evaluated now) in {seconds:.1f}s "
+          + (f"({rate:,.0f} masked images recognized/s over {len(d.models)} models); " if fresh else "")
+          + f"{len(cands)} candidates")
+    # A throughput is only a throughput when this run evaluated masks (not all resumed from parts).
+    d.result["throughput"] = {"per_mask_images_per_s": round(rate, 1) if fresh else None,
+                              "actors": d.settings.actors, "resumed_masks": len(pm) - fresh}
+    return pm, cands
+
+
+def attack(d: Determination, pm: pd.DataFrame, buckets: list[int]) -> dict[str, pd.DataFrame]:
+    """Table 2's figures per split for the top ``attack_top`` masks of each target bucket, and every attacker's.
+
+    The adaptive attackers train first (:func:`maskcrypt.determine.attackers.train_for`); then one
+    inference pass counts E, O and every attacker under each mask. Writes
+    ``results/attacks.parquet``; each split's Table 2 gets that split's worst attacker.
+    """
+    from maskcrypt.determine.attackers import train_for
+    from maskcrypt.selection.attacks import attacks_table, chance_level, worst_attackers
+    from maskcrypt.evaluation.crossproduct import evaluate_attack
+
+    alist = attack_list(pm, buckets, d.thresholds)
+    trained = train_for(d, alist)
+    t0 = time.perf_counter()
+    counts = evaluate_attack(d.library, alist["mask_id"].tolist(), d.test, d.models, d.inpainter, splits=d.splits,
+                             settings=d.settings, attackers=d.attack.names(), trained=trained, log=d.log)
+    found = d.write(attacks_table(counts, alist, d.thresholds, chance_level(d.test)), "attacks")
+    tables = {}
+    paired = ["mask_id", "n", "both", "before_only", "after_only", "neither", "correct_O_masked",
+              "correct_O_inpainted"]
+    for split in d.splits:
+        part = counts.loc[counts["split"] == split, paired]
+        if split == "selection":
+            part = part.merge(alist[["mask_id", "third", "acc_O"]], on="mask_id")
+        tables[split] = table2(part, alist, d.thresholds).merge(worst_attackers(found, split), on="mask_id",
+                                                                how="left")
+    d.timings["attack"] = time.perf_counter() - t0
+    cost = {k: int(counts[k].sum()) for k in ("forward_passes", "fills_R", "fills_classical")}
+    d.result.setdefault("attack", {}).update({**cost, "masks": len(alist), "chance": chance_level(d.test),
+                                              "seconds": round(d.timings["attack"], 1)})
+    d.log(f"attack: {len(alist)} masks x {sum(d.test.probes(s) for s in d.splits)} images, "
+          f"{len(found['attacker'].unique())} attackers: {cost['forward_passes']:,} recognizer forward passes, "
+          f"{cost['fills_R']:,} R and {cost['fills_classical']:,} classical fills in {d.timings['attack']:.1f}s")
+    return tables
+
+
+def choose(d: Determination, t1: pd.DataFrame, tables: dict[str, pd.DataFrame],
+           per_mask: pd.DataFrame | None) -> Decision:
+    """The one target decision (``config.rule``); both Table 2 files are written with its ``target`` flags."""
+    decision = decide(t1, tables.get("selection"), d.thresholds, d.config.rule, per_mask)
+    for split, t2 in tables.items():
+        d.write(mark_decision(t2, decision, d.thresholds),
+                "table2" if split == "selection" else f"table2_{split}")
+    if decision.reason is not None:
+        d.log(f"no target mask: {decision.reason.message}")
+    return decision
+
+
+def _figures(row: pd.Series) -> dict[str, Any]:
+    keys = ["fourth", "fourth_lo", "fourth_hi", "fifth", "fifth_lo", "fifth_hi", "drop", "drop_lo", "drop_hi",
+            "drop_uncertain", "third", "third_lo", "third_hi", "acc_O", "acc_O_lo", "acc_O_hi", "mean_score_E",
+            "O_masked", "O_inpainted", "worst_attacker", "worst_accuracy", "rank", "n"]
+    return {k: (row[k].item() if hasattr(row[k], "item") else row[k]) for k in keys if k in row.index}
+
+
+def write_targets(d: Determination, decision: Decision, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    """``targets.json`` (every figure on both splits, or why none), ``targets.parquet`` and run.json."""
+    import pyarrow as pa
+
+    from maskcrypt.selection.attacks import attacker_figures
+    from maskcrypt.masks import MaskLibrary
+    from maskcrypt.core.rundir import update_record
+
+    result = d.result
+    result["reason"] = decision.reason.to_dict() if isinstance(decision.reason, Empty) else None
+    ids = decision.ids
+    pool_sha: set[str] = set()
+    if d.paths.masks_train.exists():
+        pool_sha = set(MaskLibrary.open(str(d.paths.masks_train)).column("sha256"))
+    targets_parquet = d.paths.root / "targets.parquet"
+    result["targets"] = []
+    if ids:
+        rows = d.library.table()
+        where = {m: i for i, m in enumerate(rows.column("mask_id").to_pylist())}
+        keep = rows.take(pa.array([where[m] for m in ids], pa.int64()))  # best first, library format
+        sha = dict(zip(keep.column("mask_id").to_pylist(), keep.column("sha256").to_pylist()))
+        confirm = tables.get("confirmation")
+        confirm = {} if confirm is None else {r["mask_id"]: _figures(r) for _, r in confirm.iterrows()}
+        # Table 2's figures where the mask was attacked (always, in the bucketed rule; the top of each
+        # bucket, in the basic rule), the per-mask figures otherwise.
+        sel = tables.get("selection")
+        attacked = {} if sel is None else {r["mask_id"]: _figures(r) for _, r in sel.iterrows()}
+        found = d.paths.results / "attacks.parquet"
+        attacks = pd.read_parquet(found) if found.exists() else None
+        result["targets"] = [{"mask_id": r["mask_id"], "bucket": int(r["bucket"]),
+                              "range": d.labels[int(r["bucket"])], "sha256": sha[r["mask_id"]],
+                              "in_training_pool": sha[r["mask_id"]] in pool_sha, **_figures(r),
+                              **attacked.get(r["mask_id"], {}), "confirmation": confirm.get(r["mask_id"]),
+                              "attackers": None if attacks is None else attacker_figures(attacks, r["mask_id"])}
+                             for _, r in decision.targets.iterrows()]
+        write_parquet(keep, targets_parquet)
+    else:
+        targets_parquet.unlink(missing_ok=True)
+    result["training_pool_overlap"] = sum(t["in_training_pool"] for t in result["targets"])
+    result["seconds"] = {k: round(v, 1) for k, v in d.timings.items()}
+    write_json(d.paths.root / "targets.json", result)
+    update_record(d.paths.run_json, "determine", {
+        "config": dataclasses.asdict(d.config), "thresholds": d.thresholds.to_dict(),
+        "rank_mode": result.get("rank_mode"), **d.key, "target_buckets": decision.buckets, "targets": ids,
+        "attack": {"config": dataclasses.asdict(d.attack), **{k: v for k, v in result.get("attack", {}).items()
+                                                               if k != "training"},
+                   "trained": (result.get("attack", {}).get("training") or {}).get("attackers")},
+        "seconds": result["seconds"]})
+    return result
+
+
+def determine(
+    run: Any,
+    config: DetermineConfig = DetermineConfig(),
+    thresholds: Thresholds = Thresholds(),
+    settings: EvalSettings = EvalSettings(),
+    adaptive: AdaptivePlan = AdaptivePlan(),
+    redo: bool = False,
+    report: bool = True,
+    log: Callable[[str], None] = print,
+    attackers: AttackConfig = AttackConfig(),
+) -> dict[str, Any]:
+    """Run the determination on a run with trained models; return what ``targets.json`` holds.
+
+    Per-mask results are kept in parts (``results/per_mask.parts/``): a relaunch
+    continues them, and refuses parts computed from other inputs unless ``redo``.
+    ``config.rank_mode``: ``full`` measures every mask on every selection image;
+    ``adaptive`` races them on confidence bounds (:mod:`maskcrypt.determine.race`), keeping
+    ``attack_top`` per bucket; ``auto`` picks adaptive above ``config.adaptive_above`` masked
+    images per model. Needs a running Ray (the entry points start it).
+    """
+    from maskcrypt.runtime.cluster import require_ray
+
+    require_ray("determine")
+    started = time.perf_counter()
+    d = open_determination(run, config, thresholds, settings, adaptive, redo, log)
+    d.attack = attackers
+    t1, pm_counts = table1(d)
+    buckets, _ = target_buckets(t1, thresholds)
+    log(f"target buckets (first - second > {thresholds.t_gap:.2f}): "
+        + (", ".join(d.labels[b] for b in buckets) if buckets else "none"))
+    d.result.update({"thresholds": thresholds.to_dict(), "test_data": d.test_spec, "test_images": d.test_images,
+                     "scoring": d.test.scoring, "splits": {s: d.test.probes(s) for s in d.splits},
+                     "table1_mode": config.table1_mode, "rule": config.rule, "target_buckets": buckets,
+                     "out_of_range_masks": d.out_of_range})
+    if d.out_of_range:
+        log(f"{d.out_of_range} mask(s) of the library lie outside every bucket (bucket -1): kept, counted, "
+            "not measured")
+    for stale in ("per_mask", "candidates", "table2", "table2_confirmation", "attacks"):
+        (d.paths.results / f"{stale}.parquet").unlink(missing_ok=True)
+    tables: dict[str, pd.DataFrame] = {}
+    pm = None
+    if config.rule == "basic":
+        pm, _ = rank(d, d.present, pm_counts)
+        passers, _ = basic_selection(pm, thresholds)
+        if len(passers):  # the attack shows what inpainting does to the best of them (Table 2)
+            tables = attack(d, passers, sorted(int(b) for b in passers["bucket"].unique()))
+    elif buckets:
+        pm, _ = rank(d, buckets, pm_counts)
+        tables = attack(d, pm, buckets)
+    decision = choose(d, t1, tables, pm)
+    d.timings["total"] = time.perf_counter() - started
+    result = write_targets(d, decision, tables)
+    from maskcrypt.verification.stage import verify_determination
+
+    verify_determination(d.paths.root, d.test_spec, d.settings, log)  # when the test source has pairs
+    if report:
+        from maskcrypt.reporting.report import write_report
+
+        write_report(d.paths.root, d.test, log=log)
+    return result
+
+
+def format_table1(t1: pd.DataFrame) -> str:
+    lines = [f"{'bucket':>12} {'first (E)':>16} {'second (O)':>16} {'gap':>7}  target"]
+    for r in t1.itertuples():
+        lines.append(f"{r.range:>12} {r.first:8.2%} ±{r.first_std:5.2%} {r.second:8.2%} ±{r.second_std:5.2%} "
+                     f"{r.gap:7.2%}  {'yes' if r.target else ''}")
+    return "\n".join(lines)
+
+
+def format_target(t: dict[str, Any]) -> str:
+    """One line per target mask: its figures on the selection split, and on confirmation when held out."""
+    if "fourth" not in t:  # the basic rule's masks beyond the attacked top of each bucket
+        return (f"target mask {t['mask_id']} {t['range']}: E {t['third']:.2%} masked "
+                f"[{t['third_lo']:.2%}, {t['third_hi']:.2%}], O {t['acc_O']:.2%} masked (not attacked)")
+    line = (f"target mask {t['mask_id']} {t['range']}: E {t['fourth']:.2%} masked, {t['fifth']:.2%} inpainted "
+            f"(drop {t['drop']:.2%} [{t['drop_lo']:.2%}, {t['drop_hi']:.2%}]); "
+            f"O {t.get('O_masked', float('nan')):.2%} masked, {t.get('O_inpainted', float('nan')):.2%} inpainted")
+    if t.get("worst_attacker"):
+        line += f"; worst attacker {t['worst_attacker']} {t['worst_accuracy']:.2%}"
+    c = t.get("confirmation")
+    if c:
+        line += (f"\n    on the confirmation split: E {c['fourth']:.2%} masked, {c['fifth']:.2%} inpainted "
+                 f"(drop {c['drop']:.2%}); O {c.get('O_masked', float('nan')):.2%} masked, "
+                 f"{c.get('O_inpainted', float('nan')):.2%} inpainted"
+                 + (f"; worst attacker {c['worst_attacker']} {c['worst_accuracy']:.2%}" if c.get("worst_attacker")
+                    else ""))
+    return line

@@ -1,0 +1,1 @@
+"""What a run shows: pictures (:mod:`.pictures`) and ``report.md`` (:mod:`.report`)."""

@@ -1,0 +1,1 @@
+"""Layer 1, the Ray runtime: starting or joining a cluster, free ports, memory sampling."""

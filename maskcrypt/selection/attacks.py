@@ -1,0 +1,112 @@
+"""The attackers' table: pure functions from the attack stage's counts to ``results/attacks.parquet``.
+
+The attackers themselves (what each one holds and does) are described in
+:mod:`maskcrypt.determine.attackers`, which trains the adaptive ones on Ray Tune; this
+module only turns counts into the table, the worst attacker per (mask, split) (the
+privacy figure) and the chance level, so those rules are tested on hand-made tables.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from maskcrypt.config import ATTACKERS, Thresholds
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.stats import wilson_interval
+
+#: Open set only: the known-mask attacker's probes against a gallery masked with the same mask.
+MASKED_GALLERY = "adaptive-known/masked-gallery"
+#: Every attacker row of ``results/attacks.parquet``, in report order.
+ORDER = (*ATTACKERS, MASKED_GALLERY)
+#: What each attacker is, for the report.
+DESCRIPTIONS = {
+    "O": "O (trained on clean faces) on the masked image",
+    "R+O": "R (the run's RFR-Net) inpaints, then O",
+    "telea+O": "OpenCV Telea inpainting (no training), then O",
+    "ns+O": "OpenCV Navier-Stokes inpainting (no training), then O",
+    "adaptive-family": "one recognizer trained from O on the attacker's images under fresh masks of the target "
+                       "buckets (mask unknown, generator known)",
+    "adaptive-family+R": "the adaptive-family recognizer on R's inpainting",
+    "adaptive-known": "a recognizer trained from O on the attacker's images under exactly this mask (mask known)",
+    MASKED_GALLERY: "adaptive-known with its gallery masked by the same mask (open set)",
+}
+COLUMNS = ["mask_id", "bucket", "split", "attacker", "n", "correct", "accuracy", "accuracy_lo", "accuracy_hi",
+           "chance", "worst_attacker", "worst_accuracy"]
+FAMILY = "family"
+
+
+def attacker_counts(counts: pd.DataFrame) -> pd.DataFrame:
+    """The scorer's attack rows in long form: ``mask_id``, ``split``, ``attacker``, ``n``, ``correct``.
+
+    ``O`` and ``R+O`` are Table 2's ``correct_O_masked`` / ``correct_O_inpainted``; every
+    other attacker is an ``atk:<name>`` column.
+    """
+    source = {"O": "correct_O_masked", "R+O": "correct_O_inpainted",
+              **{c[len("atk:"):]: c for c in counts.columns if c.startswith("atk:")}}
+    unknown = sorted(set(source) - set(ORDER))
+    if unknown:
+        raise MaskcryptError(f"attack counts: unknown attacker column(s) {unknown}")
+    missing = [c for c in ("mask_id", "split", "n", *source.values()) if c not in counts.columns]
+    if missing:
+        raise MaskcryptError(f"attack counts: missing column(s) {missing}")
+    parts = [counts[["mask_id", "split", "n"]].assign(attacker=name, correct=counts[col].astype(int))
+             for name, col in source.items()]
+    return pd.concat(parts, ignore_index=True)
+
+
+def attacks_table(counts: pd.DataFrame, ranks: pd.DataFrame, th: Thresholds = Thresholds(),
+                  chance: float = float("nan")) -> pd.DataFrame:
+    """``results/attacks.parquet``: one row per (mask, split, attacker) with a Wilson interval.
+
+    ``counts``: the attack stage's rows (one per mask and split, see
+    :func:`attacker_counts`); ``ranks``: the attack list (``mask_id``, ``bucket``).
+    ``worst_attacker`` / ``worst_accuracy`` repeat, on every row of a (mask, split), the
+    attacker with the highest accuracy there (ties: the first in :data:`ORDER`), the
+    privacy figure; ``chance`` is the accuracy of guessing among the test identities.
+    """
+    long = attacker_counts(counts)
+    if (long["correct"] > long["n"]).any() or (long["n"] <= 0).any():
+        raise MaskcryptError("attack counts: every attacker needs 0 <= correct <= n and n > 0")
+    out = long.merge(ranks[["mask_id", "bucket"]], on="mask_id", how="left", validate="many_to_one")
+    if out["bucket"].isna().any():
+        raise MaskcryptError(f"attack counts: mask(s) {sorted(set(out.loc[out['bucket'].isna(), 'mask_id']))[:5]} "
+                             "are not in the attack list")
+    out["bucket"] = out["bucket"].astype(int)
+    out["accuracy"] = out["correct"] / out["n"]
+    out["accuracy_lo"], out["accuracy_hi"] = wilson_interval(out["correct"], out["n"], th.confidence)
+    out["chance"] = float(chance)
+    out["_order"] = out["attacker"].map({a: i for i, a in enumerate(ORDER)})
+    out = out.sort_values(["bucket", "mask_id", "split", "_order"]).reset_index(drop=True)
+    worst = (out.sort_values(["accuracy", "_order"], ascending=[False, True], kind="stable")
+             .drop_duplicates(["mask_id", "split"])[["mask_id", "split", "attacker", "accuracy"]]
+             .rename(columns={"attacker": "worst_attacker", "accuracy": "worst_accuracy"}))
+    out = out.merge(worst, on=["mask_id", "split"], how="left").drop(columns="_order")
+    return out[COLUMNS]
+
+
+def worst_attackers(table: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Per mask on ``split``: ``worst_attacker`` and ``worst_accuracy`` (what Table 2 and t_attack use)."""
+    rows = table[table["split"] == split].drop_duplicates("mask_id")
+    return rows[["mask_id", "worst_attacker", "worst_accuracy"]].reset_index(drop=True)
+
+
+def attacker_figures(table: pd.DataFrame, mask_id: str) -> dict[str, Any]:
+    """``targets.json``'s attacker figures of one mask: per split, per attacker, and the worst."""
+    out: dict[str, Any] = {}
+    for split, rows in table[table["mask_id"] == mask_id].groupby("split", sort=False):
+        out[split] = {"worst_attacker": rows["worst_attacker"].iloc[0],
+                      "worst_accuracy": float(rows["worst_accuracy"].iloc[0]),
+                      "attackers": {r.attacker: {"n": int(r.n), "correct": int(r.correct),
+                                                 "accuracy": float(r.accuracy), "accuracy_lo": float(r.accuracy_lo),
+                                                 "accuracy_hi": float(r.accuracy_hi)}
+                                    for r in rows.itertuples()}}
+    return out
+
+
+def chance_level(test: Any) -> float:
+    """Guessing among the identities of the test probes: 1 / their number."""
+    probes = np.asarray(test.labels)[~np.asarray(test.gallery)]
+    return 1.0 / max(1, len(np.unique(probes)))
