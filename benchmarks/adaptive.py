@@ -53,14 +53,14 @@ def main() -> int:
     import pyarrow.parquet as pq
     import ray
 
-    from maskcrypt.determine.race import evaluate_adaptive
     from maskcrypt.config import AdaptivePlan, EvalSettings
     from maskcrypt.data import load
+    from maskcrypt.determine.race import evaluate_adaptive
     from maskcrypt.evaluation.crossproduct import evaluate_masks
+    from maskcrypt.evaluation.testset import prepare_test
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.masks.generate import generate_into
     from maskcrypt.selection.rules import per_mask_table, rank_masks
-    from maskcrypt.evaluation.testset import prepare_test
 
     run = Path(args.run)
     record = run / "run.json"

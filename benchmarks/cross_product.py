@@ -84,9 +84,9 @@ def main() -> None:
     from maskcrypt.config import EvalSettings
     from maskcrypt.data import load
     from maskcrypt.evaluation.crossproduct import evaluate_masks
+    from maskcrypt.evaluation.testset import prepare_test
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.masks.generate import generate_into
-    from maskcrypt.evaluation.testset import prepare_test
 
     test = load(SPEC, default_split="test")
     n_masks = max(1, round(total / len(test)))

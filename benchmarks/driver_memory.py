@@ -40,8 +40,8 @@ def make_run(root: Path, spec: str) -> None:
     """A run directory whose models are untrained but valid, with a (0.5,0.6] library and one target mask."""
     import torch
 
-    from maskcrypt.data import source_split
     from maskcrypt.core.fileio import write_json, write_parquet
+    from maskcrypt.data import source_split
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.masks.generate import generate_into
     from maskcrypt.models import Inpainter, InpainterConfig, Recognizer, RecognizerConfig

@@ -52,11 +52,11 @@ def main() -> int:
     import numpy as np
     import torch
 
+    from maskcrypt.core.precision import channels_last
     from maskcrypt.data import load
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.models.predictor import Predictor
     from maskcrypt.models.recognizer import RecognizerConfig
-    from maskcrypt.core.precision import channels_last
     from maskcrypt.train.loop import RecognizerSteps, array_batches, pass_seed, train_epoch
 
     run = Path(args.run)

@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 import torch.nn.functional as F
 
+from maskcrypt.core.precision import autocast, use_bf16
 from maskcrypt.masks.core import overlay
 from maskcrypt.models import Inpainter, InpainterConfig, Recognizer, RecognizerConfig
 from maskcrypt.models.losses import inpaint_loss
-from maskcrypt.core.precision import autocast, use_bf16
 
 
 def timed(fn, steps: int, warm: int = 3) -> float:

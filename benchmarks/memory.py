@@ -33,9 +33,9 @@ def measure(library: str) -> dict[str, float]:
     from maskcrypt.config import EvalSettings
     from maskcrypt.data import load
     from maskcrypt.evaluation.crossproduct import evaluate_masks
+    from maskcrypt.evaluation.testset import prepare_test
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.runtime.monitor import PeakRSS
-    from maskcrypt.evaluation.testset import prepare_test
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from cross_product import SPEC, make_checkpoint

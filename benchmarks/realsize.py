@@ -30,10 +30,10 @@ def main() -> None:
     ap.add_argument("--stages", default="prepare,train,determine")
     args = ap.parse_args()
 
+    from maskcrypt.config.runconfig import RunConfig
+    from maskcrypt.pipeline import run_pipeline
     from maskcrypt.runtime.cluster import init_ray
     from maskcrypt.runtime.monitor import PeakRSS
-    from maskcrypt.pipeline import run_pipeline
-    from maskcrypt.config.runconfig import RunConfig
 
     log_file = open(args.log, "a") if args.log else None  # noqa: SIM115 (open for the whole run)
 

@@ -49,10 +49,10 @@ def export(n: int, folder: Path) -> None:
 
 def child_ray(folder: str, workers: int) -> dict:
     """One epoch of O through Ray Train + Ray Data in this (fresh) process: peaks and steady images/s."""
-    from maskcrypt.runtime.cluster import init_ray
     from maskcrypt.config import ModelSettings, Resources, TrainConfig, TrainSources
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.masks.generate import generate_into
+    from maskcrypt.runtime.cluster import init_ray
     from maskcrypt.runtime.monitor import PeakRSS
     from maskcrypt.train.driver import train_run
 
@@ -78,10 +78,10 @@ def child_dataloader(folder: str, threads: int) -> dict:
     import torch.nn.functional as F
 
     from maskcrypt.config import ModelSettings, TrainConfig
+    from maskcrypt.core.precision import autocast, channels_last, use_bf16
     from maskcrypt.data import source_split
     from maskcrypt.data.images import decode_file
     from maskcrypt.models.recognizer import Recognizer, RecognizerConfig
-    from maskcrypt.core.precision import autocast, channels_last, use_bf16
     from maskcrypt.train.loop import lr_lambda
 
     split = source_split(f"imagefolder:{folder}", default_split="train", size=SIZE)

@@ -233,7 +233,6 @@ def main() -> int:
     from ray import serve
 
     from maskcrypt.serving.deployment import build_app
-
     from maskcrypt.serving.requests import ServiceConfig
 
     targets, test, body = probe_face(run)

@@ -27,9 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from maskcrypt.config import Resources, TrainConfig
+from maskcrypt.core.precision import autocast, use_bf16
 from maskcrypt.data import load
 from maskcrypt.models.recognizer import RecognizerConfig
-from maskcrypt.core.precision import autocast, use_bf16
 from maskcrypt.train.driver import TrainInputs, train_model
 from maskcrypt.train.loop import augment_flip, lr_lambda
 

@@ -26,8 +26,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maskcrypt.config import AdaptivePlan, EvalSettings
+from maskcrypt.config import AdaptivePlan, EvalSettings, ModelSettings
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.precision import use_bf16
+from maskcrypt.data import load
+from maskcrypt.data.synthetic import DEFAULT_IDENTITIES, held_out_spec
+from maskcrypt.determine.race import evaluate_adaptive
+from maskcrypt.evaluation.crossproduct import evaluate_sampled
+from maskcrypt.evaluation.scorer import choose_device
+from maskcrypt.evaluation.testset import pixels, prepare_test
+from maskcrypt.masks import MaskLibrary, overlay
+from maskcrypt.masks.generate import generate_into
+from maskcrypt.models import Recognizer
+from maskcrypt.models.checkpoint import find_checkpoint, save_checkpoint
+from maskcrypt.models.predictor import Predictor
+from maskcrypt.models.recognizer import RecognizerConfig
+from maskcrypt.runtime.cluster import require_ray, wait_for_free_cpu
+from maskcrypt.runtime.monitor import PeakRSS
 
 
 def forward_rate(predictor: Any, images: Any, masks: Any = None, seconds: float = 3.0,
@@ -52,7 +67,6 @@ STAGES = ("read", "table1", "race")
 
 
 def _default_width() -> int:
-    from maskcrypt.config import ModelSettings
 
     return ModelSettings().width
 
@@ -95,9 +109,6 @@ def _model(root: Path, cfg: CapacityConfig, classes: list[str]) -> Path:
         return Path(cfg.model).resolve()
     import torch
 
-    from maskcrypt.models import Recognizer
-    from maskcrypt.models.checkpoint import save_checkpoint
-    from maskcrypt.models.recognizer import RecognizerConfig
 
     torch.manual_seed(0)
     rc = RecognizerConfig(arch=cfg.arch, width=cfg.width, num_classes=len(classes), image_size=cfg.size)
@@ -108,8 +119,6 @@ def _model(root: Path, cfg: CapacityConfig, classes: list[str]) -> Path:
 
 
 def _library(out: Path, cfg: CapacityConfig, log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
-    from maskcrypt.masks import MaskLibrary
-    from maskcrypt.masks.generate import generate_into
 
     lib = MaskLibrary.open_or_create(str(out / "masks"), cfg.size, cfg.size)
     t0 = time.perf_counter()
@@ -149,17 +158,14 @@ def measure(out: Path, cfg: CapacityConfig = CapacityConfig(), settings: EvalSet
 
     Table 1 and the race need a running Ray; the library and its read-back do not.
     """
-    from maskcrypt.runtime.monitor import PeakRSS
 
     evaluates = [s for s in cfg.stages if s != "read"]
     if evaluates:
-        from maskcrypt.runtime.cluster import require_ray
 
         require_ray("capacity")
     report: dict[str, Any] = {"count": cfg.count, "size": cfg.size, "arch": cfg.arch, "width": cfg.width,
                               "images": cfg.images, "stages": list(cfg.stages)}
     if evaluates:
-        from maskcrypt.core.precision import use_bf16
 
         # Resolved here for CPU actors (this CPU's kind); GPU actors resolve "auto" on their GPU.
         report["precision"] = (settings.precision if settings.gpus_per_actor > 0
@@ -214,10 +220,6 @@ def _bare_task(model: str, images: Any, mask: Any, precision: str, chunk: int, g
     """One evaluation device's bare forward of E (run as a Ray task with an actor's resources)."""
     import torch
 
-    from maskcrypt.masks import overlay
-    from maskcrypt.models.predictor import Predictor
-    from maskcrypt.evaluation.scorer import choose_device
-    from maskcrypt.evaluation.testset import pixels
 
     predictor = Predictor.from_checkpoint(model, choose_device(gpus, torch.cuda.is_available()), precision, chunk)
     return forward_rate(predictor, predictor.to_device(overlay(torch.from_numpy(pixels(images)),
@@ -233,7 +235,6 @@ def _bare_rate(model: Path, ts: Any, lib: Any, settings: EvalSettings) -> float:
     """
     import ray
 
-    from maskcrypt.runtime.cluster import wait_for_free_cpu
 
     mask = next(lib.iter_batches(batch_size=1)).masks[0]
     task = ray.remote(_bare_task).options(num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor)
@@ -246,15 +247,9 @@ def _bare_rate(model: Path, ts: Any, lib: Any, settings: EvalSettings) -> float:
 def _evaluate(out: Path, cfg: CapacityConfig, settings: EvalSettings, lib: Any,
               log: Callable[[str], None]) -> dict[str, Any]:
     """Table 1 (sampled) and/or the race on synthetic held-out faces, through the evaluator's actors."""
-    from maskcrypt.determine.race import evaluate_adaptive
-    from maskcrypt.data import load
-    from maskcrypt.data.synthetic import DEFAULT_IDENTITIES, held_out_spec
-    from maskcrypt.evaluation.crossproduct import evaluate_sampled
-    from maskcrypt.evaluation.testset import prepare_test
 
     people = DEFAULT_IDENTITIES
     if cfg.model:  # a trained E: its classes are the synthetic identities it was trained on
-        from maskcrypt.models.checkpoint import find_checkpoint
 
         people = len(find_checkpoint(cfg.model, kind="recognizer")[1]["class_names"])
     per_id = max(2, -(-cfg.images // people))

@@ -26,6 +26,9 @@ from typing import Any
 import numpy as np
 
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.fileio import atomic_path
+from maskcrypt.core.rundir import RunPaths, update_record
+from maskcrypt.models import Recognizer
 
 MODELS = ("encrypted", "original")
 INPUTS = ("uint8", "float")
@@ -60,9 +63,6 @@ def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str], model:
     import onnx
     import torch
 
-    from maskcrypt.core.fileio import atomic_path
-    from maskcrypt.models import Recognizer
-    from maskcrypt.core.rundir import RunPaths, update_record
 
     if model not in MODELS:
         raise MaskcryptError(f"--model: expected one of {', '.join(MODELS)}, got {model!r}")

@@ -16,8 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from maskcrypt.config import STAGES
-from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.config.runconfig import RunConfig
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.fileio import write_json
+from maskcrypt.core.rundir import RunPaths, read_run_json
+from maskcrypt.data.spec import absolute_spec
+from maskcrypt.determine.stage import determine, format_table1, format_target
+from maskcrypt.masks import MaskLibrary, bucket_label
+from maskcrypt.prepare import prepare
+from maskcrypt.train.driver import train_run
+from maskcrypt.train.report import cached_training_quality, format_quality
+from maskcrypt.tune import search
 
 #: Fields holding local paths (made absolute) and data specs (their path made absolute).
 PATH_FIELDS = ("run", "prepare.selection_masks", "sources.masks", "sources.init_original", "sources.init_inpainter",
@@ -39,7 +48,6 @@ def _get(config: RunConfig, dotted: str) -> Any:
 
 def resolve(config: RunConfig) -> RunConfig:
     """The config with every local path and data-spec path absolute."""
-    from maskcrypt.data.spec import absolute_spec
 
     values = {f: absolute_path(_get(config, f)) for f in PATH_FIELDS}
     values |= {f: absolute_spec(_get(config, f)) for f in SPEC_FIELDS}
@@ -48,8 +56,6 @@ def resolve(config: RunConfig) -> RunConfig:
 
 def record_config(config: RunConfig) -> None:
     """``run.json``'s ``config``: the resolved RunConfig of the latest invocation that prepared the run."""
-    from maskcrypt.core.fileio import write_json
-    from maskcrypt.core.rundir import RunPaths, read_run_json
 
     paths = RunPaths.resolve(config.run)
     record = read_run_json(paths) or {}
@@ -60,7 +66,6 @@ def record_config(config: RunConfig) -> None:
 def run_pipeline(config: RunConfig, start: str = "prepare", restart: bool = False, retrain: bool = False,
                  redetermine: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the stages from ``start`` to ``config.until``; returns each stage's summary by name."""
-    from maskcrypt.core.rundir import RunPaths
 
     if start not in STAGES or STAGES.index(start) > STAGES.index(config.until):
         raise MaskcryptError(f"stages: cannot run from {start!r} to {config.until!r} (order: {', '.join(STAGES)})")
@@ -84,9 +89,6 @@ def run_pipeline(config: RunConfig, start: str = "prepare", restart: bool = Fals
 
 
 def prepare_stage(config: RunConfig, restart: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    from maskcrypt.masks import MaskLibrary
-    from maskcrypt.prepare import prepare
-    from maskcrypt.core.rundir import RunPaths
 
     record = prepare(config.run, config.prepare, restart=restart, log=log)
     paths = RunPaths.resolve(config.run)
@@ -98,9 +100,6 @@ def prepare_stage(config: RunConfig, restart: bool, log: Callable[[str], None]) 
 
 def train_stage(config: RunConfig, retrain: bool, log: Callable[[str], None]) -> dict[str, Any]:
     """Train the models, then (when all three exist) the held-out quality report."""
-    from maskcrypt.train.report import cached_training_quality, format_quality
-    from maskcrypt.core.rundir import RunPaths
-    from maskcrypt.train.driver import train_run
 
     metas = train_run(config.run, config.prepare.data, config.prepare.size, sources=config.sources,
                       models=config.model, train_config=config.train, inpaint_config=config.inpaint,
@@ -123,8 +122,6 @@ def train_stage(config: RunConfig, retrain: bool, log: Callable[[str], None]) ->
 def determine_stage(config: RunConfig, redetermine: bool, log: Callable[[str], None]) -> dict[str, Any]:
     import pandas as pd
 
-    from maskcrypt.determine.stage import determine, format_table1, format_target
-    from maskcrypt.core.rundir import RunPaths
 
     result = determine(config.run, config.determine, config.thresholds, config.evaluation, config.adaptive,
                        redo=redetermine, log=log, attackers=config.attack)
@@ -138,7 +135,6 @@ def determine_stage(config: RunConfig, redetermine: bool, log: Callable[[str], N
 
 
 def tune_stage(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
-    from maskcrypt.tune import search
 
     t = config.tune
     return search(config.run, t.budget, mode=t.search, samples=t.samples, grid_points=t.grid_points, seed=t.seed,
@@ -147,7 +143,6 @@ def tune_stage(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
 
 def format_mask_stats(stats: dict[str, Any]) -> str:
     """A fixed-width table of per-bucket counts and ratios."""
-    from maskcrypt.masks import bucket_label
 
     edges = stats["edges"]
     lines = [f"{stats['uri']}: {stats['count']} masks of {stats['height']}x{stats['width']}, "

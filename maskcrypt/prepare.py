@@ -31,8 +31,12 @@ import numpy as np
 from maskcrypt.config import PrepareConfig
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.fileio import write_json
-from maskcrypt.masks.pools import attacker_pool
 from maskcrypt.core.rundir import RunPaths, check_resumable, code_version, read_run_json
+from maskcrypt.data import labelled, source_split
+from maskcrypt.masks import MaskLibrary, overlay, parse_buckets
+from maskcrypt.masks.generate import generate_into
+from maskcrypt.masks.pools import attacker_pool
+from maskcrypt.reporting.pictures import auto_scale, grid_image, mask_grid, save_png
 
 
 def prepare(run: str | os.PathLike[str], config: PrepareConfig, restart: bool = False,
@@ -60,10 +64,6 @@ def _libraries(paths: RunPaths) -> list[Any]:
 
 
 def _prepare(paths: RunPaths, config: PrepareConfig, restart: bool, log: Any) -> dict[str, Any]:
-    from maskcrypt.data import labelled, source_split
-    from maskcrypt.masks import MaskLibrary, overlay, parse_buckets
-    from maskcrypt.masks.generate import generate_into
-    from maskcrypt.reporting.pictures import auto_scale, grid_image, mask_grid, save_png
 
     check_resumable(paths, config, restart)
     paths.root.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,8 @@ import pandas as pd
 
 from maskcrypt.config import Budget
 from maskcrypt.core.errors import MaskcryptError
-from maskcrypt.core.fileio import write_json, write_parquet
+from maskcrypt.core.fileio import save_figure, write_json, write_parquet
+from maskcrypt.runtime.cluster import require_ray
 from maskcrypt.selection.rules import Thresholds, decide
 
 INFEASIBLE = -1.0
@@ -188,7 +189,6 @@ def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, budget: Budget, path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from maskcrypt.core.fileio import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     pts = trials[trials["targets"] > 0]
@@ -228,7 +228,6 @@ def search(run: str | os.PathLike[str], budget: Budget = Budget(), mode: str = "
 
     from ray import tune
 
-    from maskcrypt.runtime.cluster import require_ray
 
     root = Path(run).resolve()
     tables = Tables.load(root)

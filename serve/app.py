@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from maskcrypt.serving.deployment import build_app
-
 from maskcrypt.serving.requests import ServiceConfig
 
 

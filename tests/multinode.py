@@ -39,9 +39,9 @@ def work(run: Path, stream: bool) -> dict:
     from maskcrypt.config import EvalSettings, ModelSettings, PrepareConfig, Resources, TrainConfig, TrainSources
     from maskcrypt.data import load
     from maskcrypt.evaluation.crossproduct import evaluate_masks
+    from maskcrypt.evaluation.testset import prepare_test
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.prepare import prepare
-    from maskcrypt.evaluation.testset import prepare_test
     from maskcrypt.train.driver import train_run
 
     quiet = lambda *_: None  # noqa: E731

@@ -1,4 +1,4 @@
-"""The tests' import of :func:`maskcrypt.runtime.ports.free_port` (scripts run from ``tests/`` import it as ``ports``)."""
+"""The tests' import of :func:`maskcrypt.runtime.ports.free_port` (scripts in ``tests/`` import it as ``ports``)."""
 
 from maskcrypt.runtime.ports import free_port
 

@@ -1,4 +1,4 @@
-"""The attackers (maskcrypt.determine.attackers): the table, the t_attack rule, training and resuming, counts against plain loops."""
+"""The attackers (maskcrypt.determine.attackers): the table, t_attack, training and resuming, against plain loops."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ import pytest
 import torch
 from conftest import TINY_DATA, TINY_SIZE
 
+from maskcrypt.config import ATTACKERS, DEFAULT_ATTACKERS, AttackConfig, Budget, parse_attackers
+from maskcrypt.config.runconfig import RunConfig
+from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.determine.attackers import (
     folder_name,
     job_state,
@@ -23,9 +26,6 @@ from maskcrypt.determine.attackers import (
     train_attackers,
 )
 from maskcrypt.selection.attacks import COLUMNS, MASKED_GALLERY, attacker_counts, attacks_table, worst_attackers
-from maskcrypt.config import ATTACKERS, DEFAULT_ATTACKERS, AttackConfig, Budget, parse_attackers
-from maskcrypt.core.errors import MaskcryptError
-from maskcrypt.config.runconfig import RunConfig
 from maskcrypt.selection.rules import Thresholds, decide, target_masks
 
 SPLITS = ("selection", "confirmation")
@@ -116,8 +116,8 @@ def test_auto_trial_cpus_spreads_the_cpus_over_the_trials(ray_session):
 
 
 def test_attacker_names_flags_and_yaml():
-    from maskcrypt.cli.main import build_parser
     from maskcrypt.cli.flags import RUN_FLAGS, TUNE_FLAGS, build_config
+    from maskcrypt.cli.main import build_parser
 
     assert parse_attackers("default") == DEFAULT_ATTACKERS and "adaptive-known" not in DEFAULT_ATTACKERS
     assert parse_attackers("all") == ATTACKERS
@@ -297,8 +297,8 @@ def test_open_set_attackers_use_clean_galleries_and_the_known_mask_also_a_masked
 
     from maskcrypt.data import load
     from maskcrypt.evaluation.crossproduct import evaluate_attack
-    from maskcrypt.masks import overlay
     from maskcrypt.evaluation.testset import prepare_test
+    from maskcrypt.masks import overlay
 
     lib, paths, models, known, settings = _setting(attacked)
     other = load("synthetic:identities=4,per_identity=8,seed=7#split=all", size=TINY_SIZE)
@@ -328,8 +328,8 @@ def test_open_set_attackers_use_clean_galleries_and_the_known_mask_also_a_masked
 
 def test_determination_writes_attacks_and_every_artifact_agrees_with_it(attacked):
     from maskcrypt.data import load
-    from maskcrypt.reporting.report import write_report
     from maskcrypt.evaluation.testset import prepare_test
+    from maskcrypt.reporting.report import write_report
 
     run, result = attacked.run, attacked.result
     table = pd.read_parquet(run / "results" / "attacks.parquet")

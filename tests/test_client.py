@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from maskcrypt.serving.client import Client, RetryPolicy, retryable
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.masks import generate, mask_sha256
+from maskcrypt.serving.client import Client, RetryPolicy, retryable
 
 MASKS = generate(2, 16, seed=0)
 PIXELS = [{"mask_id": f"m{i}", "height": 16, "width": 16, "sha256": mask_sha256(m),

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from datasets import write_celeba, write_idx, write_imagefolder, write_lfw
 
+from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.data import describe, load, parse_spec, ray_dataset
 from maskcrypt.data.sources import read_idx
-from maskcrypt.core.errors import MaskcryptError
 
 
 # -- specs -----------------------------------------------------------------------------------

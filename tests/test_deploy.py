@@ -45,8 +45,8 @@ def test_rayjob_manifest_is_well_formed_and_its_entrypoint_parses():
     # The entrypoint is our job with flags it accepts: they build a run configuration.
     argv = shlex.split(spec["entrypoint"])
     assert argv[0] == "python" and argv[1].endswith("jobs/select.py")
-    from maskcrypt.cli.main import build_parser
     from maskcrypt.cli.flags import RUN_FLAGS, build_config
+    from maskcrypt.cli.main import build_parser
 
     config = build_config(build_parser().parse_args(["run", *argv[2:]]), RUN_FLAGS)
     assert config.evaluation.gpus_per_actor == 1 and config.resources.gpus_per_worker == 1

@@ -11,8 +11,8 @@ import pytest
 from conftest import TINY_DATA, TINY_SIZE
 
 from maskcrypt.config import AdaptivePlan, AttackConfig, DetermineConfig, EvalSettings
-from maskcrypt.determine.stage import determine as run_determination
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.determine.stage import determine as run_determination
 from maskcrypt.masks import mask_sha256, unpack_masks
 from maskcrypt.selection.rules import Thresholds
 

@@ -8,13 +8,13 @@ import torch
 from conftest import TINY_DATA, TINY_SIZE
 
 from maskcrypt.config import AdaptivePlan, EvalSettings
-from maskcrypt.data import load
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.data import load
 from maskcrypt.evaluation.crossproduct import evaluate_masks, evaluate_sampled
+from maskcrypt.evaluation.testset import prepare_test
 from maskcrypt.masks import MaskLibrary, overlay
 from maskcrypt.masks.generate import generate_into
 from maskcrypt.models import Recognizer
-from maskcrypt.evaluation.testset import prepare_test
 
 FP32 = EvalSettings(actors=2, masks_per_batch=3, images_per_chunk=16, precision="fp32")
 

@@ -9,8 +9,8 @@ import pytest
 from bombs import png_bomb
 from PIL import Image
 
-from maskcrypt.data.images import MAX_PIXELS, ImageTooLarge, UnreadableImage, decode_file, decode_many, probe_file
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.data.images import MAX_PIXELS, ImageTooLarge, UnreadableImage, decode_file, decode_many, probe_file
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 
@@ -54,8 +54,8 @@ def test_a_bomb_among_mask_files_is_skipped_by_name(files, tmp_path):
 
 
 def test_client_refuses_a_bomb_or_a_broken_image_by_name(tmp_path):
-    from maskcrypt.serving.client import Client
     from maskcrypt.masks import MaskLibrary, generate
+    from maskcrypt.serving.client import Client
 
     lib = MaskLibrary.create(str(tmp_path / "lib"), 16, 16)
     lib.append([(generate(2, 16, seed=0), ["a", "b"], ["x", "x"])])

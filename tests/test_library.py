@@ -168,8 +168,8 @@ def _results_dir(tmp_path):
     The parts are written by the evaluation's own writer; the folder also holds ``_key.json``
     and a temporary file left by an interrupted write, which no reader may take for a part.
     """
-    from maskcrypt.evaluation.crossproduct import _write_part
     from maskcrypt.core.fileio import write_json, write_parquet
+    from maskcrypt.evaluation.crossproduct import _write_part
 
     results = tmp_path / "results"
     rng = np.random.default_rng(0)

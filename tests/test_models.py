@@ -11,9 +11,9 @@ from maskcrypt.config import TrainConfig, check_same_training
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.models import Inpainter, InpainterConfig, Recognizer, RecognizerConfig
 from maskcrypt.models.checkpoint import MODEL_FILE, find_checkpoint, save_checkpoint
-from maskcrypt.models.weights import load_external_weights
 from maskcrypt.models.losses import VGG16Features, hole_psnr, inpaint_loss, load_vgg16_features
 from maskcrypt.models.recognizer import count_parameters
+from maskcrypt.models.weights import load_external_weights
 
 
 def _images(n=4, c=3, s=16, seed=0):

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.precision import default_chunk
 from maskcrypt.masks import overlay
 from maskcrypt.models import Inpainter, InpainterConfig, Recognizer, RecognizerConfig
 from maskcrypt.models.predictor import Predictor
-from maskcrypt.core.precision import default_chunk
 
 
 @pytest.fixture(scope="module")

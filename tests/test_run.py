@@ -134,8 +134,8 @@ def test_the_training_report_is_reused_until_its_inputs_change(tiny_run, tmp_pat
     assert any("masked images per model" in line and "/s)" in line for line in lines)  # the stage says its rate
 
     # The report runs in evaluation actors (no model in the driver): the same figures as a plain loop here.
-    from maskcrypt.models.predictor import Predictor
     from maskcrypt.evaluation.scorer import sampled_draw
+    from maskcrypt.models.predictor import Predictor
 
     test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
     plain = Predictor.from_checkpoints({"E": run / "models" / "encrypted", "O": run / "models" / "original"},

@@ -18,8 +18,8 @@ from conftest import TINY_DATA, TINY_SIZE
 from PIL import Image
 from ports import free_port
 
-from maskcrypt.data import load
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.data import load
 from maskcrypt.serving.requests import ServiceConfig, ServiceError, decode_upload, load_targets
 
 KEY = "test-key"

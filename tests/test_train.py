@@ -21,8 +21,8 @@ from maskcrypt.config import (
     TrainSources,
     check_same_training,
 )
-from maskcrypt.data import load
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.data import load
 from maskcrypt.masks import MaskLibrary, overlay
 from maskcrypt.models import Inpainter, Recognizer
 from maskcrypt.train.driver import TrainInputs, train_model, train_run, training_slots

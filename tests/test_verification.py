@@ -8,10 +8,10 @@ import pickle
 import numpy as np
 import pytest
 
+from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.data import describe, load
 from maskcrypt.data.binfile import read_bin, write_bin
 from maskcrypt.data.pairs import generate_pairs
-from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.verification.protocol import (
     best_threshold,
     consecutive_folds,

@@ -9,8 +9,7 @@ from torch import nn
 
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.models import Recognizer, RecognizerConfig
-from maskcrypt.models.weights import load_external_weights
-from maskcrypt.models.weights import config_for_weights, detect_layout, read_state_dict
+from maskcrypt.models.weights import config_for_weights, detect_layout, load_external_weights, read_state_dict
 
 
 # -- an independent reference of insightface's arcface_torch IR-ResNet (names and shapes of its backbone.pth) ------

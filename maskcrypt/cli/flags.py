@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from maskcrypt.config import STAGES, TuneConfig
+from maskcrypt.config.runconfig import RunConfig
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.precision import PRECISIONS
-from maskcrypt.config.runconfig import RunConfig
 
 
 def _depth(text: str) -> tuple[int, ...]:

@@ -193,9 +193,9 @@ STAGE_COMMANDS = {
 
 def cmd_stages(args: argparse.Namespace) -> int:
     """``run``/``prepare``/``train``/``determine``: a RunConfig from --config and flags, then the pipeline."""
-    from maskcrypt.runtime.cluster import init_ray
     from maskcrypt.cli.flags import RUN_FLAGS, build_config
     from maskcrypt.pipeline import run_pipeline
+    from maskcrypt.runtime.cluster import init_ray
 
     start, until, _ = STAGE_COMMANDS[args.command]
     config = build_config(args, RUN_FLAGS, {"until": until} if until else None)
@@ -210,9 +210,9 @@ def cmd_stages(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """The threshold search over a determined run's tables (Ray Tune)."""
-    from maskcrypt.runtime.cluster import init_ray
     from maskcrypt.cli.flags import TUNE_FLAGS, build_config
     from maskcrypt.pipeline import resolve, tune_stage
+    from maskcrypt.runtime.cluster import init_ray
 
     config = resolve(build_config(args, TUNE_FLAGS))
     init_ray()
@@ -229,10 +229,10 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from maskcrypt.capacity import CapacityConfig, measure
-    from maskcrypt.runtime.cluster import init_ray
     from maskcrypt.config import EvalSettings
     from maskcrypt.core.fileio import write_json
     from maskcrypt.pipeline import absolute_path
+    from maskcrypt.runtime.cluster import init_ray
 
     if args.quick:
         args.count, args.size, args.images = 2_000, 32, 100
@@ -264,7 +264,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from maskcrypt.serving.deployment import build_app
-
     from maskcrypt.serving.requests import ServiceConfig
 
     config = ServiceConfig(run=args.run, allow_candidates=args.allow_candidates,
@@ -300,10 +299,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Face verification of a run's target masks on a source's pairs, on this machine's (or RAY_ADDRESS's) Ray."""
-    from maskcrypt.runtime.cluster import init_ray
     from maskcrypt.config import EvalSettings
     from maskcrypt.data.spec import absolute_spec
     from maskcrypt.pipeline import absolute_path
+    from maskcrypt.runtime.cluster import init_ray
     from maskcrypt.verification.stage import verify
 
     gpus = args.eval_gpus if args.eval_gpus is not None else (1.0 if args.device == "cuda" else 0.0)

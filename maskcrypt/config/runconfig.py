@@ -30,8 +30,8 @@ from maskcrypt.config.sections import (
     TrainSources,
     TuneConfig,
 )
-from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.config.thresholds import Thresholds
+from maskcrypt.core.errors import MaskcryptError
 
 #: RunConfig's sections and their classes: the YAML file's top-level keys.
 SECTIONS: dict[str, type] = {

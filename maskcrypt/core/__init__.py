@@ -1,1 +1,1 @@
-"""Layer 0, the conventions every module shares: errors, atomic file writes, precision, statistics, the run directory."""
+"""Layer 0, shared by every module: errors, atomic file writes, precision, statistics, the run directory."""

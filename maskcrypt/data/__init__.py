@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.data.pairs import generate_pairs
 from maskcrypt.data.sources import INDEXERS, SourceIndex
 from maskcrypt.data.spec import DataSpec, parse_spec
 from maskcrypt.data.splits import split_by_identity, split_by_image
 from maskcrypt.data.stream import SourceSplit
-from maskcrypt.core.errors import MaskcryptError
 
 if TYPE_CHECKING:
     import ray.data
@@ -145,7 +146,6 @@ def _pairs(prep: _Prepared, kept: np.ndarray, labels: np.ndarray) -> np.ndarray 
     """The source's pairs mapped onto the loaded images (pairs with an image not loaded dropped), or generated."""
     spec = prep.spec
     if spec.get("pairs") == "generate":
-        from maskcrypt.data.pairs import generate_pairs
 
         pairs, _ = generate_pairs(labels, spec.get("pairs_per_fold"), spec.get("seed"))
         return pairs

@@ -23,6 +23,7 @@ import numpy as np
 
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.fileio import atomic_path
+from maskcrypt.data.images import MAX_PIXELS, to_chw
 
 
 class _Refused(pickle.UnpicklingError):
@@ -83,7 +84,6 @@ def decode_bin_image(data: bytes, where: str, size: tuple[int, int], channels: i
     """One encoded image -> uint8 ``C x H x W`` at ``size``; an undecodable one is a named error."""
     from PIL import Image, UnidentifiedImageError
 
-    from maskcrypt.data.images import MAX_PIXELS, to_chw
 
     try:
         with Image.open(io.BytesIO(data)) as img:

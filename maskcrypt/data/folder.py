@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from maskcrypt.data.stream import SourceSplit
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.data.stream import SourceSplit
 
 
 def write_imagefolder(split: SourceSplit, out: str | os.PathLike[str], fmt: str = "jpg", quality: int = 95,

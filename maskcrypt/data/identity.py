@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from maskcrypt.core.fileio import sha256_file, write_parquet
+
 #: More files than this are hashed in Ray tasks (when Ray is initialized), in chunks of :data:`CHUNK` files.
 HASH_IN_RAY_ABOVE = 4096
 CHUNK = 2048
@@ -34,7 +36,6 @@ _KNOWN: dict[tuple[str, int, int], str] = {}
 
 
 def _hash_many(paths: Sequence[str]) -> list[str]:
-    from maskcrypt.core.fileio import sha256_file
 
     with ThreadPoolExecutor(max_workers=8) as pool:  # reading files: threads overlap the I/O
         return list(pool.map(sha256_file, paths))
@@ -73,7 +74,6 @@ def content_digests(paths: Sequence[str], cache: Path | None = None, ray_above: 
     """
     import pandas as pd
 
-    from maskcrypt.core.fileio import write_parquet
 
     paths = [str(p) for p in paths]
     sizes, mtimes = stat_files(paths)
@@ -116,7 +116,6 @@ def write_manifest(folder: Path, fingerprint: str, paths: Sequence[str], labels:
     """The split's files as they were when ``fingerprint`` was taken: what a later relaunch compares with."""
     import pandas as pd
 
-    from maskcrypt.core.fileio import write_parquet
 
     out = folder / f"{fingerprint}.parquet"
     if not out.exists():

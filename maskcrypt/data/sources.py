@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.data.binfile import decode_bin_image, read_bin
 from maskcrypt.data.images import IMAGE_EXTENSIONS, decode_many, probe_file
+from maskcrypt.data.pairs import consecutive_folds
 from maskcrypt.data.spec import DataSpec, parse_size
 from maskcrypt.data.synthetic import render_dataset
-from maskcrypt.core.errors import MaskcryptError
 
 #: Default target size for file-based sources (the face-recognition standard).
 FILE_DEFAULT_SIZE = 112
@@ -389,8 +391,6 @@ def index_bin(spec: DataSpec) -> SourceIndex:
     decodes only the items asked for, and an undecodable image is an error naming its
     position (a pair cannot lose one image silently).
     """
-    from maskcrypt.data.binfile import decode_bin_image, read_bin
-    from maskcrypt.data.pairs import consecutive_folds
 
     path = Path(spec.path)
     bins, same = read_bin(path)

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from maskcrypt.data.synthetic import DEFAULT_IDENTITIES, DEFAULT_PER_IDENTITY, DEFAULT_TEST_FRACTION
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.data.synthetic import DEFAULT_IDENTITIES, DEFAULT_PER_IDENTITY, DEFAULT_TEST_FRACTION
 
 KINDS = ("imagefolder", "lfw", "celeba", "idx", "npz", "synthetic", "bin")
 SPLITS = ("train", "test", "val", "all")

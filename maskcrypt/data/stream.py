@@ -27,8 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from maskcrypt.data.spec import DataSpec
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.data.identity import content_digests, write_manifest
+from maskcrypt.data.images import decode_many
+from maskcrypt.data.spec import DataSpec, parse_spec
+from maskcrypt.data.synthetic import render_dataset
+from maskcrypt.runtime.cluster import wait_for_free_cpu
 
 if TYPE_CHECKING:
     import ray.data
@@ -102,7 +106,6 @@ class SourceSplit:
     @classmethod
     def from_arrays(cls, images: np.ndarray, labels: np.ndarray, class_names: list[str]) -> SourceSplit:
         """A split of images already in memory (uint8 N x C x H x W): tests and benchmarks."""
-        from maskcrypt.data.spec import parse_spec
 
         images = np.ascontiguousarray(images)
         spec = parse_spec(f"npz:in-memory#size={images.shape[2]}x{images.shape[3]}")
@@ -132,7 +135,6 @@ class SourceSplit:
                        self.channels, self.crop)).encode())
         h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
         if self.paths is not None:
-            from maskcrypt.data.identity import content_digests, write_manifest
 
             digests, sizes, mtimes = content_digests(self.paths, cache)
             h.update("\n".join(self.paths).encode())
@@ -152,14 +154,12 @@ class SourceSplit:
         """A handful of the split's images decoded here, in this process (pictures, a first look)."""
         positions = np.asarray(positions, dtype=np.int64)
         if self.paths is not None:
-            from maskcrypt.data.images import decode_many
 
             images, _, bad = decode_many([self.paths[i] for i in positions], self.size, self.channels, self.crop)
             if bad:
                 raise MaskcryptError(f"data spec {self.spec.text!r}: unreadable image {bad[0][1]}")
             return images
         if self.items is not None:
-            from maskcrypt.data.synthetic import render_dataset
 
             r = self.render
             return render_dataset(r["identities"], r["per_identity"], self.size[0], self.size[1], seed=r["seed"],
@@ -176,7 +176,6 @@ class SourceSplit:
         """
         import ray
 
-        from maskcrypt.runtime.cluster import wait_for_free_cpu
 
         ds = self.dataset(order=order)
         wait_for_free_cpu()  # after the build: its own metadata tasks hold CPUs for a moment
@@ -236,7 +235,6 @@ class SourceSplit:
 
 def _decode_files(batch: dict[str, np.ndarray], size: tuple[int, int], channels: int, crop: str, strict: bool,
                   spec: str) -> dict[str, np.ndarray]:
-    from maskcrypt.data.images import decode_many
 
     images, good, bad = decode_many(list(batch["path"]), size, channels, crop, threads=1)
     if bad and strict:
@@ -246,7 +244,6 @@ def _decode_files(batch: dict[str, np.ndarray], size: tuple[int, int], channels:
 
 def _render(batch: dict[str, np.ndarray], identities: int, per_identity: int, seed: int, offset: int,
             size: tuple[int, int], channels: int) -> dict[str, np.ndarray]:
-    from maskcrypt.data.synthetic import render_dataset
 
     images = render_dataset(identities, per_identity, size[0], size[1], seed=seed, channels=channels,
                             items=np.asarray(batch["render_item"]), offset=offset)

@@ -51,8 +51,29 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from maskcrypt.config import ATTACKERS, AttackConfig
+from maskcrypt.config import AttackConfig, PrepareConfig, config_hash
+from maskcrypt.config.runconfig import section
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.precision import channels_last, use_bf16
+from maskcrypt.core.rundir import read_run_json
+from maskcrypt.data import labelled, source_split
+from maskcrypt.evaluation.scorer import choose_device
+from maskcrypt.evaluation.testset import pixels
+from maskcrypt.masks import MaskLibrary, mask_sha256
+from maskcrypt.masks.pools import attacker_pool
+from maskcrypt.models.checkpoint import (
+    MODEL_FILE,
+    STATE_FILE,
+    find_checkpoint,
+    list_checkpoints,
+    load_state,
+    save_checkpoint,
+)
+from maskcrypt.models.weights import load_external_weights
+from maskcrypt.runtime.cluster import VERBOSE, check_gpus, require_ray
+from maskcrypt.train.driver import EpochPrinter
+from maskcrypt.train.loop import RecognizerSteps, array_batches, pass_seed, train_epoch
+
 FAMILY = "family"
 
 
@@ -77,7 +98,6 @@ def load_attacker_data(spec: str, o_meta: dict[str, Any], scoring: str,
     """
     import hashlib
 
-    from maskcrypt.data import source_split
 
     # Decoded by Ray tasks into the object store (the trials fetch them): the driver holds no image.
     split = source_split(spec, default_split="train", size=int(o_meta["image_size"]),
@@ -111,9 +131,6 @@ def make_job(name: str, folder: Path, masks: np.ndarray, k: int, o_checkpoint: P
     same inputs. The global batch is capped at the samples per epoch (a small attacker
     data set still trains).
     """
-    from maskcrypt.config import config_hash
-    from maskcrypt.masks import mask_sha256
-    from maskcrypt.models.checkpoint import MODEL_FILE
 
     samples = len(data["labels"]) * int(k)
     tc = {**o_meta["train_config"], "epochs": int(epochs)}
@@ -140,7 +157,6 @@ def make_job(name: str, folder: Path, masks: np.ndarray, k: int, o_checkpoint: P
 
 def job_state(job: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
     """``done`` (complete, same inputs), ``resume`` (an epoch or more done), ``new``, or ``stale`` (other inputs)."""
-    from maskcrypt.models.checkpoint import list_checkpoints
 
     ckpts = list_checkpoints(job["folder"]) if Path(job["folder"]).is_dir() else []
     if not ckpts:
@@ -153,7 +169,6 @@ def job_state(job: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
 
 def _save(folder: Path, epoch: int, model: Any, meta: dict[str, Any], state: dict[str, Any], keep: int = 2) -> None:
     """A checkpoint written under a hidden name and renamed; only the newest ``keep`` stay."""
-    from maskcrypt.models.checkpoint import save_checkpoint
 
     final = folder / f"checkpoint_epoch_{epoch:04d}"
     tmp = folder / f".tmp-{final.name}"
@@ -175,7 +190,6 @@ def train_attacker(job: dict[str, Any], data: dict[str, Any]) -> Any:
     """
     import torch
 
-    from maskcrypt.evaluation.scorer import choose_device
 
     device = torch.device(choose_device(job["gpus"], torch.cuda.is_available()))
     threads = torch.get_num_threads()
@@ -190,12 +204,7 @@ def train_attacker(job: dict[str, Any], data: dict[str, Any]) -> Any:
 def _train(job: dict[str, Any], data: dict[str, Any], device: Any) -> Any:
     import torch
 
-    from maskcrypt.models.checkpoint import STATE_FILE, list_checkpoints, load_state
 
-    from maskcrypt.models.weights import load_external_weights
-    from maskcrypt.core.precision import channels_last, use_bf16
-    from maskcrypt.evaluation.testset import pixels
-    from maskcrypt.train.loop import RecognizerSteps, array_batches, pass_seed, train_epoch
 
     meta = job["meta"]
     tc = meta["train_config"]
@@ -272,7 +281,6 @@ def train_attackers(jobs: dict[str, dict[str, Any]], data: dict[str, Any], stora
     """
     from ray import tune
 
-    from maskcrypt.runtime.cluster import check_gpus, require_ray
 
     todo, record = {}, {}
     for name, job in jobs.items():
@@ -307,7 +315,6 @@ def train_attackers(jobs: dict[str, dict[str, Any]], data: dict[str, Any], stora
         )
         from contextlib import ExitStack
 
-        from maskcrypt.train.driver import EpochPrinter
 
         with _quiet(), ExitStack() as printers:  # one line per finished attacker epoch: loss, images/s, ETA
             for name, job in todo.items():
@@ -336,7 +343,6 @@ def _quiet() -> Any:
     import contextlib
     import io
 
-    from maskcrypt.runtime.cluster import VERBOSE
 
     return contextlib.nullcontext() if os.environ.get(VERBOSE) else contextlib.redirect_stdout(io.StringIO())
 
@@ -344,18 +350,12 @@ def _quiet() -> Any:
 # -- the determination's stage --------------------------------------------------------------------------------
 def attacker_spec(d: Any) -> str:
     """``--attacker-data``, or the run's training data (train split): the worst case."""
-    from maskcrypt.core.rundir import read_run_json
 
     return d.attack.data or (read_run_json(d.paths) or {}).get("prepare", {}).get("data", "synthetic:")
 
 
 def family_masks(d: Any, buckets: Sequence[int]) -> np.ndarray:
     """Fresh masks of ``buckets`` from the attackers' pool ``masks_attacker/`` (built here for older runs)."""
-    from maskcrypt.config import PrepareConfig
-    from maskcrypt.masks import MaskLibrary
-    from maskcrypt.masks.pools import attacker_pool
-    from maskcrypt.core.rundir import read_run_json
-    from maskcrypt.config.runconfig import section
 
     if d.paths.masks_attacker.exists():
         pool = MaskLibrary.open(str(d.paths.masks_attacker))
@@ -379,8 +379,6 @@ def train_for(d: Any, alist: pd.DataFrame) -> dict[str, Path]:
     ``adaptive-known`` (K = 1: one mask). Records the settings and each attacker's state
     in ``d.result["attack"]``.
     """
-    from maskcrypt.data import labelled
-    from maskcrypt.models.checkpoint import find_checkpoint
 
     kinds = d.attack.trained
     d.result["attack"] = {"attackers": list(d.attack.names()), "epochs": d.attack.epochs}

@@ -23,6 +23,8 @@ from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.evaluation.crossproduct import check_gpus, check_library, check_models, scorer_kwargs
 from maskcrypt.evaluation.scorer import CrossProductScorer
 from maskcrypt.evaluation.testset import TestSet
+from maskcrypt.runtime.cluster import require_ray
+from maskcrypt.selection.rules import race_step
 
 
 def _range_tasks(todo: pd.DataFrame, bits: dict[str, bytes], actors: int) -> list[dict[str, np.ndarray]]:
@@ -71,8 +73,6 @@ def evaluate_adaptive(
     import ray
     from ray.util import ActorPool
 
-    from maskcrypt.runtime.cluster import require_ray
-    from maskcrypt.selection.rules import race_step
 
     require_ray("adaptive ranking")
 

@@ -39,9 +39,21 @@ from typing import Any
 
 import pandas as pd
 
-from maskcrypt.config import AdaptivePlan, AttackConfig, DetermineConfig, EvalSettings
+from maskcrypt.config import AdaptivePlan, AttackConfig, DetermineConfig, EvalSettings, check_same_training
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.fileio import write_json, write_parquet
+from maskcrypt.core.rundir import RunPaths, read_run_json, update_record
+from maskcrypt.data import labelled, source_split
+from maskcrypt.data.identity import describe_change
+from maskcrypt.determine.attackers import train_for
+from maskcrypt.determine.race import evaluate_adaptive
+from maskcrypt.evaluation.crossproduct import evaluate_attack, evaluate_masks, evaluate_sampled, read_parts
+from maskcrypt.evaluation.testset import TestSet, prepare_test
+from maskcrypt.masks import MaskLibrary, bucket_label
+from maskcrypt.models.checkpoint import find_checkpoint, sha256_file
+from maskcrypt.reporting.report import write_report
+from maskcrypt.runtime.cluster import require_ray
+from maskcrypt.selection.attacks import attacker_figures, attacks_table, chance_level, worst_attackers
 from maskcrypt.selection.rules import (
     Decision,
     Empty,
@@ -58,7 +70,7 @@ from maskcrypt.selection.rules import (
     ties_at_cutoff,
 )
 from maskcrypt.selection.rules import table1 as table1_of
-from maskcrypt.evaluation.testset import TestSet
+from maskcrypt.verification.stage import verify_determination
 
 
 def rank_mode_for(config: DetermineConfig, n_masks: int, n_selection: int, counted: bool) -> str:
@@ -98,7 +110,6 @@ class Determination:
 
     @property
     def labels(self) -> dict[int, str]:
-        from maskcrypt.masks import bucket_label
 
         return {0: "no mask", **{b: bucket_label(b, self.library.edges) for b in range(1, len(self.library.edges))}}
 
@@ -141,7 +152,6 @@ class Determination:
         table without a matching record is never read. ``redo`` recomputes. Returns the
         table, the stage's extra record and whether it was reused.
         """
-        from maskcrypt.models.checkpoint import sha256_file
 
         table, record = self.paths.results / "cache" / f"{name}.parquet", self.paths.results / "cache" / f"{name}.json"
         key = json.loads(json.dumps({**{k: v for k, v in self.key.items() if k != "inpainter_sha256"}, name: settings},
@@ -192,12 +202,6 @@ def _check_parts_key(parts: Path, key: dict[str, Any], redo: bool,
 def open_determination(run: Any, config: DetermineConfig, thresholds: Thresholds, settings: EvalSettings,
                        adaptive: AdaptivePlan, redo: bool, log: Callable[[str], None]) -> Determination:
     """Check the models, load and split the test set, open the library, key the resumable parts."""
-    from maskcrypt.config import check_same_training
-    from maskcrypt.data import labelled, source_split
-    from maskcrypt.masks import MaskLibrary
-    from maskcrypt.models.checkpoint import find_checkpoint
-    from maskcrypt.core.rundir import RunPaths, read_run_json
-    from maskcrypt.evaluation.testset import prepare_test
 
     paths = RunPaths.resolve(run)
     models = {"E": paths.models / "encrypted", "O": paths.models / "original"}
@@ -234,7 +238,6 @@ def open_determination(run: Any, config: DetermineConfig, thresholds: Thresholds
     if not d.present:
         raise MaskcryptError(f"mask library {lib.uri}: no mask in any bucket (empty library)")
     def explain(before: dict[str, Any]) -> str:
-        from maskcrypt.data.identity import describe_change
 
         old = before.get("test_data_fingerprint")
         if before.get("test_data") != raw.spec.text or old == fingerprint:
@@ -248,7 +251,6 @@ def open_determination(run: Any, config: DetermineConfig, thresholds: Thresholds
 
 def table1(d: Determination) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Table 1 (written), and in full mode the per-mask counts it was built from (the rank stage reuses them)."""
-    from maskcrypt.evaluation.crossproduct import evaluate_masks, evaluate_sampled
 
     t0 = time.perf_counter()
     cfg, models, n_sel = d.config, d.models, d.test.probes("selection")
@@ -277,8 +279,6 @@ def table1(d: Determination) -> tuple[pd.DataFrame, pd.DataFrame | None]:
 
 def rank(d: Determination, buckets: list[int], pm_counts: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-mask third accuracy (full or adaptive) and the candidates; both written."""
-    from maskcrypt.determine.race import evaluate_adaptive
-    from maskcrypt.evaluation.crossproduct import evaluate_masks, read_parts
 
     t0 = time.perf_counter()
     measured = d.present if d.config.per_mask == "all" else buckets
@@ -337,9 +337,6 @@ def attack(d: Determination, pm: pd.DataFrame, buckets: list[int]) -> dict[str, 
     inference pass counts E, O and every attacker under each mask. Writes
     ``results/attacks.parquet``; each split's Table 2 gets that split's worst attacker.
     """
-    from maskcrypt.determine.attackers import train_for
-    from maskcrypt.selection.attacks import attacks_table, chance_level, worst_attackers
-    from maskcrypt.evaluation.crossproduct import evaluate_attack
 
     alist = attack_list(pm, buckets, d.thresholds)
     trained = train_for(d, alist)
@@ -389,9 +386,6 @@ def write_targets(d: Determination, decision: Decision, tables: dict[str, pd.Dat
     """``targets.json`` (every figure on both splits, or why none), ``targets.parquet`` and run.json."""
     import pyarrow as pa
 
-    from maskcrypt.selection.attacks import attacker_figures
-    from maskcrypt.masks import MaskLibrary
-    from maskcrypt.core.rundir import update_record
 
     result = d.result
     result["reason"] = decision.reason.to_dict() if isinstance(decision.reason, Empty) else None
@@ -456,7 +450,6 @@ def determine(
     ``attack_top`` per bucket; ``auto`` picks adaptive above ``config.adaptive_above`` masked
     images per model. Needs a running Ray (the entry points start it).
     """
-    from maskcrypt.runtime.cluster import require_ray
 
     require_ray("determine")
     started = time.perf_counter()
@@ -488,11 +481,9 @@ def determine(
     decision = choose(d, t1, tables, pm)
     d.timings["total"] = time.perf_counter() - started
     result = write_targets(d, decision, tables)
-    from maskcrypt.verification.stage import verify_determination
 
     verify_determination(d.paths.root, d.test_spec, d.settings, log)  # when the test source has pairs
     if report:
-        from maskcrypt.reporting.report import write_report
 
         write_report(d.paths.root, d.test, log=log)
     return result

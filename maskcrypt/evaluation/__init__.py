@@ -1,1 +1,1 @@
-"""Measuring masks: the test set in the object store, the scorer actor, and the images x masks cross product on Ray Data."""
+"""Measuring masks: the test set in the object store, the scorer actor, the images x masks cross product on Ray."""

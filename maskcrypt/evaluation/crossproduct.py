@@ -30,11 +30,14 @@ from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.fileio import write_parquet
 from maskcrypt.evaluation.scorer import CrossProductScorer, sampled_draw
 from maskcrypt.evaluation.testset import SPLITS, ImageBlocks, TestSet
+from maskcrypt.masks.core import pack_masks
+from maskcrypt.models.checkpoint import find_checkpoint
+from maskcrypt.runtime.cluster import check_gpus as check
+from maskcrypt.runtime.cluster import require_ray, wait_for_free_cpu
 
 
 def check_models(models: dict[str, str | Path], test: TestSet) -> dict[str, str]:
     """Resolve each model to its newest complete checkpoint and check it fits the test images."""
-    from maskcrypt.models.checkpoint import find_checkpoint
 
     resolved = {}
     for name, path in models.items():
@@ -74,7 +77,6 @@ def check_splits(test: TestSet, splits: Sequence[str]) -> None:
 
 def check_gpus(settings: EvalSettings) -> None:
     """Refuse GPU actors on a cluster without GPUs (Ray would wait for them forever)."""
-    from maskcrypt.runtime.cluster import check_gpus as check
 
     check("--eval-gpus", settings.gpus_per_actor)
 
@@ -83,7 +85,6 @@ def _pool(settings: EvalSettings, constructor: dict[str, Any], rows: int | None 
     """map_batches arguments for the actor pool; no more actors than input rows (idle actors cost a start)."""
     import ray.data
 
-    from maskcrypt.runtime.cluster import require_ray, wait_for_free_cpu
 
     require_ray("evaluation")
     size = settings.actors if rows is None else max(1, min(settings.actors, rows))
@@ -103,7 +104,6 @@ def scorer_kwargs(test: TestSet, resolved: dict[str, str], splits: Sequence[str]
     """The scorer actors' constructor arguments; the test set travels once, through the object store."""
     import ray
 
-    from maskcrypt.runtime.cluster import require_ray
 
     require_ray("evaluation")
 
@@ -219,8 +219,6 @@ def evaluate_attack(
     """
     import ray.data
 
-    from maskcrypt.masks.core import pack_masks
-    from maskcrypt.models.checkpoint import find_checkpoint
 
     if set(models) != {"E", "O"}:
         raise MaskcryptError(f"attack: needs the models E and O, got {sorted(models)}")
@@ -316,7 +314,6 @@ def evaluate_sampled(
                                                            for r in range(repeats)]
     extra: dict[str, Any] = {}
     if inpainter is not None:
-        from maskcrypt.models.checkpoint import find_checkpoint
 
         extra["inpainter"] = str(find_checkpoint(inpainter, kind="inpainter")[0])
     constructor = scorer_kwargs(test, resolved, splits, settings, "sampled", bucket_masks=ray.put(per_bucket),

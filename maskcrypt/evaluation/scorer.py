@@ -22,6 +22,9 @@ import numpy as np
 
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.evaluation.testset import CLEAN_GALLERY, SPLITS, pixels
+from maskcrypt.masks.core import unpack_masks
+from maskcrypt.models.predictor import Predictor
+from maskcrypt.models.recognizer import Recognizer
 
 
 def sampled_draw(seed: int, bucket: int, repeat: int, pool_size: int, n_input: int) -> np.ndarray:
@@ -80,7 +83,6 @@ class CrossProductScorer:
         import ray
         import torch
 
-        from maskcrypt.models.predictor import Predictor
 
         # Object refs passed as constructor arguments arrive unresolved.
         test = ray.get(test) if isinstance(test, ray.ObjectRef) else test
@@ -245,8 +247,6 @@ class CrossProductScorer:
 
     def _known(self, mask_id: str, fixed: Callable[[int, int], Any]) -> dict[str, Any]:
         """The adaptive-known attacker of one mask: its own model (trained on that mask) on the masked probes."""
-        from maskcrypt.models.predictor import Predictor
-        from maskcrypt.models.recognizer import Recognizer
 
         own = Predictor({"K": Recognizer.from_checkpoint(self.known[mask_id])}, self.predictor.device,
                         self.precision, self.chunk)
@@ -264,7 +264,6 @@ class CrossProductScorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from maskcrypt.masks.core import unpack_masks
 
         rows: list[dict[str, Any]] = []
         device = self.predictor.device

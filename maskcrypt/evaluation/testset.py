@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from maskcrypt.data.stream import ImageBlocks
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.data.stream import ImageBlocks
 
 SPLITS = ("selection", "confirmation")
 #: Models whose open-set gallery stays clean (an outsider's model: O, and the adaptive-family attacker ``F``,

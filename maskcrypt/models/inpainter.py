@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.models.checkpoint import load_model
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,6 @@ class Inpainter(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: Any, device: str | torch.device = "cpu") -> Inpainter:
         """Load from a checkpoint dir or a model folder (its newest complete checkpoint), in eval mode."""
-        from maskcrypt.models.checkpoint import load_model
 
         return load_model(path, "inpainter", lambda d: cls(InpainterConfig.from_dict(d)), device)
 

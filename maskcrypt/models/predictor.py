@@ -32,9 +32,12 @@ import torch
 import torch.nn.functional as F
 
 from maskcrypt.core.errors import MaskcryptError
-from maskcrypt.masks.core import overlay
-from maskcrypt.models.recognizer import Recognizer
 from maskcrypt.core.precision import autocast, channels_last, default_chunk, use_bf16
+from maskcrypt.masks.core import overlay
+from maskcrypt.models.classical import classical_inpaint
+from maskcrypt.models.inpainter import Inpainter
+from maskcrypt.models.losses import hole_psnr, mean_fill
+from maskcrypt.models.recognizer import Recognizer
 
 #: Masks for a forward: none, one H x W mask for every image, one per image (N x H x W),
 #: or a function ``(start, stop) -> mask(s)`` for images ``start:stop`` (built per chunk).
@@ -75,7 +78,6 @@ class Predictor:
         models = {name: Recognizer.from_checkpoint(p) for name, p in paths.items()}
         r = None
         if inpainter is not None:
-            from maskcrypt.models.inpainter import Inpainter
 
             r = Inpainter.from_checkpoint(inpainter)
         return cls(models, device, precision, chunk, r)
@@ -154,7 +156,6 @@ class Predictor:
             if m is not None:
                 x = overlay(x, m)
             if filler in ("telea", "ns"):
-                from maskcrypt.models.classical import classical_inpaint
 
                 x = classical_inpaint(x, m, filler)
                 if self.channels_last:
@@ -185,7 +186,6 @@ class Predictor:
         figure is over hole pixels only (the known pixels would be copied by any attacker).
         The training report's and R's per-epoch fidelity figure, in chunks on the device.
         """
-        from maskcrypt.models.losses import hole_psnr, mean_fill
 
         if self.inpainter is None:
             raise MaskcryptError("predictor: fill_psnr needs an inpainter")

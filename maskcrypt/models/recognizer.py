@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.models.checkpoint import load_model
+from maskcrypt.models.weights import config_for_weights, detect_layout, load_weights, read_state_dict
 
 ARCHS = ("compact", "resnet18", "resnet34", "resnet50", "iresnet18", "iresnet34", "iresnet50", "iresnet100")
 HEADS = ("softmax", "arcface")
@@ -311,7 +313,6 @@ class Recognizer(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: Any, device: str | torch.device = "cpu") -> Recognizer:
         """Load from a checkpoint dir or a model folder (its newest complete checkpoint), in eval mode."""
-        from maskcrypt.models.checkpoint import load_model
 
         return load_model(path, "recognizer", lambda d: cls(RecognizerConfig.from_dict(d)), device)
 
@@ -335,7 +336,6 @@ class Recognizer(nn.Module):
         ``arch``, when given, must agree with the weights. Unit-normalize ``embed()`` for
         cosine similarity.
         """
-        from maskcrypt.models.weights import config_for_weights, detect_layout, load_weights, read_state_dict
 
         state = read_state_dict(path, f"weights {path}")
         if detect_layout(state, f"weights {path}") == "maskcrypt":

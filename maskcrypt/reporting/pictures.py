@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from maskcrypt.core.fileio import atomic_path, save_figure
+from maskcrypt.masks import MaskLibrary, overlay
+from maskcrypt.models import Inpainter
 
 if TYPE_CHECKING:
     from maskcrypt.masks import MaskLibrary
@@ -156,8 +158,6 @@ def target_gallery(run: Path, mask_ids: Sequence[str], images: np.ndarray, per_m
     """Per target mask: the mask (white = hole), test images masked by it, and R's fill of them."""
     import torch
 
-    from maskcrypt.masks import MaskLibrary, overlay
-    from maskcrypt.models import Inpainter
 
     lib = MaskLibrary.open(str(run / "masks"))
     r = Inpainter.from_checkpoint(run / "models" / "inpainter")

@@ -22,8 +22,11 @@ import numpy as np
 import pandas as pd
 
 from maskcrypt.core.fileio import write_text
-from maskcrypt.reporting.pictures import plot_attackers, plot_table1, plot_table2, save_png, target_gallery
+from maskcrypt.core.rundir import code_version
 from maskcrypt.evaluation.testset import pixels
+from maskcrypt.reporting.pictures import plot_attackers, plot_table1, plot_table2, save_png, target_gallery
+from maskcrypt.selection.attacks import DESCRIPTIONS
+from maskcrypt.verification.protocol import FARS, far_key, far_label
 
 
 def _pct(v: Any) -> str:
@@ -43,7 +46,6 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _header(root: Path, result: dict[str, Any]) -> list[str]:
-    from maskcrypt.core.rundir import code_version
 
     splits = result.get("splits", {})
     th = result["thresholds"]
@@ -119,7 +121,6 @@ def _attackers(res: Path, result: dict[str, Any], th: dict[str, Any]) -> list[st
     """Every attacker's accuracy under each target mask (both splits), from ``results/attacks.parquet``."""
     if not (res / "attacks.parquet").exists():
         return []
-    from maskcrypt.selection.attacks import DESCRIPTIONS
 
     table = pd.read_parquet(res / "attacks.parquet")
     measured = list(dict.fromkeys(table["mask_id"]))
@@ -228,10 +229,9 @@ def _targets(root: Path, result: dict[str, Any], test: Any) -> list[str]:
 
 
 def _verification(res: Path) -> list[str]:
-    """Verification in the field's units, when the test source had pairs (maskcrypt.verification.stage wrote the table)."""
+    """Verification in the field's units, when the test source had pairs (the verify stage wrote it)."""
     if not (res / "verification.parquet").exists():
         return []
-    from maskcrypt.verification.protocol import FARS, far_key, far_label
 
     v = pd.read_parquet(res / "verification.parquet").drop(columns=["roc_fpr", "roc_tpr"])
     first = v.iloc[0]

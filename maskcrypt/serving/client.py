@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.data.images import decode_image, to_chw
+from maskcrypt.masks import mask_sha256, unpack_masks
 from maskcrypt.masks.core import overlay
 
 
@@ -89,7 +91,6 @@ class Client:
         self._sleep: Callable[[float], None] = time.sleep
         self._jitter = random.Random()
         self.ids, self.masks, digests = self._from_parquet(targets) if targets is not None else self._fetch()
-        from maskcrypt.masks import mask_sha256
 
         where = targets if targets is not None else f"{self.url}/v1/masks"
         for mid, mask, digest in zip(self.ids, self.masks, digests):
@@ -103,7 +104,6 @@ class Client:
     def _from_parquet(targets: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, list[str]]:
         import pyarrow.parquet as pq
 
-        from maskcrypt.masks import unpack_masks
 
         table = pq.read_table(targets)
         height = json.loads((table.schema.metadata or {}).get(b"maskcrypt.height", b"0"))
@@ -114,7 +114,6 @@ class Client:
         return table.column("mask_id").to_pylist(), masks, table.column("sha256").to_pylist()
 
     def _fetch(self) -> tuple[list[str], np.ndarray, list[str]]:
-        from maskcrypt.masks import unpack_masks
 
         listed = self._send("GET", "/v1/masks?pixels=true")
         pixels = listed.get("pixels") or []
@@ -177,7 +176,6 @@ class Client:
         """A path, bytes or uint8 C x H x W array -> uint8 3 x H x W at the masks' size."""
         from PIL import Image
 
-        from maskcrypt.data.images import decode_image, to_chw
 
         size = self.masks.shape[1:]
         if isinstance(image, np.ndarray):

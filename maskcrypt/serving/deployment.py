@@ -23,6 +23,9 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.models.predictor import Predictor
+from maskcrypt.runtime.cluster import check_gpus
+from maskcrypt.serving.gallery import Gallery, check_identity, entry_from
 from maskcrypt.serving.requests import (
     ServiceConfig,
     ServiceError,
@@ -55,8 +58,6 @@ class RecognitionService:
         """Load E and the targets; Serve calls this again when ``user_config`` changes."""
         import torch
 
-        from maskcrypt.serving.gallery import Gallery
-        from maskcrypt.models.predictor import Predictor
 
         new = ServiceConfig.from_dict(user_config)
         targets = load_targets(new.run, new.allow_candidates)
@@ -179,7 +180,6 @@ class RecognitionService:
         gallery was masked the same way; ``mask=ID|best`` stores one mask's. Premasked
         uploads are stored under the mask the client names (default ``best``).
         """
-        from maskcrypt.serving.gallery import check_identity, entry_from
 
         self._auth(request)
         if not self.open:
@@ -237,7 +237,6 @@ def build_app(config: ServiceConfig | dict[str, Any], max_batch_size: int | None
     config's args): a cluster without GPUs is refused at once, instead of replicas that
     wait forever for one. Precision and batch size follow the replica's device.
     """
-    from maskcrypt.runtime.cluster import check_gpus
 
     check_gpus("--gpus (per replica)", num_gpus)
     cfg = ServiceConfig.from_dict(config) if isinstance(config, dict) else config

@@ -26,6 +26,8 @@ from fastapi import Request
 
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.precision import check_precision
+from maskcrypt.data.images import ImageTooLarge, UnreadableImage, open_image, to_chw
+from maskcrypt.masks import MaskLibrary, mask_sha256, unpack_masks
 
 FORMATS = ("PNG", "JPEG")
 
@@ -102,7 +104,6 @@ def load_targets(run: str | os.PathLike[str], allow_candidates: bool = False) ->
     """
     import pyarrow.parquet as pq
 
-    from maskcrypt.masks import MaskLibrary, mask_sha256, unpack_masks
 
     root = Path(run)
     meta_path = root / "targets.json"
@@ -143,7 +144,6 @@ def decode_upload(data: bytes, size: tuple[int, int], channels: int, config: Ser
     """Client bytes -> uint8 ``C x H x W`` at the model's size (cropped and resized as in training)."""
     from PIL import Image
 
-    from maskcrypt.data.images import ImageTooLarge, UnreadableImage, open_image, to_chw
 
     if not data:
         raise ServiceError(400, "empty body: send a PNG or JPEG image")

@@ -47,7 +47,6 @@ from typing import Any
 
 import numpy as np
 
-from maskcrypt.runtime.cluster import VERBOSE
 from maskcrypt.config import (
     ROLES,
     InpaintTrainConfig,
@@ -58,8 +57,18 @@ from maskcrypt.config import (
     TrainSources,
     config_hash,
 )
-from maskcrypt.data.stream import SourceSplit
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.rundir import RunPaths, update_record
+from maskcrypt.data import labelled, parse_spec, source_split
+from maskcrypt.data.identity import describe_change
+from maskcrypt.data.stream import SourceSplit
+from maskcrypt.masks import MaskLibrary
+from maskcrypt.models.checkpoint import find_checkpoint, list_checkpoints, sha256_file
+from maskcrypt.models.inpainter import InpainterConfig
+from maskcrypt.models.recognizer import RecognizerConfig
+from maskcrypt.models.weights import config_for_weights, read_state_dict
+from maskcrypt.runtime.cluster import VERBOSE, check_gpus, require_ray
+from maskcrypt.train.loop import train_worker
 
 
 @dataclass
@@ -123,7 +132,6 @@ def _second_sample(inputs: TrainInputs, sampling: MaskSampling) -> tuple[np.ndar
 
 def data_changes(before: dict[str, str], inputs: TrainInputs, manifests: Path) -> list[str]:
     """What differs between the data a model was trained on (its recorded input hashes) and ``inputs``, named."""
-    from maskcrypt.data.identity import describe_change
 
     out = []
     for key, split in (("train_data", inputs.train), ("val_data", inputs.val)):
@@ -140,7 +148,6 @@ def _complete(folder: Path, kind: str, job_sha: str, retrain: bool,
     ``changed(meta)`` names how the data differs from the one the model was trained on,
     for the refusal.
     """
-    from maskcrypt.models.checkpoint import find_checkpoint
 
     if not folder.exists():
         return None
@@ -174,7 +181,6 @@ class EpochPrinter:
     def __init__(self, folder: Path, role: str, log: Callable[[str], None], interval: float = 1.0):
         import threading
 
-        from maskcrypt.models.checkpoint import list_checkpoints
 
         self.folder, self.role, self.log, self.interval = folder, role, log, interval
         # Epochs already on disk (a resumed training) are not this run's news.
@@ -198,7 +204,6 @@ class EpochPrinter:
             self.poll()
 
     def poll(self) -> None:
-        from maskcrypt.models.checkpoint import list_checkpoints
 
         for _, meta in list_checkpoints(self.folder):
             epoch = int(meta.get("epoch", 0))
@@ -287,7 +292,6 @@ def _fit(cfg: dict[str, Any], role: str, models_dir: Path, resources: Resources,
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
 
-    from maskcrypt.train.loop import train_worker
 
     ordered = ExecutionOptions(preserve_order=True)  # seeded order: what makes replicate mode reproducible
     data_config = ray.train.DataConfig(
@@ -346,8 +350,6 @@ def train_model(
     """
     import ray
 
-    from maskcrypt.runtime.cluster import check_gpus, require_ray
-    from maskcrypt.models.checkpoint import find_checkpoint, sha256_file
 
     _check_inputs(role, inputs)
     kind = "inpainter" if role == "inpainter" else "recognizer"
@@ -419,7 +421,6 @@ def train_model(
 
 def write_train_record(run_json: Path, metas: dict[str, dict[str, Any]]) -> None:
     """Record the trained models' summaries in run.json."""
-    from maskcrypt.core.rundir import update_record
 
     update_record(run_json, "train", {
         role: {"epoch": m.get("epoch"), "metrics": m.get("metrics"),
@@ -429,7 +430,6 @@ def write_train_record(run_json: Path, metas: dict[str, dict[str, Any]]) -> None
 
 
 def _pool(uri: str, size: int) -> Any:
-    from maskcrypt.masks import MaskLibrary
 
     pool = MaskLibrary.open(uri)
     if (pool.height, pool.width) != (size, size):
@@ -445,7 +445,6 @@ def _weights_config(rec: Any, init: str, flag: str, arch: str, log: Callable[[st
     """The recognizer config a role trains: ``rec``, or what its initial weights are (layout, arch, normalization)."""
     if not init:
         return rec.to_dict()
-    from maskcrypt.models.weights import config_for_weights, read_state_dict
 
     cfg = config_for_weights(read_state_dict(init, f"{flag} {init}"), rec, f"{flag} {init}",
                              arch_given=arch != "compact")
@@ -540,10 +539,6 @@ def train_run(
     ``sources.init_encrypted`` gives E its own start. Weights in torchvision's or
     insightface's layout set the architecture (:func:`maskcrypt.models.weights.config_for_weights`).
     """
-    from maskcrypt.data import labelled, parse_spec, source_split
-    from maskcrypt.models.inpainter import InpainterConfig
-    from maskcrypt.models.recognizer import RecognizerConfig
-    from maskcrypt.core.rundir import RunPaths
 
     paths = RunPaths.resolve(run)
     roles = sources.roles()

@@ -38,6 +38,16 @@ from typing import Any
 
 import numpy as np
 
+from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.precision import autocast, channels_last, use_bf16
+from maskcrypt.masks.core import overlay
+from maskcrypt.models.checkpoint import STATE_FILE, load_state, save_checkpoint, unwrap
+from maskcrypt.models.inpainter import Inpainter, InpainterConfig
+from maskcrypt.models.losses import InpaintLossWeights, hole_psnr, inpaint_loss, load_vgg16_features, mean_fill
+from maskcrypt.models.predictor import Predictor
+from maskcrypt.models.recognizer import Recognizer, RecognizerConfig
+from maskcrypt.models.weights import load_external_weights
+
 
 def lr_lambda(tc: dict[str, Any], steps_per_epoch: int) -> Callable[[int], float]:
     """The learning-rate factor per step: linear warm-up, then cosine, step (x0.1 at 1/3, 2/3) or constant."""
@@ -85,7 +95,6 @@ class Steps(ABC):
         """A numpy batch on the device, channels_last where the model runs so."""
         import torch
 
-        from maskcrypt.core.precision import channels_last
 
         t = torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
         return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and channels_last(
@@ -124,7 +133,6 @@ class RecognizerSteps(Steps):
     def __init__(self, cfg: dict[str, Any], device: Any, bf16: bool):
         import torch
 
-        from maskcrypt.models.recognizer import Recognizer, RecognizerConfig
 
         super().__init__(cfg, device, bf16)
         self.encrypted = self.role == "encrypted"
@@ -156,8 +164,6 @@ class RecognizerSteps(Steps):
         import torch
         import torch.nn.functional as F
 
-        from maskcrypt.masks.core import overlay
-        from maskcrypt.core.precision import autocast
 
         xb = self.to_device(augment_flip(images, self.flip, aug))
         yb = torch.from_numpy(labels).to(self.device)
@@ -169,7 +175,6 @@ class RecognizerSteps(Steps):
 
     def evaluate(self, net: Any, val: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
         """Held-out accuracy: O on clean images, E under held-out masks (one per image, seeded by position)."""
-        from maskcrypt.models.predictor import Predictor
 
         predictor = Predictor(net, self.device, "bf16" if self.bf16 else "fp32")
         correct = total = 0
@@ -186,8 +191,6 @@ class InpainterSteps(Steps):
     def __init__(self, cfg: dict[str, Any], device: Any, bf16: bool):
         import torch
 
-        from maskcrypt.models.inpainter import Inpainter, InpainterConfig
-        from maskcrypt.models.losses import InpaintLossWeights, load_vgg16_features
 
         super().__init__(cfg, device, bf16)
         self.model = Inpainter(InpainterConfig.from_dict(cfg["model_config"]))
@@ -221,8 +224,6 @@ class InpainterSteps(Steps):
 
     def loss(self, net: Any, images: np.ndarray, labels: np.ndarray, masks: np.ndarray | None,
              aug: np.random.Generator) -> Any:
-        from maskcrypt.models.losses import inpaint_loss
-        from maskcrypt.core.precision import autocast
 
         target = self.to_device(images).float() / 255.0
         m = self.to_device(masks)[:, None].float()
@@ -235,8 +236,6 @@ class InpainterSteps(Steps):
         """PSNR inside the hole on held-out images, and that of filling the hole with the mean known colour."""
         import torch
 
-        from maskcrypt.models.losses import hole_psnr, mean_fill
-        from maskcrypt.core.precision import autocast
 
         psnr, base = [], []
         with torch.inference_mode(), autocast(self.device.type, self.bf16):
@@ -397,7 +396,6 @@ def named_failure(role: str, epoch: int, epochs: int, rank: int, doing: str) -> 
     The driver (:func:`maskcrypt.train.driver._fit`) prints that line and writes the whole
     traceback beside the model's checkpoints; Ray's own log keeps it too.
     """
-    from maskcrypt.core.errors import MaskcryptError
 
     try:
         yield
@@ -415,10 +413,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from maskcrypt.models.checkpoint import STATE_FILE, load_state, save_checkpoint, unwrap
 
-    from maskcrypt.models.weights import load_external_weights
-    from maskcrypt.core.precision import channels_last, use_bf16
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -18,21 +18,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from maskcrypt.config import EvalSettings
+from maskcrypt.config import EvalSettings, check_same_training
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.fileio import write_json
+from maskcrypt.core.rundir import RunPaths
+from maskcrypt.data import source_split
+from maskcrypt.evaluation.crossproduct import evaluate_sampled
+from maskcrypt.evaluation.testset import prepare_test
+from maskcrypt.masks import MaskLibrary, bucket_label
+from maskcrypt.models.checkpoint import find_checkpoint
 
 
 def training_quality(run: str | os.PathLike[str], test_data: str, seed: int = 0,
                      settings: EvalSettings = EvalSettings(),
                      log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """E, O and R on ``test_data``'s test split under one random mask of each bucket per image."""
-    from maskcrypt.config import check_same_training
-    from maskcrypt.data import source_split
-    from maskcrypt.evaluation.crossproduct import evaluate_sampled
-    from maskcrypt.masks import MaskLibrary, bucket_label
-    from maskcrypt.models.checkpoint import find_checkpoint
-    from maskcrypt.core.rundir import RunPaths
-    from maskcrypt.evaluation.testset import prepare_test
 
     paths = RunPaths.resolve(run)
     models = {"E": paths.models / "encrypted", "O": paths.models / "original"}
@@ -76,9 +76,6 @@ def quality_key(run: str | os.PathLike[str], test_data: str, seed: int, precisio
     """What a training report depends on: the three models, the test data (by content), the library, seed, precision."""
     import json
 
-    from maskcrypt.data import source_split
-    from maskcrypt.models.checkpoint import find_checkpoint
-    from maskcrypt.core.rundir import RunPaths
 
     paths = RunPaths.resolve(run)
     metas = {role: find_checkpoint(paths.models / role)[1] for role in ("original", "encrypted", "inpainter")}
@@ -100,8 +97,6 @@ def cached_training_quality(run: str | os.PathLike[str], test_data: str, seed: i
     """
     import json
 
-    from maskcrypt.core.fileio import write_json
-    from maskcrypt.core.rundir import RunPaths
 
     path = RunPaths.resolve(run).results / "train_quality.json"
     key = quality_key(run, test_data, seed, settings.precision)

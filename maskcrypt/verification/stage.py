@@ -42,8 +42,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from maskcrypt.config import EvalSettings
+from maskcrypt.config import EvalSettings, check_same_training
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.fileio import save_figure, write_parquet
+from maskcrypt.core.rundir import RunPaths, read_run_json, update_record
+from maskcrypt.data import describe, labelled, parse_spec, source_split
+from maskcrypt.data.pairs import generate_pairs
+from maskcrypt.evaluation.crossproduct import _pool
+from maskcrypt.evaluation.scorer import choose_device
+from maskcrypt.evaluation.testset import pixels
+from maskcrypt.masks import MaskLibrary, bucket_label
+from maskcrypt.masks.core import pack_masks, unpack_masks
+from maskcrypt.models.checkpoint import find_checkpoint
+from maskcrypt.models.predictor import Predictor
+from maskcrypt.runtime.cluster import require_ray
+from maskcrypt.serving.requests import load_targets
 from maskcrypt.verification.protocol import FARS, consecutive_folds, evaluate, far_key, far_label
 
 #: (model, condition, side) in the order rows are written; side says whose figure it is.
@@ -58,7 +71,6 @@ def pairs_spec(run: str | Path, spec: str = "") -> str:
     """The source whose pairs are verified: ``spec``, else the run's test data (its determination's, or prepare's)."""
     if spec:
         return spec
-    from maskcrypt.core.rundir import RunPaths, read_run_json
 
     record = read_run_json(RunPaths.resolve(run)) or {}
     return (record.get("stages", {}).get("determine", {}).get("test_data")
@@ -72,8 +84,6 @@ def pairs_index(spec: str, size: int, channels: int, generate: bool = True) -> t
     (``#pairs=generate``'s rule) when ``generate``; ``None`` is returned for the split when
     it has none and ``generate`` is off.
     """
-    from maskcrypt.data import parse_spec, source_split
-    from maskcrypt.data.pairs import generate_pairs
 
     parsed = parse_spec(spec)
     split = source_split(parsed, default_split="test", size=size, channels=channels, verification=True)
@@ -169,9 +179,6 @@ class PairScorer:
         import ray
         import torch
 
-        from maskcrypt.models.predictor import Predictor
-        from maskcrypt.evaluation.scorer import choose_device
-        from maskcrypt.evaluation.testset import pixels
 
         self.pairs = ray.get(pairs) if isinstance(pairs, ray.ObjectRef) else pairs
         device = choose_device(gpus, torch.cuda.is_available())
@@ -179,7 +186,6 @@ class PairScorer:
         self.x = self.predictor.to_device(torch.from_numpy(pixels(images)))
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from maskcrypt.masks.core import unpack_masks
 
         h, w = int(self.x.shape[2]), int(self.x.shape[3])
         out = []
@@ -206,9 +212,6 @@ def verify_on_ray(images: Any, pairs: np.ndarray, masks: list[tuple[str, int, st
     import ray
     import ray.data
 
-    from maskcrypt.evaluation.crossproduct import _pool
-    from maskcrypt.masks.core import pack_masks
-    from maskcrypt.models.checkpoint import find_checkpoint
 
     resolved = {k: str(find_checkpoint(p, kind="recognizer")[0]) for k, p in models.items()}
     r = str(find_checkpoint(inpainter, kind="inpainter")[0]) if inpainter is not None else None
@@ -241,8 +244,6 @@ def verify_on_ray(images: Any, pairs: np.ndarray, masks: list[tuple[str, int, st
 
 def _masks(root: Path, ids: list[str] | None) -> tuple[list[tuple[str, int, str, np.ndarray]], str]:
     """The masks verified: the run's targets best first (or its candidates when it has none), or ``ids``."""
-    from maskcrypt.masks import MaskLibrary, bucket_label
-    from maskcrypt.serving.requests import load_targets
 
     lib = MaskLibrary.open(str(root / "masks"))
     if ids:
@@ -270,12 +271,6 @@ def verify(run: str | Path, pairs: str = "", mask_ids: list[str] | None = None,
     Needs Ray (the caller's cluster, or the one entry points start): the pairs' images are
     decoded in Ray tasks and the models run in ``settings.actors`` evaluation actors.
     """
-    from maskcrypt.runtime.cluster import require_ray
-    from maskcrypt.config import check_same_training
-    from maskcrypt.data import labelled
-    from maskcrypt.core.fileio import write_parquet
-    from maskcrypt.models.checkpoint import find_checkpoint
-    from maskcrypt.core.rundir import RunPaths, update_record
 
     require_ray("verify")
     t0 = time.perf_counter()
@@ -316,7 +311,6 @@ def verify(run: str | Path, pairs: str = "", mask_ids: list[str] | None = None,
 
 def family_attacker(folder: Path, log: Callable[[str], None]) -> Path | None:
     """The run's adaptive-family attacker's checkpoint when its training is complete, else None (said why)."""
-    from maskcrypt.models.checkpoint import find_checkpoint
 
     if not folder.exists():
         return None
@@ -338,8 +332,6 @@ def verify_determination(run: str | Path, test_spec: str, settings: EvalSettings
 
     Returns whether a verification was written (the report then shows it).
     """
-    from maskcrypt.data import describe
-    from maskcrypt.core.rundir import RunPaths
 
     paths = RunPaths.resolve(run)
     if "pairs" not in describe(test_spec):  # own pairs or #pairs=generate; decodes no image
@@ -379,7 +371,6 @@ def plot_verification(table: pd.DataFrame, path: Path, panels: int = 6) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from maskcrypt.core.fileio import save_figure
 
     ref = table[table["condition"] == "clean"].iloc[0]
     ids = [m for m in dict.fromkeys(table["mask_id"]) if m][:panels] or [""]
