@@ -158,7 +158,6 @@ def measure(out: Path, cfg: CapacityConfig = CapacityConfig(), settings: EvalSet
 
     Table 1 and the race need a running Ray; the library and its read-back do not.
     """
-
     evaluates = [s for s in cfg.stages if s != "read"]
     if evaluates:
 
@@ -247,7 +246,6 @@ def _bare_rate(model: Path, ts: Any, lib: Any, settings: EvalSettings) -> float:
 def _evaluate(out: Path, cfg: CapacityConfig, settings: EvalSettings, lib: Any,
               log: Callable[[str], None]) -> dict[str, Any]:
     """Table 1 (sampled) and/or the race on synthetic held-out faces, through the evaluator's actors."""
-
     people = DEFAULT_IDENTITIES
     if cfg.model:  # a trained E: its classes are the synthetic identities it was trained on
 

@@ -48,7 +48,6 @@ def _get(config: RunConfig, dotted: str) -> Any:
 
 def resolve(config: RunConfig) -> RunConfig:
     """The config with every local path and data-spec path absolute."""
-
     values = {f: absolute_path(_get(config, f)) for f in PATH_FIELDS}
     values |= {f: absolute_spec(_get(config, f)) for f in SPEC_FIELDS}
     return config.with_values(values)
@@ -56,7 +55,6 @@ def resolve(config: RunConfig) -> RunConfig:
 
 def record_config(config: RunConfig) -> None:
     """``run.json``'s ``config``: the resolved RunConfig of the latest invocation that prepared the run."""
-
     paths = RunPaths.resolve(config.run)
     record = read_run_json(paths) or {}
     record["config"] = config.to_dict()
@@ -66,7 +64,6 @@ def record_config(config: RunConfig) -> None:
 def run_pipeline(config: RunConfig, start: str = "prepare", restart: bool = False, retrain: bool = False,
                  redetermine: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the stages from ``start`` to ``config.until``; returns each stage's summary by name."""
-
     if start not in STAGES or STAGES.index(start) > STAGES.index(config.until):
         raise MaskcryptError(f"stages: cannot run from {start!r} to {config.until!r} (order: {', '.join(STAGES)})")
     config = resolve(config)
@@ -100,7 +97,6 @@ def prepare_stage(config: RunConfig, restart: bool, log: Callable[[str], None]) 
 
 def train_stage(config: RunConfig, retrain: bool, log: Callable[[str], None]) -> dict[str, Any]:
     """Train the models, then (when all three exist) the held-out quality report."""
-
     metas = train_run(config.run, config.prepare.data, config.prepare.size, sources=config.sources,
                       models=config.model, train_config=config.train, inpaint_config=config.inpaint,
                       sampling=config.sampling, resources=config.resources, retrain=retrain, log=log)
@@ -143,7 +139,6 @@ def tune_stage(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
 
 def format_mask_stats(stats: dict[str, Any]) -> str:
     """A fixed-width table of per-bucket counts and ratios."""
-
     edges = stats["edges"]
     lines = [f"{stats['uri']}: {stats['count']} masks of {stats['height']}x{stats['width']}, "
              f"{stats['bytes_on_disk'] / 1e6:.2f} MB on disk"

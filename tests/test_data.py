@@ -126,7 +126,7 @@ def test_a_training_stream_mixes_identities_in_every_block_and_reorders_blocks_e
     import ray.data
 
     from maskcrypt.data.stream import SourceSplit
-    from maskcrypt.train.driver import held_out_order
+    from maskcrypt.train.placement import held_out_order
 
     labels = np.repeat(np.arange(8), 256)  # 8 blocks of 256 rows (ROWS_PER_BLOCK)
     images = np.broadcast_to(labels.astype(np.uint8)[:, None, None, None], (labels.size, 1, 4, 4))
@@ -163,8 +163,8 @@ def test_held_out_masks_are_drawn_per_item_of_the_whole_split_whatever_the_sampl
     Before, masks were drawn for the sample's size and indexed by the item number: an
     IndexError at the end of E's first epoch on any held-out split over 2,000 images.
     """
-    from maskcrypt.train.driver import held_out_order
     from maskcrypt.train.loop import held_out_masks, per_item_choice
+    from maskcrypt.train.placement import held_out_order
 
     pool = np.arange(7, dtype=np.uint8)[:, None, None] * np.ones((1, 2, 2), np.uint8)  # mask i is filled with i
     cfg = {"train_config": {"seed": 0}, "eval_masks": pool, "masks": None, "val_size": 20}

@@ -25,7 +25,8 @@ from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.data import load
 from maskcrypt.masks import MaskLibrary, overlay
 from maskcrypt.models import Inpainter, Recognizer
-from maskcrypt.train.driver import TrainInputs, train_model, train_run, training_slots
+from maskcrypt.train.driver import TrainInputs, train_model, train_run
+from maskcrypt.train.placement import training_slots
 
 TINY_MODELS = ModelSettings(width=8, inpaint_width=4, inpaint_iterations=1)
 TINY_TRAIN = TrainConfig(epochs=4, batch_size=16, lr=0.05, warmup_epochs=0.5, label_smoothing=0.0)
@@ -252,7 +253,7 @@ def test_files_streamed_to_two_workers_train_as_well_as_the_in_memory_path(ray_s
 def test_auto_sharding_replicates_by_decoded_size_per_worker_not_by_the_source_kind():
     """Both sides of ``Resources.replicate_max_mb``: a folder that fits replicates, a large rendered set streams."""
     from maskcrypt.data import source_split
-    from maskcrypt.train.driver import decoded_mb, sharding
+    from maskcrypt.train.placement import decoded_mb, sharding
 
     rendered = source_split("synthetic:identities=6,per_identity=16", size=TINY_SIZE)  # 96 x 3 x 16 x 16 bytes
     assert decoded_mb(rendered) == pytest.approx(96 * 3 * 16 * 16 / 1e6)

@@ -391,7 +391,6 @@ def index_bin(spec: DataSpec) -> SourceIndex:
     decodes only the items asked for, and an undecodable image is an error naming its
     position (a pair cannot lose one image silently).
     """
-
     path = Path(spec.path)
     bins, same = read_bin(path)
     folds = consecutive_folds(len(same)) if len(same) >= 10 else np.zeros(len(same), np.int64)

@@ -106,7 +106,6 @@ class SourceSplit:
     @classmethod
     def from_arrays(cls, images: np.ndarray, labels: np.ndarray, class_names: list[str]) -> SourceSplit:
         """A split of images already in memory (uint8 N x C x H x W): tests and benchmarks."""
-
         images = np.ascontiguousarray(images)
         spec = parse_spec(f"npz:in-memory#size={images.shape[2]}x{images.shape[3]}")
         return cls(spec, "all", np.asarray(labels, dtype=np.int64), list(class_names),

@@ -71,8 +71,8 @@ from maskcrypt.models.checkpoint import (
 )
 from maskcrypt.models.weights import load_external_weights
 from maskcrypt.runtime.cluster import VERBOSE, check_gpus, require_ray
-from maskcrypt.train.driver import EpochPrinter
 from maskcrypt.train.loop import RecognizerSteps, array_batches, pass_seed, train_epoch
+from maskcrypt.train.progress import EpochPrinter
 
 FAMILY = "family"
 
@@ -131,7 +131,6 @@ def make_job(name: str, folder: Path, masks: np.ndarray, k: int, o_checkpoint: P
     same inputs. The global batch is capped at the samples per epoch (a small attacker
     data set still trains).
     """
-
     samples = len(data["labels"]) * int(k)
     tc = {**o_meta["train_config"], "epochs": int(epochs)}
     tc["batch_size"] = int(min(tc["batch_size"], samples))
@@ -157,7 +156,6 @@ def make_job(name: str, folder: Path, masks: np.ndarray, k: int, o_checkpoint: P
 
 def job_state(job: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
     """``done`` (complete, same inputs), ``resume`` (an epoch or more done), ``new``, or ``stale`` (other inputs)."""
-
     ckpts = list_checkpoints(job["folder"]) if Path(job["folder"]).is_dir() else []
     if not ckpts:
         return "new", None
@@ -169,7 +167,6 @@ def job_state(job: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
 
 def _save(folder: Path, epoch: int, model: Any, meta: dict[str, Any], state: dict[str, Any], keep: int = 2) -> None:
     """A checkpoint written under a hidden name and renamed; only the newest ``keep`` stay."""
-
     final = folder / f"checkpoint_epoch_{epoch:04d}"
     tmp = folder / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -350,13 +347,11 @@ def _quiet() -> Any:
 # -- the determination's stage --------------------------------------------------------------------------------
 def attacker_spec(d: Any) -> str:
     """``--attacker-data``, or the run's training data (train split): the worst case."""
-
     return d.attack.data or (read_run_json(d.paths) or {}).get("prepare", {}).get("data", "synthetic:")
 
 
 def family_masks(d: Any, buckets: Sequence[int]) -> np.ndarray:
     """Fresh masks of ``buckets`` from the attackers' pool ``masks_attacker/`` (built here for older runs)."""
-
     if d.paths.masks_attacker.exists():
         pool = MaskLibrary.open(str(d.paths.masks_attacker))
     else:
@@ -379,7 +374,6 @@ def train_for(d: Any, alist: pd.DataFrame) -> dict[str, Path]:
     ``adaptive-known`` (K = 1: one mask). Records the settings and each attacker's state
     in ``d.result["attack"]``.
     """
-
     kinds = d.attack.trained
     d.result["attack"] = {"attackers": list(d.attack.names()), "epochs": d.attack.epochs}
     if not kinds or alist.empty:

@@ -28,29 +28,20 @@ of the tables (:mod:`maskcrypt.selection.rules`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from maskcrypt.config import AdaptivePlan, AttackConfig, DetermineConfig, EvalSettings, check_same_training
-from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.config import AdaptivePlan, AttackConfig, DetermineConfig, EvalSettings
 from maskcrypt.core.fileio import write_json, write_parquet
-from maskcrypt.core.rundir import RunPaths, read_run_json, update_record
-from maskcrypt.data import labelled, source_split
-from maskcrypt.data.identity import describe_change
+from maskcrypt.core.rundir import update_record
 from maskcrypt.determine.attackers import train_for
+from maskcrypt.determine.inputs import Determination, open_determination
 from maskcrypt.determine.race import evaluate_adaptive
 from maskcrypt.evaluation.crossproduct import evaluate_attack, evaluate_masks, evaluate_sampled, read_parts
-from maskcrypt.evaluation.testset import TestSet, prepare_test
-from maskcrypt.masks import MaskLibrary, bucket_label
-from maskcrypt.models.checkpoint import find_checkpoint, sha256_file
+from maskcrypt.masks import MaskLibrary
 from maskcrypt.reporting.report import write_report
 from maskcrypt.runtime.cluster import require_ray
 from maskcrypt.selection.attacks import attacker_figures, attacks_table, chance_level, worst_attackers
@@ -86,172 +77,16 @@ def rank_mode_for(config: DetermineConfig, n_masks: int, n_selection: int, count
     return "adaptive" if n_masks * n_selection > config.adaptive_above and not counted else "full"
 
 
-@dataclass
-class Determination:
-    """What the stages of one determination share: the run, its settings, the test set, the library."""
-
-    paths: Any
-    config: DetermineConfig
-    thresholds: Thresholds
-    settings: EvalSettings
-    adaptive: AdaptivePlan
-    test: TestSet
-    test_spec: str
-    test_images: int
-    library: Any
-    models: dict[str, Path]
-    inpainter: Path
-    key: dict[str, Any]
-    log: Callable[[str], None]
-    timings: dict[str, float] = field(default_factory=dict)
-    result: dict[str, Any] = field(default_factory=dict)
-    attack: AttackConfig = field(default_factory=AttackConfig)
-    redo: bool = False
-
-    @property
-    def labels(self) -> dict[int, str]:
-
-        return {0: "no mask", **{b: bucket_label(b, self.library.edges) for b in range(1, len(self.library.edges))}}
-
-    @property
-    def splits(self) -> list[str]:
-        return ["selection", "confirmation"] if self.config.confirm_fraction > 0 else ["selection"]
-
-    @property
-    def present(self) -> list[int]:
-        """Buckets that hold masks (bucket -1, outside every bucket, is counted, never measured)."""
-        return sorted({int(b) for b in self.library.column("bucket")} - {-1})
-
-    @property
-    def out_of_range(self) -> int:
-        """Masks of the library outside every bucket (bucket -1): kept, counted, never measured."""
-        return sum(int(b) == -1 for b in self.library.column("bucket"))
-
-    @property
-    def parts(self) -> Path:
-        return self.paths.results / "per_mask.parts"
-
-    @property
-    def images_per_mask(self) -> int:
-        """Forward passes per model and mask on the selection split (gallery included in open set)."""
-        gallery = int(self.test.gallery.sum()) if self.test.scoring == "open" else 0
-        return self.test.probes("selection") + gallery
-
-    def write(self, df: pd.DataFrame, name: str) -> pd.DataFrame:
-        write_parquet(df, self.paths.results / f"{name}.parquet")
-        return df
-
-    def cached(self, name: str, settings: dict[str, Any],
-               compute: Callable[[], tuple[pd.DataFrame, dict[str, Any]]]) -> tuple[pd.DataFrame, dict[str, Any], bool]:
-        """A stage's counts, kept under ``results/cache/`` and reused by a relaunch with the same inputs.
-
-        Sampled Table 1 and the adaptive race are not resumable parts like full mode's, and
-        a relaunch that only changes thresholds or attackers would redo them (minutes). The
-        key is the parts key (models, test data, library, precision, seed) plus the stage's
-        own ``settings``; the record is written after the table and names its sha256, so a
-        table without a matching record is never read. ``redo`` recomputes. Returns the
-        table, the stage's extra record and whether it was reused.
-        """
-
-        table, record = self.paths.results / "cache" / f"{name}.parquet", self.paths.results / "cache" / f"{name}.json"
-        key = json.loads(json.dumps({**{k: v for k, v in self.key.items() if k != "inpainter_sha256"}, name: settings},
-                                    sort_keys=True, default=str))
-        if not self.redo and table.exists() and record.exists():
-            saved = json.loads(record.read_text())
-            if saved.get("key") == key and saved.get("sha256") == sha256_file(table):
-                return pd.read_parquet(table), saved.get("extra", {}), True
-        df, extra = compute()
-        write_parquet(df, table)
-        write_json(record, {"key": key, "sha256": sha256_file(table), "extra": extra})
-        return df, extra, False
 
 
-def _library_sha(lib: Any) -> str:
-    """Identity of a library's content: its masks' hashes and bucket edges, order-free."""
-    h = hashlib.sha256(json.dumps(list(lib.edges)).encode())
-    for digest in sorted(lib.column("sha256")):
-        h.update(digest.encode())
-    return h.hexdigest()
 
 
-def _check_parts_key(parts: Path, key: dict[str, Any], redo: bool,
-                     explain: Callable[[dict[str, Any]], str] = lambda before: "") -> None:
-    """Per-mask parts are reused only when computed from the same inputs; else refuse or discard.
-
-    ``explain(before)`` names how the test data differs from the recorded one, if it does.
-    """
-    key_file = parts / "_key.json"
-    if parts.exists() and not key_file.exists():
-        shutil.rmtree(parts)  # written before its key: nothing in it can be trusted
-    if key_file.exists():
-        before = json.loads(key_file.read_text())
-        diff = sorted(k for k in set(before) | set(key) if before.get(k) != key.get(k))
-        if diff and not redo:
-            why = explain(before)
-            raise MaskcryptError(
-                f"per-mask results in {parts} were computed with other inputs or settings (differ: "
-                f"{', '.join(diff)}{'; ' + why if why else ''}); pass --redetermine to discard them and start the "
-                "determination over"
-            )
-        if diff or redo:
-            shutil.rmtree(parts)
-    if not key_file.exists():
-        write_json(key_file, key)
 
 
-def open_determination(run: Any, config: DetermineConfig, thresholds: Thresholds, settings: EvalSettings,
-                       adaptive: AdaptivePlan, redo: bool, log: Callable[[str], None]) -> Determination:
-    """Check the models, load and split the test set, open the library, key the resumable parts."""
-
-    paths = RunPaths.resolve(run)
-    models = {"E": paths.models / "encrypted", "O": paths.models / "original"}
-    metas = {k: find_checkpoint(p, kind="recognizer")[1] for k, p in models.items()}
-    check_same_training(metas["O"], metas["E"])
-    _, r_meta = find_checkpoint(paths.models / "inpainter", kind="inpainter")
-    spec = config.test_data or (read_run_json(paths) or {}).get("prepare", {}).get("data", "synthetic:")
-    e = metas["E"]
-    # Decoded by Ray tasks into the object store: the driver holds references and labels only.
-    raw = source_split(spec, default_split="test", size=int(e["image_size"]), channels=int(e.get("channels", 3)))
-    images, kept = raw.to_object_store()
-    if kept.size < len(raw):
-        log(f"test data {labelled(raw.spec)} {len(raw) - kept.size} unreadable image(s) left out")
-    labels = raw.labels[kept]
-    test = prepare_test(images, labels, raw.class_names, e["class_names"], scoring=config.scoring,
-                        confirm_fraction=config.confirm_fraction, enroll=config.enroll, seed=config.seed,
-                        trained_classes=e.get("trained_classes"))
-    log(f"test data {labelled(raw.spec)} {kept.size} images, {len(test.classes)} identities, {test.scoring}-set scoring"
-        + (f" (gallery {int(test.gallery.sum())} images, {config.enroll} per identity)" if test.scoring == "open"
-           else "")
-        + f"; selection {test.probes('selection')} / confirmation {test.probes('confirmation')} probe images"
-        + (f"; dropped identities with too few images: {test.dropped}" if test.dropped else ""))
-    lib = MaskLibrary.open(str(paths.masks))
-    fingerprint = raw.fingerprint(paths.file_digests)
-    digest = hashlib.sha256(fingerprint.encode() + kept.tobytes()).hexdigest()
-    key = {"test_data": raw.spec.text, "test_data_sha256": digest, "test_data_fingerprint": fingerprint,
-           "size": int(e["image_size"]),
-           "scoring": test.scoring, "confirm_fraction": config.confirm_fraction, "enroll": config.enroll,
-           "seed": config.seed, "precision": settings.precision, "library_sha256": _library_sha(lib),
-           "per_image": settings.per_image, "inpainter_sha256": r_meta.get("model_sha256"),
-           **{f"model_{k}_sha256": m.get("model_sha256") for k, m in metas.items()}}
-    d = Determination(paths, config, thresholds, settings, adaptive, test, raw.spec.text, int(kept.size), lib, models,
-                      paths.models / "inpainter", key, log, redo=redo)
-    if not d.present:
-        raise MaskcryptError(f"mask library {lib.uri}: no mask in any bucket (empty library)")
-    def explain(before: dict[str, Any]) -> str:
-
-        old = before.get("test_data_fingerprint")
-        if before.get("test_data") != raw.spec.text or old == fingerprint:
-            return ""
-        return f"test data {raw.spec.text} changed: " + (describe_change(paths.manifests, old, raw) if old else
-                                                          "its files were not recorded one by one then")
-
-    _check_parts_key(d.parts, {k: v for k, v in key.items() if k != "inpainter_sha256"}, redo, explain)
-    return d
 
 
 def table1(d: Determination) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Table 1 (written), and in full mode the per-mask counts it was built from (the rank stage reuses them)."""
-
     t0 = time.perf_counter()
     cfg, models, n_sel = d.config, d.models, d.test.probes("selection")
     pm_counts = None
@@ -279,7 +114,6 @@ def table1(d: Determination) -> tuple[pd.DataFrame, pd.DataFrame | None]:
 
 def rank(d: Determination, buckets: list[int], pm_counts: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-mask third accuracy (full or adaptive) and the candidates; both written."""
-
     t0 = time.perf_counter()
     measured = d.present if d.config.per_mask == "all" else buckets
     n_masks = d.library.table(measured, columns=["mask_id"]).num_rows
@@ -337,7 +171,6 @@ def attack(d: Determination, pm: pd.DataFrame, buckets: list[int]) -> dict[str, 
     inference pass counts E, O and every attacker under each mask. Writes
     ``results/attacks.parquet``; each split's Table 2 gets that split's worst attacker.
     """
-
     alist = attack_list(pm, buckets, d.thresholds)
     trained = train_for(d, alist)
     t0 = time.perf_counter()
@@ -450,7 +283,6 @@ def determine(
     ``attack_top`` per bucket; ``auto`` picks adaptive above ``config.adaptive_above`` masked
     images per model. Needs a running Ray (the entry points start it).
     """
-
     require_ray("determine")
     started = time.perf_counter()
     d = open_determination(run, config, thresholds, settings, adaptive, redo, log)

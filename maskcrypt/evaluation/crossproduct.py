@@ -38,7 +38,6 @@ from maskcrypt.runtime.cluster import require_ray, wait_for_free_cpu
 
 def check_models(models: dict[str, str | Path], test: TestSet) -> dict[str, str]:
     """Resolve each model to its newest complete checkpoint and check it fits the test images."""
-
     resolved = {}
     for name, path in models.items():
         ckpt, meta = find_checkpoint(path, kind="recognizer")
@@ -77,7 +76,6 @@ def check_splits(test: TestSet, splits: Sequence[str]) -> None:
 
 def check_gpus(settings: EvalSettings) -> None:
     """Refuse GPU actors on a cluster without GPUs (Ray would wait for them forever)."""
-
     check("--eval-gpus", settings.gpus_per_actor)
 
 

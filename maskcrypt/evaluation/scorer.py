@@ -247,7 +247,6 @@ class CrossProductScorer:
 
     def _known(self, mask_id: str, fixed: Callable[[int, int], Any]) -> dict[str, Any]:
         """The adaptive-known attacker of one mask: its own model (trained on that mask) on the masked probes."""
-
         own = Predictor({"K": Recognizer.from_checkpoint(self.known[mask_id])}, self.predictor.device,
                         self.precision, self.chunk)
         probes = own.outputs(self.x[self.probes], fixed, embed=self.open)["K"]

@@ -203,7 +203,6 @@ class Inpainter(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: Any, device: str | torch.device = "cpu") -> Inpainter:
         """Load from a checkpoint dir or a model folder (its newest complete checkpoint), in eval mode."""
-
         return load_model(path, "inpainter", lambda d: cls(InpainterConfig.from_dict(d)), device)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -186,7 +186,6 @@ class Predictor:
         figure is over hole pixels only (the known pixels would be copied by any attacker).
         The training report's and R's per-epoch fidelity figure, in chunks on the device.
         """
-
         if self.inpainter is None:
             raise MaskcryptError("predictor: fill_psnr needs an inpainter")
         n = int(images.shape[0])

@@ -313,7 +313,6 @@ class Recognizer(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: Any, device: str | torch.device = "cpu") -> Recognizer:
         """Load from a checkpoint dir or a model folder (its newest complete checkpoint), in eval mode."""
-
         return load_model(path, "recognizer", lambda d: cls(RecognizerConfig.from_dict(d)), device)
 
     @classmethod
@@ -336,7 +335,6 @@ class Recognizer(nn.Module):
         ``arch``, when given, must agree with the weights. Unit-normalize ``embed()`` for
         cosine similarity.
         """
-
         state = read_state_dict(path, f"weights {path}")
         if detect_layout(state, f"weights {path}") == "maskcrypt":
             if arch is None:

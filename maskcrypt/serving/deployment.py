@@ -180,7 +180,6 @@ class RecognitionService:
         gallery was masked the same way; ``mask=ID|best`` stores one mask's. Premasked
         uploads are stored under the mask the client names (default ``best``).
         """
-
         self._auth(request)
         if not self.open:
             raise ServiceError(409, "this service scores closed set (E's classes); enrollment needs an "
@@ -237,7 +236,6 @@ def build_app(config: ServiceConfig | dict[str, Any], max_batch_size: int | None
     config's args): a cluster without GPUs is refused at once, instead of replicas that
     wait forever for one. Precision and batch size follow the replica's device.
     """
-
     check_gpus("--gpus (per replica)", num_gpus)
     cfg = ServiceConfig.from_dict(config) if isinstance(config, dict) else config
     changes: dict[str, Any] = {"run": str(Path(cfg.run).resolve())}

@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -60,15 +59,16 @@ from maskcrypt.config import (
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.rundir import RunPaths, update_record
 from maskcrypt.data import labelled, parse_spec, source_split
-from maskcrypt.data.identity import describe_change
 from maskcrypt.data.stream import SourceSplit
 from maskcrypt.masks import MaskLibrary
-from maskcrypt.models.checkpoint import find_checkpoint, list_checkpoints, sha256_file
+from maskcrypt.models.checkpoint import find_checkpoint, sha256_file
 from maskcrypt.models.inpainter import InpainterConfig
 from maskcrypt.models.recognizer import RecognizerConfig
 from maskcrypt.models.weights import config_for_weights, read_state_dict
 from maskcrypt.runtime.cluster import VERBOSE, check_gpus, require_ray
 from maskcrypt.train.loop import train_worker
+from maskcrypt.train.placement import held_out_order, sharding, training_slots, worker_cpus
+from maskcrypt.train.progress import EpochPrinter
 
 
 @dataclass
@@ -130,126 +130,18 @@ def _second_sample(inputs: TrainInputs, sampling: MaskSampling) -> tuple[np.ndar
     return masks, held_out, info
 
 
-def data_changes(before: dict[str, str], inputs: TrainInputs, manifests: Path) -> list[str]:
-    """What differs between the data a model was trained on (its recorded input hashes) and ``inputs``, named."""
-
-    out = []
-    for key, split in (("train_data", inputs.train), ("val_data", inputs.val)):
-        if before.get(key) and before.get(key) != inputs.hashes.get(key):
-            what = "training data" if key == "train_data" else "held-out data"
-            out.append(f"its {what} {split.spec.text} changed: {describe_change(manifests, before[key], split)}")
-    return out
 
 
-def _complete(folder: Path, kind: str, job_sha: str, retrain: bool,
-              changed: Callable[[dict[str, Any]], list[str]] = lambda meta: []) -> dict[str, Any] | None:
-    """The meta of a complete model trained by this very job (to skip), after refusing or clearing others.
-
-    ``changed(meta)`` names how the data differs from the one the model was trained on,
-    for the refusal.
-    """
-
-    if not folder.exists():
-        return None
-    try:
-        _, meta = find_checkpoint(folder, kind=kind)
-    except MaskcryptError:
-        meta = None
-    if retrain:
-        shutil.rmtree(folder)
-        return None
-    if meta is not None and meta.get("job_sha256") != job_sha:
-        named = changed(meta)
-        if named:
-            raise MaskcryptError(f"model {folder}: {'; '.join(named)}; nothing trained on the old images is reused: "
-                                 "pass --retrain to train it again on the current files")
-        raise MaskcryptError(f"model {folder}: was trained with other settings or inputs; pass --retrain to train "
-                             "it again")
-    if meta is not None and meta.get("epoch") == meta.get("epochs"):
-        return meta
-    return None
 
 
-class EpochPrinter:
-    """One line per finished epoch, read from the checkpoints Ray Train writes: the driver's view of training.
-
-    The workers' own output stays in the Ray logs (see :func:`maskcrypt.runtime.cluster.init_ray`);
-    a background thread watches ``RUN/models/<role>/`` and logs loss, the held-out
-    figure, images/s and the time left for every new complete checkpoint.
-    """
-
-    def __init__(self, folder: Path, role: str, log: Callable[[str], None], interval: float = 1.0):
-        import threading
 
 
-        self.folder, self.role, self.log, self.interval = folder, role, log, interval
-        # Epochs already on disk (a resumed training) are not this run's news.
-        self.seen: set[int] = {int(meta.get("epoch", 0)) for _, meta in list_checkpoints(folder)}
-        self.before = len(self.seen)
-        self.started = time.perf_counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> EpochPrinter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.poll()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.poll()
-
-    def poll(self) -> None:
-
-        for _, meta in list_checkpoints(self.folder):
-            epoch = int(meta.get("epoch", 0))
-            if epoch in self.seen:
-                continue
-            self.seen.add(epoch)
-            self.log(format_epoch(self.role, meta, time.perf_counter() - self.started, len(self.seen) - self.before))
 
 
-def format_epoch(role: str, meta: dict[str, Any], elapsed: float, done_here: int) -> str:
-    """``original  epoch  3/12  loss 1.234  held-out 45.6%  1,234 img/s  ETA 1m20s``."""
-    m, epoch, epochs = meta.get("metrics", {}), int(meta["epoch"]), int(meta["epochs"])
-    figure = (f"held-out {m['test_accuracy']:6.1%}  " if "test_accuracy" in m
-              else f"hole PSNR {m['hole_psnr']:5.2f} dB (mean fill {m.get('mean_fill_psnr', 0):5.2f})  "
-              if "hole_psnr" in m else "")
-    left = elapsed / max(done_here, 1) * (epochs - epoch)
-    return (f"{role:>10}  epoch {epoch:>3}/{epochs}  loss {m.get('loss', float('nan')):.4f}  {figure}"
-            f"{m.get('images_per_s', 0):,.0f} img/s  ETA {int(left // 60)}m{int(left % 60):02d}s")
 
 
-def decoded_mb(split: SourceSplit) -> float:
-    """MB the split's decoded pixels take (uint8 C x H x W per image): what a replicating rank holds."""
-    return len(split) * split.channels * split.size[0] * split.size[1] / 1e6
 
 
-def sharding(resources: Resources, train: SourceSplit) -> str:
-    """``stream`` or ``replicate`` (see the module docstring); ``auto`` picks by the decoded size per worker.
-
-    Not by the source's kind: a synthetic, idx or npz source of millions of images would be
-    copied whole into every rank, and a small image folder gains reproducibility by replicating.
-    """
-    if resources.sharding != "auto":
-        return resources.sharding
-    return "replicate" if decoded_mb(train) <= resources.replicate_max_mb else "stream"
-
-
-def worker_cpus(resources: Resources, mode: str, cluster_cpus: float) -> float:
-    """CPUs per Ray Train worker: as asked, but leaving Ray Data one CPU when the data streams from files.
-
-    On a small machine the workers would otherwise take every CPU and Ray Data's decode
-    tasks would never be scheduled (a known Ray behaviour): training would stall.
-    """
-    asked = resources.cpus_per_worker
-    if mode != "stream" or resources.workers * asked < cluster_cpus:
-        return asked
-    return max(0.25, (cluster_cpus - 1) / resources.workers)
 
 
 #: Models training side by side materialize their datasets one after the other, so two builds never compete
@@ -257,15 +149,6 @@ def worker_cpus(resources: Resources, mode: str, cluster_cpus: float) -> float:
 _DATASETS_BUILT_ONE_AT_A_TIME = threading.Lock()
 
 
-def held_out_order(n: int, limit: int, seed: int) -> np.ndarray:
-    """Which held-out images the per-epoch figures use: all of them, or a seeded sample of ``limit`` in order.
-
-    Not the first ``limit``: file sources list identity by identity, and the first 2,000
-    images of a large test split would be a handful of identities.
-    """
-    if n <= limit:
-        return np.arange(n)
-    return np.sort(np.random.default_rng([seed, 0x7A1]).choice(n, limit, replace=False))
 
 
 def _datasets(inputs: TrainInputs, mode: str, eval_limit: int, seed: int) -> dict[str, Any]:
@@ -370,7 +253,7 @@ def train_model(
     job_sha = config_hash(job)
     folder = Path(models_dir) / role
     manifests = Path(models_dir).parent / "cache" / "splits"
-    done = _complete(folder, kind, job_sha, retrain,
+    done = complete_model(folder, kind, job_sha, retrain,
                      lambda before: data_changes(before.get("inputs", {}), inputs, manifests))
     if done is not None:
         log(f"{role}: complete in {folder} (epoch {done['epoch']}), not retrained")
@@ -421,7 +304,6 @@ def train_model(
 
 def write_train_record(run_json: Path, metas: dict[str, dict[str, Any]]) -> None:
     """Record the trained models' summaries in run.json."""
-
     update_record(run_json, "train", {
         role: {"epoch": m.get("epoch"), "metrics": m.get("metrics"),
                "train_config_sha256": m.get("train_config_sha256"), "job_sha256": m.get("job_sha256"),
@@ -454,21 +336,6 @@ def _weights_config(rec: Any, init: str, flag: str, arch: str, log: Callable[[st
     return cfg.to_dict()
 
 
-def training_slots(resources: Resources, cluster: dict[str, float], streams: bool) -> int:
-    """How many models can train at once: how many worker groups of ``resources`` the cluster holds side by side.
-
-    O, E and R do not depend on each other, so on a cluster with room for several worker
-    groups they train concurrently (each its own ``TorchTrainer``), and the start-up and
-    end of one training no longer leave the machine idle. On the 2-core default
-    machine the training stage took 617 s this way against 767 s one model at a time on
-    2 DDP workers each (README, "Training"). When the data streams from files, one CPU
-    stays free for Ray Data's decode tasks.
-    """
-    need_cpu = resources.workers * resources.cpus_per_worker
-    slots = int((cluster.get("CPU", 0.0) - (1.0 if streams else 0.0)) // need_cpu)
-    if resources.gpus_per_worker:
-        slots = min(slots, int(cluster.get("GPU", 0.0) // (resources.workers * resources.gpus_per_worker)))
-    return max(1, slots)
 
 
 def _locked(log: Callable[[str], None]) -> Callable[[str], None]:
@@ -539,7 +406,6 @@ def train_run(
     ``sources.init_encrypted`` gives E its own start. Weights in torchvision's or
     insightface's layout set the architecture (:func:`maskcrypt.models.weights.config_for_weights`).
     """
-
     paths = RunPaths.resolve(run)
     roles = sources.roles()
     spec = parse_spec(train_data)

@@ -175,7 +175,6 @@ class RecognizerSteps(Steps):
 
     def evaluate(self, net: Any, val: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
         """Held-out accuracy: O on clean images, E under held-out masks (one per image, seeded by position)."""
-
         predictor = Predictor(net, self.device, "bf16" if self.bf16 else "fp32")
         correct = total = 0
         for batch in val:
@@ -396,7 +395,6 @@ def named_failure(role: str, epoch: int, epochs: int, rank: int, doing: str) -> 
     The driver (:func:`maskcrypt.train.driver._fit`) prints that line and writes the whole
     traceback beside the model's checkpoints; Ray's own log keeps it too.
     """
-
     try:
         yield
     except MaskcryptError:

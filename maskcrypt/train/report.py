@@ -33,7 +33,6 @@ def training_quality(run: str | os.PathLike[str], test_data: str, seed: int = 0,
                      settings: EvalSettings = EvalSettings(),
                      log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """E, O and R on ``test_data``'s test split under one random mask of each bucket per image."""
-
     paths = RunPaths.resolve(run)
     models = {"E": paths.models / "encrypted", "O": paths.models / "original"}
     metas = {k: find_checkpoint(p, kind="recognizer")[1] for k, p in models.items()}

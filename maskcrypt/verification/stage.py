@@ -84,7 +84,6 @@ def pairs_index(spec: str, size: int, channels: int, generate: bool = True) -> t
     (``#pairs=generate``'s rule) when ``generate``; ``None`` is returned for the split when
     it has none and ``generate`` is off.
     """
-
     parsed = parse_spec(spec)
     split = source_split(parsed, default_split="test", size=size, channels=channels, verification=True)
     origin = ("generated (seeded, 10 folds)" if parsed.get("pairs") == "generate"
@@ -244,7 +243,6 @@ def verify_on_ray(images: Any, pairs: np.ndarray, masks: list[tuple[str, int, st
 
 def _masks(root: Path, ids: list[str] | None) -> tuple[list[tuple[str, int, str, np.ndarray]], str]:
     """The masks verified: the run's targets best first (or its candidates when it has none), or ``ids``."""
-
     lib = MaskLibrary.open(str(root / "masks"))
     if ids:
         batch = lib.get(list(ids))
@@ -271,7 +269,6 @@ def verify(run: str | Path, pairs: str = "", mask_ids: list[str] | None = None,
     Needs Ray (the caller's cluster, or the one entry points start): the pairs' images are
     decoded in Ray tasks and the models run in ``settings.actors`` evaluation actors.
     """
-
     require_ray("verify")
     t0 = time.perf_counter()
     paths = RunPaths.resolve(run)
@@ -311,7 +308,6 @@ def verify(run: str | Path, pairs: str = "", mask_ids: list[str] | None = None,
 
 def family_attacker(folder: Path, log: Callable[[str], None]) -> Path | None:
     """The run's adaptive-family attacker's checkpoint when its training is complete, else None (said why)."""
-
     if not folder.exists():
         return None
     try:
@@ -332,7 +328,6 @@ def verify_determination(run: str | Path, test_spec: str, settings: EvalSettings
 
     Returns whether a verification was written (the report then shows it).
     """
-
     paths = RunPaths.resolve(run)
     if "pairs" not in describe(test_spec):  # own pairs or #pairs=generate; decodes no image
         for stale in (paths.results / f"{TABLE}.parquet", paths.results / ROC_PNG):
