@@ -69,6 +69,7 @@ from maskcrypt.runtime.cluster import VERBOSE, check_gpus, require_ray
 from maskcrypt.train.loop import train_worker
 from maskcrypt.train.placement import held_out_order, sharding, training_slots, worker_cpus
 from maskcrypt.train.progress import EpochPrinter
+from maskcrypt.train.resume import complete_model, data_changes
 
 
 @dataclass
@@ -254,7 +255,7 @@ def train_model(
     folder = Path(models_dir) / role
     manifests = Path(models_dir).parent / "cache" / "splits"
     done = complete_model(folder, kind, job_sha, retrain,
-                     lambda before: data_changes(before.get("inputs", {}), inputs, manifests))
+                           lambda before: data_changes(before.get("inputs", {}), inputs, manifests))
     if done is not None:
         log(f"{role}: complete in {folder} (epoch {done['epoch']}), not retrained")
         return done
