@@ -67,7 +67,6 @@ STAGES = ("read", "table1", "race")
 
 
 def _default_width() -> int:
-
     return ModelSettings().width
 
 
@@ -119,7 +118,6 @@ def _model(root: Path, cfg: CapacityConfig, classes: list[str]) -> Path:
 
 
 def _library(out: Path, cfg: CapacityConfig, log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
-
     lib = MaskLibrary.open_or_create(str(out / "masks"), cfg.size, cfg.size)
     t0 = time.perf_counter()
     if cfg.masks:

@@ -27,7 +27,7 @@ import numpy as np
 
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.fileio import atomic_path
-from maskcrypt.core.rundir import RunPaths, update_record
+from maskcrypt.core.rundir import Run
 from maskcrypt.models import Recognizer
 
 MODELS = ("encrypted", "original")
@@ -56,7 +56,7 @@ def _wrapper(model: Any) -> Any:
     return Deployable().eval()
 
 
-def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str], model: str = "encrypted",
+def export_onnx(run: str | os.PathLike[str] | Run, out: str | os.PathLike[str], model: str = "encrypted",
                 input_type: str = "uint8", opset: int = 18, check: bool = True,
                 exporter: str = "dynamo") -> dict[str, Any]:
     """Export ``RUN/models/<model>`` to ``out`` (written atomically); returns what was written and the check."""
@@ -70,7 +70,8 @@ def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str], model:
         raise MaskcryptError(f"--input: expected one of {', '.join(INPUTS)}, got {input_type!r}")
     if exporter not in EXPORTERS:
         raise MaskcryptError(f"--exporter: expected one of {', '.join(EXPORTERS)}, got {exporter!r}")
-    paths = RunPaths.resolve(run)
+    run = Run.open(run)
+    paths = run.paths
     rec = Recognizer.from_checkpoint(paths.models / model).float().eval()
     meta = rec.checkpoint_meta
     c, size = rec.config.channels, rec.config.image_size
@@ -99,7 +100,7 @@ def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str], model:
                "exporter": exporter,
                "bytes": Path(out).stat().st_size, "seconds": round(time.perf_counter() - t0, 1), **diff}
     if paths.run_json.exists():
-        update_record(paths.run_json, f"export_{model}", summary)
+        run.update(f"export_{model}", summary)
     return summary
 
 

@@ -3,8 +3,10 @@
 This is the one place the stages are chained. The ``maskcrypt`` command (``run``,
 ``prepare``, ``train``, ``determine``, ``tune``) and ``jobs/select.py`` build a
 :class:`~maskcrypt.config.runconfig.RunConfig` from flags and/or a YAML file and call
-:func:`run_pipeline`; every stage resumes what is already complete. The resolved
-configuration is recorded in ``run.json`` (``config``). Ray must be running (entry
+:func:`run_pipeline`; every stage resumes what is already complete. The run directory
+is resolved once into a :class:`~maskcrypt.core.rundir.Run`, which every stage receives
+and records its summary through. The resolved configuration is recorded in
+``run.json`` (``config``). Ray must be running (entry
 points start it); paths are made absolute first, because under ``ray job submit`` the
 working directory is a temporary copy.
 """
@@ -18,8 +20,7 @@ from typing import Any
 from maskcrypt.config import STAGES
 from maskcrypt.config.runconfig import RunConfig
 from maskcrypt.core.errors import MaskcryptError
-from maskcrypt.core.fileio import write_json
-from maskcrypt.core.rundir import RunPaths, read_run_json
+from maskcrypt.core.rundir import Run
 from maskcrypt.data.spec import absolute_spec
 from maskcrypt.determine.stage import determine, format_table1, format_target
 from maskcrypt.masks import MaskLibrary, bucket_label
@@ -53,12 +54,9 @@ def resolve(config: RunConfig) -> RunConfig:
     return config.with_values(values)
 
 
-def record_config(config: RunConfig) -> None:
+def record_config(run: Run, config: RunConfig) -> None:
     """``run.json``'s ``config``: the resolved RunConfig of the latest invocation that prepared the run."""
-    paths = RunPaths.resolve(config.run)
-    record = read_run_json(paths) or {}
-    record["config"] = config.to_dict()
-    write_json(paths.run_json, record)
+    run.set_section("config", config.to_dict())
 
 
 def run_pipeline(config: RunConfig, start: str = "prepare", restart: bool = False, retrain: bool = False,
@@ -68,39 +66,38 @@ def run_pipeline(config: RunConfig, start: str = "prepare", restart: bool = Fals
         raise MaskcryptError(f"stages: cannot run from {start!r} to {config.until!r} (order: {', '.join(STAGES)})")
     config = resolve(config)
     stages = STAGES[STAGES.index(start): STAGES.index(config.until) + 1]
-    paths = RunPaths.resolve(config.run)
-    log(f"run {paths.root}: {' -> '.join(stages)}")
+    run = Run.open(config.run)
+    log(f"run {run.root}: {' -> '.join(stages)}")
     out: dict[str, Any] = {}
     if "prepare" in stages:
-        out["prepare"] = prepare_stage(config, restart, log)
-        record_config(config)  # a run started from later stages keeps its record; those stages record theirs
-    elif not paths.root.is_dir():
-        raise MaskcryptError(f"run {paths.root}: does not exist (prepare and train it first: maskcrypt run)")
+        out["prepare"] = prepare_stage(config, run, restart, log)
+        record_config(run, config)  # a run started from later stages keeps its record; those stages record theirs
+    elif not run.root.is_dir():
+        raise MaskcryptError(f"run {run.root}: does not exist (prepare and train it first: maskcrypt run)")
     if "train" in stages:
-        out["train"] = train_stage(config, retrain, log)
+        out["train"] = train_stage(config, run, retrain, log)
     if "determine" in stages:
-        out["determine"] = determine_stage(config, redetermine, log)
+        out["determine"] = determine_stage(config, run, redetermine, log)
     if "tune" in stages:
-        out["tune"] = tune_stage(config, log)
+        out["tune"] = tune_stage(config, run, log)
     return out
 
 
-def prepare_stage(config: RunConfig, restart: bool, log: Callable[[str], None]) -> dict[str, Any]:
-
-    record = prepare(config.run, config.prepare, restart=restart, log=log)
-    paths = RunPaths.resolve(config.run)
+def prepare_stage(config: RunConfig, run: Run, restart: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    record = prepare(run, config.prepare, restart=restart, log=log)
+    paths = run.paths
     log(format_mask_stats(MaskLibrary.open(str(paths.masks)).stats()))
     log(f"pictures: {paths.root}/masks.png, masks_train.png, data.png, encrypted.png; prepared in "
         f"{record['stages']['prepare']['seconds']}s")
     return record
 
 
-def train_stage(config: RunConfig, retrain: bool, log: Callable[[str], None]) -> dict[str, Any]:
+def train_stage(config: RunConfig, run: Run, retrain: bool, log: Callable[[str], None]) -> dict[str, Any]:
     """Train the models, then (when all three exist) the held-out quality report."""
-    metas = train_run(config.run, config.prepare.data, config.prepare.size, sources=config.sources,
+    metas = train_run(run, config.prepare.data, config.prepare.size, sources=config.sources,
                       models=config.model, train_config=config.train, inpaint_config=config.inpaint,
                       sampling=config.sampling, resources=config.resources, retrain=retrain, log=log)
-    paths = RunPaths.resolve(config.run)
+    paths = run.paths
     for role, meta in metas.items():
         m = meta["metrics"]
         figure = (f"held-out accuracy {m['test_accuracy']:.1%}" if "test_accuracy" in m
@@ -108,20 +105,20 @@ def train_stage(config: RunConfig, retrain: bool, log: Callable[[str], None]) ->
         log(f"{role:>10}: {figure} after {meta['epoch']} epochs -> {paths.models / role}")
     out: dict[str, Any] = {"models": metas}
     if set(metas) == {"original", "encrypted", "inpainter"}:
-        quality = cached_training_quality(paths.root, config.prepare.data, seed=config.train.seed,
+        quality = cached_training_quality(run, config.prepare.data, seed=config.train.seed,
                                           settings=config.evaluation, log=log)
         log(format_quality(quality))
         out["quality"] = quality
     return out
 
 
-def determine_stage(config: RunConfig, redetermine: bool, log: Callable[[str], None]) -> dict[str, Any]:
+def determine_stage(config: RunConfig, run: Run, redetermine: bool, log: Callable[[str], None]) -> dict[str, Any]:
     import pandas as pd
 
 
-    result = determine(config.run, config.determine, config.thresholds, config.evaluation, config.adaptive,
+    result = determine(run, config.determine, config.thresholds, config.evaluation, config.adaptive,
                        redo=redetermine, log=log, attackers=config.attack)
-    paths = RunPaths.resolve(config.run)
+    paths = run.paths
     log("Table 1 (accuracy per bucket, mean ± std over repetitions):\n"
         + format_table1(pd.read_parquet(paths.results / "table1.parquet")))
     for t in result["targets"]:
@@ -130,10 +127,9 @@ def determine_stage(config: RunConfig, redetermine: bool, log: Callable[[str], N
     return result
 
 
-def tune_stage(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
-
+def tune_stage(config: RunConfig, run: Run, log: Callable[[str], None]) -> dict[str, Any]:
     t = config.tune
-    return search(config.run, t.budget, mode=t.search, samples=t.samples, grid_points=t.grid_points, seed=t.seed,
+    return search(run, t.budget, mode=t.search, samples=t.samples, grid_points=t.grid_points, seed=t.seed,
                   trial_cpus=t.trial_cpus, log=log)
 
 

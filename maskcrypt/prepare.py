@@ -31,7 +31,7 @@ import numpy as np
 from maskcrypt.config import PrepareConfig
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.fileio import write_json
-from maskcrypt.core.rundir import RunPaths, check_resumable, code_version, read_run_json
+from maskcrypt.core.rundir import Run, RunPaths, check_resumable, code_version
 from maskcrypt.data import labelled, source_split
 from maskcrypt.masks import MaskLibrary, overlay, parse_buckets
 from maskcrypt.masks.generate import generate_into
@@ -39,7 +39,7 @@ from maskcrypt.masks.pools import attacker_pool
 from maskcrypt.reporting.pictures import auto_scale, grid_image, mask_grid, save_png
 
 
-def prepare(run: str | os.PathLike[str], config: PrepareConfig, restart: bool = False,
+def prepare(run: str | os.PathLike[str] | Run, config: PrepareConfig, restart: bool = False,
             log: Any = print) -> dict[str, Any]:
     """Build the run's mask libraries and pictures; return what ``run.json`` records.
 
@@ -48,8 +48,9 @@ def prepare(run: str | os.PathLike[str], config: PrepareConfig, restart: bool = 
     that fails (a bad data spec, a library of another size) removes what it created, so
     the next attempt starts clean instead of finding libraries without a ``run.json``.
     """
-    paths = RunPaths.resolve(run)
-    fresh = read_run_json(paths) is None and not any(p.exists() for p in _libraries(paths))
+    run = Run.open(run)
+    paths = run.paths
+    fresh = not paths.run_json.exists() and not any(p.exists() for p in _libraries(paths))
     try:
         return _prepare(paths, config, restart, log)
     except BaseException:
@@ -64,7 +65,6 @@ def _libraries(paths: RunPaths) -> list[Any]:
 
 
 def _prepare(paths: RunPaths, config: PrepareConfig, restart: bool, log: Any) -> dict[str, Any]:
-
     check_resumable(paths, config, restart)
     paths.root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -134,7 +134,7 @@ def _prepare(paths: RunPaths, config: PrepareConfig, restart: bool, log: Any) ->
         "stages": {"prepare": {"seconds": round(time.perf_counter() - t0, 2),
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}},
     }
-    previous = read_run_json(paths) or {}
+    previous = Run(paths).record
     record["stages"] = {**previous.get("stages", {}), **record["stages"]}
     write_json(paths.run_json, record)
     return record

@@ -43,6 +43,7 @@ import pandas as pd
 from maskcrypt.config import Budget
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.fileio import save_figure, write_json, write_parquet
+from maskcrypt.core.rundir import Run
 from maskcrypt.runtime.cluster import require_ray
 from maskcrypt.selection.rules import Thresholds, decide
 
@@ -216,7 +217,7 @@ def _confirmation(tables: Tables, ids: list[str], budget: Budget) -> dict[str, A
     return {**assess(conf, budget), "masks": conf[cols].to_dict("records")}
 
 
-def search(run: str | os.PathLike[str], budget: Budget = Budget(), mode: str = "random", samples: int = 64,
+def search(run: str | os.PathLike[str] | Run, budget: Budget = Budget(), mode: str = "random", samples: int = 64,
            grid_points: int = 4, seed: int = 0, trial_cpus: float = 0.25,
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the search, write ``RUN/tune/`` and return the summary (``tune.json``).
@@ -229,7 +230,7 @@ def search(run: str | os.PathLike[str], budget: Budget = Budget(), mode: str = "
     from ray import tune
 
 
-    root = Path(run).resolve()
+    root = Run.open(run).root
     tables = Tables.load(root)
     out = root / "tune"
     out.mkdir(parents=True, exist_ok=True)

@@ -34,12 +34,13 @@ def cmd_stages(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     """The threshold search over a determined run's tables (Ray Tune)."""
     from maskcrypt.cli.flags import TUNE_FLAGS, build_config
+    from maskcrypt.core.rundir import Run
     from maskcrypt.pipeline import resolve, tune_stage
     from maskcrypt.runtime.cluster import init_ray
 
     config = resolve(build_config(args, TUNE_FLAGS))
     init_ray()
-    summary = tune_stage(config, log=print)
+    summary = tune_stage(config, Run.open(config.run), log=print)
     print(f"best thresholds: {summary['best_thresholds']}")
     if "note" in summary:
         print(summary["note"])

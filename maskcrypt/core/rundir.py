@@ -1,9 +1,15 @@
-"""The run directory: its layout and its record, ``run.json``.
+"""The run directory: its layout (:class:`RunPaths`), its record ``run.json``, and :class:`Run`, both at once.
 
-A run directory (DESIGN.md) holds everything one determination produces; each stage
-of the method adds its outputs here and its summary to ``run.json`` (configuration,
-code version, input hashes, per-stage figures). A run refuses to be resumed with
-another configuration unless the caller asks to start over.
+A run directory holds everything one determination produces; each stage of the method
+adds its outputs here and its summary to ``run.json`` (configuration, code version,
+input hashes, per-stage figures). A run refuses to be resumed with another
+configuration unless the caller asks to start over.
+
+The pipeline resolves the directory once into a :class:`Run` and hands that object to
+every stage; a stage reads the record and writes its summary through it, so the
+directory is resolved and ``run.json`` is parsed in one place. Stages still accept a
+plain path (the CLI's single-stage commands and tests call them so), which they open
+the same way.
 """
 
 from __future__ import annotations
@@ -105,6 +111,60 @@ def update_record(run_json: Path, stage: str, summary: dict[str, Any]) -> dict[s
     record.setdefault("stages", {})[stage] = summary
     write_json(run_json, record)
     return record
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run directory, resolved once: where its artifacts live and what ``run.json`` records.
+
+    The record is read from disk on every access (stages running in other processes, a
+    relaunch, write it too), and written atomically by :meth:`update`.
+    """
+
+    paths: RunPaths
+
+    @classmethod
+    def open(cls, run: str | os.PathLike[str] | Run) -> Run:
+        """A :class:`Run` for a path (made absolute; remote URIs refused), or ``run`` itself if it is one."""
+        return run if isinstance(run, Run) else cls(RunPaths.resolve(run))
+
+    @property
+    def root(self) -> Path:
+        return self.paths.root
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """``run.json`` as a dict; ``{}`` for a run not prepared yet."""
+        return read_run_json(self.paths) or {}
+
+    @property
+    def exists(self) -> bool:
+        """Whether anything was prepared here (a record or a mask library)."""
+        return self.paths.run_json.exists() or self.paths.masks.exists()
+
+    def recorded(self, section: str) -> dict[str, Any]:
+        """One section of the record (``prepare``, ``config``, ...); ``{}`` if absent."""
+        value = self.record.get(section, {})
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def data(self) -> str:
+        """The data spec the run was prepared with (the embedded synthetic faces if none is recorded)."""
+        return self.recorded("prepare").get("data", "synthetic:")
+
+    def completed(self) -> list[str]:
+        """The stages whose summary the record holds, in the order they were first recorded."""
+        return list(self.recorded("stages"))
+
+    def update(self, stage: str, summary: dict[str, Any]) -> dict[str, Any]:
+        """Record ``summary`` as ``stages.<stage>`` (the rest kept); returns the whole record."""
+        return update_record(self.paths.run_json, stage, summary)
+
+    def set_section(self, key: str, value: Any) -> None:
+        """Set a top-level key of the record (``config``, ``prepare``, ...), the rest kept."""
+        record = self.record
+        record[key] = value
+        write_json(self.paths.run_json, record)
 
 
 def check_resumable(paths: RunPaths, config: Any, restart: bool) -> None:

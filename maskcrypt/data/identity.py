@@ -36,7 +36,6 @@ _KNOWN: dict[tuple[str, int, int], str] = {}
 
 
 def _hash_many(paths: Sequence[str]) -> list[str]:
-
     with ThreadPoolExecutor(max_workers=8) as pool:  # reading files: threads overlap the I/O
         return list(pool.map(sha256_file, paths))
 

@@ -234,7 +234,6 @@ class SourceSplit:
 
 def _decode_files(batch: dict[str, np.ndarray], size: tuple[int, int], channels: int, crop: str, strict: bool,
                   spec: str) -> dict[str, np.ndarray]:
-
     images, good, bad = decode_many(list(batch["path"]), size, channels, crop, threads=1)
     if bad and strict:
         raise MaskcryptError(f"data spec {spec!r}: unreadable image with strict=1: {bad[0][1]}")
@@ -243,7 +242,6 @@ def _decode_files(batch: dict[str, np.ndarray], size: tuple[int, int], channels:
 
 def _render(batch: dict[str, np.ndarray], identities: int, per_identity: int, seed: int, offset: int,
             size: tuple[int, int], channels: int) -> dict[str, np.ndarray]:
-
     images = render_dataset(identities, per_identity, size[0], size[1], seed=seed, channels=channels,
                             items=np.asarray(batch["render_item"]), offset=offset)
     return {"image": images, "label": np.asarray(batch["label"]), "item": np.asarray(batch["item"])}

@@ -55,7 +55,6 @@ from maskcrypt.config import AttackConfig, PrepareConfig, config_hash
 from maskcrypt.config.runconfig import section
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.precision import channels_last, use_bf16
-from maskcrypt.core.rundir import read_run_json
 from maskcrypt.data import labelled, source_split
 from maskcrypt.evaluation.scorer import choose_device
 from maskcrypt.evaluation.testset import pixels
@@ -347,7 +346,7 @@ def _quiet() -> Any:
 # -- the determination's stage --------------------------------------------------------------------------------
 def attacker_spec(d: Any) -> str:
     """``--attacker-data``, or the run's training data (train split): the worst case."""
-    return d.attack.data or (read_run_json(d.paths) or {}).get("prepare", {}).get("data", "synthetic:")
+    return d.attack.data or d.run.data
 
 
 def family_masks(d: Any, buckets: Sequence[int]) -> np.ndarray:
@@ -355,7 +354,7 @@ def family_masks(d: Any, buckets: Sequence[int]) -> np.ndarray:
     if d.paths.masks_attacker.exists():
         pool = MaskLibrary.open(str(d.paths.masks_attacker))
     else:
-        recorded = (read_run_json(d.paths) or {}).get("prepare", {})
+        recorded = d.run.recorded("prepare")
         known = set(PrepareConfig.__dataclass_fields__)
         pool = attacker_pool(d.paths, section(PrepareConfig, {k: v for k, v in recorded.items() if k in known},
                                               "run.json prepare"), d.log)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import pandas as pd
 from maskcrypt.config import AdaptivePlan, AttackConfig, DetermineConfig, EvalSettings, check_same_training
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.fileio import write_json, write_parquet
-from maskcrypt.core.rundir import RunPaths, read_run_json
+from maskcrypt.core.rundir import Run, RunPaths
 from maskcrypt.data import labelled, source_split
 from maskcrypt.data.identity import describe_change
 from maskcrypt.evaluation.testset import TestSet, prepare_test
@@ -34,7 +35,7 @@ from maskcrypt.selection.rules import (
 class Determination:
     """What the stages of one determination share: the run, its settings, the test set, the library."""
 
-    paths: Any
+    run: Run
     config: DetermineConfig
     thresholds: Thresholds
     settings: EvalSettings
@@ -53,8 +54,11 @@ class Determination:
     redo: bool = False
 
     @property
-    def labels(self) -> dict[int, str]:
+    def paths(self) -> RunPaths:
+        return self.run.paths
 
+    @property
+    def labels(self) -> dict[int, str]:
         return {0: "no mask", **{b: bucket_label(b, self.library.edges) for b in range(1, len(self.library.edges))}}
 
     @property
@@ -142,15 +146,17 @@ def _check_parts_key(parts: Path, key: dict[str, Any], redo: bool,
         write_json(key_file, key)
 
 
-def open_determination(run: Any, config: DetermineConfig, thresholds: Thresholds, settings: EvalSettings,
-                       adaptive: AdaptivePlan, redo: bool, log: Callable[[str], None]) -> Determination:
+def open_determination(run: str | os.PathLike[str] | Run, config: DetermineConfig, thresholds: Thresholds,
+                       settings: EvalSettings, adaptive: AdaptivePlan, redo: bool,
+                       log: Callable[[str], None]) -> Determination:
     """Check the models, load and split the test set, open the library, key the resumable parts."""
-    paths = RunPaths.resolve(run)
+    run = Run.open(run)
+    paths = run.paths
     models = {"E": paths.models / "encrypted", "O": paths.models / "original"}
     metas = {k: find_checkpoint(p, kind="recognizer")[1] for k, p in models.items()}
     check_same_training(metas["O"], metas["E"])
     _, r_meta = find_checkpoint(paths.models / "inpainter", kind="inpainter")
-    spec = config.test_data or (read_run_json(paths) or {}).get("prepare", {}).get("data", "synthetic:")
+    spec = config.test_data or run.data
     e = metas["E"]
     # Decoded by Ray tasks into the object store: the driver holds references and labels only.
     raw = source_split(spec, default_split="test", size=int(e["image_size"]), channels=int(e.get("channels", 3)))
@@ -175,12 +181,11 @@ def open_determination(run: Any, config: DetermineConfig, thresholds: Thresholds
            "seed": config.seed, "precision": settings.precision, "library_sha256": _library_sha(lib),
            "per_image": settings.per_image, "inpainter_sha256": r_meta.get("model_sha256"),
            **{f"model_{k}_sha256": m.get("model_sha256") for k, m in metas.items()}}
-    d = Determination(paths, config, thresholds, settings, adaptive, test, raw.spec.text, int(kept.size), lib, models,
+    d = Determination(run, config, thresholds, settings, adaptive, test, raw.spec.text, int(kept.size), lib, models,
                       paths.models / "inpainter", key, log, redo=redo)
     if not d.present:
         raise MaskcryptError(f"mask library {lib.uri}: no mask in any bucket (empty library)")
     def explain(before: dict[str, Any]) -> str:
-
         old = before.get("test_data_fingerprint")
         if before.get("test_data") != raw.spec.text or old == fingerprint:
             return ""

@@ -28,6 +28,7 @@ of the tables (:mod:`maskcrypt.selection.rules`).
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +37,7 @@ import pandas as pd
 
 from maskcrypt.config import AdaptivePlan, AttackConfig, DetermineConfig, EvalSettings
 from maskcrypt.core.fileio import write_json, write_parquet
-from maskcrypt.core.rundir import update_record
+from maskcrypt.core.rundir import Run
 from maskcrypt.determine.attackers import train_for
 from maskcrypt.determine.inputs import Determination, open_determination
 from maskcrypt.determine.race import evaluate_adaptive
@@ -253,7 +254,7 @@ def write_targets(d: Determination, decision: Decision, tables: dict[str, pd.Dat
     result["training_pool_overlap"] = sum(t["in_training_pool"] for t in result["targets"])
     result["seconds"] = {k: round(v, 1) for k, v in d.timings.items()}
     write_json(d.paths.root / "targets.json", result)
-    update_record(d.paths.run_json, "determine", {
+    d.run.update("determine", {
         "config": dataclasses.asdict(d.config), "thresholds": d.thresholds.to_dict(),
         "rank_mode": result.get("rank_mode"), **d.key, "target_buckets": decision.buckets, "targets": ids,
         "attack": {"config": dataclasses.asdict(d.attack), **{k: v for k, v in result.get("attack", {}).items()
@@ -264,7 +265,7 @@ def write_targets(d: Determination, decision: Decision, tables: dict[str, pd.Dat
 
 
 def determine(
-    run: Any,
+    run: str | os.PathLike[str] | Run,
     config: DetermineConfig = DetermineConfig(),
     thresholds: Thresholds = Thresholds(),
     settings: EvalSettings = EvalSettings(),
@@ -314,10 +315,10 @@ def determine(
     d.timings["total"] = time.perf_counter() - started
     result = write_targets(d, decision, tables)
 
-    verify_determination(d.paths.root, d.test_spec, d.settings, log)  # when the test source has pairs
+    verify_determination(d.run, d.test_spec, d.settings, log)  # when the test source has pairs
     if report:
 
-        write_report(d.paths.root, d.test, log=log)
+        write_report(d.run, d.test, log=log)
     return result
 
 

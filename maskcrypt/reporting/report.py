@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from maskcrypt.core.fileio import write_text
-from maskcrypt.core.rundir import code_version
+from maskcrypt.core.rundir import Run, code_version
 from maskcrypt.evaluation.testset import pixels
 from maskcrypt.reporting.pictures import plot_attackers, plot_table1, plot_table2, save_png, target_gallery
 from maskcrypt.selection.attacks import DESCRIPTIONS
@@ -46,7 +46,6 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _header(root: Path, result: dict[str, Any]) -> list[str]:
-
     splits = result.get("splits", {})
     th = result["thresholds"]
     return [f"# maskcrypt report: {root.name}", "",
@@ -276,9 +275,9 @@ def _timing(result: dict[str, Any]) -> list[str]:
     return out
 
 
-def write_report(run: str | os.PathLike[str], test: Any, log: Any = print) -> Path:
+def write_report(run: str | os.PathLike[str] | Run, test: Any, log: Any = print) -> Path:
     """``RUN/report.md`` and its pictures from the result tables and ``targets.json``."""
-    root = Path(run)
+    root = Run.open(run).root
     res = root / "results"
     result = json.loads((root / "targets.json").read_text())
     th = result["thresholds"]

@@ -114,7 +114,6 @@ class Client:
         return table.column("mask_id").to_pylist(), masks, table.column("sha256").to_pylist()
 
     def _fetch(self) -> tuple[list[str], np.ndarray, list[str]]:
-
         listed = self._send("GET", "/v1/masks?pixels=true")
         pixels = listed.get("pixels") or []
         if not pixels:

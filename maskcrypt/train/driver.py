@@ -57,7 +57,7 @@ from maskcrypt.config import (
     config_hash,
 )
 from maskcrypt.core.errors import MaskcryptError
-from maskcrypt.core.rundir import RunPaths, update_record
+from maskcrypt.core.rundir import Run, update_record
 from maskcrypt.data import labelled, parse_spec, source_split
 from maskcrypt.data.stream import SourceSplit
 from maskcrypt.masks import MaskLibrary
@@ -313,7 +313,6 @@ def write_train_record(run_json: Path, metas: dict[str, dict[str, Any]]) -> None
 
 
 def _pool(uri: str, size: int) -> Any:
-
     pool = MaskLibrary.open(uri)
     if (pool.height, pool.width) != (size, size):
         raise MaskcryptError(f"--masks {uri}: holds {pool.height}x{pool.width} masks, images are {size}x{size} "
@@ -386,7 +385,7 @@ def _train_side_by_side(jobs: dict[str, Callable[[], dict[str, Any]]], resources
 
 
 def train_run(
-    run: str | os.PathLike[str],
+    run: str | os.PathLike[str] | Run,
     train_data: str,
     size: int,
     sources: TrainSources = TrainSources(),
@@ -407,7 +406,7 @@ def train_run(
     ``sources.init_encrypted`` gives E its own start. Weights in torchvision's or
     insightface's layout set the architecture (:func:`maskcrypt.models.weights.config_for_weights`).
     """
-    paths = RunPaths.resolve(run)
+    paths = Run.open(run).paths
     roles = sources.roles()
     spec = parse_spec(train_data)
     train = source_split(spec, default_split="train", size=size)

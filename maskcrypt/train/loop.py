@@ -223,7 +223,6 @@ class InpainterSteps(Steps):
 
     def loss(self, net: Any, images: np.ndarray, labels: np.ndarray, masks: np.ndarray | None,
              aug: np.random.Generator) -> Any:
-
         target = self.to_device(images).float() / 255.0
         m = self.to_device(masks)[:, None].float()
         with autocast(self.device.type, self.bf16):

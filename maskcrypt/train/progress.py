@@ -23,8 +23,6 @@ class EpochPrinter:
     """
 
     def __init__(self, folder: Path, role: str, log: Callable[[str], None], interval: float = 1.0):
-
-
         self.folder, self.role, self.log, self.interval = folder, role, log, interval
         # Epochs already on disk (a resumed training) are not this run's news.
         self.seen: set[int] = {int(meta.get("epoch", 0)) for _, meta in list_checkpoints(folder)}
@@ -47,7 +45,6 @@ class EpochPrinter:
             self.poll()
 
     def poll(self) -> None:
-
         for _, meta in list_checkpoints(self.folder):
             epoch = int(meta.get("epoch", 0))
             if epoch in self.seen:

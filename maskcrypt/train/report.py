@@ -21,7 +21,7 @@ from typing import Any
 from maskcrypt.config import EvalSettings, check_same_training
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.fileio import write_json
-from maskcrypt.core.rundir import RunPaths
+from maskcrypt.core.rundir import Run
 from maskcrypt.data import source_split
 from maskcrypt.evaluation.crossproduct import evaluate_sampled
 from maskcrypt.evaluation.testset import prepare_test
@@ -29,11 +29,11 @@ from maskcrypt.masks import MaskLibrary, bucket_label
 from maskcrypt.models.checkpoint import find_checkpoint
 
 
-def training_quality(run: str | os.PathLike[str], test_data: str, seed: int = 0,
+def training_quality(run: str | os.PathLike[str] | Run, test_data: str, seed: int = 0,
                      settings: EvalSettings = EvalSettings(),
                      log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """E, O and R on ``test_data``'s test split under one random mask of each bucket per image."""
-    paths = RunPaths.resolve(run)
+    paths = Run.open(run).paths
     models = {"E": paths.models / "encrypted", "O": paths.models / "original"}
     metas = {k: find_checkpoint(p, kind="recognizer")[1] for k, p in models.items()}
     check_same_training(metas["O"], metas["E"])
@@ -71,12 +71,12 @@ def training_quality(run: str | os.PathLike[str], test_data: str, seed: int = 0,
             "feature_losses": r_meta.get("feature_losses")}
 
 
-def quality_key(run: str | os.PathLike[str], test_data: str, seed: int, precision: str) -> dict[str, Any]:
+def quality_key(run: str | os.PathLike[str] | Run, test_data: str, seed: int, precision: str) -> dict[str, Any]:
     """What a training report depends on: the three models, the test data (by content), the library, seed, precision."""
     import json
 
 
-    paths = RunPaths.resolve(run)
+    paths = Run.open(run).paths
     metas = {role: find_checkpoint(paths.models / role)[1] for role in ("original", "encrypted", "inpainter")}
     e = metas["encrypted"]
     split = source_split(test_data, default_split="test", size=int(e["image_size"]),
@@ -87,7 +87,7 @@ def quality_key(run: str | os.PathLike[str], test_data: str, seed: int, precisio
             "draw": "sampled", "library_parts": sorted(p["path"] for p in manifest["parts"])}
 
 
-def cached_training_quality(run: str | os.PathLike[str], test_data: str, seed: int = 0,
+def cached_training_quality(run: str | os.PathLike[str] | Run, test_data: str, seed: int = 0,
                             settings: EvalSettings = EvalSettings(), log: Any = print) -> dict[str, Any]:
     """:func:`training_quality`, reused from ``results/train_quality.json`` when its key is unchanged.
 
@@ -97,7 +97,7 @@ def cached_training_quality(run: str | os.PathLike[str], test_data: str, seed: i
     import json
 
 
-    path = RunPaths.resolve(run).results / "train_quality.json"
+    path = Run.open(run).paths.results / "train_quality.json"
     key = quality_key(run, test_data, seed, settings.precision)
     if path.exists():
         before = json.loads(path.read_text())

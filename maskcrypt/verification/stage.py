@@ -34,6 +34,7 @@ mask; the attack table has their identification figures).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +46,7 @@ import pandas as pd
 from maskcrypt.config import EvalSettings, check_same_training
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.fileio import save_figure, write_parquet
-from maskcrypt.core.rundir import RunPaths, read_run_json, update_record
+from maskcrypt.core.rundir import Run
 from maskcrypt.data import describe, labelled, parse_spec, source_split
 from maskcrypt.data.pairs import generate_pairs
 from maskcrypt.evaluation.crossproduct import _pool
@@ -67,12 +68,12 @@ TABLE = "verification"
 ROC_PNG = "roc.png"
 
 
-def pairs_spec(run: str | Path, spec: str = "") -> str:
+def pairs_spec(run: str | os.PathLike[str] | Run, spec: str = "") -> str:
     """The source whose pairs are verified: ``spec``, else the run's test data (its determination's, or prepare's)."""
     if spec:
         return spec
 
-    record = read_run_json(RunPaths.resolve(run)) or {}
+    record = Run.open(run).record
     return (record.get("stages", {}).get("determine", {}).get("test_data")
             or record.get("prepare", {}).get("data") or "synthetic:")
 
@@ -185,7 +186,6 @@ class PairScorer:
         self.x = self.predictor.to_device(torch.from_numpy(pixels(images)))
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-
         h, w = int(self.x.shape[2]), int(self.x.shape[3])
         out = []
         for _, task in batch.iterrows():
@@ -262,7 +262,7 @@ def _masks(root: Path, ids: list[str] | None) -> tuple[list[tuple[str, int, str,
     return masks, "target masks" if targets.source == "targets" else "candidate masks (the run has no target)"
 
 
-def verify(run: str | Path, pairs: str = "", mask_ids: list[str] | None = None,
+def verify(run: str | os.PathLike[str] | Run, pairs: str = "", mask_ids: list[str] | None = None,
            settings: EvalSettings = EvalSettings(), log: Callable[[str], None] = print) -> pd.DataFrame:
     """Verification of a run's target masks on a source's pairs; writes the table, the ROC picture and run.json.
 
@@ -271,7 +271,8 @@ def verify(run: str | Path, pairs: str = "", mask_ids: list[str] | None = None,
     """
     require_ray("verify")
     t0 = time.perf_counter()
-    paths = RunPaths.resolve(run)
+    run = Run.open(run)
+    paths = run.paths
     r_dir = paths.models / "inpainter"
     models = {"E": paths.models / "encrypted", "O": paths.models / "original"}
     metas = {k: find_checkpoint(p, kind="recognizer")[1] for k, p in models.items()}
@@ -298,7 +299,7 @@ def verify(run: str | Path, pairs: str = "", mask_ids: list[str] | None = None,
     table.insert(0, "pairs_source", spec)
     write_parquet(table, paths.results / f"{TABLE}.parquet")
     plot_verification(table, paths.results / ROC_PNG)
-    update_record(paths.run_json, "verify", {
+    run.update("verify", {
         "pairs": spec, "pairs_origin": origin, "pair_count": len(prs), "masks": [m[0] for m in masks],
         "masks_are": what, "precision": settings.precision, "seconds": round(time.perf_counter() - t0, 1)})
     log(format_verification(table))
@@ -322,13 +323,14 @@ def family_attacker(folder: Path, log: Callable[[str], None]) -> Path | None:
     return ckpt
 
 
-def verify_determination(run: str | Path, test_spec: str, settings: EvalSettings,
+def verify_determination(run: str | os.PathLike[str] | Run, test_spec: str, settings: EvalSettings,
                          log: Callable[[str], None]) -> bool:
     """The determination's hook: verify its targets when its test source has pairs; else clear stale results.
 
     Returns whether a verification was written (the report then shows it).
     """
-    paths = RunPaths.resolve(run)
+    run = Run.open(run)
+    paths = run.paths
     if "pairs" not in describe(test_spec):  # own pairs or #pairs=generate; decodes no image
         for stale in (paths.results / f"{TABLE}.parquet", paths.results / ROC_PNG):
             stale.unlink(missing_ok=True)
