@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from maskcrypt.config import STAGES, TuneConfig
-from maskcrypt.config.runconfig import RunConfig
+from maskcrypt.config.runconfig import RunConfig, parse_override
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.precision import PRECISIONS
 
@@ -210,4 +210,18 @@ def build_config(args: argparse.Namespace, table: list[tuple[tuple[str, ...], tu
     """The RunConfig of a command: ``--config`` file (or defaults), then the given flags, then ``fixed``."""
     config_file = getattr(args, "config", "")
     config = RunConfig.from_yaml(config_file) if config_file else (base() if base else RunConfig())
-    return config.with_values({**given(args, table), **(fixed or {})})
+    flags = given(args, table)
+    sets = getattr(args, "set", None) or []
+    if sets:
+        clash = sorted({parse_override(s)[0] for s in sets} & set(flags))
+        if clash:
+            raise MaskcryptError(f"--set and a flag both set {', '.join(clash)}: give each setting once")
+        config = config.with_overrides(sets)
+    return config.with_values({**flags, **(fixed or {})})
+
+
+def add_set(parser: argparse.ArgumentParser) -> None:
+    """``--set SECTION.KEY=VALUE`` (repeatable): any RunConfig field, after ``--config``, validated as the YAML."""
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="set any RunConfig field, e.g. --set train.epochs=2 --set determine.rank_mode=adaptive "
+                             "(repeatable; applied after --config; a flag and --set may not set the same field)")

@@ -49,11 +49,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """The ``stages`` command(s) on the top-level subparsers."""
-    from maskcrypt.cli.flags import RUN_FLAGS, TUNE_FLAGS, add_flags
+    from maskcrypt.cli.flags import RUN_FLAGS, TUNE_FLAGS, add_flags, add_set
 
     for name, (_, until, text) in STAGE_COMMANDS.items():
         st = sub.add_parser(name, help=text, description=text)
         st.add_argument("--config", default="", help="YAML run configuration (RunConfig keys); flags override it")
+        add_set(st)
         add_flags(st, [f for f in RUN_FLAGS if not (until and f[1] == ("until",))])
         act = st.add_argument_group("actions")
         act.add_argument("--restart", action="store_true", help="rebuild a run prepared with other settings")
@@ -63,5 +64,6 @@ def add_parser(sub: Any) -> None:
         st.set_defaults(func=cmd_stages, command=name)
     tu = sub.add_parser("tune", help="search the selection thresholds on Ray Tune over a determined run's tables")
     tu.add_argument("--config", default="", help="YAML run configuration (its tune: section)")
+    add_set(tu)
     add_flags(tu, TUNE_FLAGS, "search")
     tu.set_defaults(func=cmd_tune)

@@ -10,7 +10,7 @@ in ``run.json``. The sections themselves, and what each field means, are in
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,71 @@ class RunConfig:
     def with_values(self, values: Mapping[str, Any]) -> RunConfig:
         """A copy with ``{"section.field": value, "run": ...}`` replaced (each section validated again)."""
         return _replace(self, values)
+
+    def with_overrides(self, items: Sequence[str], where: str = "--set") -> RunConfig:
+        """A copy with ``SECTION.KEY=VALUE`` settings applied (``--set``), validated as a YAML file is.
+
+        ``VALUE`` is read as a YAML scalar or flow list (``2``, ``0.5``, ``true``, ``[1, 2]``,
+        ``null``); it must have the type of the field it sets (an int where a float is
+        expected is fine; a string field takes the text as written). Unknown sections and
+        keys are refused with the known ones named, the same as in ``--config``.
+        """
+        data = self.to_dict()
+        for item in items:
+            dotted, value = parse_override(item, where)
+            node: Any = data
+            parts = dotted.split(".")
+            for depth, part in enumerate(parts[:-1]):
+                if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+                    known = sorted(k for k, v in node.items() if isinstance(v, dict)) if isinstance(node, dict) else []
+                    raise MaskcryptError(f"{where} {item}: {'.'.join(parts[:depth + 1])} is not a section; "
+                                         f"known: {known}")
+                node = node[part]
+            key = parts[-1]
+            if key not in node:
+                raise MaskcryptError(f"{where} {item}: unknown key {key!r} in {'.'.join(parts[:-1]) or 'the run'}; "
+                                     f"known: {sorted(node)}")
+            node[key] = _typed(value, node[key], item, where)
+        return RunConfig.from_dict(data, where)
+
+
+def parse_override(item: str, where: str = "--set") -> tuple[str, Any]:
+    """``"train.epochs=2"`` -> ``("train.epochs", 2)``: the dotted field and the value read as YAML."""
+    import yaml
+
+    dotted, sep, text = item.partition("=")
+    dotted = dotted.strip()
+    if not sep or not dotted or any(not part.isidentifier() for part in dotted.split(".")):
+        raise MaskcryptError(f"{where} {item!r}: expected SECTION.KEY=VALUE (e.g. train.epochs=2)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise MaskcryptError(f"{where} {item}: the value is not valid YAML ({exc})") from None
+    return dotted, (text if isinstance(value, (dict, set)) else value)
+
+
+def _typed(value: Any, current: Any, item: str, where: str) -> Any:
+    """``value`` checked against the type of the field's current value (what the YAML path leaves to the sections)."""
+    def refuse(expected: str) -> MaskcryptError:
+        return MaskcryptError(f"{where} {item}: expected {expected}, got {value!r}")
+
+    if current is None or value is None:
+        return value
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise refuse("true or false")
+    elif isinstance(current, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise refuse("an integer")
+    elif isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise refuse("a number")
+        return float(value)
+    elif isinstance(current, str):
+        return value if isinstance(value, str) else item.partition("=")[2].strip()
+    elif isinstance(current, (list, tuple)) and not isinstance(value, list):
+        value = [value]
+    return value
 
 def _replace(obj: Any, changes: Mapping[str, Any]) -> Any:
     """``dataclasses.replace`` that follows dotted names into nested sections (``budget.o_masked``)."""
