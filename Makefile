@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.maskcrypt-installed
 # torch would pull a multi-GB download.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup run test lint bench clean-run
+.PHONY: setup run test test-fast lint bench clean-run
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ run: $(STAMP)
 test: $(STAMP)
 	@$(PY) -m pytest -q --durations=12 tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The first tier only: tests that need no Ray (tests/unit), in well under a minute.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests/unit
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -6,7 +6,7 @@ For each model: a few training steps (forward, loss, backward, SGD/Adam step) an
 inference batches on the first CUDA device in bf16 autocast + channels_last (what
 ``--precision auto`` picks on GPUs) and in fp32, after warm-up; prints images/s and
 checks every output is finite. Used to validate the GPU code path of the models and
-to size GPU runs; Ray Train itself is not involved (see BENCHMARKS.md).
+to size GPU runs; Ray Train itself is not involved (see docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -15,10 +15,12 @@ depend on them) at ``--size`` px:
   device (no overlay): the models' own forward;
 * **masked**: the same call with a different mask per image (the overlay on the device,
   as the scorer does): masked images/s per model, and the ratio to bare;
+* **agreement**: the largest difference between the masked and the bare outputs (the
+  same images, masked on the device or beforehand): 0 up to rounding;
 * **attack**: R (RFR-Net, ``--inpaint-width``/``--iterations``) fills the holes, then E
   and O recognize: images/s.
 
-Ends with ``RESULT`` lines. Targets on an H200-class GPU (BENCHMARKS.md): masked >= 0.9x
+Ends with ``RESULT`` lines. Targets on an H200-class GPU (docs/benchmarks.md, "Adaptive ranking"): masked >= 0.9x
 bare and >= 10,000 masked images/s for ResNet-50 at 112 px in bf16.
 """
 
@@ -69,8 +71,12 @@ def bench(arch: str, precision: str, batch: int, args: argparse.Namespace, devic
         "masked": rate(lambda: p.outputs(x, masks), batch, args.steps, device),
         "attack": rate(lambda: p.outputs(x, masks, fill=True), batch, max(1, args.steps // 2), device),
     }
-    if not all(torch.isfinite(v).all() for v in p.outputs(x, masks).values()):
+    masked_out, bare_out = p.outputs(x, masks), p.outputs(premasked)
+    if not all(torch.isfinite(v).all() for v in masked_out.values()):
         raise SystemExit(f"{arch} {precision} batch {batch}: non-finite outputs")
+    # The overlay on the device must be the same computation as masking beforehand: the speed
+    # figures compare two paths only if they give the same outputs.
+    out["max_abs_diff"] = max(float((masked_out[k].float() - bare_out[k].float()).abs().max()) for k in masked_out)
     return out
 
 
@@ -114,6 +120,7 @@ def main() -> int:
                 print(f"RESULT gpu_step_{tag}_masked_images_per_s {masked:.0f}")
                 print(f"RESULT gpu_step_{tag}_masked_vs_bare {masked / bare:.3f}")
                 print(f"RESULT gpu_step_{tag}_attack_images_per_s {attack:.0f}")
+                print(f"RESULT gpu_step_{tag}_masked_bare_max_abs_diff {got['max_abs_diff']:.3g}")
     return 0
 
 

@@ -4,7 +4,7 @@
     python benchmarks/train.py             # more epochs
 
 Both sides train the same recognizer (compact ResNet, width 32: the embedded default's
-until it became 16, kept so that BENCHMARKS.md's rows stay comparable; 32 x 32
+until it became 16, kept so that docs/benchmarks.md's rows stay comparable; 32 x 32
 synthetic faces, 50 classes) on the same arrays with the same global batch, optimizer,
 precision (auto: bf16 + channels_last where supported) and augmentation. The plain loop
 is one process using every core (torch threads = cores); Ray Train is ``workers`` DDP

@@ -2,7 +2,7 @@
 
     python jobs/capacity.py --quick                         # 2,000 masks at 32 px, a few minutes here
     ray job submit --working-dir . -- python jobs/capacity.py --count 100000 --size 112 \\
-        --arch iresnet50 --eval-gpus 1 --eval-actors 8 --out /shared/capacity
+        --arch iresnet50 --eval-gpus 1 --eval-actors 8 --out /mnt/maskcrypt/capacity
 
 The same as ``maskcrypt capacity`` (:mod:`maskcrypt.capacity`).
 """

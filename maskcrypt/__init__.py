@@ -1,6 +1,6 @@
 """maskcrypt: find binary occlusion masks that encrypt images for recognition, and serve recognition behind them.
 
-The method is specified in METHOD.md; the layout and conventions in DESIGN.md.
+The method is described in docs/method.md; the layers, data flow and conventions in docs/architecture.md.
 Pure logic (masks, data, selection) lives in plain modules; Ray stays at the edges.
 """
 

@@ -1,4 +1,4 @@
-"""Stage 1, prepare: the run's mask libraries and pictures (METHOD.md, "Data").
+"""Stage 1, prepare: the run's mask libraries and pictures (docs/method.md, "Inputs").
 
 * ``masks/``: the selection library (generated with the mask seed, or a library the
   user brings, e.g. imported NVIDIA masks, copied in);

@@ -6,7 +6,7 @@ recognize. This module answers that from the tables a select run already wrote, 
 model run: Table 1 (``results/table1.parquet``) and the attack list's Table 2
 (``results/table2.parquet``), both on the selection split.
 
-**Objective** (documented in README "Threshold search"): a trial's thresholds choose
+**Objective** (docs/tuning.md): a trial's thresholds choose
 target masks exactly as :func:`maskcrypt.determine.stage.determine` would (target buckets by
 t_gap, candidates = top k of each, targets = candidates with drop > t_drop passing the
 basic form t_enc/t_orig). The choice is *feasible* when every chosen mask keeps O's

@@ -8,7 +8,7 @@ import pytest
 
 # Ray Train's controller polls its workers every 2 s: a tiny training run then waits ~7 s for its own end.
 # Polling faster changes nothing else; every Ray process the tests start (the shared session, and the clusters
-# and head nodes of tests/test_jobs.py and tests/multinode.py, which copy this environment) inherits it.
+# and head nodes of tests/cluster/test_jobs.py and tests/multinode.py, which copy this environment) inherits it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 

@@ -1,4 +1,4 @@
-"""Multi-node simulation, run as its own process by ``test_multinode.py`` (DESIGN.md: clusters of their own).
+"""Multi-node simulation, run as its own process by ``test_multinode.py`` (the cluster tier: clusters of their own).
 
 Trains E with 2 Ray Train workers and evaluates every mask with a 2-actor pool, first on
 a ``ray.cluster_utils.Cluster`` of a CPU-less head and two 1-CPU worker nodes (so the

@@ -38,7 +38,7 @@ def environment_error(script: str, missing: list[str]) -> str:
     """The one line a job prints when its Python lacks packages: what is missing, where, and the fix."""
     return (f"error: {script}: {sys.executable} cannot import {', '.join(missing)}: run it with the project's "
             "environment (`make setup`, then `.venv/bin/python " + script + "` or `source .venv/bin/activate`; "
-            "for `ray job submit`, start the Ray head from the activated .venv, see README 'Ray on a cluster')")
+            "for `ray job submit`, start the Ray head from the activated .venv, see docs/cluster.md)")
 
 
 def run_job(command: str, script: str) -> int:

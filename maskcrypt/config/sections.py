@@ -74,7 +74,7 @@ class TrainConfig:
     """Training hyperparameters of a recognizer (O and E share one instance)."""
 
     #: 7 on the embedded default (50 images per person): more images and fewer epochs than 30 x 12 at about the
-    #: same compute, E ~7 points better under (0.5,0.6] (README, "Quality on the embedded defaults").
+    #: same compute, E ~7 points better under (0.5,0.6] (docs/benchmarks.md, "The embedded default").
     epochs: int = 7
     batch_size: int = 128  # global, over all workers
     optimizer: str = "sgd"  # sgd | adamw
@@ -124,7 +124,7 @@ class InpaintTrainConfig:
 
     #: 3 on the embedded default (3,520 training faces): about the images of 6 epochs over the earlier 1,920.
     #: On one core of the 2-core default machine R's image costs ~5x one of E, so R's epochs set its share of
-    #: the training time (README, "Quality on the embedded defaults").
+    #: the training time (docs/benchmarks.md, "The embedded default").
     epochs: int = 3
     batch_size: int = 32
     lr: float = 2e-4
@@ -167,7 +167,7 @@ class ModelSettings:
 
     arch: str = "compact"
     #: compact only. 16 on the embedded default: E within 0-4 points of width 32 under every bucket, at ~1/4 the
-    #: compute (README "Quality on the embedded defaults").
+    #: compute (docs/benchmarks.md, "The embedded default").
     width: int = 16
     depth: tuple[int, ...] = (1, 1, 1, 1)
     head: str = "softmax"
@@ -274,11 +274,11 @@ class AdaptivePlan:
     """The adaptive race's knobs: first step of images, how steps grow, bounds, ties, how much to sample."""
 
     first: int = 50  # selection images every mask sees first
-    growth: float = 1.5  # each step of a mask's images is this many times the previous one (BENCHMARKS.md)
+    growth: float = 1.5  # each step of a mask's images is this many times the previous one (docs/benchmarks.md, "Adaptive ranking")
     confidence: float = 0.99  # level of the Wilson bounds
     seed: int = 0  # order in which selection images are revealed
     tolerance: float = 0.01  # ties: stop once the top ``keep`` is provably within this of every other mask
-    share: float = 0.1  # per round, the share of open challengers measured further (BENCHMARKS.md)
+    share: float = 0.1  # per round, the share of open challengers measured further (docs/benchmarks.md, "Adaptive ranking")
 
     def __post_init__(self) -> None:
         if self.first < 1 or self.growth <= 1.0:
@@ -302,7 +302,7 @@ class AdaptivePlan:
 
 @dataclass(frozen=True)
 class DetermineConfig:
-    """What the determination measures and how (METHOD.md, "Mask determination")."""
+    """What the determination measures and how (docs/method.md, "Determination")."""
 
     test_data: str = ""  # "" = the run's data, test split
     scoring: str = "auto"  # closed | open | auto
@@ -341,7 +341,7 @@ class DetermineConfig:
 
 
 # -- attackers -------------------------------------------------------------------------------------------
-#: Every attacker the attack stage can run (README, "What an attacker gets"), in report order. "O" and "R+O"
+#: Every attacker the attack stage can run (docs/determination.md, "What an attacker gets"), in report order. "O" and "R+O"
 #: are Table 2's own O figures and always measured; the others are chosen with ``--attackers``.
 ATTACKERS = ("O", "R+O", "telea+O", "ns+O", "adaptive-family", "adaptive-family+R", "adaptive-known")
 #: Attackers that need no training (run inside the attack stage's inference pass).
@@ -366,7 +366,7 @@ def parse_attackers(text: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """The attackers the attack stage measures and how the trained ones train (README, "What an attacker gets")."""
+    """The attackers the attack stage measures and how the trained ones train (docs/determination.md, "What an attacker gets")."""
 
     attackers: str = "default"  # default | all | a comma list of ATTACKERS
     #: The adaptive attackers train from O's weights with O's TrainConfig, its epochs replaced by this
@@ -425,7 +425,7 @@ class Budget:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """The threshold search: its objective's budget and how it searches (README, "Threshold search")."""
+    """The threshold search: its objective's budget and how it searches (docs/tuning.md)."""
 
     budget: Budget = field(default_factory=Budget)
     search: str = "random"  # random | grid

@@ -1,6 +1,6 @@
 """The attackers: what a chosen mask really hides, against the attackers a real adversary has.
 
-**Threat model** (README, "What an attacker gets"). The adversary sees masked images (a
+**Threat model** (docs/determination.md, "What an attacker gets"). The adversary sees masked images (a
 stored or intercepted upload, or the server's input) and wants the identity. It may
 hold an ordinary recognizer trained on clean faces, an inpainter, classical image
 processing and labelled photos of its own; it may know the mask (the service shares

@@ -1,4 +1,4 @@
-"""Stage 3, determine: the target masks of a trained run (METHOD.md, "Mask determination").
+"""Stage 3, determine: the target masks of a trained run (docs/method.md, "Determination").
 
 :func:`determine` runs these stage functions in order; each returns its table and
 writes it under ``RUN/results/`` as it completes:

@@ -1,7 +1,7 @@
 """The test set of a determination, ready for scoring: gallery, probes, selection and confirmation.
 
 Pure (numpy only, no Ray, no model), so every rule about who is a probe and which
-split an image belongs to is tested in milliseconds. Scoring (DESIGN.md):
+split an image belongs to is tested in milliseconds. Scoring (docs/determination.md, "Scoring"):
 
 * **closed set** - the test identities are training classes: the classifier's top-1
   against the label; the score is the true class's probability;

@@ -1,6 +1,6 @@
 """Mask conventions shared by every module: polarity, overlay, ratio, buckets, identity.
 
-Polarity (DESIGN.md): a mask is an H x W array with **0 = occluded, 1 = kept**, so
+Polarity (docs/architecture.md, "Conventions"): a mask is an H x W array with **0 = occluded, 1 = kept**, so
 ``encrypted = image * mask`` broadcast over colour channels. Buckets are half-open on
 the left, ``(edges[b-1], edges[b]]`` is bucket ``b``; bucket 0 is the "no mask"
 evaluation row and never stored; a mask outside every bucket is bucket -1.

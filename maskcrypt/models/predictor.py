@@ -1,4 +1,4 @@
-"""Mask, then recognize: THE step every stage runs (METHOD.md, "Recognition").
+"""Mask, then recognize: THE step every stage runs (docs/method.md, "Recognition with a target mask").
 
 A :class:`Predictor` holds one or more recognizers (E, O, an attacker's model) and
 optionally the inpainter R on one device at one precision, and owns everything between

@@ -1,6 +1,6 @@
 """The recognizers O and E: residual networks with a 512-d embedding in front of the classifier.
 
-METHOD.md: O and E are residual networks whose global-average-pool output is a
+The method (docs/method.md, "Models"): O and E are residual networks whose global-average-pool output is a
 512-dimensional embedding in front of the final fully connected classifier. One
 :class:`Recognizer` serves every backbone:
 

@@ -55,7 +55,7 @@ def init_ray(**kwargs: Any) -> None:
 class _DefaultAuthNotice:
     """Drops Ray's notice that a new local cluster turned token authentication on by default.
 
-    That is Ray 2.60's normal state (README, "Install"), not a problem; the opposite
+    That is Ray 2.60's normal state (docs/cluster.md), not a problem; the opposite
     warning (authentication *disabled*) still reaches the terminal.
     """
 

@@ -2,7 +2,7 @@
 
 :class:`RecognitionService` is one replica: it loads E into a
 :class:`~maskcrypt.models.predictor.Predictor` (device and precision resolved there) and
-the run's target masks, and answers the endpoints README lists. Requests are gathered
+the run's target masks, and answers the endpoints docs/serving.md lists. Requests are gathered
 by ``@serve.batch`` into one forward: each carries its image and the mask to apply (or
 none for a premasked upload), and the predictor overlays and recognizes the batch. The
 request handling itself (decoding, limits, mask choice, ranking) is
@@ -161,7 +161,7 @@ class RecognitionService:
     @api.post("/v1/recognize")
     async def recognize(self, request: Request, mask: str = "best", premasked: bool = False,
                         top_k: int | None = None) -> Response:
-        # A prepared JSON response: FastAPI's encoder would walk the answer again (measured: BENCHMARKS.md).
+        # A prepared JSON response: FastAPI's encoder would walk the answer again (measured: docs/benchmarks.md).
         return JSONResponse((await self._recognize(request, 1, mask, premasked, top_k))[0])
 
     @api.post("/v1/recognize/batch")

@@ -1,6 +1,6 @@
 """The enrolled gallery of an open-set service: embeddings, never pixels, in ``RUN/gallery/``.
 
-Open-set scoring (DESIGN.md) identifies a probe by the top-1 cosine similarity of E's
+Open-set scoring (docs/determination.md, "Scoring") identifies a probe by the top-1 cosine similarity of E's
 embedding to per-identity centroids (the normalized mean of unit embeddings), with the
 gallery masked by the *same* mask as the probe. The service keeps that rule: an
 enrollment stores the embedding of every enrolled image under every served mask, so a

@@ -1,4 +1,4 @@
-"""Training of the three models on Ray Train (METHOD.md, "Training"): the driver side.
+"""Training of the three models on Ray Train (docs/method.md, "Training"): the driver side.
 
 1. **O** (original recognizer) on the clean training images.
 2. **E** (encrypted recognizer) on the *second training sample*: ``K`` masked copies of

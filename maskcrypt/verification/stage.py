@@ -24,7 +24,7 @@ then unit-normalized (the mirror is of the image the model sees); the figures ar
 :mod:`maskcrypt.verification.protocol`'s (10-fold accuracy with the threshold chosen on the other
 nine folds, TAR at FAR 1e-3 and 1e-4 on all pairs, AUC, ROC). Results go to
 ``RUN/results/verification.parquet`` (one row per model, condition and mask, with the ROC
-arrays) and ``RUN/results/roc.png``. The attackers of the attack stage (README, "What an attacker
+arrays) and ``RUN/results/roc.png``. The attackers of the attack stage (docs/determination.md, "What an attacker
 gets") are verified beside them: O on OpenCV's Telea and Navier-Stokes fills (always; they
 need no training) and the run's adaptive-family recognizer on masked and on R-inpainted
 pairs (when its training is complete). Known-mask attackers are left out (one model per

@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def test_two_worker_nodes_give_the_results_of_one(tmp_path):
-    script = Path(__file__).with_name("multinode.py")
+    script = Path(__file__).parents[1] / "multinode.py"
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=900,
                           env={**os.environ, "RAY_DEDUP_LOGS": "0"})
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,15 +9,19 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from conftest import TINY_DATA, TINY_SIZE
+from plain_loops import open_set_reference
 
 from maskcrypt.config import AdaptivePlan, AttackConfig, DetermineConfig, EvalSettings
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.data import load
 from maskcrypt.determine.stage import determine as run_determination
-from maskcrypt.masks import mask_sha256, unpack_masks
+from maskcrypt.evaluation.testset import prepare_test
+from maskcrypt.masks import MaskLibrary, mask_sha256, unpack_masks
+from maskcrypt.models import Recognizer
 from maskcrypt.selection.rules import Thresholds
 
 #: One evaluation actor: each stage's actor start (a torch import) is most of a tiny determination's time; the
-#: split of work over several actors is tested in tests/test_evaluate.py and tests/test_multinode.py.
+#: split of work over several actors is tested in tests/local_ray/test_evaluate.py and tests/cluster/test_multinode.py.
 FP32 = EvalSettings(actors=1, masks_per_batch=4, images_per_chunk=32, precision="fp32")
 #: Loose thresholds so the tiny models pass every rule and the whole path runs (targets exist: the shared
 #: determined run's fixture asserts it with the same thresholds).
@@ -29,7 +33,7 @@ def _quiet(*_):
 
 
 #: The attackers that need no training: the trained ones (and the default set) run in the shared determined run's
-#: fixture and tests/test_attack.py, once per session.
+#: fixture and tests/local_ray/test_attack.py, once per session.
 UNTRAINED = AttackConfig(attackers="telea+O,ns+O")
 
 
@@ -158,12 +162,32 @@ def test_missing_checkpoint_is_named(tiny_run, tmp_path):
 
 
 def test_open_set_determination_runs_every_stage(tiny_run):
+    """Open-set scoring through every stage; its per-mask figures equal a plain loop on the same images."""
     run, _ = tiny_run
     result = determine(run, LOOSE, repeats=1, scoring="open", enroll=1,
                        confirm_fraction=0.0, settings=FP32, redo=True, report=False, log=_quiet)
     assert result["scoring"] == "open" and result["splits"] == {"selection": 12}  # 6 identities x (3 - 1)
     t2 = pd.read_parquet(run / "results" / "table2.parquet")
     assert (t2["n"] == 12).all() and t2["O_inpainted"].between(0, 1).all()
+    # The same test set as the stage built (same spec, enroll, seed), and E and O from the run's checkpoints.
+    models = {k: Recognizer.from_checkpoint(run / "models" / role).eval()
+              for k, role in (("E", "encrypted"), ("O", "original"))}
+    raw = load(TINY_DATA, default_split="test", size=TINY_SIZE)
+    meta = models["E"].checkpoint_meta
+    ts = prepare_test(raw.images, raw.labels, raw.class_names, meta["class_names"], scoring="open",
+                      confirm_fraction=0.0, enroll=1, seed=0, trained_classes=meta.get("trained_classes"))
+    lib = MaskLibrary.open(str(run / "masks"))
+    pm = pd.read_parquet(run / "results" / "per_mask.parquet").set_index("mask_id")
+    checked = 0
+    for row in t2.itertuples():
+        want = open_set_reference(models, ts, lib.get([row.mask_id]).masks[0])
+        # E under the mask, probes against a gallery masked the same way (the third and fourth accuracy) ...
+        assert round(row.fourth * row.n) == want["E"]["selection"], row.mask_id
+        assert round(pm.loc[row.mask_id, "third"] * pm.loc[row.mask_id, "n"]) == want["E"]["selection"]
+        # ... and O on the masked probes against its clean gallery (the attacker's view)
+        assert round(row.O_masked * row.n) == want["O"]["selection"], row.mask_id
+        checked += 1
+    assert checked == len(t2) > 0
 
 
 def test_every_artifact_names_the_same_targets_when_the_basic_form_rejects_a_candidate(determined_run, tmp_path):

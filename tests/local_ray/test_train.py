@@ -1,5 +1,6 @@
 """Ray Train on the shared local Ray, 2 workers: the tiny run, resumption, the rules around it."""
 
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,11 @@ from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.data import load
 from maskcrypt.masks import MaskLibrary, overlay
 from maskcrypt.models import Inpainter, Recognizer
-from maskcrypt.train.driver import TrainInputs, train_model, train_run
-from maskcrypt.train.placement import training_slots
+from maskcrypt.train.driver import TrainInputs, _second_sample, train_model, train_run
 
 TINY_MODELS = ModelSettings(width=8, inpaint_width=4, inpaint_iterations=1)
+
+
 TINY_TRAIN = TrainConfig(epochs=4, batch_size=16, lr=0.05, warmup_epochs=0.5, label_smoothing=0.0)
 
 
@@ -65,17 +67,6 @@ def test_three_models_train_and_load(tiny_run):
     assert filled.shape == x.shape
     record = json.loads((run / "run.json").read_text())
     assert set(record["stages"]["train"]) == {"original", "encrypted", "inpainter"}
-
-
-def test_models_train_side_by_side_as_far_as_the_cluster_holds_their_worker_groups():
-    two_cpus = {"CPU": 2.0}
-    assert training_slots(Resources(), two_cpus, streams=False) == 2  # the default: O|E beside R, a core each
-    assert training_slots(Resources(workers=2), two_cpus, streams=False) == 1  # one DDP group fills the machine
-    assert training_slots(Resources(), two_cpus, streams=True) == 1  # Ray Data keeps a CPU for decoding
-    assert training_slots(Resources(workers=4, cpus_per_worker=2), {"CPU": 64.0}, streams=True) == 7
-    gpus = Resources(workers=2, gpus_per_worker=1)
-    assert training_slots(gpus, {"CPU": 64.0, "GPU": 4.0}, streams=False) == 2  # GPUs bound it, not CPUs
-    assert training_slots(gpus, {"CPU": 64.0, "GPU": 1.0}, streams=False) == 1  # never below one
 
 
 def test_complete_models_are_not_retrained_and_other_settings_are_refused(tiny_run):
@@ -154,9 +145,54 @@ def test_encrypted_model_on_the_sources_fixed_sample(ray_session, tmp_path):
     indices = meta["mask_sampling"]["mask_indices"]
     assert len(indices) == 3 and len(set(indices)) == 3 and max(indices) < 5
     assert meta["history"][0]["epoch"] == 1
+    # What the workers were given: the K picked masks in the recorded order, the rest held out.
+    fixed, held_out, info = _second_sample(inputs, MaskSampling(k=3, mode="fixed"))
+    assert info["mask_indices"] == indices and np.array_equal(fixed, pool[indices])
+    assert np.array_equal(held_out, pool[sorted(set(range(5)) - set(indices))])
+    # What an epoch does with them (the workers' own train_epoch and steps): pass j overlays fixed mask j on every
+    # image of the pass, each image at most once per pass, so the epoch is K masked copies of the training set.
+    seen = _record_fixed_epoch(fixed, data, cfg)
+    assert sorted(seen) == [0, 1, 2]
+    for j, (items, masks) in seen.items():
+        assert len(items) == len(set(items)) == len(data.labels) // 8 * 8, j  # whole batches of distinct images
+        assert all(np.array_equal(m, fixed[j]) for m in masks), j
     with pytest.raises(MaskcryptError, match="the pool holds only 5 masks"):
         train_model("encrypted", tmp_path / "b", inputs, cfg, TrainConfig(epochs=1, batch_size=16),
                     sampling=MaskSampling(k=6, mode="fixed"))
+
+
+def _record_fixed_epoch(fixed: np.ndarray, data, model_config: dict) -> dict[int, tuple[list[int], list]]:
+    """One in-process epoch of E in fixed mode; per pass, the items it trained on and every mask it overlaid."""
+    import dataclasses
+
+    import torch
+
+    from maskcrypt.train.loop import RecognizerSteps, array_batches, pass_seed, train_epoch
+
+    tc = dataclasses.asdict(TrainConfig(epochs=1, batch_size=8, precision="fp32"))
+    cfg = {"train_config": tc, "role": "encrypted", "k": len(fixed), "model_config": model_config,
+           "mask_mode": "fixed", "masks": fixed}
+    seen: dict[int, tuple[list[int], list]] = {}
+
+    class Recording(RecognizerSteps):
+        def batch_masks(self, n, rng, pass_):
+            masks = super().batch_masks(n, rng, pass_)
+            seen.setdefault(pass_, ([], []))[1].extend(np.asarray(masks))
+            assert masks.shape[0] == n
+            return masks
+
+    steps = Recording(cfg, torch.device("cpu"), False)
+    arrays = {"image": data.images, "label": data.labels, "item": np.arange(len(data.labels))}
+    per_pass = len(data.labels) // 8
+
+    def batches(pass_, read):
+        for batch in array_batches(arrays, pass_seed(tc["seed"], 1, pass_), 8, per_pass, read=read):
+            seen.setdefault(pass_, ([], []))[0].extend(batch["item"].tolist())
+            yield batch
+
+    steps.schedule(per_pass * steps.passes)
+    train_epoch(steps, steps.model, 1, per_pass, batches)
+    return seen
 
 
 def test_bad_requests_fail_clearly(ray_session, tmp_path):
@@ -187,7 +223,7 @@ def _accuracy_band(a: float, b: float, n: int) -> float:
     on 64 images about 0.15 near 93 % and 0.28 near 55 %. Labels from the wrong files
     fall to chance (0.125), far outside. Identity-sorted blocks cost less at this size
     (O 0.89 in memory against 0.75 streamed at 8 epochs, inside the band): the shuffle
-    itself is pinned by ``tests/test_data.py``'s training-stream test.
+    itself is pinned by ``tests/local_ray/test_data.py``'s training-stream test.
     """
     return 3 * np.sqrt((a * (1 - a) + b * (1 - b)) / n) + 1 / n
 
@@ -249,31 +285,3 @@ def test_files_streamed_to_two_workers_train_as_well_as_the_in_memory_path(ray_s
     with pytest.raises(MaskcryptError, match=named):
         train_run(run, files, TINY_SIZE, **args)
 
-
-def test_auto_sharding_replicates_by_decoded_size_per_worker_not_by_the_source_kind():
-    """Both sides of ``Resources.replicate_max_mb``: a folder that fits replicates, a large rendered set streams."""
-    from maskcrypt.data import source_split
-    from maskcrypt.train.placement import decoded_mb, sharding
-
-    rendered = source_split("synthetic:identities=6,per_identity=16", size=TINY_SIZE)  # 96 x 3 x 16 x 16 bytes
-    assert decoded_mb(rendered) == pytest.approx(96 * 3 * 16 * 16 / 1e6)
-    assert sharding(Resources(), rendered) == "replicate"
-    assert sharding(Resources(replicate_max_mb=0.01), rendered) == "stream"  # a huge synthetic set is not copied
-    files = SourceSplitStub(paths=["a.jpg"] * 10)
-    assert sharding(Resources(replicate_max_mb=1.0), files) == "replicate"  # a small folder: reproducible
-    assert sharding(Resources(replicate_max_mb=0.0), files) == "stream"
-    assert sharding(Resources(sharding="stream"), rendered) == "stream"  # an explicit choice wins
-    with pytest.raises(MaskcryptError, match="shuffle_buffer"):
-        Resources(shuffle_buffer=0)
-    with pytest.raises(MaskcryptError, match="held-out-limit"):
-        Resources(held_out_limit=0)
-
-
-class SourceSplitStub:
-    """What sharding reads of a split: its length, channels and size."""
-
-    def __init__(self, paths: list[str]):
-        self.paths, self.channels, self.size = paths, 3, (112, 112)
-
-    def __len__(self) -> int:
-        return len(self.paths)

@@ -13,7 +13,7 @@ import pytest
 
 from maskcrypt.cli.environment import REQUIRED
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 JOBS = sorted((ROOT / "jobs").glob("*.py"))
 
 

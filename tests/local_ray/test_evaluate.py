@@ -1,11 +1,13 @@
 """The Ray Data evaluator against a plain in-process loop, on the tiny trained run (fp32)."""
 
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_DATA, TINY_SIZE
+from plain_loops import open_set_reference
 
 from maskcrypt.config import AdaptivePlan, EvalSettings
 from maskcrypt.core.errors import MaskcryptError
@@ -82,21 +84,6 @@ def test_sampled_table1_counts_equal_a_plain_loop(setting):
     assert got.loc[got.bucket == 0, "correct_E"].nunique() == 1
 
 
-def test_sampled_mode_ships_only_the_drawn_masks_packed(tmp_path):
-    """Table 1's actors get at most repeats x images masks per bucket, bit-packed, however big the library."""
-    from maskcrypt.evaluation.crossproduct import _drawn_masks
-    from maskcrypt.masks.core import unpack_masks
-
-    lib = MaskLibrary.create(str(tmp_path / "lib"), 16, 16)
-    generate_into(lib, 120, seed=0, buckets=[6])
-    got = _drawn_masks(lib, 6, repeats=2, seed=3, n_input=5)
-    pool = lib.load([6]).masks
-    drawn = {int(i) for r in range(2) for i in np.random.default_rng([3, 6, r]).integers(0, len(pool), 5)}
-    assert got["size"] == len(pool) == 120 and list(got["index"]) == sorted(drawn) and len(drawn) <= 10
-    assert got["packed"].shape == (len(drawn), 16 * 16 // 8)
-    assert (unpack_masks(got["packed"], 16, 16) == pool[got["index"]]).all()
-
-
 def test_size_mismatch_missing_model_and_empty_bucket(setting, tmp_path):
     run, test, paths, _ = setting
     other = MaskLibrary.create(str(tmp_path / "big"), 32, 32)
@@ -149,55 +136,6 @@ def test_attack_counts_equal_a_plain_loop(setting):
         assert row["both"] + row["before_only"] + row["after_only"] + row["neither"] == row["n"] == len(y)
 
 
-def test_prepare_test_scoring_gallery_and_splits():
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (40, 3, 8, 8), dtype=np.uint8)
-    labels = np.repeat(np.arange(5), 8)
-    labels[-1] = 4
-    names = ["a", "b", "c", "d", "e"]
-    closed = prepare_test(images, labels, names, ["e", "d", "c", "b", "a", "z"], confirm_fraction=0.5, seed=1)
-    assert closed.scoring == "closed" and closed.classes[0] == "e"
-    # Labels now index the model's classes; every image kept exactly once, half of each identity held out.
-    assert sorted(closed.order.tolist()) == list(range(40))
-    assert [closed.classes[k] for k in closed.labels] == [names[k] for k in labels[closed.order]]
-    for k in range(5):
-        assert (closed.split[closed.labels == 4 - k] == 1).sum() == 4
-    assert (np.diff(closed.split.astype(int)) >= 0).all()  # selection first, then confirmation
-    assert np.array_equal(closed.images, images[closed.order])
-
-    opened = prepare_test(images, labels, names, ["x", "y"], enroll=3, confirm_fraction=0.5, seed=1)
-    assert opened.scoring == "open" and opened.classes == names
-    assert opened.gallery[:15].all() and not opened.gallery[15:].any()  # 3 per identity, gallery first
-    assert opened.probes("selection") + opened.probes("confirmation") == 25
-    # Partly known identities are still open set; forcing closed names the unknown ones.
-    assert prepare_test(images, labels, names, ["a", "b"]).scoring == "open"
-    with pytest.raises(MaskcryptError, match=r"test identities \['c', 'd', 'e'\]"):
-        prepare_test(images, labels, names, ["a", "b"], scoring="closed")
-    few = prepare_test(images[:17], labels[:17], names, ["x"], enroll=2)  # identity c has 1 image: dropped
-    assert few.dropped == ["c"] and len(few) == 16
-    with pytest.raises(MaskcryptError, match="--confirm-fraction"):
-        prepare_test(images, labels, names, names, confirm_fraction=1.0)
-    with pytest.raises(MaskcryptError, match="at least two identities"):
-        prepare_test(images[:8], labels[:8], names, ["x"])
-
-
-def _open_reference(models, ts, mask):
-    """Open-set counts the obvious way: centroids of the gallery (masked for E, clean for O), top-1 cosine."""
-    import torch.nn.functional as F
-
-    x, y, g = torch.from_numpy(ts.images), torch.from_numpy(ts.labels), torch.from_numpy(ts.gallery)
-    masked = overlay(x, torch.from_numpy(mask))
-    out = {}
-    with torch.inference_mode():
-        for name, model in models.items():
-            gal = (x if name == "O" else masked)[g]
-            emb = F.normalize(model.embed(gal), dim=1)
-            cent = F.normalize(torch.zeros(len(ts.classes), emb.shape[1]).index_add_(0, y[g], emb), dim=1)
-            probe = F.normalize(model.embed(masked[~g]), dim=1)
-            hit = (probe @ cent.T).argmax(1) == y[~g]
-            split = torch.from_numpy(ts.split[~ts.gallery])
-            out[name] = {s: int(hit[split == k].sum()) for k, s in enumerate(["selection", "confirmation"])}
-    return out
 
 
 def test_open_set_counts_equal_a_plain_loop(setting):
@@ -213,7 +151,7 @@ def test_open_set_counts_equal_a_plain_loop(setting):
     batch = lib.load([2])
     assert len(got) == 2 * len(batch.mask_ids)
     for mid, mask in zip(batch.mask_ids, batch.masks):
-        want = _open_reference(models, ts, mask)
+        want = open_set_reference(models, ts, mask)
         for row in got[got["mask_id"] == mid].itertuples():
             assert (row.correct_E, row.correct_O) == (want["E"][row.split], want["O"][row.split]), (mid, row.split)
             bits = np.unpackbits(np.frombuffer(row.hits_E, np.uint8))[: row.n]
@@ -293,3 +231,4 @@ def test_a_stage_waits_for_the_cpus_that_short_tasks_still_hold(ray_session):
     wait_for_free_cpu(timeout_s=120)
     assert ray.available_resources().get("CPU", 0) > 0
     assert ray.get(ref)
+

@@ -1,5 +1,6 @@
 """maskcrypt verify (the stage and the command), the determination's verification section, and ONNX export."""
 
+
 from __future__ import annotations
 
 import json
@@ -10,47 +11,13 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from fake_run import DATA, _fake_run
 
 from maskcrypt.cli.main import main
 from maskcrypt.data import load
 from maskcrypt.masks import MaskLibrary, overlay
-from maskcrypt.masks.generate import generate_into
-from maskcrypt.models import Inpainter, InpainterConfig, Recognizer, RecognizerConfig
-from maskcrypt.models.checkpoint import save_checkpoint
+from maskcrypt.models import Recognizer
 from maskcrypt.verification.protocol import evaluate
-
-SIZE = 16
-DATA = f"synthetic:identities=20,per_identity=15,size={SIZE}"
-
-
-def _fake_run(root, targets: int = 2):
-    """A run directory with untrained (but distinct) models, a small library and target masks: no Ray, seconds."""
-    torch.manual_seed(0)
-    lib = MaskLibrary.open_or_create(str(root / "masks"), SIZE, SIZE)
-    generate_into(lib, 12, seed=0)
-    train = {"train_config_sha256": "same", "train_config": {}}
-    for role in ("original", "encrypted"):
-        cfg = RecognizerConfig(num_classes=20, image_size=SIZE, width=8)
-        model = Recognizer(cfg)
-        model.train()
-        model(torch.randint(0, 256, (16, 3, SIZE, SIZE), dtype=torch.uint8))  # BatchNorm statistics off defaults
-        save_checkpoint(root / "models" / role / "checkpoint_epoch_0001", model.eval(),
-                        {"kind": "recognizer", "role": role, "model_config": cfg.to_dict(), "epoch": 1, "epochs": 1,
-                         "image_size": SIZE, "channels": 3, "class_names": [f"id{i:03d}" for i in range(20)],
-                         **train})
-    r = Inpainter(InpainterConfig(width=4, iterations=1, image_size=SIZE)).eval()
-    save_checkpoint(root / "models" / "inpainter" / "checkpoint_epoch_0001", r,
-                    {"kind": "inpainter", "model_config": r.config.to_dict(), "epoch": 1, "epochs": 1})
-    table = lib.table()
-    ids = table.column("mask_id").to_pylist()[:targets]
-    keep = table.slice(0, targets)
-    from maskcrypt.core.fileio import write_json, write_parquet
-
-    write_parquet(keep, root / "targets.parquet")
-    write_json(root / "targets.json", {"targets": [{"mask_id": m, "sha256": s} for m, s in
-                                                   zip(ids, keep.column("sha256").to_pylist())], "scoring": "closed"})
-    write_json(root / "run.json", {"prepare": {"data": DATA}})
-    return root, ids
 
 
 def _embed(model, images, mask=None):
@@ -128,36 +95,6 @@ def test_verify_errors_are_named(tmp_path, capsys, ray_session):
     assert "has no verification pairs; add #pairs=generate" in capsys.readouterr().err
 
 
-def test_export_onnx_matches_torch(tmp_path, capsys):
-    import onnx
-    import onnxruntime as ort
-
-    run, ids = _fake_run(tmp_path / "run")
-    out = tmp_path / "e.onnx"
-    assert main(["export", str(run), "--model", "encrypted", "--format", "onnx", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "onnxruntime vs torch" in printed
-    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-    assert json.loads(meta["class_names"])[:2] == ["id000", "id001"] and json.loads(meta["target_masks"]) == ids
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    assert session.get_inputs()[0].type == "tensor(uint8)"
-    e = Recognizer.from_checkpoint(run / "models" / "encrypted")
-    for n in (1, 7):  # dynamic batch
-        x = torch.randint(0, 256, (n, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
-        logits, emb = session.run(None, {"images": x.numpy()})
-        with torch.no_grad():
-            assert np.abs(logits - e(x).numpy()).max() < 1e-3
-            assert np.abs(emb - F.normalize(e.embed(x)).numpy()).max() < 1e-3
-    # O with float input through the legacy exporter.
-    assert main(["export", str(run), "--model", "original", "--out", str(tmp_path / "o.onnx"), "--input", "float",
-                 "--exporter", "torchscript"]) == 0
-    session = ort.InferenceSession(str(tmp_path / "o.onnx"), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).uniform(0, 255, (3, 3, SIZE, SIZE)).astype(np.float32)
-    o = Recognizer.from_checkpoint(run / "models" / "original")
-    with torch.no_grad():
-        assert np.abs(session.run(["logits"], {"images": x})[0] - o(torch.from_numpy(x)).numpy()).max() < 1e-3
-
-
 def test_determination_shows_verification_when_the_test_source_has_pairs(determined_run, tmp_path, ray_session):
     from conftest import TINY_DATA
 
@@ -181,3 +118,4 @@ def test_determination_shows_verification_when_the_test_source_has_pairs(determi
     # A test source without pairs: the stale section goes.
     assert verify_determination(run, TINY_DATA, EvalSettings(precision="fp32"), lambda *_: None) is False
     assert not (run / "results" / "verification.parquet").exists()
+

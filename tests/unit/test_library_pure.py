@@ -7,6 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from library_readers import _RESULT_TYPES, _check_arrow_schema, _outside_library, _results_dir
 
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.masks import MaskLibrary, assign_buckets, generate, mask_sha256, occlusion_ratio
@@ -119,85 +120,12 @@ def test_filter_batches_stats_and_read_time_edges(tmp_path):
         lib.get(["nope"])
 
 
-def test_to_ray_dataset_streams_committed_rows(tmp_path, ray_session):
-    lib = MaskLibrary.create(str(tmp_path / "lib"), 16, 16)
-    generate_into(lib, 24, seed=6)
-    ds = lib.to_ray_dataset(buckets=[5, 6])
-    rows = ds.take_all()
-    assert len(rows) == 8
-    assert {int(r["bucket"]) for r in rows} == {5, 6}
-    by_id = {r["mask_id"]: r for r in rows}
-    expected = lib.get(sorted(by_id))
-    for mid, mask in zip(expected.mask_ids, expected.masks):
-        assert by_id[mid]["bits"] == np.packbits(mask).tobytes()
 
 
-def test_to_ray_dataset_cuts_parts_into_small_blocks_and_skips_excluded(tmp_path, ray_session):
-    """Blocks of rows_per_block masks, read from row groups or sliced from single-group parts."""
-    import pyarrow.parquet as pq
-
-    lib = MaskLibrary.create(str(tmp_path / "lib"), 16, 16)
-    generate_into(lib, 60, seed=6, buckets=[3])
-    part = lib.part_paths([3])[0]
-    assert pq.ParquetFile(part).num_row_groups == 1  # 60 masks < one row group of 64
-    ds = lib.to_ray_dataset(rows_per_block=7, exclude={"g6-0000002"}).materialize()
-    rows = ds.take_all()
-    assert ds.num_blocks() == 9  # ceil(60 / 7)
-    assert sorted(r["mask_id"] for r in rows) == sorted(set(lib.column("mask_id")) - {"g6-0000002"})
-    big = MaskLibrary.create(str(tmp_path / "big"), 8, 8)
-    generate_into(big, 150, seed=2, buckets=[2])
-    assert pq.ParquetFile(big.part_paths([2])[0]).num_row_groups == 3  # written as row groups of 64
-    got = big.to_ray_dataset(rows_per_block=50).take_all()  # slices straddle row groups
-    assert [r["mask_id"] for r in got] == big.column("mask_id")
 
 
-# -- outside readers: pandas, pyarrow datasets, Ray Data, DuckDB ---------------------------------
-def _outside_library(tmp_path):
-    """A library with every bucket, bucket -1 included, as an outside reader finds it on disk."""
-    lib = MaskLibrary.create(str(tmp_path / "lib"), 16, 16)
-    generate_into(lib, 24, seed=6)
-    lib.append([(np.ones((1, 16, 16), np.uint8), ["none"], ["hand"])])  # bucket -1
-    assert sorted({p["path"].split("/")[0] for p in lib.parts}) == ["b-1", "b1", "b2", "b3", "b4", "b5", "b6"]
-    expected = lib.table().to_pandas().set_index("mask_id")
-    return tmp_path / "lib", expected
 
 
-def _results_dir(tmp_path):
-    """``results/`` as a determination writes it: single tables and a folder of parts with its key.
-
-    The parts are written by the evaluation's own writer; the folder also holds ``_key.json``
-    and a temporary file left by an interrupted write, which no reader may take for a part.
-    """
-    from maskcrypt.core.fileio import write_json, write_parquet
-    from maskcrypt.evaluation.crossproduct import _write_part
-
-    results = tmp_path / "results"
-    rng = np.random.default_rng(0)
-
-    def block(ids):
-        return pd.DataFrame({"mask_id": ids, "bucket": np.array([3] * len(ids), np.int8), "split": "selection",
-                             "n": np.full(len(ids), 40), "correct_E": rng.integers(0, 40, len(ids)),
-                             "score_E": rng.random(len(ids)), "hits_E": [rng.bytes(5) for _ in ids]})
-
-    write_parquet(block(["a", "b"]).assign(third=0.5), results / "table1.parquet")
-    parts = results / "per_mask.parts"
-    parts.mkdir(parents=True)
-    write_json(parts / "_key.json", {"library": "x"})
-    _write_part(block(["m0", "m1", "m2"]), parts)
-    _write_part(block(["m3"]), parts)
-    (parts / ".part-dead.parquet.0123abcd.tmp").write_bytes(b"PAR1 half a file")
-    return results
-
-
-_RESULT_TYPES = {"bucket": pa.int8(), "n": pa.int64(), "correct_E": pa.int64(), "score_E": pa.float64(),
-                 "hits_E": pa.binary()}
-
-
-def _check_arrow_schema(schema: pa.Schema, expected: dict) -> None:
-    got = {f.name: f.type for f in schema}
-    assert set(got) == set(expected), schema  # no extra partition column
-    for name, typ in expected.items():
-        assert got[name] == typ or (typ == pa.string() and got[name] == pa.large_string()), (name, got[name])
 
 
 def test_pandas_reads_a_library_and_results_with_the_stored_types(tmp_path):
@@ -226,21 +154,6 @@ def test_pyarrow_dataset_reads_a_library_and_results_with_the_stored_types(tmp_p
     parts = pads.dataset(results / "per_mask.parts", partitioning="hive").to_table()
     _check_arrow_schema(parts.schema, {**_RESULT_TYPES, "mask_id": pa.string(), "split": pa.string()})
     assert parts.num_rows == 4
-
-
-def test_ray_data_reads_a_library_and_results_with_the_stored_types(tmp_path, ray_session):
-    import ray.data
-
-    root, expected = _outside_library(tmp_path)
-    ds = ray.data.read_parquet(str(root))
-    _check_arrow_schema(ds.schema().base_schema, {f.name: f.type for f in SCHEMA})
-    rows = ds.take_all()
-    assert sorted(r["mask_id"] for r in rows) == sorted(expected.index)
-    assert {r["mask_id"]: int(r["bucket"]) for r in rows} == expected["bucket"].astype(int).to_dict()
-    results = _results_dir(tmp_path)
-    parts = ray.data.read_parquet(str(results / "per_mask.parts"))
-    _check_arrow_schema(parts.schema().base_schema, {**_RESULT_TYPES, "mask_id": pa.string(), "split": pa.string()})
-    assert parts.count() == 4
 
 
 def test_duckdb_reads_a_library_and_results_with_the_stored_types(tmp_path):
@@ -286,7 +199,7 @@ def test_a_library_with_hive_style_folders_still_opens_loads_and_grows(tmp_path)
 
 
 def test_uncommitted_parts_are_complete_files_that_outside_readers_see(tmp_path):
-    """What README says an outside reader sees after an interrupted write."""
+    """What docs/data.md says an outside reader sees after an interrupted write."""
     lib = MaskLibrary.create(str(tmp_path / "lib"), 16, 16)
     lib.append([(generate(6, 16, seed=1), _ids("a", 6), ["x"] * 6)])
 
@@ -303,3 +216,4 @@ def test_uncommitted_parts_are_complete_files_that_outside_readers_see(tmp_path)
     for rel in orphans:
         (tmp_path / "lib" / rel).unlink()
     assert len(pd.read_parquet(tmp_path / "lib")) == 6
+

@@ -23,7 +23,7 @@ from ports import free_port
 
 from maskcrypt.models import Inpainter, Recognizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -85,7 +85,7 @@ def head_node(tmp_path_factory):
 
 
 def test_select_job_runs_the_whole_method_under_ray_job_submit(head_node, tmp_path):
-    """prepare -> train -> determine, submitted as README shows, on the test's own head node."""
+    """prepare -> train -> determine, submitted as docs/cluster.md shows, on the test's own head node."""
     import json
 
     address, env = head_node
@@ -126,7 +126,7 @@ def test_select_job_runs_the_whole_method_under_ray_job_submit(head_node, tmp_pa
     assert result["thresholds"]["t_gap"] == 0.0 and (run / "report.md").exists() and result["target_buckets"]
     assert json.loads((run / "run.json").read_text())["stages"]["determine"]["targets"] == [
         t["mask_id"] for t in result["targets"]]
-    # Without the token setting, the client is refused: what README tells users to set.
+    # Without the token setting, the client is refused: what docs/cluster.md tells users to set.
     no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
     r = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], capture_output=True, text=True,
                        env=no_token, timeout=120)

@@ -1,13 +1,10 @@
 """Threshold search: the pure objective on hand-made tables, then Ray Tune on the tiny run's tables."""
 
-from __future__ import annotations
 
-import json
-import shutil
+from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import TINY_DATA
 
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.selection.rules import Thresholds
@@ -68,35 +65,9 @@ def test_grid_space_spans_each_threshold_and_k():
         search_space(tables, "bayes")
 
 
-def test_tuned_thresholds_reproduce_their_choice_in_the_determination(determined_run, tmp_path):
-    from maskcrypt.config import AttackConfig, DetermineConfig, EvalSettings
-    from maskcrypt.determine.stage import determine
-    from maskcrypt.tune import search
-
-    src, _ = determined_run
-    run = tmp_path / "run"
-    shutil.copytree(src, run)
-    shutil.copytree(src, tmp_path / "bare", ignore=shutil.ignore_patterns("targets.json"))
-    with pytest.raises(MaskcryptError, match=r"no targets\.json"):
-        Tables.load(tmp_path / "bare")
-    settings = EvalSettings(actors=1, precision="fp32")
-    summary = search(run, Budget(o_masked=1.0, o_inpainted=1.0), samples=8, seed=1, log=lambda *_: None)
-    out = run / "tune"
-    assert summary["trials"] == 8 and summary["feasible_trials"] >= 1
-    assert len(pd.read_parquet(out / "trials.parquet")) == 8 and (out / "pareto.png").stat().st_size > 0
-    assert summary["confirmation"] is not None and summary["confirmation"]["targets"] == summary["selection"]["targets"]
-    tuned = Thresholds.from_file(out / "best_thresholds.json")
-    assert tuned.to_dict() == summary["best_thresholds"] and tuned.attack_top == 3
-    # The file is a --thresholds for the select job: the determination picks exactly the tuned masks.
-    result = determine(run, DetermineConfig(test_data=TINY_DATA, repeats=1), tuned, settings, report=False,
-                       log=lambda *_: None, attackers=AttackConfig(attackers="O,R+O"))
-    assert [t["mask_id"] for t in result["targets"]] == summary["selection"]["mask_ids"].split(",")
-    saved = json.loads((out / "tune.json").read_text())
-    assert saved["selection"]["mask_ids"] == summary["selection"]["mask_ids"]
-
-
 def test_tune_command_names_bad_flags_without_starting_ray(tmp_path, capsys):
     from maskcrypt.cli.main import job_main
 
     assert job_main("tune", ["--run", str(tmp_path), "--max-o-inpainted", "1.5"]) == 2
     assert "budget o_inpainted: expected a fraction in [0, 1], got 1.5" in capsys.readouterr().err
+

@@ -164,7 +164,7 @@ def _image_bytes(fmt: str, mode: str = "RGB", size: tuple[int, int] = (20, 20), 
 
 
 def test_no_malformed_upload_gets_a_5xx(served, served_open):
-    """Every kind of bad input README lists, and then some, over real HTTP: a 4xx each, never a 5xx."""
+    """Every kind of bad input docs/serving.md lists, and then some, over real HTTP: a 4xx each, never a 5xx."""
     url, _, _ = served
     open_url, _, _ = served_open
     noisy = np.random.default_rng(1).integers(0, 255, (3, 300, 300), dtype=np.uint8)
@@ -476,7 +476,7 @@ def test_gpu_replicas_are_refused_at_once_without_gpus_and_the_config_sets_them(
     from maskcrypt.cli.main import main
     from maskcrypt.serving.deployment import build_app
 
-    spec = importlib.util.spec_from_file_location("serve_app", Path(__file__).parents[1] / "serve" / "app.py")
+    spec = importlib.util.spec_from_file_location("serve_app", Path(__file__).parents[2] / "serve" / "app.py")
     serve_app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(serve_app)
     app_builder = serve_app.app_builder
