@@ -274,7 +274,7 @@ class AdaptivePlan:
     """The adaptive race's knobs: first step of images, how steps grow, bounds, ties, how much to sample."""
 
     first: int = 50  # selection images every mask sees first
-    growth: float = 1.5  # each step of a mask's images is this many times the previous one (docs/benchmarks.md, "Adaptive ranking")
+    growth: float = 1.5  # each step of a mask's images is this many times the previous one (docs/benchmarks.md)
     confidence: float = 0.99  # level of the Wilson bounds
     seed: int = 0  # order in which selection images are revealed
     tolerance: float = 0.01  # ties: stop once the top ``keep`` is provably within this of every other mask
