@@ -278,7 +278,7 @@ class AdaptivePlan:
     confidence: float = 0.99  # level of the Wilson bounds
     seed: int = 0  # order in which selection images are revealed
     tolerance: float = 0.01  # ties: stop once the top ``keep`` is provably within this of every other mask
-    share: float = 0.1  # per round, the share of open challengers measured further (docs/benchmarks.md, "Adaptive ranking")
+    share: float = 0.1  # per round, the share of open challengers measured further (docs/benchmarks.md)
 
     def __post_init__(self) -> None:
         if self.first < 1 or self.growth <= 1.0:
