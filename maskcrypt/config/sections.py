@@ -341,8 +341,8 @@ class DetermineConfig:
 
 
 # -- attackers -------------------------------------------------------------------------------------------
-#: Every attacker the attack stage can run (docs/determination.md, "What an attacker gets"), in report order. "O" and "R+O"
-#: are Table 2's own O figures and always measured; the others are chosen with ``--attackers``.
+#: Every attacker the attack stage can run (docs/determination.md, "What an attacker gets"), in report order.
+#: "O" and "R+O" are Table 2's own O figures and always measured; the others are chosen with ``--attackers``.
 ATTACKERS = ("O", "R+O", "telea+O", "ns+O", "adaptive-family", "adaptive-family+R", "adaptive-known")
 #: Attackers that need no training (run inside the attack stage's inference pass).
 NO_TRAINING = ("O", "R+O", "telea+O", "ns+O")
