@@ -366,7 +366,7 @@ def parse_attackers(text: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """The attackers the attack stage measures and how the trained ones train (docs/determination.md, "What an attacker gets")."""
+    """The attackers the attack stage measures and how the trained ones train (docs/determination.md)."""
 
     attackers: str = "default"  # default | all | a comma list of ATTACKERS
     #: The adaptive attackers train from O's weights with O's TrainConfig, its epochs replaced by this
