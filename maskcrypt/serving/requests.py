@@ -1,4 +1,4 @@
-"""Recognition behind the target masks (docs/method.md, "Recognition with a target mask"): the request handling, without Serve.
+"""Recognition behind the target masks (docs/method.md): the request handling, without Serve.
 
 Pure parts, tested without a server: :class:`ServiceConfig` (the deployment's
 ``user_config``), :func:`load_targets` (the run's target masks, every sha256 verified),
