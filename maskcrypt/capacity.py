@@ -108,7 +108,6 @@ def _model(root: Path, cfg: CapacityConfig, classes: list[str]) -> Path:
         return Path(cfg.model).resolve()
     import torch
 
-
     torch.manual_seed(0)
     rc = RecognizerConfig(arch=cfg.arch, width=cfg.width, num_classes=len(classes), image_size=cfg.size)
     meta = {"kind": "recognizer", "role": "capacity", "model_config": dataclasses.asdict(rc),
@@ -217,7 +216,6 @@ def _bare_task(model: str, images: Any, mask: Any, precision: str, chunk: int, g
     """One evaluation device's bare forward of E (run as a Ray task with an actor's resources)."""
     import torch
 
-
     predictor = Predictor.from_checkpoint(model, choose_device(gpus, torch.cuda.is_available()), precision, chunk)
     return forward_rate(predictor, predictor.to_device(overlay(torch.from_numpy(pixels(images)),
                                                                torch.from_numpy(mask))))
@@ -231,7 +229,6 @@ def _bare_rate(model: Path, ts: Any, lib: Any, settings: EvalSettings) -> float:
     device, precision and chunk); the mean of the tasks.
     """
     import ray
-
 
     mask = next(lib.iter_batches(batch_size=1)).masks[0]
     task = ray.remote(_bare_task).options(num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor)

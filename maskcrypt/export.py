@@ -63,7 +63,6 @@ def export_onnx(run: str | os.PathLike[str] | Run, out: str | os.PathLike[str], 
     import onnx
     import torch
 
-
     if model not in MODELS:
         raise MaskcryptError(f"--model: expected one of {', '.join(MODELS)}, got {model!r}")
     if input_type not in INPUTS:

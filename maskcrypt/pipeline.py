@@ -115,7 +115,6 @@ def train_stage(config: RunConfig, run: Run, retrain: bool, log: Callable[[str],
 def determine_stage(config: RunConfig, run: Run, redetermine: bool, log: Callable[[str], None]) -> dict[str, Any]:
     import pandas as pd
 
-
     result = determine(run, config.determine, config.thresholds, config.evaluation, config.adaptive,
                        redo=redetermine, log=log, attackers=config.attack)
     paths = run.paths

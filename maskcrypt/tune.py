@@ -190,7 +190,6 @@ def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, budget: Budget, path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     fig, ax = plt.subplots(figsize=(6, 4))
     pts = trials[trials["targets"] > 0]
     ok = pts["feasible"].astype(bool)
@@ -228,7 +227,6 @@ def search(run: str | os.PathLike[str] | Run, budget: Budget = Budget(), mode: s
     import time
 
     from ray import tune
-
 
     root = Run.open(run).root
     tables = Tables.load(root)

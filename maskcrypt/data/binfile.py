@@ -84,7 +84,6 @@ def decode_bin_image(data: bytes, where: str, size: tuple[int, int], channels: i
     """One encoded image -> uint8 ``C x H x W`` at ``size``; an undecodable one is a named error."""
     from PIL import Image, UnidentifiedImageError
 
-
     try:
         with Image.open(io.BytesIO(data)) as img:
             if img.width * img.height > MAX_PIXELS:

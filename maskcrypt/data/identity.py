@@ -73,7 +73,6 @@ def content_digests(paths: Sequence[str], cache: Path | None = None, ray_above: 
     """
     import pandas as pd
 
-
     paths = [str(p) for p in paths]
     sizes, mtimes = stat_files(paths)
     known = dict(_KNOWN)
@@ -114,7 +113,6 @@ def write_manifest(folder: Path, fingerprint: str, paths: Sequence[str], labels:
                    sizes: np.ndarray, mtimes: np.ndarray) -> Path:
     """The split's files as they were when ``fingerprint`` was taken: what a later relaunch compares with."""
     import pandas as pd
-
 
     out = folder / f"{fingerprint}.parquet"
     if not out.exists():

@@ -175,7 +175,6 @@ class SourceSplit:
         """
         import ray
 
-
         ds = self.dataset(order=order)
         wait_for_free_cpu()  # after the build: its own metadata tasks hold CPUs for a moment
         ds = ds.materialize()

@@ -97,7 +97,6 @@ def load_attacker_data(spec: str, o_meta: dict[str, Any], scoring: str,
     """
     import hashlib
 
-
     # Decoded by Ray tasks into the object store (the trials fetch them): the driver holds no image.
     split = source_split(spec, default_split="train", size=int(o_meta["image_size"]),
                          channels=int(o_meta.get("channels", 3)))
@@ -186,7 +185,6 @@ def train_attacker(job: dict[str, Any], data: dict[str, Any]) -> Any:
     """
     import torch
 
-
     device = torch.device(choose_device(job["gpus"], torch.cuda.is_available()))
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(job["cpus"])))
@@ -199,8 +197,6 @@ def train_attacker(job: dict[str, Any], data: dict[str, Any]) -> Any:
 
 def _train(job: dict[str, Any], data: dict[str, Any], device: Any) -> Any:
     import torch
-
-
 
     meta = job["meta"]
     tc = meta["train_config"]
@@ -277,7 +273,6 @@ def train_attackers(jobs: dict[str, dict[str, Any]], data: dict[str, Any], stora
     """
     from ray import tune
 
-
     todo, record = {}, {}
     for name, job in jobs.items():
         state, meta = job_state(job)
@@ -311,7 +306,6 @@ def train_attackers(jobs: dict[str, dict[str, Any]], data: dict[str, Any], stora
         )
         from contextlib import ExitStack
 
-
         with _quiet(), ExitStack() as printers:  # one line per finished attacker epoch: loss, images/s, ETA
             for name, job in todo.items():
                 printers.enter_context(EpochPrinter(Path(job["folder"]), f"attacker {name}", log, interval=2.0))
@@ -338,7 +332,6 @@ def _quiet() -> Any:
     """Tune prints an experiment box and paths on stdout even at verbose=0: kept out unless MASKCRYPT_VERBOSE."""
     import contextlib
     import io
-
 
     return contextlib.nullcontext() if os.environ.get(VERBOSE) else contextlib.redirect_stdout(io.StringIO())
 

@@ -73,7 +73,6 @@ def evaluate_adaptive(
     import ray
     from ray.util import ActorPool
 
-
     require_ray("adaptive ranking")
 
     if keep < 1:

@@ -220,7 +220,6 @@ def write_targets(d: Determination, decision: Decision, tables: dict[str, pd.Dat
     """``targets.json`` (every figure on both splits, or why none), ``targets.parquet`` and run.json."""
     import pyarrow as pa
 
-
     result = d.result
     result["reason"] = decision.reason.to_dict() if isinstance(decision.reason, Empty) else None
     ids = decision.ids

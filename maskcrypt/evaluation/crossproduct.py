@@ -83,7 +83,6 @@ def _pool(settings: EvalSettings, constructor: dict[str, Any], rows: int | None 
     """map_batches arguments for the actor pool; no more actors than input rows (idle actors cost a start)."""
     import ray.data
 
-
     require_ray("evaluation")
     size = settings.actors if rows is None else max(1, min(settings.actors, rows))
     check_gpus(settings)
@@ -101,7 +100,6 @@ def scorer_kwargs(test: TestSet, resolved: dict[str, str], splits: Sequence[str]
                  mode: str, **extra: Any) -> dict[str, Any]:
     """The scorer actors' constructor arguments; the test set travels once, through the object store."""
     import ray
-
 
     require_ray("evaluation")
 
@@ -216,7 +214,6 @@ def evaluate_attack(
     mask carries its ``forward_passes``, ``fills_R`` and ``fills_classical``.
     """
     import ray.data
-
 
     if set(models) != {"E", "O"}:
         raise MaskcryptError(f"attack: needs the models E and O, got {sorted(models)}")

@@ -83,7 +83,6 @@ class CrossProductScorer:
         import ray
         import torch
 
-
         # Object refs passed as constructor arguments arrive unresolved.
         test = ray.get(test) if isinstance(test, ray.ObjectRef) else test
         if isinstance(bucket_masks, ray.ObjectRef):
@@ -262,7 +261,6 @@ class CrossProductScorer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
-
 
         rows: list[dict[str, Any]] = []
         device = self.predictor.device

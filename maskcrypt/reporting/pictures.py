@@ -158,7 +158,6 @@ def target_gallery(run: Path, mask_ids: Sequence[str], images: np.ndarray, per_m
     """Per target mask: the mask (white = hole), test images masked by it, and R's fill of them."""
     import torch
 
-
     lib = MaskLibrary.open(str(run / "masks"))
     r = Inpainter.from_checkpoint(run / "models" / "inpainter")
     x = torch.from_numpy(np.ascontiguousarray(images[:per_mask]))

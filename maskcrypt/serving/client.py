@@ -104,7 +104,6 @@ class Client:
     def _from_parquet(targets: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, list[str]]:
         import pyarrow.parquet as pq
 
-
         table = pq.read_table(targets)
         height = json.loads((table.schema.metadata or {}).get(b"maskcrypt.height", b"0"))
         width = json.loads((table.schema.metadata or {}).get(b"maskcrypt.width", b"0"))
@@ -174,7 +173,6 @@ class Client:
     def _image(self, image: Any) -> np.ndarray:
         """A path, bytes or uint8 C x H x W array -> uint8 3 x H x W at the masks' size."""
         from PIL import Image
-
 
         size = self.masks.shape[1:]
         if isinstance(image, np.ndarray):

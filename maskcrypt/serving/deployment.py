@@ -58,7 +58,6 @@ class RecognitionService:
         """Load E and the targets; Serve calls this again when ``user_config`` changes."""
         import torch
 
-
         new = ServiceConfig.from_dict(user_config)
         targets = load_targets(new.run, new.allow_candidates)
         device = "cuda" if torch.cuda.is_available() else "cpu"  # a replica sees a GPU only when given one

@@ -104,7 +104,6 @@ def load_targets(run: str | os.PathLike[str], allow_candidates: bool = False) ->
     """
     import pyarrow.parquet as pq
 
-
     root = Path(run)
     meta_path = root / "targets.json"
     if not meta_path.exists():
@@ -143,7 +142,6 @@ def load_targets(run: str | os.PathLike[str], allow_candidates: bool = False) ->
 def decode_upload(data: bytes, size: tuple[int, int], channels: int, config: ServiceConfig) -> np.ndarray:
     """Client bytes -> uint8 ``C x H x W`` at the model's size (cropped and resized as in training)."""
     from PIL import Image
-
 
     if not data:
         raise ServiceError(400, "empty body: send a PNG or JPEG image")

@@ -176,7 +176,6 @@ def _fit(cfg: dict[str, Any], role: str, models_dir: Path, resources: Resources,
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
 
-
     ordered = ExecutionOptions(preserve_order=True)  # seeded order: what makes replicate mode reproducible
     data_config = ray.train.DataConfig(
         datasets_to_split=["train"] if cfg["sharding"] == "stream" else [],
@@ -233,7 +232,6 @@ def train_model(
     with other settings unless ``retrain``; resumes an interrupted one.
     """
     import ray
-
 
     _check_inputs(role, inputs)
     kind = "inpainter" if role == "inpainter" else "recognizer"

@@ -95,7 +95,6 @@ class Steps(ABC):
         """A numpy batch on the device, channels_last where the model runs so."""
         import torch
 
-
         t = torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
         return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and channels_last(
             self.device.type, self.bf16) else t
@@ -133,7 +132,6 @@ class RecognizerSteps(Steps):
     def __init__(self, cfg: dict[str, Any], device: Any, bf16: bool):
         import torch
 
-
         super().__init__(cfg, device, bf16)
         self.encrypted = self.role == "encrypted"
         self.fixed = self.encrypted and cfg.get("mask_mode") == "fixed"
@@ -164,7 +162,6 @@ class RecognizerSteps(Steps):
         import torch
         import torch.nn.functional as F
 
-
         xb = self.to_device(augment_flip(images, self.flip, aug))
         yb = torch.from_numpy(labels).to(self.device)
         if masks is not None:
@@ -189,7 +186,6 @@ class InpainterSteps(Steps):
 
     def __init__(self, cfg: dict[str, Any], device: Any, bf16: bool):
         import torch
-
 
         super().__init__(cfg, device, bf16)
         self.model = Inpainter(InpainterConfig.from_dict(cfg["model_config"]))
@@ -233,7 +229,6 @@ class InpainterSteps(Steps):
     def evaluate(self, net: Any, val: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
         """PSNR inside the hole on held-out images, and that of filling the hole with the mean known colour."""
         import torch
-
 
         psnr, base = [], []
         with torch.inference_mode(), autocast(self.device.type, self.bf16):
@@ -409,8 +404,6 @@ def train_worker(cfg: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
     import torch
-
-
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

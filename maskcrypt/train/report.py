@@ -75,7 +75,6 @@ def quality_key(run: str | os.PathLike[str] | Run, test_data: str, seed: int, pr
     """What a training report depends on: the three models, the test data (by content), the library, seed, precision."""
     import json
 
-
     paths = Run.open(run).paths
     metas = {role: find_checkpoint(paths.models / role)[1] for role in ("original", "encrypted", "inpainter")}
     e = metas["encrypted"]
@@ -95,7 +94,6 @@ def cached_training_quality(run: str | os.PathLike[str] | Run, test_data: str, s
     on the whole test split every time (minutes on a 10,000-image test set).
     """
     import json
-
 
     path = Run.open(run).paths.results / "train_quality.json"
     key = quality_key(run, test_data, seed, settings.precision)

@@ -179,7 +179,6 @@ class PairScorer:
         import ray
         import torch
 
-
         self.pairs = ray.get(pairs) if isinstance(pairs, ray.ObjectRef) else pairs
         device = choose_device(gpus, torch.cuda.is_available())
         self.predictor = Predictor.from_checkpoints(models, device, precision, images_per_chunk, inpainter)
@@ -210,7 +209,6 @@ def verify_on_ray(images: Any, pairs: np.ndarray, masks: list[tuple[str, int, st
     """
     import ray
     import ray.data
-
 
     resolved = {k: str(find_checkpoint(p, kind="recognizer")[0]) for k, p in models.items()}
     r = str(find_checkpoint(inpainter, kind="inpainter")[0]) if inpainter is not None else None
@@ -367,7 +365,6 @@ def plot_verification(table: pd.DataFrame, path: Path, panels: int = 6) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
 
     ref = table[table["condition"] == "clean"].iloc[0]
     ids = [m for m in dict.fromkeys(table["mask_id"]) if m][:panels] or [""]
