@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,6 @@ def export_onnx(run: str | os.PathLike[str] | Run, out: str | os.PathLike[str], 
 
 def _export(net: Any, example: Any, path: Path, opset: int, exporter: str) -> None:
     """torch.onnx.export with a dynamic batch."""
-    import warnings
-
     import torch
 
     names = {"input_names": ["images"], "output_names": ["logits", "embedding"], "opset_version": opset}

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -224,8 +225,6 @@ def search(run: str | os.PathLike[str] | Run, budget: Budget = Budget(), mode: s
     Outputs: ``best_thresholds.json`` (a ``--thresholds`` file for jobs/select.py, written
     last), ``trials.parquet``, ``pareto.parquet`` + ``pareto.png``, ``tune.json``.
     """
-    import time
-
     from ray import tune
 
     root = Run.open(run).root

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from maskcrypt.core.errors import MaskcryptError
@@ -10,9 +12,6 @@ from maskcrypt.core.errors import MaskcryptError
 
 def cmd_capacity(args: argparse.Namespace) -> int:
     """The capacity measurement (maskcrypt.capacity) into OUT/capacity.json."""
-    import tempfile
-    from pathlib import Path
-
     from maskcrypt.capacity import CapacityConfig, measure
     from maskcrypt.config import EvalSettings
     from maskcrypt.core.fileio import write_json

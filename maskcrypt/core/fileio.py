@@ -10,6 +10,7 @@ disks, EFS/NFS), which is why run directories on object stores are refused.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -65,8 +66,6 @@ def write_parquet(df: Any, path: str | os.PathLike[str]) -> Path:
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """sha256 of a file's bytes, read in 1 MB blocks (checkpoints, data files)."""
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -7,13 +7,13 @@ figure. Pure numpy, vectorized.
 
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 
 def _z(confidence: float) -> float:
-    from statistics import NormalDist
 
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 

@@ -18,6 +18,7 @@ A path containing ``#`` is not supported.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from maskcrypt.core.errors import MaskcryptError
@@ -194,7 +195,6 @@ def absolute_spec(text: str) -> str:
     spec = parse_spec(text)
     if not spec.path or "://" in spec.path:
         return text
-    from pathlib import Path
 
     _, _, frag = text.split(":", 1)[1].partition("#")
     return f"{spec.kind}:{Path(spec.path).expanduser().resolve()}" + (f"#{frag}" if frag else "")

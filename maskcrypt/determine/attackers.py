@@ -40,11 +40,15 @@ The table building is pure: :mod:`maskcrypt.selection.attacks`.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import os
 import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +83,6 @@ FAMILY = "family"
 # -- the adaptive attackers: training on Ray Tune ----------------------------------------------------------------
 def folder_name(mask_id: str) -> str:
     """A mask's attacker folder under ``RUN/models/attackers/``: its id, made safe (never ``family``)."""
-    import hashlib
-
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", mask_id)
     if safe != mask_id or safe in (FAMILY, "") or safe.startswith("."):
         safe = f"{safe.strip('.') or 'mask'}-{hashlib.sha256(mask_id.encode()).hexdigest()[:8]}"
@@ -95,8 +97,6 @@ def load_attacker_data(spec: str, o_meta: dict[str, Any], scoring: str,
     identities need a new classifier and are usable only as an embedder, in open-set
     scoring: closed-set scoring judges the attacker's classifier against the test labels.
     """
-    import hashlib
-
     # Decoded by Ray tasks into the object store (the trials fetch them): the driver holds no image.
     split = source_split(spec, default_split="train", size=int(o_meta["image_size"]),
                          channels=int(o_meta.get("channels", 3)))
@@ -304,7 +304,6 @@ def train_attackers(jobs: dict[str, dict[str, Any]], data: dict[str, Any], stora
             run_config=tune.RunConfig(name="train", storage_path=str(storage), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=1)),
         )
-        from contextlib import ExitStack
 
         with _quiet(), ExitStack() as printers:  # one line per finished attacker epoch: loss, images/s, ETA
             for name, job in todo.items():
@@ -330,9 +329,6 @@ def train_attackers(jobs: dict[str, dict[str, Any]], data: dict[str, Any], stora
 
 def _quiet() -> Any:
     """Tune prints an experiment box and paths on stdout even at verbose=0: kept out unless MASKCRYPT_VERBOSE."""
-    import contextlib
-    import io
-
     return contextlib.nullcontext() if os.environ.get(VERBOSE) else contextlib.redirect_stdout(io.StringIO())
 
 

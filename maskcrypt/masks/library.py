@@ -31,6 +31,7 @@ one. There must be one writer at a time.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -114,7 +115,6 @@ def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, ValueError):
         # Plain relative or absolute local paths.
-        import os
 
         return pafs.LocalFileSystem(), os.path.abspath(uri)
 

@@ -8,7 +8,10 @@ library call.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,8 +37,6 @@ def init_ray(**kwargs: Any) -> None:
     or the dashboard), and only warnings reach the terminal; worker errors still surface
     as exceptions. ``MASKCRYPT_VERBOSE=1`` shows everything.
     """
-    import logging
-
     import ray
 
     verbose = bool(os.environ.get(VERBOSE))
@@ -91,8 +92,6 @@ def spend_restart_notice() -> None:
 @contextmanager
 def _stderr_to_ray_logs() -> Iterator[None]:
     """File descriptor 2 goes to ``<session>/logs/maskcrypt-driver-stderr.log`` inside the block."""
-    import sys
-
     import ray
 
     try:
@@ -113,8 +112,6 @@ def _stderr_to_ray_logs() -> Iterator[None]:
 
 def quiet_ray_data() -> None:
     """No progress blocks or execution banners from Ray Data on the driver: the drivers log their own progress."""
-    import logging
-
     from ray.data import DataContext
     from ray.util.debug import log_once
 
@@ -139,8 +136,6 @@ def wait_for_free_cpu(timeout_s: float = 5.0) -> None:
     or the cluster has none yet (a CPU-less head before its workers start); after
     ``timeout_s`` Ray's warning is left to speak.
     """
-    import time
-
     import ray
 
     deadline = time.monotonic() + timeout_s

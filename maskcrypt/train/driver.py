@@ -39,7 +39,9 @@ import functools
 import os
 import threading
 import time
+import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,7 +201,6 @@ def _fit(cfg: dict[str, Any], role: str, models_dir: Path, resources: Resources,
     try:
         trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; surface the named one, keep the traceback in a file.
-        import traceback
 
         named, cause = None, exc
         while cause is not None:
@@ -360,7 +361,6 @@ def _train_side_by_side(jobs: dict[str, Callable[[], dict[str, Any]]], resources
     slots = min(slots, len(jobs))
     if slots <= 1:  # one after the other, in the method's order
         return {role: jobs[role]() for role in ("original", "encrypted", "inpainter") if role in jobs}
-    from concurrent.futures import ThreadPoolExecutor
 
     # Longest first: E (K passes of the data per epoch), then R (the costliest network per image), then O.
     order = [role for role in ("encrypted", "inpainter", "original") if role in jobs]

@@ -13,6 +13,7 @@ intervals, the selection split) is the determination's job.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -73,8 +74,6 @@ def training_quality(run: str | os.PathLike[str] | Run, test_data: str, seed: in
 
 def quality_key(run: str | os.PathLike[str] | Run, test_data: str, seed: int, precision: str) -> dict[str, Any]:
     """What a training report depends on: the three models, the test data (by content), the library, seed, precision."""
-    import json
-
     paths = Run.open(run).paths
     metas = {role: find_checkpoint(paths.models / role)[1] for role in ("original", "encrypted", "inpainter")}
     e = metas["encrypted"]
@@ -93,8 +92,6 @@ def cached_training_quality(run: str | os.PathLike[str] | Run, test_data: str, s
     Relaunching a trained run (new thresholds, another rank mode) otherwise recomputes it
     on the whole test split every time (minutes on a 10,000-image test set).
     """
-    import json
-
     path = Run.open(run).paths.results / "train_quality.json"
     key = quality_key(run, test_data, seed, settings.precision)
     if path.exists():
