@@ -32,6 +32,14 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: Packages allowed to import maskcrypt modules inside functions (see the module docstring).
 LAZY_IMPORTERS: tuple[str, ...] = ("cli",)
 
+#: Third-party packages that may be imported inside a function: heavy ones, kept off the start-up paths (the
+#: CLI, the predictor that GPU harnesses import without Ray, Ray workers that never need them). Everything
+#: else, the standard library included, is imported at module level.
+HEAVY_PACKAGES: frozenset[str] = frozenset({
+    "torch", "torchvision", "ray", "pandas", "pyarrow", "matplotlib", "fastapi", "starlette", "cv2", "onnx",
+    "onnxruntime", "onnxscript", "PIL", "yaml", "numpy",
+})
+
 
 def unit_of(module: str) -> str:
     """The table entry (package or top-level module) that ``maskcrypt.<...>`` belongs to; '' for the package root."""

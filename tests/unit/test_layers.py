@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import maskcrypt
-from maskcrypt.core.layers import LAYERS, LAZY_IMPORTERS, rank, unit_of
+from maskcrypt.core.layers import HEAVY_PACKAGES, LAYERS, LAZY_IMPORTERS, rank, unit_of
 
 PACKAGE = Path(maskcrypt.__file__).parent
 
@@ -121,6 +121,27 @@ def test_maskcrypt_imports_sit_at_module_level_outside_the_front_door():
             if e.in_function and unit_of(e.source) not in LAZY_IMPORTERS]
     assert not lazy, ("maskcrypt imports inside functions (allowed only in "
                       f"{', '.join(LAZY_IMPORTERS)}; heavy third-party packages may stay lazy):\n" + "\n".join(lazy))
+
+
+def test_only_heavy_third_party_packages_are_imported_inside_functions():
+    lazy = []
+    for module, path in modules().items():
+        tree = ast.parse(path.read_text(), str(path))
+        functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        for fn in functions:
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    names = [node.module or ""]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top not in HEAVY_PACKAGES and top != "maskcrypt":
+                        lazy.append(f"{module}:{node.lineno} imports {name} inside {fn.name}()")
+    assert not lazy, ("imports inside functions of packages that are not heavy (core.layers.HEAVY_PACKAGES):\n"
+                      + "\n".join(sorted(set(lazy))))
 
 
 def test_the_checker_sees_function_level_and_type_checking_imports(tmp_path):
