@@ -158,28 +158,41 @@ def test_open_set_counts_equal_a_plain_loop(setting):
             assert int(bits.sum()) == row.correct_E
 
 
-def test_adaptive_ranking_finds_the_full_modes_top_k(setting):
+def test_adaptive_ranking_finds_the_full_modes_top_k(setting, tmp_path):
+    """The race against full mode on 96 images and 40 masks: the same top k per bucket, for fewer forward passes.
+
+    The race promises (at its confidence) that each mask it ranks in the top ``keep`` is within
+    ``tolerance`` of the full ranking's k-th best; the tolerance here is two images of the
+    test set, so the check is stricter than one image's resolution and not a tie-breaking
+    artefact. The pass count is compared with full mode's, which the race must undercut.
+    """
     from maskcrypt.determine.race import evaluate_adaptive
     from maskcrypt.selection.rules import Thresholds, per_mask_table, rank_masks
 
-    run, test, paths, _ = setting
-    lib = MaskLibrary.open(str(run / "masks"))
+    _, _, paths, _ = setting
+    # Every image of the six trained identities (train and test splits): 96 images, so one image is ~1 point.
+    test = load(TINY_DATA + "#split=all", size=TINY_SIZE)
+    n = len(test)
+    lib = MaskLibrary.create(str(tmp_path / "lib"), TINY_SIZE, TINY_SIZE)
+    generate_into(lib, 40, seed=11, buckets=[2, 5])
     ts = _closed(test)
-    buckets, keep = [1, 3, 5, 6], 2
+    buckets, keep = [2, 5], 2
+    plan = AdaptivePlan(first=8, growth=2.0, confidence=0.9, tolerance=2 / n)
     full = per_mask_table(evaluate_masks(lib, ts, paths, buckets=buckets, settings=FP32).drop(columns="split"))
-    counts, rounds = evaluate_adaptive(lib, ts, paths, buckets, keep=keep,
-                                       plan=AdaptivePlan(first=4, growth=2.0, confidence=0.9), settings=FP32)
+    assert len(full) == 40 and (full["n"] == n).all()
+    counts, rounds = evaluate_adaptive(lib, ts, paths, buckets, keep=keep, plan=plan, settings=FP32)
     fast = per_mask_table(counts.drop(columns="split"), Thresholds())
-    assert rounds[0]["images"] == 4 * len(counts) and rounds[-1]["open"] == 0
-    assert sum(r["forward_passes"] for r in rounds) <= len(full) * len(test) * 2
+    assert rounds[0]["images"] == 8 * len(counts) and rounds[-1]["open"] == 0
+    race_passes = sum(r["forward_passes"] for r in rounds)
+    full_passes = len(full) * n * 2  # E and O on every image under every mask
+    assert race_passes < 0.8 * full_passes, (race_passes, full_passes)  # the race eliminated, it did not just finish
     by_id = full.set_index("mask_id")["third"]
     for b in buckets:
-        top_full = rank_masks(full, [b]).head(keep)
+        kth = rank_masks(full, [b]).head(keep)["third"].min()
         top_fast = rank_masks(fast, [b]).head(keep)
-        kth = top_full["third"].min()
-        # The same top k up to ties: any mask the adaptive search ranks in is as good as the full k-th.
-        assert (by_id[top_fast["mask_id"]] >= kth - 0.01).all(), (b, top_full, top_fast)
-        assert (top_fast["n"] == len(test)).all()  # the winners were measured on every image
+        assert (top_fast["n"] == n).all()  # the winners were measured on every image
+        assert (by_id[top_fast["mask_id"]] >= kth - plan.tolerance).all(), (b, kth, by_id[top_fast["mask_id"]])
+        assert full.loc[full["bucket"] == b, "third"].nunique() > 1  # the bucket's masks differ: a real ranking
 
 
 def test_device_selection_and_gpu_requests_without_gpus(setting):
