@@ -32,8 +32,11 @@ def test_run_on_a_trained_run_retrains_nothing_and_determines(tiny_run, tmp_path
     """``make run``'s path on the session's trained tiny run (training itself: test_train.py, test_jobs.py)."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("per_mask.parts", "targets.*"))
-    # The attackers that need no training (the trained default ones: tests/local_ray/test_attack.py), chosen by flag.
-    assert main(["run", "--run", str(run), *SAME, "--attackers", "telea+O,ns+O"]) == 0
+    # The attackers that need no training (the trained default ones: tests/local_ray/test_attack.py), chosen with
+    # --set, as are the training epochs: the same config as the flags, so nothing is retrained.
+    flags = [f for i, f in enumerate(SAME) if "--epochs" not in SAME[max(0, i - 1):i + 1]]
+    assert main(["run", "--run", str(run), *flags, "--set", "train.epochs=4",
+                 "--set", "attack.attackers=telea+O,ns+O"]) == 0
     out = capsys.readouterr().out
     assert out.count("not retrained") == 3, out[-3000:]
     record = json.loads((run / "run.json").read_text())

@@ -160,3 +160,18 @@ def test_package_shape():
     sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
     long = {name: n for name, n in sizes.items() if n > 500}
     assert not long, f"modules over 500 lines: {long}"
+
+
+def test_the_import_paths_users_were_shown_still_work():
+    """The paths earlier READMEs and the interop docs show: re-exported from the new places."""
+    from maskcrypt import MaskcryptError, __version__  # noqa: F401
+    from maskcrypt.client import Client
+    from maskcrypt.config import EvalSettings, Thresholds  # noqa: F401
+    from maskcrypt.data import load, ray_dataset  # noqa: F401
+    from maskcrypt.masks import MaskLibrary  # noqa: F401
+    from maskcrypt.models import Inpainter, Recognizer  # noqa: F401
+    from maskcrypt.models.predictor import Predictor  # noqa: F401
+    from maskcrypt.serving import ServiceConfig, load_targets  # noqa: F401
+    from maskcrypt.serving.client import Client as Same
+
+    assert Client is Same
