@@ -78,14 +78,6 @@ def rank_mode_for(config: DetermineConfig, n_masks: int, n_selection: int, count
     return "adaptive" if n_masks * n_selection > config.adaptive_above and not counted else "full"
 
 
-
-
-
-
-
-
-
-
 def table1(d: Determination) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Table 1 (written), and in full mode the per-mask counts it was built from (the rank stage reuses them)."""
     t0 = time.perf_counter()

@@ -38,8 +38,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-
-
 def save_checkpoint(directory: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any],
                     train_state: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint directory; meta.json last, with model.pt's size and digest."""

@@ -173,8 +173,6 @@ def target_gallery(run: Path, mask_ids: Sequence[str], images: np.ndarray, per_m
     return grid_image(arr, captions, ncol=1 + 2 * len(x), scale=auto_scale(arr.shape[2]))
 
 
-
-
 def plot_attackers(table: pd.DataFrame, mask_ids: Sequence[str], path: Path, labels: dict[int, str] | None = None,
                    ) -> Path:
     """Per mask, one panel: every attacker's accuracy on each split with its interval, chance level dashed."""

@@ -133,25 +133,9 @@ def _second_sample(inputs: TrainInputs, sampling: MaskSampling) -> tuple[np.ndar
     return masks, held_out, info
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 #: Models training side by side materialize their datasets one after the other, so two builds never compete
 #: for the CPU that the other models' workers leave free.
 _DATASETS_BUILT_ONE_AT_A_TIME = threading.Lock()
-
-
 
 
 def _datasets(inputs: TrainInputs, mode: str, eval_limit: int, seed: int) -> dict[str, Any]:
@@ -333,8 +317,6 @@ def _weights_config(rec: Any, init: str, flag: str, arch: str, log: Callable[[st
         log(f"{flag} {init}: {cfg.layout if cfg.layout != 'maskcrypt' else 'torchvision'} {cfg.arch} weights "
             f"(input normalized with mean {cfg.mean}, std {cfg.std})")
     return cfg.to_dict()
-
-
 
 
 def _locked(log: Callable[[str], None]) -> Callable[[str], None]:

@@ -1,6 +1,5 @@
 """The attackers (maskcrypt.determine.attackers): the table, t_attack, training and resuming, against plain loops."""
 
-
 from __future__ import annotations
 
 import dataclasses

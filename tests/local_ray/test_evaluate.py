@@ -1,6 +1,5 @@
 """The Ray Data evaluator against a plain in-process loop, on the tiny trained run (fp32)."""
 
-
 from __future__ import annotations
 
 import numpy as np
@@ -134,8 +133,6 @@ def test_attack_counts_equal_a_plain_loop(setting):
         assert row["both"] == int((before & after).sum()) and row["before_only"] == int((before & ~after).sum())
         assert row["after_only"] == int((~before & after).sum()) and row["correct_O_inpainted"] == o_after
         assert row["both"] + row["before_only"] + row["after_only"] + row["neither"] == row["n"] == len(y)
-
-
 
 
 def test_open_set_counts_equal_a_plain_loop(setting):

@@ -41,14 +41,6 @@ def test_to_ray_dataset_cuts_parts_into_small_blocks_and_skips_excluded(tmp_path
     assert [r["mask_id"] for r in got] == big.column("mask_id")
 
 
-
-
-
-
-
-
-
-
 def test_ray_data_reads_a_library_and_results_with_the_stored_types(tmp_path, ray_session):
     import ray.data
 

@@ -4,7 +4,6 @@ The whole method in a fresh process, under ``ray job submit``, is tests/cluster/
 here the commands run in the test process on the shared Ray and the shared trained run.
 """
 
-
 from __future__ import annotations
 
 import json

@@ -1,6 +1,5 @@
 """Ray Train on the shared local Ray, 2 workers: the tiny run, resumption, the rules around it."""
 
-
 from __future__ import annotations
 
 import json

@@ -1,6 +1,5 @@
 """Threshold search: the pure objective on hand-made tables, then Ray Tune on the tiny run's tables."""
 
-
 from __future__ import annotations
 
 import json

@@ -1,6 +1,5 @@
 """The Ray Data evaluator against a plain in-process loop, on the tiny trained run (fp32)."""
 
-
 from __future__ import annotations
 
 import numpy as np

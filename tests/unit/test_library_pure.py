@@ -120,14 +120,6 @@ def test_filter_batches_stats_and_read_time_edges(tmp_path):
         lib.get(["nope"])
 
 
-
-
-
-
-
-
-
-
 def test_pandas_reads_a_library_and_results_with_the_stored_types(tmp_path):
     root, expected = _outside_library(tmp_path)
     df = pd.read_parquet(root)

@@ -4,7 +4,6 @@ The whole method in a fresh process, under ``ray job submit``, is tests/cluster/
 here the commands run in the test process on the shared Ray and the shared trained run.
 """
 
-
 from __future__ import annotations
 
 import json
@@ -89,7 +88,6 @@ def test_every_stage_has_a_subcommand(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0 and "usage: maskcrypt " + command in capsys.readouterr().out
-
 
 
 def test_the_default_config_file_is_the_embedded_default():

@@ -1,6 +1,5 @@
 """maskcrypt verify (the stage and the command), the determination's verification section, and ONNX export."""
 
-
 from __future__ import annotations
 
 import json
