@@ -171,6 +171,7 @@ def _typed(value: Any, current: Any, item: str, where: str) -> Any:
         value = [value]
     return value
 
+
 def _replace(obj: Any, changes: Mapping[str, Any]) -> Any:
     """``dataclasses.replace`` that follows dotted names into nested sections (``budget.o_masked``)."""
     flat: dict[str, Any] = {}

@@ -37,6 +37,7 @@ from maskcrypt.runtime.cluster import wait_for_free_cpu
 if TYPE_CHECKING:
     import ray.data
 
+
 @dataclass(frozen=True)
 class ImageBlocks:
     """Test images held in Ray's object store as blocks, selected lazily: the driver never holds the pixels.

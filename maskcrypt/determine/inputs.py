@@ -26,9 +26,7 @@ from maskcrypt.data.identity import describe_change
 from maskcrypt.evaluation.testset import TestSet, prepare_test
 from maskcrypt.masks import MaskLibrary, bucket_label
 from maskcrypt.models.checkpoint import find_checkpoint, sha256_file
-from maskcrypt.selection.rules import (
-    Thresholds,
-)
+from maskcrypt.selection.rules import Thresholds
 
 
 @dataclass

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from maskcrypt.config import (
-    Resources,
-)
+from maskcrypt.config import Resources
 from maskcrypt.data.stream import SourceSplit
 
 

@@ -13,9 +13,7 @@ import torch
 from maskcrypt.config import ATTACKERS, DEFAULT_ATTACKERS, AttackConfig, Budget, parse_attackers
 from maskcrypt.config.runconfig import RunConfig
 from maskcrypt.core.errors import MaskcryptError
-from maskcrypt.determine.attackers import (
-    folder_name,
-)
+from maskcrypt.determine.attackers import folder_name
 from maskcrypt.selection.attacks import COLUMNS, attacker_counts, attacks_table, worst_attackers
 from maskcrypt.selection.rules import Thresholds, decide, target_masks
 

@@ -237,6 +237,7 @@ def test_finite_population_bounds_close_on_the_whole_set():
     assert (hi[:2] - lo[:2] < plain_hi - plain_lo).all()  # narrower once a good share of N is seen
     assert lo[2] == hi[2] == 1.0  # every image seen: the exact count, no interval
 
+
 def test_targets_must_also_pass_the_basic_form():
     attack, ranks = _attack_rows()
     t2 = table2(attack, ranks)

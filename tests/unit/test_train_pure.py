@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import TINY_SIZE
 
-from maskcrypt.config import (
-    Resources,
-)
+from maskcrypt.config import Resources
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.train.placement import training_slots
 
