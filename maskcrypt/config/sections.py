@@ -20,6 +20,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
+
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.precision import check_precision
 
@@ -271,30 +273,67 @@ class EvalSettings:
 
 @dataclass(frozen=True)
 class AdaptivePlan:
-    """The adaptive race's knobs: first step of images, how steps grow, bounds, ties, how much to sample."""
+    """The adaptive race's knobs: its error probability, first step of images, how steps grow, ties, sampling.
 
-    first: int = 50  # selection images every mask sees first
+    The race's promise: with probability at least ``1 - delta``, every mask it ranks in a
+    bucket's top k is within ``tolerance`` of full mode's k-th best accuracy on the same
+    selection images (the error probability of the whole race, every mask, bucket and
+    round together: :meth:`bound_error`). ``confidence`` is the older way to say it
+    (``--adaptive-confidence``): when given, ``delta = 1 - confidence``.
+    """
+
+    first: int = 0  # selection images every mask sees first; 0 = auto (fewer for a larger library: first_for)
     growth: float = 1.5  # each step of a mask's images is this many times the previous one (docs/benchmarks.md)
-    confidence: float = 0.99  # level of the Wilson bounds
+    delta: float = 0.05  # error probability of the whole race
     seed: int = 0  # order in which selection images are revealed
-    tolerance: float = 0.01  # ties: stop once the top ``keep`` is provably within this of every other mask
+    tolerance: float = 0.02  # ties: stop once the top ``keep`` is provably within this of every other mask
     share: float = 0.1  # per round, the share of open challengers measured further (docs/benchmarks.md)
+    confidence: float | None = None  # deprecated spelling of 1 - delta (--adaptive-confidence)
 
     def __post_init__(self) -> None:
-        if self.first < 1 or self.growth <= 1.0:
-            raise MaskcryptError(f"adaptive search: first >= 1 and growth > 1 needed, got {self.first}, {self.growth}")
+        if self.confidence is not None:
+            if not 0.5 <= self.confidence < 1.0:
+                raise MaskcryptError(f"--adaptive-confidence: expected a level in [0.5, 1), got {self.confidence}")
+            object.__setattr__(self, "delta", round(1.0 - self.confidence, 12))
+            object.__setattr__(self, "confidence", None)
+        if self.first < 0 or self.growth <= 1.0:
+            raise MaskcryptError(f"adaptive search: first >= 0 (0 = auto) and growth > 1 needed, got {self.first}, "
+                                 f"{self.growth}")
         if not 0.0 <= self.tolerance < 1.0:
             raise MaskcryptError(f"--adaptive-tolerance: expected a fraction in [0, 1), got {self.tolerance}")
-        if not 0.5 <= self.confidence < 1.0:
-            raise MaskcryptError(f"--adaptive-confidence: expected a level in [0.5, 1), got {self.confidence}")
+        if not 0.0 < self.delta <= 0.5:
+            raise MaskcryptError(f"--adaptive-delta: expected an error probability in (0, 0.5], got {self.delta}")
         if not 0.0 < self.share <= 1.0:
             raise MaskcryptError(f"adaptive share: expected a fraction in (0, 1], got {self.share}")
 
-    def steps(self, population: int) -> Any:
-        """Image counts a mask moves through: first, first x growth, ... and finally all ``population``."""
-        import numpy as np
+    def first_for(self, masks: int, population: int, keep: int, buckets: int) -> int:
+        """Images of the first round: ``first`` if set, else fewer the larger the library.
 
-        levels = [min(self.first, population)]
+        The first round costs every mask the same; past a library of ``keep`` masks per
+        bucket it is mostly spent on masks the race drops. Auto takes ~3% of the images for
+        a library of 20 masks per bucket kept, shrinking as 1 / sqrt(masks per kept mask),
+        within [16, 64] (never more than the population).
+        """
+        if self.first:
+            return min(self.first, population)
+        per_kept = max(1.0, masks / max(1, keep * buckets))
+        auto = 0.03 * population * float(np.sqrt(20.0 / per_kept))
+        return int(min(population, max(16, min(64, round(auto)))))
+
+    def bound_error(self, masks: int, population: int, keep: int = 1, buckets: int = 1) -> float:
+        """Error probability allowed to one mask's bounds at one step level: ``delta`` over every (mask, level).
+
+        A mask is only ever looked at after a step of :meth:`steps` (the levels are fixed
+        before any image is seen); at the last level it has seen every image and its
+        accuracy is exact. A union bound over the masks and the levels below the last
+        makes all bounds of the race hold at once with probability >= 1 - delta.
+        """
+        levels = max(1, len(self.steps(population, self.first_for(masks, population, keep, buckets))) - 1)
+        return self.delta / (max(1, masks) * levels)
+
+    def steps(self, population: int, first: int | None = None) -> Any:
+        """Image counts a mask moves through: first, first x growth, ... and finally all ``population``."""
+        levels = [min(first or self.first or 50, population)]
         while levels[-1] < population:
             levels.append(min(population, max(levels[-1] + 1, int(np.ceil(levels[-1] * self.growth)))))
         return np.asarray(levels, np.int64)

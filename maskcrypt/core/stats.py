@@ -14,7 +14,6 @@ import numpy as np
 
 
 def _z(confidence: float) -> float:
-
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
@@ -68,3 +67,57 @@ def paired_difference_interval(both: Any, first_only: Any, second_only: Any, nei
     return diff, np.maximum(diff - dl, -1.0), np.minimum(diff + du, 1.0)
 
 
+def _kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Bernoulli KL divergence kl(p || q), with 0 log 0 = 0 (q kept inside (0, 1))."""
+    q = np.clip(q, 1e-15, 1 - 1e-15)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.where(p > 0, p * np.log(p / q), 0.0)
+        b = np.where(p < 1, (1 - p) * np.log((1 - p) / (1 - q)), 0.0)
+    return a + b
+
+
+def sampling_bounds(correct: Any, n: Any, population: int, error: float) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds on the accuracy over all ``population`` images from ``correct`` of the first ``n`` of a random order.
+
+    The ``n`` images are a uniform sample *without replacement* of the ``population``
+    (a prefix of one random permutation), and the bounds are for the accuracy on the
+    whole population, which is what full mode measures. Each bound fails with
+    probability at most ``error / 2`` (so the interval with at most ``error``), with no
+    normal approximation. They are the intersection of two valid bounds, each given
+    ``error / 4`` a side:
+
+    * the Chernoff bound in its KL form, ``n kl(p_hat || q) <= log(4 / error)``, which
+      holds for sampling without replacement because such sums are dominated in the
+      convex order by sampling with replacement (Hoeffding 1963, section 6); tight near
+      0 and 1, where E's accuracies sit;
+    * the Hoeffding-Serfling bound, half-width ``sqrt((1 - (n - 1) / N) log(4 / error) / (2 n))``,
+      which narrows to the exact count as ``n`` reaches ``N`` (Serfling 1974).
+
+    At ``n = population`` both ends are the exact accuracy; at ``n = 0``, [0, 1]. Many
+    bounds used together need ``error`` divided among them (a union bound): see
+    :meth:`maskcrypt.config.sections.AdaptivePlan.bound_error`.
+    """
+    k = np.asarray(correct, dtype=np.float64)
+    m = np.asarray(n, dtype=np.float64)
+    k, m = np.broadcast_arrays(k, m)
+    if not 0.0 < error < 1.0:
+        raise ValueError(f"error: expected a probability in (0, 1), got {error}")
+    safe = np.maximum(m, 1.0)
+    p = np.clip(k / safe, 0.0, 1.0)
+    budget = np.log(4.0 / error) / safe
+    lo_kl, hi_kl = np.zeros_like(p), np.ones_like(p)
+    below, above = p.copy(), p.copy()  # bisection brackets: [lo_kl, below] and [above, hi_kl]
+    for _ in range(40):  # 2^-40: far below one image in any population
+        mid = (lo_kl + below) / 2
+        inside = _kl(p, mid) <= budget
+        below, lo_kl = np.where(inside, mid, below), np.where(inside, lo_kl, mid)
+        mid = (above + hi_kl) / 2
+        inside = _kl(p, mid) <= budget
+        above, hi_kl = np.where(inside, mid, above), np.where(inside, hi_kl, mid)
+    half = np.sqrt(np.clip(1.0 - (m - 1.0) / population, 0.0, 1.0) * np.log(4.0 / error) / (2.0 * safe))
+    lo = np.maximum(below, p - half)
+    hi = np.minimum(above, p + half)
+    exact = m >= population
+    lo = np.where(m > 0, np.where(exact, p, np.clip(lo, 0.0, 1.0)), 0.0)
+    hi = np.where(m > 0, np.where(exact, p, np.clip(hi, 0.0, 1.0)), 1.0)
+    return lo, hi

@@ -1,10 +1,8 @@
 """Adaptive per-mask ranking: a race on confidence bounds over one pool of actors (the Ray side).
 
 Ranking thousands of masks by E's accuracy needs every mask's accuracy only near the
-top of its bucket. The selection probes are revealed in one seeded random order; each
-mask has seen a prefix of it. Round 1 measures every mask on ``plan.first`` images;
-after each round the pure rule :func:`maskcrypt.selection.rules.race_step` eliminates, settles
-buckets or picks the masks near the boundary that see their next step of images.
+top of its bucket. The race itself, its rule and its error probability are pure
+(:mod:`maskcrypt.selection.race`); this module measures what it asks for on Ray actors.
 Winners end measured on every image, exactly as in full mode.
 """
 
@@ -24,7 +22,7 @@ from maskcrypt.evaluation.crossproduct import check_gpus, check_library, check_m
 from maskcrypt.evaluation.scorer import CrossProductScorer
 from maskcrypt.evaluation.testset import TestSet
 from maskcrypt.runtime.cluster import require_ray
-from maskcrypt.selection.rules import race_step
+from maskcrypt.selection.race import run_race
 
 
 def _range_tasks(todo: pd.DataFrame, bits: dict[str, bytes], actors: int) -> list[dict[str, np.ndarray]]:
@@ -52,29 +50,27 @@ def evaluate_adaptive(
     log: Callable[[str], None] | None = None,
     max_rounds: int | None = None,
 ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """Per-mask counts by an adaptive race: the top ``keep`` of each bucket at a fraction of the cost.
+    """Per-mask counts by an adaptive race (:func:`maskcrypt.selection.race.run_race`) on one pool of actors.
 
     The selection probes are revealed in one seeded random order; each mask has seen a
-    prefix of it. Round 1 measures every mask of ``buckets`` on ``plan.first`` images;
-    after each round :func:`maskcrypt.selection.rules.race_step` decides, from confidence bounds,
-    which masks are eliminated, which buckets are settled (their top ``keep`` provably
-    within ``plan.tolerance`` of the rest: they are then measured on every image) and
-    which masks near the boundary see their next step of images (``plan.steps``). It
-    ends when every bucket is settled. Winners end with counts on every selection image,
-    as in full mode; other masks keep the counts of the images they saw (smaller ``n``).
-
-    One pool of ``settings.actors`` Ray actors serves every round (rounds are small and
-    many; starting a pool per round cost 10-15 s each). Returns the counts (one row per
-    mask, ``split`` = selection, ``rounds`` = how many times it was measured) and one
-    record per round: masks, masked images, forward passes, still open, seconds.
-    ``max_rounds`` stops the race early (the capacity measurement samples a few rounds
-    of a huge library); the last record's ``open`` then says how many masks were left.
+    prefix of it. ``models`` needs E (the race decides on E's counts alone); other models
+    given are measured on the same images (the pipeline gives E only and measures O
+    afterwards on the masks that need it). Winners end with counts on every selection
+    image, as in full mode; other masks keep the counts of the images they saw (smaller
+    ``n``). One pool of ``settings.actors`` Ray actors serves every round (rounds are small
+    and many; starting a pool per round cost 10-15 s each). Returns the counts (one row
+    per mask, ``split`` = selection, ``rounds`` = how many times it was measured) and one
+    record per round: masks, masked images (and why: first round, boundary, completion),
+    forward passes, still open, seconds. ``max_rounds`` stops the race early (the capacity
+    measurement samples a few rounds of a huge library); the last record's ``open`` then
+    says how many masks were left.
     """
     import ray
     from ray.util import ActorPool
 
     require_ray("adaptive ranking")
-
+    if "E" not in models:
+        raise MaskcryptError("adaptive search: the race ranks by E's accuracy, give E among the models")
     if keep < 1:
         raise MaskcryptError(f"adaptive search: keep must be >= 1, got {keep}")
     check_library(library, test)
@@ -88,67 +84,48 @@ def evaluate_adaptive(
         raise MaskcryptError(f"mask library {library.uri}: no mask in buckets {list(buckets)}")
     ids = [str(m) for m in table.column("mask_id").to_pylist()]
     bits = dict(zip(ids, table.column("bits").to_pylist()))
-    state = pd.DataFrame({"mask_id": ids, "bucket": table.column("bucket").to_numpy().astype(np.int64), "n": 0,
-                          "rounds": 0, "eliminated": False})
+    masks = pd.DataFrame({"mask_id": ids, "bucket": table.column("bucket").to_numpy().astype(np.int64)})
     del table
     population = int(probes.size)
-    steps = plan.steps(population)
     gallery = int(test.gallery.sum()) if test.scoring == "open" else 0
     check_gpus(settings)
     scorer = ray.remote(CrossProductScorer).options(num_cpus=settings.cpus_per_actor,
                                                      num_gpus=settings.gpus_per_actor)
     constructor = scorer_kwargs(test.subset(reveal), resolved, ("selection",), settings, "masks")
-    actors = [scorer.remote(**constructor) for _ in range(max(1, min(settings.actors, len(state))))]
+    actors = [scorer.remote(**constructor) for _ in range(max(1, min(settings.actors, len(masks))))]
     pool = ActorPool(actors)
-    rounds: list[dict[str, Any]] = []
-    todo = state.assign(start=0, stop=int(steps[0]))
-    full = len(state) * population
+    full = len(masks) * population
+    n_buckets = int(masks["bucket"].nunique())
+    first = plan.first_for(len(masks), population, keep, n_buckets)
     if log:
-        log(f"adaptive: racing {len(state):,} masks of {state['bucket'].nunique()} bucket(s) on {population:,} "
-            f"selection images (full mode: {full:,} masked images per model); first round {len(todo):,} x "
-            f"{int(steps[0]):,} on {len(actors)} actor(s)")
+        log(f"adaptive: racing {len(masks):,} masks of {n_buckets} bucket(s) on {population:,} selection images "
+            f"(full mode: {full:,} masked images per model) with {', '.join(resolved)}; error probability "
+            f"{plan.delta:g}, tolerance {plan.tolerance:g}; first round {len(masks):,} x {first:,} on "
+            f"{len(actors)} actor(s)")
     t_start, t_logged, spent = time.perf_counter(), 0.0, 0
+
+    def measure(todo: pd.DataFrame) -> pd.DataFrame:
+        found = [pd.DataFrame(r) for r in pool.map_unordered(lambda a, t: a.score.remote(t),
+                                                               _range_tasks(todo, bits, len(actors)))]
+        return pd.concat(found, ignore_index=True)
+
+    def on_round(record: dict[str, Any], state: pd.DataFrame) -> None:
+        nonlocal t_logged, spent
+        # The gallery is embedded once per measured mask (open set), by every model.
+        record["forward_passes"] = (record["images"] + record["masks"] * gallery) * len(resolved)
+        spent += record["images"]
+        elapsed = time.perf_counter() - t_start
+        # Every round that ends 10 s after the last line (so a long race reports as it goes), and the last.
+        if log and (elapsed - t_logged >= 10 or record["round"] == 1 or not record["open"]):
+            t_logged = elapsed
+            log(f"adaptive: round {record['round']}: {record['masks']} masks, {record['images']:,} masked images "
+                f"in {record['seconds']:.1f}s; {spent:,} of full mode's {full:,} so far "
+                f"({spent / max(elapsed, 1e-9):,.0f}/s); {record['open']} to measure next, "
+                f"{record['settled_buckets']} of {n_buckets} buckets settled")
+
     try:
-        while len(todo):
-            t0 = time.perf_counter()
-            found = [pd.DataFrame(r) for r in pool.map_unordered(lambda a, t: a.score.remote(t),
-                                                                   _range_tasks(todo, bits, len(actors)))]
-            got = pd.concat(found, ignore_index=True).groupby("mask_id").sum(numeric_only=True)
-            got = got.drop(columns=[c for c in ("bucket",) if c in got.columns])
-            state = state.set_index("mask_id")
-            for c in got.columns:
-                if c not in state.columns:
-                    state[c] = 0 if c.startswith("correct_") or c == "n" else 0.0
-                state.loc[got.index, c] += got[c]
-            state.loc[got.index, "rounds"] += 1
-            state = state.reset_index()
-            images = int((todo["stop"] - todo["start"]).sum())
-            decided = race_step(state, keep, population, plan.confidence, plan.tolerance, plan.share)
-            state["eliminated"] = decided["eliminated"].to_numpy()
-            nxt = decided[decided["action"] != ""]
-            if len(nxt):
-                after = np.searchsorted(steps, nxt["n"].to_numpy(), side="right")
-                stop = np.where(nxt["action"] == "complete", population, steps[np.minimum(after, len(steps) - 1)])
-                nxt = nxt[["mask_id", "bucket"]].assign(start=nxt["n"].to_numpy(), stop=stop)
-            rounds.append({"round": len(rounds) + 1, "masks": len(todo), "images": images,
-                           "forward_passes": (images + len(todo) * gallery) * len(resolved),
-                           "open": len(nxt), "settled_buckets": int(decided.groupby("bucket")["settled"].all()
-                                                                          .sum()),
-                           "seconds": round(time.perf_counter() - t0, 2)})
-            spent += images
-            elapsed = time.perf_counter() - t_start
-            # Every round that ends 10 s after the last line (so a long race reports as it goes), and the last.
-            if log and (elapsed - t_logged >= 10 or len(rounds) == 1 or not len(nxt)):
-                t_logged = elapsed
-                log(f"adaptive: round {len(rounds)}: {len(todo)} masks, {images:,} masked images in "
-                    f"{rounds[-1]['seconds']:.1f}s; {spent:,} of full mode's {full:,} so far "
-                    f"({spent / max(elapsed, 1e-9):,.0f}/s); {len(nxt)} to measure next, "
-                    f"{rounds[-1]['settled_buckets']} of {state['bucket'].nunique()} buckets settled")
-            todo = nxt
-            if max_rounds is not None and len(rounds) >= max_rounds:
-                break
+        state, rounds = run_race(masks, population, keep, plan, measure, on_round, max_rounds)
     finally:
         for a in actors:
             ray.kill(a)
-    out = state.drop(columns=["eliminated"]).assign(split="selection")
-    return out.sort_values("mask_id").reset_index(drop=True), rounds
+    return state.assign(split="selection"), rounds

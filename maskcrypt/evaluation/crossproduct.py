@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +132,9 @@ def evaluate_masks(
     parts: Path | None = None,
     log: Callable[[str], None] | None = None,
     on_block: Callable[[pd.DataFrame], None] | None = None,
+    mask_ids: Collection[str] | None = None,
 ) -> pd.DataFrame:
-    """Per-mask counts: every mask of ``buckets`` x every probe of ``splits``, via an actor pool.
+    """Per-mask counts: every mask of ``buckets`` (or only ``mask_ids``) x every probe of ``splits``, via actors.
 
     Returns one row per (mask, split): ``mask_id``, ``bucket``, ``split``, ``n``,
     ``correct_<model>``, ``score_<model>`` (and ``hits_<model>`` with per-image
@@ -151,12 +152,14 @@ def evaluate_masks(
                              f"asked for {list(splits)}")
     done_ids = set(done["mask_id"]) if len(done) else set()
     wanted = set(library.table(buckets, columns=["mask_id"]).column("mask_id").to_pylist())
+    left_out = wanted - set(mask_ids) if mask_ids is not None else set()
+    wanted -= left_out
     todo = len(wanted - done_ids)
     if log and done_ids:
         log(f"per-mask: {len(done_ids & wanted)} masks already evaluated in {parts}, {todo} to go")
     results = [done] if len(done) else []
     if todo != 0:
-        ds = library.to_ray_dataset(buckets, exclude=done_ids,
+        ds = library.to_ray_dataset(buckets, exclude=done_ids | left_out,
                                     rows_per_block=settings.masks_per_block).select_columns(
             ["mask_id", "bucket", "bits"])
         constructor = scorer_kwargs(test, resolved, splits, settings, "masks", per_image=settings.per_image,
@@ -186,6 +189,8 @@ def evaluate_masks(
     df = df.astype({"mask_id": str, "split": str})
     if buckets is not None:
         df = df[df["bucket"].isin(list(buckets))]
+    if mask_ids is not None:
+        df = df[df["mask_id"].isin(wanted)]
     df = df[df["split"].isin(list(splits))]
     return df.sort_values(["mask_id", "split"]).reset_index(drop=True)
 

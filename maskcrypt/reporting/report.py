@@ -107,8 +107,16 @@ def _ranking(res: Path, result: dict[str, Any], th: dict[str, Any]) -> list[str]
                      for _, r in cands.iterrows()])]
     if ad:
         rounds = ad["rounds"]
-        out += ["", f"Ranked adaptively (a race on {ad['confidence']:.0%} Wilson bounds, top {ad['keep']} kept per "
-                f"bucket): {ad['forward_passes']:,} forward passes against {ad['full_forward_passes']:,} in full mode "
+        passes_e, passes_o = ad.get("forward_passes_E", ad["forward_passes"]), ad.get("forward_passes_O", 0)
+        if "delta" in ad:
+            how = (f"a race of E alone with error probability {ad['delta']:g}: with probability at least "
+                   f"{1 - ad['delta']:.0%}, each mask it ranks in a bucket's top {ad['keep']} is within "
+                   f"{ad['tolerance']:.0%} of full mode's {ad['keep']}-th best on the same images; O measured "
+                   f"afterwards on the {ad.get('o_masks', 0)} masks the race measured on every image")
+        else:  # a run determined before the race had its guarantee
+            how = f"a race on {ad['confidence']:.0%} Wilson bounds per mask, top {ad['keep']} kept per bucket"
+        out += ["", f"Ranked adaptively ({how}): {ad['forward_passes']:,} forward passes (E {passes_e:,}, "
+                f"O {passes_o:,}) against {ad['full_forward_passes']:,} in full mode "
                 f"({ad['full_forward_passes'] / max(ad['forward_passes'], 1):.1f}x fewer), {len(rounds)} rounds.", "",
                 md_table(["round", "masks", "masked images", "forward passes", "still open after", "seconds"],
                          [[r["round"], r["masks"], f"{r['images']:,}", f"{r['forward_passes']:,}", r["open"],

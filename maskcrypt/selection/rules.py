@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from maskcrypt.config.thresholds import Thresholds
@@ -47,7 +46,7 @@ class Empty:
         return asdict(self)
 
 
-def _require(df: pd.DataFrame, columns: list[str], what: str) -> None:
+def require_columns(df: pd.DataFrame, columns: list[str], what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise MaskcryptError(f"{what}: missing column(s) {missing}; has {list(df.columns)}")
@@ -70,7 +69,7 @@ def table1(counts: pd.DataFrame, th: Thresholds = Thresholds(), labels: dict[int
     ``gap_uncertain`` says t_gap lies within the gap's interval (the difference of the
     two Wilson bounds, a conservative band).
     """
-    _require(counts, ["bucket", "repeat", "n", "correct_E", "correct_O"], "table1 counts")
+    require_columns(counts, ["bucket", "repeat", "n", "correct_E", "correct_O"], "table1 counts")
     df = counts.copy()
     if (df["n"] == 0).any():
         empty = sorted(df.loc[df["n"] == 0, "bucket"].unique().tolist())
@@ -108,7 +107,7 @@ def full_table1_counts(clean: pd.DataFrame, per_mask: pd.DataFrame) -> pd.DataFr
     per mask. Each mask plays a repetition, so ``first``/``second`` are the mean over the
     bucket's masks and the standard deviation is the spread between masks.
     """
-    _require(per_mask, ["mask_id", "bucket", "n", "correct_E", "correct_O"], "per-mask counts")
+    require_columns(per_mask, ["mask_id", "bucket", "n", "correct_E", "correct_O"], "per-mask counts")
     pm = per_mask.sort_values(["bucket", "mask_id"]).copy()
     pm["repeat"] = pm.groupby("bucket").cumcount()
     cols = ["bucket", "repeat", "n", "correct_E", "correct_O"]
@@ -135,9 +134,11 @@ def target_buckets(t1: pd.DataFrame, th: Thresholds = Thresholds()) -> tuple[lis
 def per_mask_table(counts: pd.DataFrame, th: Thresholds = Thresholds()) -> pd.DataFrame:
     """Third accuracy (E) and O's accuracy per mask, with intervals and the basic rule's verdict.
 
-    ``counts``: one row per mask with ``mask_id``, ``bucket``, ``n``, ``correct_E``, ``correct_O``.
+    ``counts``: one row per mask with ``mask_id``, ``bucket``, ``n``, ``correct_E``, ``correct_O``
+    (missing for masks the adaptive race measured on E alone: ``has_O`` is false there and
+    the O figures are NaN; the basic rule never passes such a mask).
     """
-    _require(counts, ["mask_id", "bucket", "n", "correct_E", "correct_O"], "per-mask counts")
+    require_columns(counts, ["mask_id", "bucket", "n", "correct_E", "correct_O"], "per-mask counts")
     if counts["mask_id"].duplicated().any():
         dup = counts.loc[counts["mask_id"].duplicated(), "mask_id"].iloc[0]
         raise MaskcryptError(f"per-mask counts: mask {dup!r} appears twice")
@@ -145,6 +146,8 @@ def per_mask_table(counts: pd.DataFrame, th: Thresholds = Thresholds()) -> pd.Da
         raise MaskcryptError("per-mask counts: a mask was evaluated on no image (empty test set?)")
     out = counts.copy()
     out["third"] = out["correct_E"] / out["n"]
+    # The race measures O only on the masks it measured on every image: the others have no O figures.
+    out["has_O"] = out["correct_O"].notna()
     out["acc_O"] = out["correct_O"] / out["n"]
     out["third_lo"], out["third_hi"] = wilson_interval(out["correct_E"], out["n"], th.confidence)
     out["acc_O_lo"], out["acc_O_hi"] = wilson_interval(out["correct_O"], out["n"], th.confidence)
@@ -215,74 +218,6 @@ def attack_list(per_mask: pd.DataFrame, buckets: list[int], th: Thresholds = Thr
     return ranked[ranked["rank"] <= th.attack_top].reset_index(drop=True)
 
 
-def race_step(counts: pd.DataFrame, keep: int, population: int, confidence: float = 0.99,
-              tolerance: float = 0.01, share: float = 0.1) -> pd.DataFrame:
-    """One decision of the adaptive search (an LUCB-style race): which masks to measure next.
-
-    ``counts``: one row per mask with ``mask_id``, ``bucket``, ``n`` (how many of the
-    ``population`` selection images it has seen, always a prefix of one shared random
-    order), ``correct_E`` and ``eliminated``. Bounds are Wilson bounds at ``confidence``
-    with the finite-population correction (full mode's accuracy on the same N images is
-    what they bound). Per bucket, among masks not eliminated:
-
-    1. *Eliminate* masks whose upper bound is below the ``keep``-th best lower bound:
-       they cannot be in the top ``keep``, now or later.
-    2. Let S be the current top ``keep`` by accuracy so far (ties: E's mean score so far,
-       as :func:`rank_masks` breaks them, then more images, then mask id), L the lowest
-       lower bound in S and H the highest upper bound outside S. If ``L >= H - tolerance``,
-       every mask of S is within ``tolerance`` of whatever the true ``keep``-th is: the
-       bucket is *settled*, and S is measured on every image (``complete``); the others
-       stop where they are.
-    3. Otherwise only masks that can still change that verdict are measured further
-       (``advance``: one more step of images): S's members whose lower bound is below
-       ``H - tolerance``, and of the masks outside S whose upper bound is above
-       ``L + tolerance``, those with the highest upper bounds (a ``share`` of them, at
-       least ``keep``; ties: fewer images first). Sampling the boundary and not the
-       whole bucket is what makes the race cheaper than halving every mask together.
-
-    Returns ``counts`` with ``eliminated`` updated and ``action`` in {``advance``,
-    ``complete``, ``""``}, plus ``settled`` (the bucket's verdict holds and S has seen
-    every image) and the bounds ``lo``/``hi``. Pure: no Ray, no model.
-    """
-    _require(counts, ["mask_id", "bucket", "n", "correct_E", "eliminated"], "adaptive counts")
-    if keep < 1:
-        raise MaskcryptError(f"adaptive search: keep must be >= 1, got {keep}")
-    if not 0.0 <= tolerance < 1.0:
-        raise MaskcryptError(f"adaptive tolerance: expected a fraction in [0, 1), got {tolerance}")
-    if not 0.0 < share <= 1.0:
-        raise MaskcryptError(f"adaptive share: expected a fraction in (0, 1], got {share}")
-    if population < 1 or (counts["n"] > population).any():
-        raise MaskcryptError(f"adaptive counts: n must lie in [0, {population}] (the selection images)")
-    lo, hi = wilson_interval(counts["correct_E"], counts["n"], confidence, population)
-    score = counts["score_E"] / counts["n"].clip(lower=1) if "score_E" in counts.columns else 0.0
-    out = counts.assign(lo=lo, hi=hi, acc=counts["correct_E"] / counts["n"].clip(lower=1), score=score, action="",
-                        settled=False, eliminated=counts["eliminated"].astype(bool))
-    for _, g in out.groupby("bucket", sort=False):
-        alive = g[~g["eliminated"]]
-        if len(alive) > keep:
-            kth = np.sort(alive["lo"].to_numpy())[::-1][keep - 1]
-            out.loc[alive.index[alive["hi"].to_numpy() < kth], "eliminated"] = True
-        alive = out.loc[g.index][~out.loc[g.index, "eliminated"]]
-        order = alive.sort_values(["acc", "score", "n", "mask_id"], ascending=[False, False, False, True])
-        top, rest = order.iloc[:keep], order.iloc[keep:]
-        low = float(top["lo"].min())
-        high = float(rest["hi"].max()) if len(rest) else -np.inf
-        incomplete = top.index[top["n"].to_numpy() < population]
-        if low >= high - tolerance:
-            out.loc[incomplete, "action"] = "complete"
-            out.loc[g.index, "settled"] = len(incomplete) == 0
-            continue
-        out.loc[top.index[(top["lo"].to_numpy() < high - tolerance) & (top["n"].to_numpy() < population)],
-                "action"] = "advance"
-        open_rest = rest[(rest["hi"] > low + tolerance) & (rest["n"] < population)]
-        picked = open_rest.sort_values(["hi", "n", "mask_id"], ascending=[False, True, True]).head(
-            max(keep, int(np.ceil(share * len(open_rest)))))
-        out.loc[picked.index, "action"] = "advance"
-        if not (out.loc[g.index, "action"] != "").any():  # cannot happen with exact bounds; never stall
-            out.loc[alive.index[alive["n"].to_numpy() < population], "action"] = "advance"
-    return out
-
-
 # -- Table 2 ------------------------------------------------------------------------------------------------
 def table2(attack: pd.DataFrame, ranks: pd.DataFrame, th: Thresholds = Thresholds()) -> pd.DataFrame:
     """Fourth (E on masked) and fifth (E on inpainted) accuracy, the drop and its paired interval.
@@ -294,7 +229,7 @@ def table2(attack: pd.DataFrame, ranks: pd.DataFrame, th: Thresholds = Threshold
     Figures and ``*_uncertain`` flags only: which masks are targets is decided once, by
     :func:`decide`, and marked on the table by :func:`mark_decision`.
     """
-    _require(attack, ["mask_id", "n", "both", "before_only", "after_only", "neither"], "attack counts")
+    require_columns(attack, ["mask_id", "n", "both", "before_only", "after_only", "neither"], "attack counts")
     total = attack[["both", "before_only", "after_only", "neither"]].sum(axis=1)
     if (total != attack["n"]).any():
         bad = attack.loc[total != attack["n"], "mask_id"].iloc[0]
@@ -339,7 +274,7 @@ def target_masks(t2: pd.DataFrame, th: Thresholds = Thresholds()) -> tuple[pd.Da
         basic &= t2["O_masked"] < th.t_orig
     hidden = pd.Series(True, index=t2.index)
     if th.t_attack is not None:  # the optional rule: what the strongest measured attacker gets stays below it
-        _require(t2, ["worst_accuracy"], "t_attack: Table 2")
+        require_columns(t2, ["worst_accuracy"], "t_attack: Table 2")
         hidden = t2["worst_accuracy"] < th.t_attack
     chosen = t2[dropped & basic & hidden]
     chosen = chosen.sort_values(["fourth", "mask_id"], ascending=[False, True]).reset_index(drop=True)

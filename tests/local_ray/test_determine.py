@@ -14,6 +14,8 @@ from plain_loops import open_set_reference
 from maskcrypt.config import AdaptivePlan, AttackConfig, DetermineConfig, EvalSettings
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.data import load
+from maskcrypt.determine.inputs import open_determination
+from maskcrypt.determine.race import evaluate_adaptive
 from maskcrypt.determine.stage import determine as run_determination
 from maskcrypt.evaluation.testset import prepare_test
 from maskcrypt.masks import MaskLibrary, mask_sha256, unpack_masks
@@ -129,7 +131,21 @@ def test_adaptive_rank_mode_reports_its_rounds_and_measures_candidates_on_every_
     assert (cands["n"] == result["splits"]["selection"]).all()  # ranked on every selection image
     report = (run / "report.md").read_text()
     assert "Ranked adaptively" in report and f"{ad['forward_passes']:,} forward passes" in report
-    assert not ad["reused"]
+    assert "error probability 0.05" in report and not ad["reused"]
+    # E alone raced: the same E counts as a race of E and O together on the same inputs; O measured afterwards
+    # only where the race measured every image (the candidates among them), equal to the joint race's O there.
+    pm = pd.read_parquet(run / "results" / "per_mask.parquet").set_index("mask_id").sort_index()
+    d = open_determination(run, DetermineConfig(test_data=TINY_DATA, repeats=1, per_mask="all", rank_mode="adaptive"),
+                           LOOSE,
+                           FP32, AdaptivePlan(first=3, growth=2.0), redo=False, log=_quiet)
+    joint, _ = evaluate_adaptive(d.library, d.test, d.models, d.present, keep=LOOSE.attack_top,
+                                 plan=AdaptivePlan(first=3, growth=2.0), settings=FP32)
+    joint = joint.set_index("mask_id").sort_index()
+    assert pm[["n", "correct_E"]].equals(joint[["n", "correct_E"]].astype(pm[["n", "correct_E"]].dtypes))
+    full = pm["n"] == result["splits"]["selection"]
+    assert pm["has_O"].eq(full).all()  # here (6 selection images) the race measures every mask on all of them
+    assert (pm.loc[full, "correct_O"] == joint.loc[full, "correct_O"]).all()
+    assert ad["forward_passes"] == ad["forward_passes_E"] + ad["forward_passes_O"] and ad["o_masks"] == full.sum()
     # A relaunch with the same inputs (e.g. other t_enc/t_orig) reuses the race and sampled Table 1, not re-races.
     before = pd.read_parquet(run / "results" / "per_mask.parquet")
     lines: list[str] = []

@@ -187,7 +187,7 @@ def _race(n, correct, bucket=None, eliminated=None):
 
 
 def test_race_eliminates_only_masks_that_cannot_reach_the_top():
-    from maskcrypt.selection.rules import race_step
+    from maskcrypt.selection.race import race_step
 
     # Bucket 1: m2's upper bound (~0.71) is below the 2nd best lower bound (~0.88); m3 overlaps and stays.
     # Bucket 2 has only two masks: both stay, however bad.
@@ -208,7 +208,7 @@ def test_race_eliminates_only_masks_that_cannot_reach_the_top():
 
 
 def test_race_measures_the_boundary_and_settles_ties_only_when_bounds_allow():
-    from maskcrypt.selection.rules import race_step
+    from maskcrypt.selection.race import race_step
 
     # m0, m1 perfect on 2,000 of 5,000 images, m2-m4 at 99.5%: a tie within 0.01 at 99% bounds.
     tie = race_step(_race([2000] * 5, [2000, 2000, 1990, 1990, 1990]), keep=2, population=5000)
@@ -293,7 +293,7 @@ def test_ties_in_accuracy_are_broken_by_the_mean_score_not_the_mask_id():
 
 
 def test_the_race_orders_ties_by_score_like_the_full_ranking():
-    from maskcrypt.selection.rules import race_step
+    from maskcrypt.selection.race import race_step
 
     counts = pd.DataFrame({"mask_id": ["a", "b", "c"], "bucket": 6, "n": 100, "correct_E": 100, "eliminated": False,
                            "score_E": [60.0, 95.0, 80.0]})
@@ -330,3 +330,11 @@ def test_rank_mode_auto_races_above_its_threshold_and_never_under_the_basic_rule
     assert rank_mode_for(DetermineConfig(rule="basic", adaptive_above=0), 11, 100, counted=False) == "full"
     with pytest.raises(MaskcryptError, match="adaptive_above"):
         DetermineConfig(adaptive_above=-1)
+
+
+def test_masks_raced_on_e_alone_have_no_o_figures_and_never_pass_the_basic_rule():
+    counts = pd.DataFrame({"mask_id": ["a", "b"], "bucket": 1, "n": [100, 40], "correct_E": [95, 39],
+                           "correct_O": [10.0, np.nan]})
+    pm = per_mask_table(counts, Thresholds(t_enc=0.5, t_orig=0.5)).set_index("mask_id")
+    assert pm["has_O"].tolist() == [True, False] and np.isnan(pm.loc["b", "acc_O"])
+    assert pm["basic_pass"].tolist() == [True, False] and not pm.loc["b", "basic_uncertain"]
