@@ -84,7 +84,7 @@ class CapacityConfig:
     repeats: int = 5
     keep: int = 5
     max_rounds: int = 0  # 0 = race to the end; else stop after this many rounds and project the rest
-    first: int = AdaptivePlan.first  # the race's first step: test images every mask sees in round 1
+    first: int = AdaptivePlan.first  # the race's first step: test images every mask sees in round 1 (0 = auto)
     stages: tuple[str, ...] = STAGES
     project_images: int = 13_233
     project_devices: tuple[int, ...] = (1, 8, 64)
@@ -92,8 +92,9 @@ class CapacityConfig:
     def __post_init__(self) -> None:
         if self.count < 1 or self.images < 2 or self.repeats < 1 or self.keep < 1 or self.max_rounds < 0:
             raise MaskcryptError("capacity: count >= 1, images >= 2, repeats >= 1, keep >= 1, max_rounds >= 0")
-        if self.first < 1:
-            raise MaskcryptError(f"--first: expected images >= 1 for the race's first round, got {self.first}")
+        if self.first < 0:
+            raise MaskcryptError(f"--first: expected images >= 0 for the race's first round (0 = auto), got "
+                                 f"{self.first}")
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown or not self.stages or len(set(self.stages)) != len(self.stages):
             raise MaskcryptError(f"--stages: expected distinct names from {', '.join(STAGES)}, got "

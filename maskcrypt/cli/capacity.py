@@ -58,7 +58,8 @@ def add_parser(sub: Any) -> None:
     ca.add_argument("--repeats", type=int, default=5, help="Table 1 repetitions")
     ca.add_argument("--keep", type=int, default=5, help="adaptive: masks kept per bucket")
     ca.add_argument("--max-rounds", type=int, default=0, help="adaptive: stop after this many rounds (0 = finish)")
-    ca.add_argument("--first", type=int, default=50, help="adaptive: test images every mask sees in round 1")
+    ca.add_argument("--first", type=int, default=0,
+                    help="adaptive: test images every mask sees in round 1 (0: fewer the larger the library)")
     ca.add_argument("--stages", default="read,table1,race",
                     help="what runs after the library is built: read (read it back), table1, race")
     ca.add_argument("--eval-actors", type=int, default=2)

@@ -167,4 +167,4 @@ def test_capacity_read_stage_alone_needs_no_ray_and_bad_stages_are_named(tmp_pat
                                              "read,inpaint"):
         CapacityConfig(stages=("read", "inpaint"))
     with pytest.raises(MaskcryptError, match="--first"):
-        CapacityConfig(first=0)
+        CapacityConfig(first=-1)
