@@ -57,6 +57,7 @@ from maskcrypt.selection.rules import (
     full_table1_counts,
     mark_decision,
     per_mask_table,
+    rank_masks,
     table2,
     target_buckets,
     ties_at_cutoff,
@@ -115,12 +116,14 @@ def rank(d: Determination, buckets: list[int], pm_counts: pd.DataFrame | None) -
     resumed: set[str] = set()
     if pm_counts is None and mode == "adaptive":
         def race() -> tuple[pd.DataFrame, dict[str, Any]]:
-            # E alone decides the race; O is measured afterwards where a table needs it: on the masks the race
-            # measured on every selection image (the attack list, hence the candidates), as full mode gives them.
+            # E alone decides the race; O is measured afterwards where a table needs it: on the attack list (each
+            # bucket's top attack_top, hence the candidates), on every selection image, as full mode gives them.
             counts, rounds = evaluate_adaptive(d.library, d.test, {"E": d.models["E"]}, measured,
                                                keep=d.thresholds.attack_top, plan=d.adaptive, settings=d.settings,
                                                log=d.log)
-            complete = counts.loc[counts["n"] == n_sel, "mask_id"].tolist()
+            ranked = rank_masks(counts.assign(third=counts["correct_E"] / counts["n"].clip(lower=1),
+                                              mean_score_E=counts["score_E"] / counts["n"].clip(lower=1)), measured)
+            complete = ranked[ranked["rank"] <= d.thresholds.attack_top]["mask_id"].tolist()
             o = evaluate_masks(d.library, d.test, {"O": d.models["O"]}, buckets=measured, settings=d.settings,
                                mask_ids=complete)
             counts = counts.merge(o[["mask_id", "correct_O", "score_O"]], on="mask_id", how="left")
@@ -142,7 +145,7 @@ def rank(d: Determination, buckets: list[int], pm_counts: pd.DataFrame | None) -
                                 "tolerance": d.adaptive.tolerance, "keep": d.thresholds.attack_top,
                                 "reused": reused}
         d.log(f"adaptive: {spent_e + spent_o:,} forward passes (E {spent_e:,} racing, O {spent_o:,} on the "
-              f"{extra.get('o_masks', 0)} masks measured on every image) against {full_cost:,} in full mode "
+              f"{extra.get('o_masks', 0)} masks of the attack list) against {full_cost:,} in full mode "
               f"({full_cost / max(spent_e + spent_o, 1):.1f}x fewer); error probability {d.adaptive.delta:g}")
     elif pm_counts is None:
         before = read_parts(d.parts)

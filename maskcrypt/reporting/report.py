@@ -112,7 +112,7 @@ def _ranking(res: Path, result: dict[str, Any], th: dict[str, Any]) -> list[str]
             how = (f"a race of E alone with error probability {ad['delta']:g}: with probability at least "
                    f"{1 - ad['delta']:.0%}, each mask it ranks in a bucket's top {ad['keep']} is within "
                    f"{ad['tolerance']:.0%} of full mode's {ad['keep']}-th best on the same images; O measured "
-                   f"afterwards on the {ad.get('o_masks', 0)} masks the race measured on every image")
+                   f"afterwards on the {ad.get('o_masks', 0)} masks of the attack list")
         else:  # a run determined before the race had its guarantee
             how = f"a race on {ad['confidence']:.0%} Wilson bounds per mask, top {ad['keep']} kept per bucket"
         out += ["", f"Ranked adaptively ({how}): {ad['forward_passes']:,} forward passes (E {passes_e:,}, "
