@@ -161,7 +161,8 @@ def test_adaptive_ranking_finds_the_full_modes_top_k(setting, tmp_path):
     The race promises (at its confidence) that each mask it ranks in the top ``keep`` is within
     ``tolerance`` of the full ranking's k-th best; the tolerance here is two images of the
     test set, so the check is stricter than one image's resolution and not a tie-breaking
-    artefact. The pass count is compared with full mode's, which the race must undercut.
+    artefact. What the race saves depends on the trained model (bf16 or fp32 training gives
+    another one), so it is asserted on known rates instead (tests/unit/test_race_simulation.py).
     """
     from maskcrypt.determine.race import evaluate_adaptive
     from maskcrypt.selection.rules import Thresholds, per_mask_table, rank_masks
@@ -180,9 +181,6 @@ def test_adaptive_ranking_finds_the_full_modes_top_k(setting, tmp_path):
     counts, rounds = evaluate_adaptive(lib, ts, paths, buckets, keep=keep, plan=plan, settings=FP32)
     fast = per_mask_table(counts.drop(columns="split"), Thresholds())
     assert rounds[0]["images"] == 8 * len(counts) and rounds[-1]["open"] == 0
-    race_passes = sum(r["forward_passes"] for r in rounds)
-    full_passes = len(full) * n * 2  # E and O on every image under every mask
-    assert race_passes < 0.8 * full_passes, (race_passes, full_passes)  # the race eliminated, it did not just finish
     by_id = full.set_index("mask_id")["third"]
     for b in buckets:
         kth = rank_masks(full, [b]).head(keep)["third"].min()

@@ -78,3 +78,6 @@ def test_the_plan_divides_delta_over_every_mask_and_step_and_maps_the_old_confid
     firsts = [AdaptivePlan().first_for(m, 2000, 5, 6) for m in (60, 600, 6000, 60000)]
     assert firsts == sorted(firsts, reverse=True) and min(firsts) >= 16 and max(firsts) <= 64
     assert AdaptivePlan(first=50).first_for(60000, 2000, 5, 6) == 50
+    # A selection split smaller than the smallest first round: every mask sees all of it at once.
+    assert AdaptivePlan().first_for(60000, 10, 5, 6) == 10 and AdaptivePlan(first=50).first_for(60, 10, 5, 6) == 10
+    assert list(AdaptivePlan().steps(10, 10)) == [10]
