@@ -57,7 +57,8 @@ def main() -> int:
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.models.predictor import Predictor
     from maskcrypt.models.recognizer import RecognizerConfig
-    from maskcrypt.train.loop import RecognizerSteps, array_batches, pass_seed, train_epoch
+    from maskcrypt.train.feed import array_batches, pass_seed
+    from maskcrypt.train.loop import RecognizerSteps, train_epoch
 
     run = Path(args.run)
     if not (run / "masks_train").exists() or not (run / "masks").exists():

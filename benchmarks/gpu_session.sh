@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One prepared session on a lent GPU machine (no network, no Ray installed, ~10 minutes):
 #
+#   0. feed (~2 minutes, torch only): benchmarks/train_feed.py, the
+#      training loop's epoch-average rate against its steady rate and pure compute, ResNet-18
+#      and -50 at 112 px, the set in host memory against in GPU memory, with GPU utilization;
 #   1. benchmarks/gpu_step.py: the evaluator's step (mask-then-recognize, the attack) per
 #      architecture, precision and batch, torch only;
 #   2. the whole method at 112 px on Ray with a GPU in every stage: configs/faces112.yaml
@@ -19,15 +22,15 @@
 #
 #   OUT=/tmp/gpu-out bash benchmarks/gpu_session.sh        # extra flags go to `maskcrypt run`
 #
-# All four stages take ~12 minutes, more than one 10-minute call: choose with STAGES, e.g.
-# STAGES="step run" then STAGES="serve capacity" on the still-warm machine (serve uses the run).
+# All five stages take ~14 minutes, more than one 10-minute call: choose with STAGES, e.g.
+# STAGES="feed step run" then STAGES="serve capacity" on the still-warm machine (serve uses the run).
 #
 # Every stage is time-boxed so that one hang cannot eat the lease; logs land in $OUT.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-STAGES=" ${STAGES:-step run serve capacity} "
+STAGES=" ${STAGES:-feed step run serve capacity} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 STEP_LIMIT=${STEP_LIMIT:-150}
 RUN_LIMIT=${RUN_LIMIT:-480}
@@ -46,6 +49,11 @@ nproc
 if want step; then
   echo "== gpu_step"
   timeout "$STEP_LIMIT" python3 benchmarks/gpu_step.py --steps 10 2>&1 | tee "$OUT/gpu_step.txt"
+fi
+
+if want feed; then  # torch only (no Ray needed): the training loop's epoch rate against steady and pure compute
+  echo "== train_feed"
+  timeout "${FEED_LIMIT:-180}" python3 benchmarks/train_feed.py 2>&1 | tee "$OUT/train_feed.txt"
 fi
 
 if want run; then

@@ -31,7 +31,8 @@ from maskcrypt.core.precision import autocast, use_bf16
 from maskcrypt.data import load
 from maskcrypt.models.recognizer import RecognizerConfig
 from maskcrypt.train.driver import TrainInputs, train_model
-from maskcrypt.train.loop import augment_flip, lr_lambda
+from maskcrypt.train.feed import augment_flip
+from maskcrypt.train.loop import lr_lambda
 
 SPEC = "synthetic:identities=50,per_identity=40,size=32"
 

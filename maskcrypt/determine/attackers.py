@@ -74,7 +74,8 @@ from maskcrypt.models.checkpoint import (
 )
 from maskcrypt.models.weights import load_external_weights
 from maskcrypt.runtime.cluster import VERBOSE, check_gpus, require_ray
-from maskcrypt.train.loop import RecognizerSteps, array_batches, pass_seed, train_epoch
+from maskcrypt.train.feed import array_batches, pass_seed, resident
+from maskcrypt.train.loop import RecognizerSteps, train_epoch
 from maskcrypt.train.progress import EpochPrinter
 
 FAMILY = "family"
@@ -209,7 +210,8 @@ def _train(job: dict[str, Any], data: dict[str, Any], device: Any) -> Any:
     model = steps.model.to(device)
     if channels_last(device.type, bf16):
         model = model.to(memory_format=torch.channels_last)
-    arrays = {"image": pixels(data["images"]), "label": data["labels"], "item": np.arange(len(data["labels"]))}
+    arrays = resident({"image": pixels(data["images"]), "label": data["labels"],
+                       "item": np.arange(len(data["labels"]))}, device)
     batch = tc["batch_size"]
     per_pass = len(data["labels"]) // batch
     steps.schedule(per_pass * steps.passes)

@@ -12,7 +12,8 @@ ranks as Ray Data produces it (Ray Train's streaming split: each image decoded o
 the right thing at scale, but which rank gets which block depends on timing, so two
 runs are not bitwise equal); ``replicate`` gives every rank the whole dataset in one
 seeded order and each rank takes every ``world``-th batch (bitwise reproducible, each
-rank reads everything: the default for data that fits in memory).
+rank reads everything: the default for data that fits in memory; on a GPU the set is kept
+in device memory). Both live in :mod:`maskcrypt.train.feed`.
 
 What differs per model lives in a *steps* object:
 
@@ -47,6 +48,7 @@ from maskcrypt.models.losses import InpaintLossWeights, hole_psnr, inpaint_loss,
 from maskcrypt.models.predictor import Predictor
 from maskcrypt.models.recognizer import Recognizer, RecognizerConfig
 from maskcrypt.models.weights import load_external_weights
+from maskcrypt.train.feed import augment_flip, held_out_masks, rank_batches, take_index
 
 
 def lr_lambda(tc: dict[str, Any], steps_per_epoch: int) -> Callable[[int], float]:
@@ -67,14 +69,6 @@ def lr_lambda(tc: dict[str, Any], steps_per_epoch: int) -> Callable[[int], float
     return f
 
 
-def augment_flip(x: np.ndarray, flip: bool, rng: np.random.Generator) -> np.ndarray:
-    """Random horizontal flips of a freshly gathered batch (faces are left-right symmetric)."""
-    if flip:
-        sel = rng.random(x.shape[0]) < 0.5
-        x[sel] = x[sel][..., ::-1]
-    return x
-
-
 class Steps(ABC):
     """What one model's training needs besides the loop: the model, its optimizer and schedule, a step, a check."""
 
@@ -85,17 +79,19 @@ class Steps(ABC):
         self.tc = cfg["train_config"]
         self.role = cfg["role"]
         self.masks: np.ndarray | None = cfg.get("masks")
+        self._pool: Any = None
         self.model: Any = None
         self.optimizer: Any = None
         self.scheduler: Any = None
         self.epochs = int(self.tc["epochs"])
         self.epoch = 0
 
-    def to_device(self, a: np.ndarray) -> Any:
-        """A numpy batch on the device, channels_last where the model runs so."""
+    def to_device(self, a: Any) -> Any:
+        """A batch (numpy, or a tensor already there) on the device, channels_last where the model runs so."""
         import torch
 
-        t = torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
+        t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+        t = t.to(self.device, non_blocking=True)
         return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and channels_last(
             self.device.type, self.bf16) else t
 
@@ -103,7 +99,26 @@ class Steps(ABC):
         """The masks of one batch's images in pass ``pass_``: a fresh pool mask per image, or None."""
         if self.masks is None:
             return None
-        return self.masks[rng.integers(0, len(self.masks), n)]
+        pool = self.device_pool()
+        return pool[take_index(rng.integers(0, len(self.masks), n), pool)]
+
+    def device_pool(self) -> Any:
+        """The training mask pool where batches are masked: on a GPU, copied there once (a batch's masks are
+        then gathered on the device instead of crossing the bus every step); the numpy pool elsewhere."""
+        if self.device.type != "cuda" or self.masks is None:
+            return self.masks
+        if self._pool is None:
+            import torch
+
+            self._pool = torch.from_numpy(np.ascontiguousarray(self.masks)).to(self.device)
+        return self._pool
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (a GPU runs asynchronously): what a timing point needs."""
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
 
     def start_epoch(self, epoch: int) -> None:
         """Per-epoch switches (R's fine-tune phase); the base only notes the epoch."""
@@ -154,7 +169,9 @@ class RecognizerSteps(Steps):
         if not self.encrypted:
             return None
         if self.fixed:  # the source's literal sample: pass j overlays fixed mask j on every image
-            return np.broadcast_to(self.masks[pass_], (n, *self.masks.shape[1:]))
+            pool = self.device_pool()
+            one = pool[pass_]
+            return np.broadcast_to(one, (n, *one.shape)) if isinstance(one, np.ndarray) else one.expand(n, *one.shape)
         return super().batch_masks(n, rng, pass_)
 
     def loss(self, net: Any, images: np.ndarray, labels: np.ndarray, masks: np.ndarray | None,
@@ -241,91 +258,6 @@ class InpainterSteps(Steps):
                 "held_out_images": sum(len(p) for p in psnr)}
 
 
-def per_item_choice(seed: int, items: np.ndarray, n: int) -> np.ndarray:
-    """A seeded choice in ``[0, n)`` for each item number, a pure function of (seed, item).
-
-    Each item's choice depends on nothing else (not on how many items the split has, nor
-    on which sample of it is evaluated): splitmix64 of the item number keyed by the seed.
-    """
-    with np.errstate(over="ignore"):
-        z = np.asarray(items, dtype=np.uint64) + np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
-        z = z + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z % np.uint64(n)).astype(np.int64)
-
-
-def held_out_masks(cfg: dict[str, Any], items: np.ndarray) -> np.ndarray:
-    """The held-out mask of each held-out image, by its item number in the whole split: the same every epoch.
-
-    ``items`` are positions in the whole held-out split (``SourceSplit.dataset(order=...)``
-    keeps them), so any sample of the split, of any size, sees each image under one mask.
-    """
-    pool = cfg["eval_masks"] if cfg.get("eval_masks") is not None else cfg["masks"]
-    return pool[per_item_choice(int(cfg["train_config"]["seed"]) ^ 0xE7A1, items, len(pool))]
-
-
-def rank_batches(cfg: dict[str, Any], rank: int, world: int, per_rank: int, steps: int, epoch: int,
-                 pass_: int, read: dict[str, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """This rank's ``steps`` batches of one pass over the training data, shuffled per (epoch, pass), seeded.
-
-    ``stream``: the rank's shard of Ray Train's streaming split, through a seeded local
-    shuffle buffer. ``replicate``: the whole data, read once from the dataset into this
-    worker (it fits: that is what the mode is for), then one seeded permutation per
-    (epoch, pass) shared by every rank, of which each global batch's slice ``rank`` is
-    this rank's. ``read["rows"]`` counts the rows this rank read.
-    """
-    import ray.train
-
-    seed = pass_seed(cfg["train_config"]["seed"], epoch, pass_)
-    if cfg["sharding"] == "replicate":
-        yield from array_batches(replica(cfg["meta"]["job_sha256"]), seed, per_rank, steps, rank, world, read)
-        return
-    shard = ray.train.get_dataset_shard("train")
-    batches = shard.iter_batches(batch_size=per_rank, batch_format="numpy",
-                                 local_shuffle_buffer_size=int(cfg["shuffle_buffer"]),
-                                 local_shuffle_seed=seed)
-    taken = 0
-    for batch in batches:  # read to the end either way: a split stream must be drained
-        if read is not None:  # every row, the short last batch's too (it is not trained on)
-            read["rows"] = read.get("rows", 0) + len(batch["label"])
-        if taken < steps and len(batch["label"]) == per_rank:
-            taken += 1
-            yield batch
-
-
-def pass_seed(seed: int, epoch: int, pass_: int) -> int:
-    """The shuffling seed of one pass over the data: every rank (and every in-memory trainer) derives the same."""
-    return int(np.random.default_rng([seed, 0x5F1, epoch, pass_]).integers(2**31))
-
-
-def array_batches(data: dict[str, np.ndarray], seed: int, per_rank: int, steps: int, rank: int = 0,
-                  world: int = 1, read: dict[str, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """``steps`` batches of in-memory arrays: one seeded permutation shared by every rank, this rank's slice of each."""
-    perm = np.random.default_rng(seed).permutation(len(data["label"]))
-    if read is not None:
-        read["rows"] = read.get("rows", 0) + len(perm)
-    for step in range(steps):
-        at = (step * world + rank) * per_rank
-        idx = np.sort(perm[at:at + per_rank])  # sorted: contiguous reads; the batch is a set
-        yield {k: v[idx] for k, v in data.items()}
-
-
-_REPLICA: dict[str, dict[str, np.ndarray]] = {}
-
-
-def replica(job: str) -> dict[str, np.ndarray]:
-    """The whole training dataset of ``job`` in this worker's memory, read once (in the dataset's fixed order)."""
-    import ray.train
-
-    if job not in _REPLICA:
-        _REPLICA.clear()
-        parts = list(ray.train.get_dataset_shard("train").iter_batches(batch_size=4096, batch_format="numpy"))
-        _REPLICA[job] = {k: np.concatenate([p[k] for p in parts]) for k in ("image", "label", "item")}
-    return _REPLICA[job]
-
-
 def _steps_per_pass(cfg: dict[str, Any], world: int, per_rank: int) -> int:
     """Steps of one pass: the same on every rank (DDP), from the training images every rank can count on."""
     n = int(cfg["train_size"])
@@ -359,7 +291,10 @@ def train_epoch(steps: Steps, net: Any, epoch: int, per_pass: int,
     steps.start_epoch(epoch)
     steps.train_mode(net)
     t0 = time.perf_counter()
-    loss_sum, seen = 0.0, 0
+    # The loss is summed on the device and read once at the end: reading it every step would
+    # make the host wait for the GPU each step, with no next batch queued meanwhile.
+    loss_sum: Any = 0.0
+    seen = 0
     # Steady state: from the step that ends the first 10% of the epoch (start-up, first decodes) on.
     warm_step, step_no, t_warm, seen_warm = max(1, (per_pass * steps.passes) // 10), 0, t0, 0
     read: dict[str, int] = {}
@@ -372,13 +307,15 @@ def train_epoch(steps: Steps, net: Any, epoch: int, per_pass: int,
             loss.backward()
             steps.optimizer.step()
             steps.scheduler.step()
-            loss_sum += float(loss.detach()) * len(batch["label"])
+            loss_sum = loss_sum + loss.detach().double() * len(batch["label"])
             seen += len(batch["label"])
             step_no += 1
             if step_no == warm_step:
+                steps.synchronize()
                 t_warm, seen_warm = time.perf_counter(), seen
+    total = float(loss_sum)  # waits for the last step
     now = time.perf_counter()
-    return EpochStats(loss_sum, seen, now - t0, seen - seen_warm, now - t_warm,
+    return EpochStats(total, seen, now - t0, seen - seen_warm, now - t_warm,
                       read.get("rows", 0) // max(steps.passes, 1))
 
 
@@ -443,7 +380,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
         with named_failure(cfg["role"], epoch, steps.epochs, rank, "training"):
             stats = train_epoch(steps, net, epoch, per_pass,
                                 lambda pass_, read, e=epoch: rank_batches(cfg, rank, world, per_rank, per_pass, e,
-                                                                          pass_, read), rank)
+                                                                          pass_, read, device), rank)
         metrics: dict[str, Any] = {"epoch": epoch, "epochs": steps.epochs,
                                    "loss": stats.loss_sum / max(stats.seen, 1),
                                    "images_per_s": stats.seen * world / max(stats.seconds, 1e-9),

@@ -166,7 +166,8 @@ def _record_fixed_epoch(fixed: np.ndarray, data, model_config: dict) -> dict[int
 
     import torch
 
-    from maskcrypt.train.loop import RecognizerSteps, array_batches, pass_seed, train_epoch
+    from maskcrypt.train.feed import array_batches, pass_seed
+    from maskcrypt.train.loop import RecognizerSteps, train_epoch
 
     tc = dataclasses.asdict(TrainConfig(epochs=1, batch_size=8, precision="fp32"))
     cfg = {"train_config": tc, "role": "encrypted", "k": len(fixed), "model_config": model_config,

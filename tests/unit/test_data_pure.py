@@ -107,7 +107,7 @@ def test_held_out_masks_are_drawn_per_item_of_the_whole_split_whatever_the_sampl
     Before, masks were drawn for the sample's size and indexed by the item number: an
     IndexError at the end of E's first epoch on any held-out split over 2,000 images.
     """
-    from maskcrypt.train.loop import held_out_masks, per_item_choice
+    from maskcrypt.train.feed import held_out_masks, per_item_choice
     from maskcrypt.train.placement import held_out_order
 
     pool = np.arange(7, dtype=np.uint8)[:, None, None] * np.ones((1, 2, 2), np.uint8)  # mask i is filled with i
