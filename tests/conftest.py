@@ -37,6 +37,8 @@ TINY_DATA = "synthetic:identities=6,per_identity=16,test_fraction=0.2"
 TINY_SIZE = 16
 #: Held-out images the tiny run evaluates per epoch: fewer than its held-out split holds.
 TINY_HELD_OUT_LIMIT = 8
+#: The determined run's attacker ladder (photos per rung; the tiny data's train split holds fewer than 256).
+TINY_LADDER = "12,36,all"
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +76,7 @@ def determined_run(tiny_run, tmp_path_factory):
     """
     import shutil
 
-    from maskcrypt.config import DetermineConfig, EvalSettings
+    from maskcrypt.config import AttackConfig, DetermineConfig, EvalSettings
     from maskcrypt.determine.stage import determine
     from maskcrypt.selection.rules import Thresholds
 
@@ -82,7 +84,10 @@ def determined_run(tiny_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("determined") / "run"
     shutil.copytree(src, run, ignore=shutil.ignore_patterns("per_mask.parts", "targets.json", "targets.parquet"))
     loose = Thresholds(t_gap=0.0, t_drop=0.0, t_enc=0.0, t_orig=1.0, top_k=2, attack_top=3)
+    # The attacker ladder at the tiny data's size (its default 256 and 1,024 photos are above its 78): two rungs
+    # trained, nested in all.
     result = determine(run, DetermineConfig(test_data=TINY_DATA, repeats=1), loose,
-                       EvalSettings(precision="fp32", actors=1), redo=True, report=True, log=lambda *_: None)
+                       EvalSettings(precision="fp32", actors=1), redo=True, report=True, log=lambda *_: None,
+                       attackers=AttackConfig(ladder=TINY_LADDER))
     assert result["targets"], result["reason"]
     return run, result

@@ -149,6 +149,18 @@ RUN_FLAGS: list[tuple[tuple[str, ...], tuple[str, ...], dict[str, Any], str]] = 
     (("--attacker-data",), ("attack.data",), {},
      "the attacker's labelled images (default: the training data, train split: the worst case; SPEC#limit=N "
      "for a weaker attacker)"),
+    (("--attacker-ladder",), ("attack.ladder",), {},
+     "the attacker ladder: the family attacker also trained on this many labelled photos each (stratified per "
+     "identity, nested, the same optimizer steps), e.g. 256,1024,all (the default); off turns it off"),
+    (("--fidelity",), ("attack.fidelity",), {"action": argparse.BooleanOptionalAction},
+     "PSNR and SSIM of every inpainting attacker's fill, in the hole and over the image"),
+    (("--linkage",), ("attack.linkage",), {"action": argparse.BooleanOptionalAction},
+     "linkage of identities the attacker never saw: Recall@1 and TAR@FAR of an embedder trained on other people"),
+    (("--linkage-victims",), ("attack.linkage_victims",), {"type": float},
+     "share of the test identities that are victims (the attacker trains on the others' photos)"),
+    (("--linkage-epochs",), ("attack.linkage_epochs",), {"type": int}, "epochs of the linkage embedder"),
+    (("--attacker-weights",), ("attack.attacker_weights",), {},
+     "public face weights the linkage embedder starts from (default: random initialisation)"),
     (("--attack-cpus",), ("attack.trial_cpus",), {"type": float},
      "CPUs (torch threads) per attacker training trial; the trials run side by side on the cluster's CPUs "
      "(0 = auto: spread over the trials, a lone trial gets its node's, up to 8)"),

@@ -1,18 +1,22 @@
-"""A run's settings: the sections (:mod:`.sections`), the thresholds (:mod:`.thresholds`) and the
+"""A run's settings: the sections (:mod:`.sections`, :mod:`.attack`), the thresholds (:mod:`.thresholds`) and the
 whole run's :class:`~maskcrypt.config.runconfig.RunConfig` (:mod:`.runconfig`: YAML, ``--set``).
 
 The section names are re-exported here, so ``from maskcrypt.config import EvalSettings``
 reads the same as before the package existed.
 """
 
-from maskcrypt.config.sections import (
+from maskcrypt.config.attack import (
     ATTACKERS,
     DEFAULT_ATTACKERS,
     NO_TRAINING,
+    AttackConfig,
+    parse_attackers,
+    parse_ladder,
+)
+from maskcrypt.config.sections import (
     ROLES,
     STAGES,
     AdaptivePlan,
-    AttackConfig,
     Budget,
     DetermineConfig,
     EvalSettings,
@@ -26,7 +30,6 @@ from maskcrypt.config.sections import (
     TuneConfig,
     check_same_training,
     config_hash,
-    parse_attackers,
 )
 from maskcrypt.config.thresholds import Thresholds
 
@@ -53,4 +56,5 @@ __all__ = [
     "check_same_training",
     "config_hash",
     "parse_attackers",
+    "parse_ladder",
 ]

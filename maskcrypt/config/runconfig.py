@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from maskcrypt.config.attack import AttackConfig
 from maskcrypt.config.sections import (
     STAGES,
     AdaptivePlan,
-    AttackConfig,
     DetermineConfig,
     EvalSettings,
     InpaintTrainConfig,

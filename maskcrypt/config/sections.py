@@ -196,7 +196,7 @@ class Resources:
     max_failures: int = 1
     #: How the ranks share the training data: stream (Ray Train's streaming split, each image decoded once),
     #: replicate (each rank reads all in one seeded order: bitwise reproducible), auto (replicate for data that
-    #: fits in memory, stream for files). See maskcrypt/train_loop.py.
+    #: fits in memory, stream for files). See maskcrypt/train/feed.py.
     sharding: str = "auto"
     #: ``auto`` replicates a training set whose decoded pixels take at most this many MB per worker (every rank
     #: holds all of them), and streams a larger one, whatever the source's kind: 25,000 faces at 32 px are 77 MB,
@@ -377,66 +377,6 @@ class DetermineConfig:
         if self.rule == "basic" and self.rank_mode == "adaptive":
             raise MaskcryptError("--rule basic judges every mask on every selection image: use --rank-mode full "
                                  "(or auto), not adaptive")
-
-
-# -- attackers -------------------------------------------------------------------------------------------
-#: Every attacker the attack stage can run (docs/determination.md, "What an attacker gets"), in report order.
-#: "O" and "R+O" are Table 2's own O figures and always measured; the others are chosen with ``--attackers``.
-ATTACKERS = ("O", "R+O", "telea+O", "ns+O", "adaptive-family", "adaptive-family+R", "adaptive-known")
-#: Attackers that need no training (run inside the attack stage's inference pass).
-NO_TRAINING = ("O", "R+O", "telea+O", "ns+O")
-#: ``--attackers default``: every attacker without training, plus the one trained family attacker per run.
-DEFAULT_ATTACKERS = (*NO_TRAINING, "adaptive-family", "adaptive-family+R")
-
-
-def parse_attackers(text: str) -> tuple[str, ...]:
-    """``--attackers``: ``default``, ``all`` or a comma list of :data:`ATTACKERS` (O and R+O always added)."""
-    words = [w.strip() for w in str(text).split(",") if w.strip()]
-    if words == ["all"]:
-        return ATTACKERS
-    if words == ["default"]:
-        return DEFAULT_ATTACKERS
-    unknown = [w for w in words if w not in ATTACKERS]
-    if unknown or not words:
-        raise MaskcryptError(f"--attackers: expected default, all or a comma list of {', '.join(ATTACKERS)}; "
-                             f"got {text!r}")
-    return tuple(a for a in ATTACKERS if a in {"O", "R+O", *words})
-
-
-@dataclass(frozen=True)
-class AttackConfig:
-    """The attackers the attack stage measures and how the trained ones train (docs/determination.md)."""
-
-    attackers: str = "default"  # default | all | a comma list of ATTACKERS
-    #: The adaptive attackers train from O's weights with O's TrainConfig, its epochs replaced by this
-    #: (each epoch: K masked copies of every image, like E's).
-    epochs: int = 2
-    #: The attacker's labelled images; "" = the run's training data, train split (as much data as the operator:
-    #: the worst case). ``SPEC#limit=N`` gives a weaker attacker.
-    data: str = ""
-    #: CPUs (torch threads) per training trial; trials run side by side on the cluster's CPUs. 0 = auto: the
-    #: CPUs spread over the trials (one each when there are more trials than CPUs; the whole node, up to 8,
-    #: for a lone trial such as the default's family attacker: 1.7x on 2 threads here). Threads never exceed
-    #: the CPUs a trial holds: two threads per process on a *busy* 2-core machine ran 10-100x slower than one.
-    trial_cpus: float = 0.0
-    trial_gpus: float = 0.0  # GPUs per training trial
-
-    def __post_init__(self) -> None:
-        parse_attackers(self.attackers)
-        if self.epochs < 1:
-            raise MaskcryptError(f"--attack-epochs: expected at least 1, got {self.epochs}")
-        if self.trial_cpus < 0 or self.trial_gpus < 0:
-            raise MaskcryptError("attack trials: cpus per trial must be >= 0 (0 = auto) and gpus per trial >= 0")
-
-    def names(self) -> tuple[str, ...]:
-        return parse_attackers(self.attackers)
-
-    @property
-    def trained(self) -> tuple[str, ...]:
-        """The adaptive attackers' models to train: ``family`` and/or ``known``."""
-        names = self.names()
-        return tuple(k for k, wanted in (("family", {"adaptive-family", "adaptive-family+R"} & set(names)),
-                                         ("known", {"adaptive-known"} & set(names))) if wanted)
 
 
 # -- tune ------------------------------------------------------------------------------------------------

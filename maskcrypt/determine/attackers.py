@@ -32,8 +32,10 @@ The no-training attackers run inside the attack stage's one inference pass
 as parallel trials of one Ray Tune run (:func:`train_attackers`), each trial running the
 project's one recognizer training step (:class:`maskcrypt.train.loop.RecognizerSteps`,
 :func:`maskcrypt.train.loop.train_epoch`) and checkpointing every epoch under
-``RUN/models/attackers/<mask_id>/`` (``family/`` for the family model) in the repo's
-checkpoint format: a relaunch skips complete attackers and resumes incomplete ones.
+``RUN/models/attackers/<mask_id>/`` (``family/`` for the family model, ``ladder/<N>/`` for
+a rung of the attacker ladder, ``linkage/`` for the linkage embedder that never saw a
+victim) in the repo's checkpoint format: a relaunch skips complete attackers and resumes
+incomplete ones.
 
 The table building is pure: :mod:`maskcrypt.selection.attacks`.
 """
@@ -58,10 +60,11 @@ import pandas as pd
 from maskcrypt.config import AttackConfig, PrepareConfig, config_hash
 from maskcrypt.config.runconfig import section
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.fileio import sha256_file
 from maskcrypt.core.precision import channels_last, use_bf16
 from maskcrypt.data import labelled, source_split
 from maskcrypt.evaluation.scorer import choose_device
-from maskcrypt.evaluation.testset import pixels
+from maskcrypt.evaluation.testset import LADDER, pixels
 from maskcrypt.masks import MaskLibrary, mask_sha256
 from maskcrypt.masks.pools import attacker_pool
 from maskcrypt.models.checkpoint import (
@@ -74,18 +77,22 @@ from maskcrypt.models.checkpoint import (
 )
 from maskcrypt.models.weights import load_external_weights
 from maskcrypt.runtime.cluster import VERBOSE, check_gpus, require_ray
+from maskcrypt.selection.ladder import photo_order, rung_rows, rungs
 from maskcrypt.train.feed import array_batches, pass_seed, resident
 from maskcrypt.train.loop import RecognizerSteps, train_epoch
 from maskcrypt.train.progress import EpochPrinter
+from maskcrypt.verification.linkage import split_identities
 
 FAMILY = "family"
+#: The linkage embedder's job and folder name (``models/attackers/linkage/``).
+LINKAGE = "linkage"
 
 
 # -- the adaptive attackers: training on Ray Tune ----------------------------------------------------------------
 def folder_name(mask_id: str) -> str:
     """A mask's attacker folder under ``RUN/models/attackers/``: its id, made safe (never ``family``)."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", mask_id)
-    if safe != mask_id or safe in (FAMILY, "") or safe.startswith("."):
+    if safe != mask_id or safe in (FAMILY, LINKAGE, "ladder", "") or safe.startswith("."):
         safe = f"{safe.strip('.') or 'mask'}-{hashlib.sha256(mask_id.encode()).hexdigest()[:8]}"
     return safe
 
@@ -122,35 +129,45 @@ def load_attacker_data(spec: str, o_meta: dict[str, Any], scoring: str,
 
 
 def make_job(name: str, folder: Path, masks: np.ndarray, k: int, o_checkpoint: Path, o_meta: dict[str, Any],
-             data: dict[str, Any], epochs: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+             data: dict[str, Any], epochs: int, extra: dict[str, Any] | None = None,
+             rows: np.ndarray | None = None, init: str | None = "O") -> dict[str, Any]:
     """One attacker's training: O's TrainConfig with ``epochs``, from O's weights, under ``masks`` (K per image).
 
-    The job hash covers everything the model depends on (O's weights, the data, the
-    masks, the settings), so a relaunch reuses exactly the attackers trained from the
-    same inputs. The global batch is capped at the samples per epoch (a small attacker
-    data set still trains).
+    ``rows``: the attacker photos it trains on, as rows of ``data`` (a ladder rung's, each
+    photo possibly several times); None: every photo once. ``init``: ``"O"`` (O's weights,
+    the worst case), a weights file, or None (random initialisation). The job hash covers everything
+    the model depends on (O's weights, the data, the rows, the masks, the settings), so a
+    relaunch reuses exactly the attackers trained from the same inputs. The global batch
+    is capped at the samples per epoch (a small attacker data set still trains).
     """
-    samples = len(data["labels"]) * int(k)
+    samples = (len(data["labels"]) if rows is None else len(rows)) * int(k)
     tc = {**o_meta["train_config"], "epochs": int(epochs)}
     tc["batch_size"] = int(min(tc["batch_size"], samples))
     if tc["batch_size"] < 2:
         raise MaskcryptError(f"attacker {name}: {samples} training sample(s); needs at least 2 (--attacker-data)")
     model_config = {**o_meta["model_config"], "num_classes": len(data["class_names"])}
     shas = [mask_sha256(m) for m in masks]
-    key = {"attacker": name if name == FAMILY else "known", "o_model_sha256": o_meta.get("model_sha256"),
+    init_file = str(Path(o_checkpoint) / MODEL_FILE) if init == "O" else init
+    key = {"attacker": name if name in (FAMILY, LINKAGE) else "known", "init": init if init != "O" else None,
+           "init_sha256": sha256_file(Path(init)) if init not in ("O", None) else None,
+           "o_model_sha256": o_meta.get("model_sha256"),
            "attacker_data": data["spec"], "attacker_data_sha256": data["sha256"], "train_config": tc,
-           "model_config": model_config, "masks_sha256": sorted(shas), "k": int(k)}
+           "model_config": model_config, "masks_sha256": sorted(shas), "k": int(k),
+           **({} if rows is None else {"rows_sha256": hashlib.sha256(np.asarray(rows, np.int64).tobytes())
+                                       .hexdigest()})}
     meta = {"kind": "recognizer", "role": "attacker", "attacker": key["attacker"], "name": name,
             "model_config": model_config, "train_config": tc, "train_config_sha256": config_hash(tc),
             "class_names": data["class_names"],
             "trained_classes": [data["class_names"][i] for i in np.unique(data["labels"])],
             "image_size": int(o_meta["image_size"]), "channels": int(o_meta.get("channels", 3)),
             "attack_epochs": int(epochs), "attacker_data": data["spec"], "attacker_data_sha256": data["sha256"],
-            "init": str(o_checkpoint), "init_model_sha256": o_meta.get("model_sha256"), "masks": len(shas),
+            "init": str(o_checkpoint) if init == "O" else (init or "random"),
+            "init_model_sha256": o_meta.get("model_sha256") if init == "O" else key["init_sha256"], "masks": len(shas),
             "masks_sha256": shas if len(shas) <= 16 else config_hash({"sha256": sorted(shas)}), "k": int(k),
             "job_sha256": config_hash(key), **(extra or {})}
     return {"name": name, "folder": str(folder), "masks": np.ascontiguousarray(masks, np.uint8), "k": int(k),
-            "meta": meta, "init": str(Path(o_checkpoint) / MODEL_FILE), "cpus": 1.0, "gpus": 0.0}
+            "meta": meta, "init": init_file, "cpus": 1.0, "gpus": 0.0,
+            "rows": None if rows is None else np.asarray(rows, np.int64)}
 
 
 def job_state(job: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
@@ -206,14 +223,20 @@ def _train(job: dict[str, Any], data: dict[str, Any], device: Any) -> Any:
     cfg = {"train_config": tc, "role": "encrypted", "k": job["k"], "model_config": meta["model_config"],
            "mask_mode": "random", "masks": job["masks"]}
     steps = RecognizerSteps(cfg, device, bf16)
-    load_external_weights(steps.model, job["init"], f"attacker {job['name']}: O's weights")
+    if job["init"]:  # O's weights (every attacker but linkage), or the public weights linkage was given
+        load_external_weights(steps.model, job["init"], f"attacker {job['name']}: initial weights")
     model = steps.model.to(device)
     if channels_last(device.type, bf16):
         model = model.to(memory_format=torch.channels_last)
-    arrays = resident({"image": pixels(data["images"]), "label": data["labels"],
-                       "item": np.arange(len(data["labels"]))}, device)
+    rows = job.get("rows")
+    images, labels = pixels(data["images"]), np.asarray(data["labels"])
+    if rows is not None:  # a ladder rung's photos (repeated up to the full size), or linkage's identities'
+        images, labels = images[rows], labels[rows]
+    if job.get("relabel") is not None:  # linkage: its identities' labels as 0..n-1 of its own classifier
+        labels = np.asarray(job["relabel"])[labels]
+    arrays = resident({"image": images, "label": labels, "item": np.arange(len(labels))}, device)
     batch = tc["batch_size"]
-    per_pass = len(data["labels"]) // batch
+    per_pass = len(labels) // batch
     steps.schedule(per_pass * steps.passes)
     folder = Path(job["folder"])
     folder.mkdir(parents=True, exist_ok=True)
@@ -231,6 +254,7 @@ def _train(job: dict[str, Any], data: dict[str, Any], device: Any) -> Any:
                             lambda pass_, read, e=epoch: array_batches(arrays, pass_seed(tc["seed"], e, pass_), batch,
                                                                        per_pass, read=read))
         metrics = {"epoch": epoch, "epochs": steps.epochs, "loss": stats.loss_sum / max(stats.seen, 1),
+                   "samples": stats.seen, "steps": per_pass * steps.passes,
                    "images_per_s": stats.seen / max(stats.seconds, 1e-9), "seconds": stats.seconds,
                    "resumed": bool(mine) and epoch == start}
         history.append(metrics)
@@ -356,6 +380,66 @@ def family_masks(d: Any, buckets: Sequence[int]) -> np.ndarray:
     return masks
 
 
+def ladder_jobs(d: Any, family: dict[str, Any], data: dict[str, Any], o_ckpt: Path,
+                o_meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The attacker ladder's rungs below ``all`` (``ladder:<photos>``): the family attacker's job on the first N
+    photos of the stratified order, repeated up to the full size (the same steps); ``all`` is the family itself.
+    Records the rungs in ``d.result["attack"]["ladder"]``."""
+    total = len(data["labels"])
+    sizes = rungs(d.attack.rungs(), total)
+    if not sizes:
+        return {}
+    seed = int(o_meta["train_config"]["seed"])
+    order = photo_order(data["labels"], seed)
+    jobs = {}
+    for photos in sizes:
+        if 0 < photos < total:
+            jobs[f"{LADDER}{photos}"] = make_job(
+                f"{LADDER}{photos}", d.paths.attackers / "ladder" / str(photos), family["masks"], family["k"], o_ckpt,
+                o_meta, data, d.attack.epochs, {"buckets": family["meta"]["buckets"], "photos": photos},
+                rows=rung_rows(order, photos, total))
+    d.result["attack"]["ladder"] = {"rungs": sizes, "photos_total": total, "seed": seed,
+                                    "identities": len(np.unique(data["labels"]))}
+    return jobs
+
+
+def linkage_job(d: Any, data: dict[str, Any], masks: np.ndarray, k: int, o_ckpt: Path,
+                o_meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The linkage embedder's training: the family recipe on the photos of the attacker identities only.
+
+    The victims are a seeded share (``--linkage-victims``) of the test identities; the
+    attacker identities are the attacker data's identities that are not victims. The
+    model starts from random weights or ``--attacker-weights`` (never O's: O saw the
+    victims) with a classifier over the attacker identities. Returns None, with the
+    reason in ``d.result["attack"]["linkage"]``, when either side has fewer than two
+    identities.
+    """
+    test_names = [str(d.test.classes[i]) for i in np.unique(d.test.labels)]
+    seed = int(o_meta["train_config"]["seed"])
+    victims, _ = split_identities(test_names, d.attack.linkage_victims, seed)
+    names = [str(c) for c in data["class_names"]]
+    present = sorted({names[i] for i in np.unique(data["labels"])} - set(victims))
+    info: dict[str, Any] = {"victims": victims, "attacker_identities": len(present), "seed": seed,
+                            "init": d.attack.attacker_weights or "random", "epochs": d.attack.linkage_epochs}
+    d.result["attack"]["linkage"] = info
+    if len(victims) < 2 or len(present) < 2:
+        info["skipped"] = (f"too few identities for both sides: {len(victims)} victim(s) among the "
+                           f"{len(test_names)} test identities and {len(present)} other identities in the attacker's "
+                           "data (linkage needs two or more of each)")
+        d.log(f"linkage: skipped, {info['skipped']}")
+        return None
+    where = {n: i for i, n in enumerate(present)}
+    relabel = np.asarray([where.get(n, -1) for n in names], np.int64)
+    rows = np.flatnonzero(relabel[np.asarray(data["labels"])] >= 0)
+    info["photos"] = len(rows)
+    view = {"labels": relabel[np.asarray(data["labels"])[rows]], "class_names": present, "spec": data["spec"],
+            "sha256": data["sha256"]}
+    job = make_job(LINKAGE, d.paths.attackers / LINKAGE, masks, k, o_ckpt, o_meta, view, d.attack.linkage_epochs,
+                   {"victims": victims, "photos": len(rows)}, rows=rows, init=d.attack.attacker_weights or None)
+    job["relabel"] = relabel
+    return job
+
+
 def train_for(d: Any, alist: pd.DataFrame) -> dict[str, Path]:
     """Train the adaptive attackers the run asks for (``d.attack``) for the attack list; their model folders.
 
@@ -373,11 +457,18 @@ def train_for(d: Any, alist: pd.DataFrame) -> dict[str, Path]:
     _, e_meta = find_checkpoint(d.paths.models / "encrypted", kind="recognizer")
     data = load_attacker_data(attacker_spec(d), o_meta, d.test.scoring, d.paths.file_digests)
     jobs: dict[str, dict[str, Any]] = {}
+    buckets = sorted(int(b) for b in alist["bucket"].unique())
+    k = int((e_meta.get("mask_sampling") or {}).get("k", 4))
+    if "family" in kinds or "linkage" in kinds:
+        masks = family_masks(d, buckets)
     if "family" in kinds:
-        buckets = sorted(int(b) for b in alist["bucket"].unique())
-        k = int((e_meta.get("mask_sampling") or {}).get("k", 4))
-        jobs[FAMILY] = make_job(FAMILY, d.paths.attackers / FAMILY, family_masks(d, buckets), k, o_ckpt, o_meta,
-                                data, d.attack.epochs, {"buckets": buckets})
+        jobs[FAMILY] = make_job(FAMILY, d.paths.attackers / FAMILY, masks, k, o_ckpt, o_meta, data, d.attack.epochs,
+                                {"buckets": buckets})
+        jobs.update(ladder_jobs(d, jobs[FAMILY], data, o_ckpt, o_meta))
+    if "linkage" in kinds:
+        job = linkage_job(d, data, masks, k, o_ckpt, o_meta)
+        if job is not None:
+            jobs[LINKAGE] = job
     if "known" in kinds:
         batch = d.library.get(alist["mask_id"].tolist())
         for mid, mask in zip(batch.mask_ids, batch.masks):

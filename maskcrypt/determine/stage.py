@@ -38,14 +38,17 @@ import pandas as pd
 from maskcrypt.config import AdaptivePlan, AttackConfig, DetermineConfig, EvalSettings
 from maskcrypt.core.fileio import write_json, write_parquet
 from maskcrypt.core.rundir import Run
-from maskcrypt.determine.attackers import train_for
+from maskcrypt.determine.attackers import LINKAGE, train_for
 from maskcrypt.determine.inputs import Determination, open_determination
+from maskcrypt.determine.linkage import evaluate_linkage
 from maskcrypt.determine.race import evaluate_adaptive
 from maskcrypt.evaluation.crossproduct import evaluate_attack, evaluate_masks, evaluate_sampled, read_parts
+from maskcrypt.evaluation.testset import LADDER
 from maskcrypt.masks import MaskLibrary
 from maskcrypt.reporting.report import write_report
 from maskcrypt.runtime.cluster import require_ray
 from maskcrypt.selection.attacks import attacker_figures, attacks_table, chance_level, worst_attackers
+from maskcrypt.selection.ladder import ladder_table
 from maskcrypt.selection.rules import (
     Decision,
     Empty,
@@ -172,19 +175,53 @@ def rank(d: Determination, buckets: list[int], pm_counts: pd.DataFrame | None) -
     return pm, cands
 
 
+def ladder_columns(d: Determination, trained: dict[str, Any]) -> dict[int, str]:
+    """The attacker ladder's rungs (photos) and the attack count column of each: 0 is O on the masked image, the
+    top (all photos) the family attacker, the others ``ladder:<photos>`` (whose models join ``trained``)."""
+    info = (d.result.get("attack") or {}).get("ladder")
+    if not info:
+        return {}
+    total = int(info["photos_total"])
+    columns = {}
+    for photos in info["rungs"]:
+        if photos == 0:
+            columns[0] = "correct_O_masked"
+        elif photos == total and "adaptive-family" in d.attack.names():
+            columns[photos] = "atk:adaptive-family"
+        else:
+            columns[photos] = f"{LADDER}{photos}"
+            if photos == total:  # the family model, counted as a rung when adaptive-family itself is not asked
+                trained[columns[photos]] = trained["family"]
+    return columns
+
+
 def attack(d: Determination, pm: pd.DataFrame, buckets: list[int]) -> dict[str, pd.DataFrame]:
     """Table 2's figures per split for the top ``attack_top`` masks of each target bucket, and every attacker's.
 
     The adaptive attackers train first (:func:`maskcrypt.determine.attackers.train_for`); then one
-    inference pass counts E, O and every attacker under each mask. Writes
-    ``results/attacks.parquet``; each split's Table 2 gets that split's worst attacker.
+    inference pass counts E, O and every attacker under each mask (and each fill's fidelity, and
+    each rung of the attacker ladder). Writes ``results/attacks.parquet``,
+    ``results/attacker_ladder.parquet`` and ``results/linkage.parquet``; each split's Table 2
+    gets that split's worst attacker.
     """
     alist = attack_list(pm, buckets, d.thresholds)
     trained = train_for(d, alist)
+    linkage_model = trained.pop(LINKAGE, None)
+    ladder = ladder_columns(d, trained)
     t0 = time.perf_counter()
     counts = evaluate_attack(d.library, alist["mask_id"].tolist(), d.test, d.models, d.inpainter, splits=d.splits,
-                             settings=d.settings, attackers=d.attack.names(), trained=trained, log=d.log)
+                             settings=d.settings, attackers=d.attack.names(), trained=trained, log=d.log,
+                             fidelity=d.attack.fidelity)
     found = d.write(attacks_table(counts, alist, d.thresholds, chance_level(d.test)), "attacks")
+    if ladder:
+        d.write(ladder_table(counts, alist, ladder, d.thresholds, chance_level(d.test)), "attacker_ladder")
+    else:  # a relaunch with the ladder off leaves no earlier ladder looking current
+        (d.paths.results / "attacker_ladder.parquet").unlink(missing_ok=True)
+    linkage = evaluate_linkage(d, alist, linkage_model) if d.attack.linkage else None
+    if linkage is not None:
+        d.write(linkage, "linkage")
+    else:  # off or skipped (the reason in run.json): no earlier table looks current
+        (d.paths.results / "linkage.parquet").unlink(missing_ok=True)
     tables = {}
     paired = ["mask_id", "n", "both", "before_only", "after_only", "neither", "correct_O_masked",
               "correct_O_inpainted"]

@@ -29,7 +29,7 @@ from maskcrypt.config import EvalSettings
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.fileio import write_parquet
 from maskcrypt.evaluation.scorer import CrossProductScorer, sampled_draw
-from maskcrypt.evaluation.testset import SPLITS, ImageBlocks, TestSet
+from maskcrypt.evaluation.testset import LADDER, SPLITS, ImageBlocks, TestSet
 from maskcrypt.masks.core import pack_masks
 from maskcrypt.models.checkpoint import find_checkpoint
 from maskcrypt.runtime.cluster import check_gpus as check
@@ -206,6 +206,7 @@ def evaluate_attack(
     attackers: Sequence[str] = (),
     trained: dict[str, str | Path] | None = None,
     log: Callable[[str], None] | None = None,
+    fidelity: bool = True,
 ) -> pd.DataFrame:
     """The inpainting attack on ``mask_ids``: R fills each masked probe, E and O recognize it; and the attackers.
 
@@ -214,8 +215,10 @@ def evaluate_attack(
     ``neither``) plus ``correct_O_masked`` and ``correct_O_inpainted``: does inpainting
     hand an ordinary model back what the mask hid? ``attackers`` (names of
     :data:`maskcrypt.config.ATTACKERS`) add one ``atk:<name>`` count per attacker;
-    ``trained`` names the adaptive attackers' model folders (``family``, and a mask id
-    per known-mask attacker), see :mod:`maskcrypt.determine.attackers`. The first split's row of each
+    ``trained`` names the adaptive attackers' model folders (``family``, a mask id per
+    known-mask attacker, ``ladder:<photos>`` per rung of the attacker ladder: each counted
+    on the masked probes as a column of that name), see :mod:`maskcrypt.determine.attackers`.
+    With ``fidelity`` every fill is also measured (``fid:<fill>:<figure>`` sums). The first split's row of each
     mask carries its ``forward_passes``, ``fills_R`` and ``fills_classical``.
     """
     import ray.data
@@ -227,6 +230,8 @@ def evaluate_attack(
     trained = dict(trained or {})
     if "family" in trained:
         models = {**models, "F": trained.pop("family")}
+    # Ladder rungs (``ladder:<photos>``): more recognizers on the same masked probes, counted as such columns.
+    models = {**models, **{k: trained.pop(k) for k in list(trained) if k.startswith(LADDER)}}
     if {"adaptive-family", "adaptive-family+R"} & set(attackers) and "F" not in models:
         raise MaskcryptError("attack: adaptive-family needs its trained model (trained['family'])")
     resolved = check_models(models, test)
@@ -240,7 +245,7 @@ def evaluate_attack(
     batch = library.get(list(mask_ids))
     rows = [{"mask_id": m, "bits": b} for m, b in zip(batch.mask_ids, pack_masks(batch.masks))]
     constructor = scorer_kwargs(test, resolved, splits, settings, "attack", inpainter=str(ckpt),
-                                attackers=tuple(attackers), known=known)
+                                attackers=tuple(attackers), known=known, fidelity=fidelity)
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 4 * settings.actors))
     out = ds.map_batches(CrossProductScorer, batch_size=1, **_pool(settings, constructor, len(rows)))
     return collect(out, "attack", "masks", len(rows), log, "mask_id").sort_values(["mask_id", "split"]).reset_index(

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from maskcrypt.core.errors import MaskcryptError
-from maskcrypt.evaluation.testset import CLEAN_GALLERY, SPLITS, pixels
+from maskcrypt.evaluation.testset import LADDER, SPLITS, clean_gallery, pixels
 from maskcrypt.masks.core import unpack_masks
 from maskcrypt.models.predictor import Predictor
 from maskcrypt.models.recognizer import Recognizer
@@ -60,6 +60,13 @@ def choose_device(gpus_per_actor: float, cuda_available: bool) -> str:
     return "cpu"
 
 
+def fidelity_sums(filler: str, outputs: dict[str, Any]) -> dict[str, Any]:
+    """A fill's per-probe PSNR and SSIM (``Predictor.outputs(..., fidelity=True)``) as ``fid:<filler>:<figure>``
+    vectors, which :meth:`CrossProductScorer._per_split` sums per split like the counts."""
+    return {f"fid:{filler}:{k[len('fidelity:'):]}": v.double() for k, v in outputs.items()
+            if k.startswith("fidelity:")}
+
+
 class CrossProductScorer:
     """Counts per input row and split, for one of three kinds of rows (``mode``).
 
@@ -79,7 +86,7 @@ class CrossProductScorer:
                  precision: str = "auto", images_per_chunk: int = 0, mode: str = "masks",
                  bucket_masks: Any = None, inpainter: str | None = None, per_image: bool = False,
                  timing: bool = False, gpus: float = 0.0, attackers: Sequence[str] = (),
-                 known: dict[str, str] | None = None):
+                 known: dict[str, str] | None = None, fidelity: bool = True):
         import ray
         import torch
 
@@ -91,6 +98,7 @@ class CrossProductScorer:
         self.predictor = Predictor.from_checkpoints(models, device, precision, images_per_chunk, inpainter)
         self.precision, self.chunk = precision, images_per_chunk
         self.attackers, self.known = tuple(attackers), dict(known or {})
+        self.fidelity = fidelity  # attack mode: also each fill's PSNR and SSIM
         self.names = list(models)
         with warnings.catch_warnings():
             # Arrays from the object store are read-only and shared; we never write to them.
@@ -122,26 +130,27 @@ class CrossProductScorer:
         self.node = ray.get_runtime_context().get_node_id() if timing and ray.is_initialized() else ""
         self.clean_centroids: dict[str, Any] = {}
         if self.open:
-            clean = [n for n in self.names if n in CLEAN_GALLERY]
+            clean = [n for n in self.names if clean_gallery(n)]
             for name, emb in self._outputs(self.gallery, None, clean).items():
                 self.clean_centroids[name] = self.predictor.centroids(emb, self.y[self.gallery], self.n_classes)
 
     # -- building blocks -------------------------------------------------------------------------------
     def _outputs(self, rows: slice, masks_for: Callable[[int, int], Any] | None, names: Sequence[str],
-                 fill: bool = False) -> dict[str, Any]:
+                 fill: bool | str = False, fidelity: bool = False) -> dict[str, Any]:
         """Logits (closed set) or unit embeddings (open set) of images ``rows``, masked and optionally inpainted.
 
         ``masks_for(start, stop)`` gives the mask (H x W) or masks (n x H x W) of images
         ``start:stop`` (positions in the test set); None means clean images.
         """
         masks = None if masks_for is None else (lambda s, e: masks_for(rows.start + s, rows.start + e))
-        return self.predictor.outputs(self.x[rows], masks, embed=self.open, fill=fill, names=names)
+        return self.predictor.outputs(self.x[rows], masks, embed=self.open, fill=fill, names=names,
+                                      fidelity=fidelity)
 
     def _gallery_centroids(self, masks_for: Callable[[int, int], Any] | None) -> dict[str, Any]:
         if not self.open:
             return {}
         # E-like models see the gallery under the same masks as the probes (clean when masks_for is None).
-        masked = [n for n in self.names if n not in CLEAN_GALLERY]
+        masked = [n for n in self.names if not clean_gallery(n)]
         outs = self._outputs(self.gallery, masks_for, masked)
         labels = self.y[self.gallery]
         return {**{n: self.predictor.centroids(o, labels, self.n_classes) for n, o in outs.items()},
@@ -202,8 +211,10 @@ class CrossProductScorer:
         Each attacker is judged by the determination's scoring rules: closed set, its
         top-1 against the label; open set, top-1 cosine against a gallery of centroids,
         clean for O and the family model (photos from elsewhere), and for the mask's
-        known-mask model both clean and masked with the same mask. The first split's row
-        also carries this mask's recognizer forward passes and fills (the stage's cost).
+        known-mask model both clean and masked with the same mask. Every fill's fidelity
+        (R's, Telea's, Navier-Stokes') is summed per split as ``fid:<filler>:<figure>``
+        from the very images the recognizers judge. The first split's row also carries this
+        mask's recognizer forward passes and fills (the stage's cost).
         """
         def fixed(s: int, e: int) -> Any:
             return mask
@@ -213,9 +224,10 @@ class CrossProductScorer:
         passes = {"forward_passes": 0, "fills_R": 0, "fills_classical": 0}
         cents = self._gallery_centroids(fixed)
         names = [n for n in ("E", "O", "F") if n in self.names]
-        masked = self._outputs(self.probes, fixed, names)
-        filled = self._outputs(self.probes, fixed, names, fill="R")
-        passes["forward_passes"] += 2 * len(names) * n_probes + n_gallery  # E's gallery is masked per mask
+        rungs = [n for n in self.names if n.startswith(LADDER)]
+        masked = self._outputs(self.probes, fixed, names + rungs)
+        filled = self._outputs(self.probes, fixed, names, fill="R", fidelity=self.fidelity)
+        passes["forward_passes"] += (2 * len(names) + len(rungs)) * n_probes + n_gallery  # E's gallery: masked
         passes["fills_R"] += n_probes
         before, _ = self._judge("E", masked["E"], cents)
         after, _ = self._judge("E", filled["E"], cents)
@@ -224,11 +236,13 @@ class CrossProductScorer:
             "neither": ~before & ~after,
             "correct_O_masked": self._judge("O", masked["O"], cents)[0],
             "correct_O_inpainted": self._judge("O", filled["O"], cents)[0],
+            **fidelity_sums("R", filled),
         }
         for method in ("telea", "ns"):
             if f"{method}+O" in self.attackers:
-                out = self._outputs(self.probes, fixed, ["O"], fill=method)
+                out = self._outputs(self.probes, fixed, ["O"], fill=method, fidelity=self.fidelity)
                 vectors[f"atk:{method}+O"] = self._judge("O", out["O"], cents)[0]
+                vectors.update(fidelity_sums(method, out))
                 passes["forward_passes"] += n_probes
                 passes["fills_classical"] += n_probes
         if "F" in names:
@@ -236,6 +250,8 @@ class CrossProductScorer:
                 vectors["atk:adaptive-family"] = self._judge("F", masked["F"], cents)[0]
             if "adaptive-family+R" in self.attackers:
                 vectors["atk:adaptive-family+R"] = self._judge("F", filled["F"], cents)[0]
+        for rung in rungs:  # the attacker ladder: each rung's recognizer on the masked probes
+            vectors[rung] = self._judge(rung, masked[rung], cents)[0]
         if "adaptive-known" in self.attackers and mask_id in self.known:
             vectors.update(self._known(mask_id, fixed))
             passes["forward_passes"] += n_probes + 2 * n_gallery

@@ -30,6 +30,14 @@ SPLITS = ("selection", "confirmation")
 #: Models whose open-set gallery stays clean (an outsider's model: O, and the adaptive-family attacker ``F``,
 #: which does not know the mask); the others see masked galleries.
 CLEAN_GALLERY = frozenset({"O", "F"})
+#: A rung of the attacker ladder (maskcrypt.selection.ladder): ``ladder:<photos>``, a family attacker trained on that
+#: many photos; like F it is judged against a clean gallery.
+LADDER = "ladder:"
+
+
+def clean_gallery(name: str) -> bool:
+    """Whether model ``name`` meets clean gallery photos in open-set scoring (O, F and the ladder's rungs)."""
+    return name in CLEAN_GALLERY or name.startswith(LADDER)
 
 
 def pixels(images: np.ndarray | ImageBlocks) -> np.ndarray:

@@ -35,6 +35,7 @@ from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.precision import autocast, channels_last, default_chunk, use_bf16
 from maskcrypt.masks.core import overlay
 from maskcrypt.models.classical import classical_inpaint
+from maskcrypt.models.fidelity import fill_fidelity
 from maskcrypt.models.inpainter import Inpainter
 from maskcrypt.models.losses import hole_psnr, mean_fill
 from maskcrypt.models.recognizer import Recognizer
@@ -126,7 +127,7 @@ class Predictor:
     @torch.inference_mode()
     def outputs(self, images: np.ndarray | torch.Tensor, masks: Masks = None, *, embed: bool = False,
                 fill: bool | str = False, names: Sequence[str] | None = None,
-                flip: bool = False) -> dict[str, torch.Tensor]:
+                flip: bool = False, fidelity: bool = False) -> dict[str, torch.Tensor]:
         """Per model: float32 logits (``embed=False``) or unit embeddings of ``images`` under ``masks``.
 
         ``masks`` (see :data:`Masks`) are overlaid once per chunk and shared by every
@@ -135,7 +136,11 @@ class Predictor:
         (embeddings only): the face-verification convention, ``embed(x) + embed(x
         mirrored left-right)`` normalized after the sum; the mirror is of the image the
         model gets (masked, and filled when ``fill``), which is all a server holding
-        encrypted images can compute. Returns one N x K tensor per name, on the device.
+        encrypted images can compute. ``fidelity`` (with ``fill``): the fill's PSNR and SSIM
+        against the unmasked image too, per image (:func:`~maskcrypt.models.fidelity.fill_fidelity`),
+        as the keys ``fidelity:psnr_hole``, ``fidelity:ssim_hole``, ``fidelity:psnr_image`` and
+        ``fidelity:ssim_image``: computed from the very fill the models judge, in the same pass.
+        Returns one N x K tensor per name (N per fidelity key), on the device.
         """
         if flip and not embed:
             raise MaskcryptError("predictor: flip=True sums embeddings; it needs embed=True")
@@ -147,16 +152,17 @@ class Predictor:
             raise MaskcryptError("predictor: fill=True needs an inpainter")
         if filler is not None and masks is None:
             raise MaskcryptError("predictor: fill=True needs masks (the holes to fill)")
+        if fidelity and filler is None:
+            raise MaskcryptError("predictor: fidelity=True measures a fill; it needs fill")
         n = int(images.shape[0])
         outs: dict[str, list[torch.Tensor]] = {k: [] for k in names}
         for s in range(0, n, self.chunk):
             e = min(s + self.chunk, n)
-            x = self.to_device(images[s:e])
+            x = original = self.to_device(images[s:e])
             m = self._masks(masks, s, e)
             if m is not None:
                 x = overlay(x, m)
             if filler in ("telea", "ns"):
-
                 x = classical_inpaint(x, m, filler)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -166,6 +172,10 @@ class Predictor:
                     x = self.inpainter.inpaint(x, holes)
                     if self.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
+            if fidelity:
+                for key, v in fill_fidelity(original, x, m).items():
+                    outs.setdefault(f"fidelity:{key}", []).append(v)
+            with autocast(self.device.type, self.bf16):
                 mirrored = x.flip(3) if flip else None
                 for k in names:
                     model = self.model(k)

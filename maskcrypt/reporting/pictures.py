@@ -210,3 +210,42 @@ def plot_attackers(table: pd.DataFrame, mask_ids: Sequence[str], path: Path, lab
     fig.suptitle("What an attacker gets: identification accuracy under each mask", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_ladder(table: pd.DataFrame, mask_ids: Sequence[str], path: Path, labels: dict[int, str] | None = None,
+                ) -> Path:
+    """The attacker ladder: accuracy against the attacker's labelled photos, one line per mask and split.
+
+    The x axis is symmetric-log (0 photos, O itself, sits at the left edge); intervals are
+    shaded; chance is dashed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, mid in enumerate(mask_ids):
+        mine = table[table["mask_id"] == mid]
+        bucket = int(mine["bucket"].iloc[0]) if len(mine) else 0
+        for split, style in (("selection", "-"), ("confirmation", ":")):
+            part = mine[mine["split"] == split].sort_values("photos")
+            if part.empty:
+                continue
+            x = part["photos"].to_numpy()
+            colour = colours[i % len(colours)]
+            ax.plot(x, 100 * part["accuracy"], style, marker="o", ms=3, color=colour,
+                    label=f"{mid} {labels.get(bucket, '') if labels else ''} ({split})")
+            ax.fill_between(x, 100 * part["accuracy_lo"], 100 * part["accuracy_hi"], color=colour, alpha=0.12)
+    if len(table):
+        ax.axhline(100 * float(table["chance"].iloc[0]), ls="--", c="k", lw=1, label="chance")
+    ax.set_xscale("symlog", linthresh=max(1, int(table.loc[table["photos"] > 0, "photos"].min()) if
+                                          (table["photos"] > 0).any() else 1))
+    ax.set_xlabel("the attacker's labelled photos (0: O itself)", fontsize=8)
+    ax.set_ylabel("identification accuracy (%)", fontsize=8)
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=6, loc="lower right")
+    ax.set_title("What an attacker gets with N photos", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)

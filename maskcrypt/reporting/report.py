@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,10 @@ import pandas as pd
 from maskcrypt.core.fileio import write_text
 from maskcrypt.core.rundir import Run, code_version
 from maskcrypt.evaluation.testset import pixels
+from maskcrypt.reporting.markdown import md_table
 from maskcrypt.reporting.pictures import plot_attackers, plot_table1, plot_table2, save_png, target_gallery
-from maskcrypt.selection.attacks import DESCRIPTIONS
+from maskcrypt.reporting.privacy import ladder_section, linkage_section
+from maskcrypt.selection.attacks import DESCRIPTIONS, FIDELITY
 from maskcrypt.verification.protocol import FARS, far_key, far_label
 
 
@@ -37,12 +38,6 @@ def _interval(row: Any, key: str) -> str:
     if key not in row:
         return ""
     return f"{_pct(row[key])} [{_pct(row[key + '_lo'])}, {_pct(row[key + '_hi'])}]"
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _header(root: Path, result: dict[str, Any]) -> list[str]:
@@ -124,6 +119,10 @@ def _ranking(res: Path, result: dict[str, Any], th: dict[str, Any]) -> list[str]
     return out
 
 
+FIDELITY_HEADERS = {"psnr_hole": "hole PSNR dB", "ssim_hole": "hole SSIM", "psnr_image": "image PSNR dB",
+                    "ssim_image": "image SSIM"}
+
+
 def _attackers(res: Path, result: dict[str, Any], th: dict[str, Any]) -> list[str]:
     """Every attacker's accuracy under each target mask (both splits), from ``results/attacks.parquet``."""
     if not (res / "attacks.parquet").exists():
@@ -141,22 +140,28 @@ def _attackers(res: Path, result: dict[str, Any], th: dict[str, Any]) -> list[st
     info = result.get("attack") or {}
     chance = float(table["chance"].iloc[0])
     present = list(dict.fromkeys(table["attacker"]))
+    fidelity = [f for f in FIDELITY if f in table.columns]
     rows = []
     for mid in shown:
         mine = table[table["mask_id"] == mid]
         for attacker in present:
-            cells = []
+            cells, per_split = [], []
             for split in ("selection", "confirmation"):
                 r = mine[(mine["split"] == split) & (mine["attacker"] == attacker)]
                 if r.empty:
                     cells.append("")
                     continue
                 r = r.iloc[0]
+                per_split.append(r)
                 cells.append(_interval(r, "accuracy") + (" **worst**" if r["worst_attacker"] == attacker else ""))
+            for fig in fidelity:  # "selection / confirmation"; empty for attackers that fill nothing
+                values = [float(r[fig]) for r in per_split if pd.notna(r[fig])]
+                cells.append(" / ".join(f"{v:.2f}" if fig.startswith("psnr") else f"{v:.3f}" for v in values))
             rows.append([f"`{mid}`", labels.get(int(mine["bucket"].iloc[0]), ""), attacker, *cells])
     if shown:
         plot_attackers(table, shown, res / "attacks.png", labels)
-    trained = (info.get("training") or {}).get("attackers") or {}
+    trained = {name: r for name, r in ((info.get("training") or {}).get("attackers") or {}).items()
+               if name != "linkage"}  # the linkage embedder never starts from O: its own section says how it trained
     out = ["", "## What an attacker gets", "",
            "The adversary sees masked images and wants the identity; it may hold an ordinary recognizer, an "
            "inpainter, classical image processing and labelled photos of its own, and may know the mask (the "
@@ -166,15 +171,25 @@ def _attackers(res: Path, result: dict[str, Any], th: dict[str, Any]) -> list[st
            f"privacy figure. Chance (guessing among the test identities): {100 * chance:.2f}%. Every attacked mask's "
            "figures are in `results/attacks.parquet`.", "",
            *[f"- `{a}`: {DESCRIPTIONS.get(a, a)}" for a in present], ""]
+    if fidelity:
+        out += ["For every attacker that inpaints, its fill against the original image (selection / confirmation, "
+                "means over the probes): PSNR in dB and SSIM (7 x 7 window, as scikit-image) inside the hole (the "
+                "primary figures: the known pixels are copied and would dominate a whole-image figure) and over the "
+                "whole image. These measure fidelity, not privacy: identity can leak from a poor reconstruction "
+                "(the accuracy columns say how much), and a faithful-looking fill can still be of the wrong face.",
+                ""]
     if info.get("data"):
         out += [f"The adaptive attackers trained from O's weights for {info.get('epochs')} epoch(s) (O's "
                 f"TrainConfig otherwise) on `{info['data']}` ({info.get('data_images')} images): "
                 + ", ".join(f"{name} {r.get('state')}" for name, r in list(trained.items())[:8])
                 + (" ..." if len(trained) > 8 else "") + ".", ""]
     if not shown:
-        return [*out, "No mask to show."]
+        return [*out, "No mask to show.", *ladder_section(res, result, shown, labels),
+            *linkage_section(res, result, shown, labels)]
     return [*out, f"Per {which}:", "", "![attackers](results/attacks.png)", "",
-            md_table(["mask", "bucket", "attacker", "selection", "confirmation"], rows)]
+            md_table(["mask", "bucket", "attacker", "selection", "confirmation",
+                      *[FIDELITY_HEADERS[f] for f in fidelity]], rows), *ladder_section(res, result, shown, labels),
+            *linkage_section(res, result, shown, labels)]
 
 
 def _table2(res: Path, th: dict[str, Any]) -> list[str]:

@@ -33,16 +33,22 @@ DESCRIPTIONS = {
     "adaptive-known": "a recognizer trained from O on the attacker's images under exactly this mask (mask known)",
     MASKED_GALLERY: "adaptive-known with its gallery masked by the same mask (open set)",
 }
+#: The fill each inpainting attacker recognizes (its fidelity columns are that fill's); the others have none.
+FILLS = {"R+O": "R", "telea+O": "telea", "ns+O": "ns", "adaptive-family+R": "R"}
+#: A fill's fidelity against the original, averaged over the split's probes (see maskcrypt.models.fidelity).
+FIDELITY = ("psnr_hole", "ssim_hole", "psnr_image", "ssim_image")
 COLUMNS = ["mask_id", "bucket", "split", "attacker", "n", "correct", "accuracy", "accuracy_lo", "accuracy_hi",
-           "chance", "worst_attacker", "worst_accuracy"]
+           "chance", *FIDELITY, "worst_attacker", "worst_accuracy"]
 FAMILY = "family"
 
 
 def attacker_counts(counts: pd.DataFrame) -> pd.DataFrame:
-    """The scorer's attack rows in long form: ``mask_id``, ``split``, ``attacker``, ``n``, ``correct``.
+    """The scorer's attack rows in long form: ``mask_id``, ``split``, ``attacker``, ``n``, ``correct``, fidelity.
 
     ``O`` and ``R+O`` are Table 2's ``correct_O_masked`` / ``correct_O_inpainted``; every
-    other attacker is an ``atk:<name>`` column.
+    other attacker is an ``atk:<name>`` column. An inpainting attacker's fidelity
+    (:data:`FIDELITY`) is the mean over the split's probes of its fill's figures (the
+    scorer's ``fid:<fill>:<figure>`` sums over ``n``); the others get NaN.
     """
     source = {"O": "correct_O_masked", "R+O": "correct_O_inpainted",
               **{c[len("atk:"):]: c for c in counts.columns if c.startswith("atk:")}}
@@ -52,14 +58,20 @@ def attacker_counts(counts: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in ("mask_id", "split", "n", *source.values()) if c not in counts.columns]
     if missing:
         raise MaskcryptError(f"attack counts: missing column(s) {missing}")
-    parts = [counts[["mask_id", "split", "n"]].assign(attacker=name, correct=counts[col].astype(int))
-             for name, col in source.items()]
+    parts = []
+    for name, col in source.items():
+        part = counts[["mask_id", "split", "n"]].assign(attacker=name, correct=counts[col].astype(int))
+        for fig in FIDELITY:  # sums over the split's probes -> means; NaN where the attacker fills nothing
+            key = f"fid:{FILLS.get(name)}:{fig}"
+            part[fig] = counts[key].astype(float) / counts["n"] if key in counts.columns else np.nan
+        parts.append(part)
     return pd.concat(parts, ignore_index=True)
 
 
 def attacks_table(counts: pd.DataFrame, ranks: pd.DataFrame, th: Thresholds = Thresholds(),
                   chance: float = float("nan")) -> pd.DataFrame:
-    """``results/attacks.parquet``: one row per (mask, split, attacker) with a Wilson interval.
+    """``results/attacks.parquet``: one row per (mask, split, attacker) with a Wilson interval and, for an
+    inpainting attacker, its fill's PSNR and SSIM against the originals (in the hole and over the image).
 
     ``counts``: the attack stage's rows (one per mask and split, see
     :func:`attacker_counts`); ``ranks``: the attack list (``mask_id``, ``bucket``).

@@ -23,7 +23,7 @@ from maskcrypt.determine.attackers import (
     train_attacker,
     train_attackers,
 )
-from maskcrypt.selection.attacks import COLUMNS, MASKED_GALLERY, attacker_counts
+from maskcrypt.selection.attacks import COLUMNS, FIDELITY, FILLS, MASKED_GALLERY, attacker_counts
 from maskcrypt.selection.rules import Thresholds, decide
 
 SPLITS = ("selection", "confirmation")
@@ -131,6 +131,15 @@ PLAN = {"O": ("O", "masked"), "R+O": ("O", "R"), "telea+O": ("O", "telea"), "ns+
         "adaptive-family": ("F", "masked"), "adaptive-family+R": ("F", "R"), "adaptive-known": ("K", "masked")}
 
 
+def _fidelity(original: np.ndarray, filled: np.ndarray, hole: np.ndarray) -> list[float]:
+    """PSNR and SSIM of one fill the maintained way (scikit-image), in FIDELITY's order."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    mean, full = structural_similarity(original, filled, data_range=255, channel_axis=0, full=True)
+    return [min(peak_signal_noise_ratio(original[hole], filled[hole], data_range=255), 100.0), full[hole].mean(),
+            min(peak_signal_noise_ratio(original, filled, data_range=255), 100.0), mean]
+
+
 def _setting(attacked):
     from maskcrypt.config import EvalSettings
     from maskcrypt.masks import MaskLibrary
@@ -166,6 +175,15 @@ def test_every_attacker_counts_equal_a_plain_loop(attacked):
                 hit = model(views[view]).argmax(1) == y
             for k, s in enumerate(SPLITS):
                 assert long.loc[(mid, s, attacker), "correct"] == int(hit[split == k].sum()), (mid, s, attacker)
+        # Each fill's fidelity, per split: the mean over the probes of scikit-image's PSNR and SSIM, image by image.
+        hole = np.broadcast_to(mask[None] == 0, x.shape[1:])
+        for attacker, fill in FILLS.items():
+            ours = [_fidelity(x[i].numpy(), views[fill][i].numpy(), hole) for i in range(len(x))]
+            for k, s in enumerate(SPLITS):
+                expected = np.mean([o for o, sp in zip(ours, ts.split) if sp == k], axis=0)
+                got_row = long.loc[(mid, s, attacker), list(FIDELITY)].to_numpy(float)
+                assert np.allclose(got_row, expected, rtol=0, atol=1e-6), (mid, s, attacker, got_row, expected)
+        assert long.loc[(mid, "selection", "O"), list(FIDELITY)].isna().all()  # O fills nothing
     cost = got.groupby("mask_id")[["forward_passes", "fills_R", "fills_classical"]].sum()
     assert (cost["forward_passes"] > 0).all() and (cost["fills_classical"] == 2 * len(y)).all()
     assert (cost["fills_R"] == len(y)).all()
@@ -237,18 +255,25 @@ def test_determination_writes_attacks_and_every_artifact_agrees_with_it(attacked
     report = write_report(run, ts, log=lambda *_: None).read_text()
     assert report.index("## What an attacker gets") < report.index("## Table 2")
     assert "Attack stage:" in report and (run / "results" / "attacks.png").stat().st_size > 1000
-    section = report[report.index("## What an attacker gets"):report.index("## Table 2")]
+    ladder = report.index("## What an attacker gets with N photos")
+    section = report[report.index("## What an attacker gets"):ladder]
+    assert ladder < report.index("## Table 2") and (run / "results" / "attacker_ladder.png").stat().st_size > 1000
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| `")]
     assert len(rows) == len(result["targets"]) * len(DEFAULT_ATTACKERS)
+    assert "fidelity, not privacy" in section
 
     def cell(mid, split, attacker):
         r = table[(table["mask_id"] == mid) & (table["split"] == split) & (table["attacker"] == attacker)].iloc[0]
         text = f"{100 * r.accuracy:.2f} [{100 * r.accuracy_lo:.2f}, {100 * r.accuracy_hi:.2f}]"
         return text + (" **worst**" if r.worst_attacker == attacker else "")
 
-    for mask, _, attacker, sel, conf in rows:
+    for mask, _, attacker, sel, conf, *fidelity in rows:
         mid = re.sub("`", "", mask)
         assert (sel, conf) == (cell(mid, "selection", attacker), cell(mid, "confirmation", attacker))
+        assert len(fidelity) == len(FIDELITY) and all(bool(f) == (attacker in FILLS) for f in fidelity)
+        if attacker in FILLS:  # "selection / confirmation" of each figure
+            r = table[(table["mask_id"] == mid) & (table["attacker"] == attacker)].set_index("split")
+            assert fidelity[1] == f"{r.loc['selection', 'ssim_hole']:.3f} / {r.loc['confirmation', 'ssim_hole']:.3f}"
 
 
 def test_t_attack_on_the_determined_tables(attacked):
@@ -272,3 +297,99 @@ def test_the_attacker_pool_is_disjoint_from_every_other_pool(attacked):
     assert len(pools[3]) == 120
     assert all(pools[3].isdisjoint(p) for p in pools[:3])
 
+
+
+def test_the_attacker_ladder_counts_equal_a_plain_loop_with_nested_rungs_of_equal_steps(attacked):
+    """``results/attacker_ladder.parquet`` of the determined run (TINY_LADDER): rung 0 is O's count and the top rung
+    the family attacker's (attacks.parquet); the middle rungs' models counted the obvious way; every rung trained
+    on the nested, stratified photos for the same number of samples."""
+    from conftest import TINY_LADDER
+
+    from maskcrypt.data import load
+    from maskcrypt.evaluation.testset import prepare_test
+    from maskcrypt.masks import MaskLibrary, overlay
+    from maskcrypt.models import Recognizer
+    from maskcrypt.models.checkpoint import find_checkpoint
+    from maskcrypt.selection.ladder import COLUMNS as LADDER_COLUMNS
+    from maskcrypt.selection.ladder import photo_order, rung_rows
+
+    run = attacked.run
+    table = pd.read_parquet(run / "results" / "attacker_ladder.parquet")
+    total = len(attacked.data["labels"])
+    middle = [int(p) for p in TINY_LADDER.split(",")[:-1]]
+    assert list(table.columns) == LADDER_COLUMNS and sorted(table["photos"].unique()) == [0, *middle, total]
+    attacks = pd.read_parquet(run / "results" / "attacks.parquet").set_index(["mask_id", "split", "attacker"])
+    for r in table[table["photos"].isin([0, total])].itertuples():
+        who = "O" if r.photos == 0 else "adaptive-family"
+        assert (r.n, r.correct) == tuple(attacks.loc[(r.mask_id, r.split, who), ["n", "correct"]]), r
+    test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
+    ts = prepare_test(test.images, test.labels, test.class_names, test.class_names, confirm_fraction=0.5)
+    x, y, split = torch.from_numpy(ts.images), torch.from_numpy(ts.labels), torch.from_numpy(ts.split)
+    ids = list(dict.fromkeys(table["mask_id"]))
+    masks = dict(zip(ids, MaskLibrary.open(str(run / "masks")).get(ids).masks))
+    samples = set()
+    for photos in middle:
+        folder = run / "models" / "attackers" / "ladder" / str(photos)
+        model = Recognizer.from_checkpoint(folder)
+        _, meta = find_checkpoint(folder)
+        assert meta["photos"] == photos and meta["init_model_sha256"] == attacked.o[1]["model_sha256"]
+        samples.add(meta["history"][-1]["samples"])
+        for mid in ids:
+            with torch.inference_mode():
+                hit = model(overlay(x, torch.from_numpy(masks[mid]))).argmax(1) == y
+            for k, s in enumerate(SPLITS):
+                row = table[(table["mask_id"] == mid) & (table["split"] == s) & (table["photos"] == photos)]
+                assert int(row["correct"].iloc[0]) == int(hit[split == k].sum()), (photos, mid, s)
+    _, family = find_checkpoint(run / "models" / "attackers" / "family")
+    assert samples == {family["history"][-1]["samples"]}  # the same optimizer steps on every rung
+    order = photo_order(attacked.data["labels"], int(attacked.o[1]["train_config"]["seed"]))
+    small, large = (set(rung_rows(order, p, total).tolist()) for p in middle)
+    assert len(small) == middle[0] and small < large  # nested
+    per_identity = np.bincount(attacked.data["labels"][sorted(small)])
+    assert per_identity.max() - per_identity[per_identity > 0].min() <= 1 and (per_identity > 0).sum() == 6
+
+
+def test_linkage_of_unseen_victims_equals_a_plain_loop_and_its_embedder_never_saw_a_victim(attacked):
+    """``results/linkage.parquet`` of the determined run: Recall@1 of each model recomputed in process (masked
+    probes, clean gallery, nearest photo), the TARs empty on a set this small, and the embedder's photos."""
+    import torch.nn.functional as F
+
+    from maskcrypt.data import load
+    from maskcrypt.evaluation.testset import prepare_test
+    from maskcrypt.masks import MaskLibrary, overlay
+    from maskcrypt.models import Recognizer
+    from maskcrypt.models.checkpoint import find_checkpoint
+    from maskcrypt.verification.linkage import COLUMNS as LINKAGE_COLUMNS
+    from maskcrypt.verification.linkage import victim_layout
+
+    run = attacked.run
+    info = json.loads((run / "targets.json").read_text())["attack"]["linkage"]
+    table = pd.read_parquet(run / "results" / "linkage.parquet")
+    assert list(table.columns) == LINKAGE_COLUMNS and set(table["model"]) == {"linkage", "O", "E"}
+    _, meta = find_checkpoint(run / "models" / "attackers" / "linkage")
+    assert meta["init"] == "random" and meta["init_model_sha256"] is None
+    assert len(info["victims"]) == 3 and not set(meta["trained_classes"]) & set(info["victims"])
+    assert meta["photos"] == info["photos"] > 0 and len(meta["class_names"]) == info["attacker_identities"]
+    test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
+    ts = prepare_test(test.images, test.labels, test.class_names, test.class_names, confirm_fraction=0.5)
+    lay = victim_layout(ts.labels, ts.split, ts.gallery, ts.classes, info["victims"], 2, info["seed"])
+    assert {ts.classes[i] for i in ts.labels[lay.probes]} <= set(info["victims"])
+    x = torch.from_numpy(ts.images)
+    models = {"linkage": Recognizer.from_checkpoint(run / "models" / "attackers" / "linkage"),
+              "O": Recognizer.from_checkpoint(run / "models" / "original"),
+              "E": Recognizer.from_checkpoint(run / "models" / "encrypted")}
+    ids = list(dict.fromkeys(table["mask_id"]))
+    g_labels, p_labels = ts.labels[lay.gallery], ts.labels[lay.probes]
+    for mid, mask in zip(ids, MaskLibrary.open(str(run / "masks")).get(ids).masks):
+        for name, model in models.items():
+            with torch.inference_mode():
+                g = F.normalize(model.embed(x[lay.gallery]), dim=1)
+                p = F.normalize(model.embed(overlay(x[lay.probes], torch.from_numpy(mask))), dim=1)
+            nearest = g_labels[(p @ g.T).argmax(1).numpy()]
+            for k, s in enumerate(SPLITS):
+                sel = lay.probe_split == k
+                row = table[(table["mask_id"] == mid) & (table["split"] == s) & (table["model"] == name)].iloc[0]
+                assert row["recall_at_1"] == pytest.approx((nearest[sel] == p_labels[sel]).mean()), (mid, s, name)
+                assert row["n_probes"] == sel.sum() and row["n_gallery"] == len(lay.gallery)
+                assert row["recall_at_1_chance"] == 1 / 3
+    assert table["tar_at_far_1e-2"].isna().all() and (table["impostor_pairs"] < 1000).all()  # too few to resolve

@@ -36,7 +36,7 @@ def _quiet(*_):
 
 #: The attackers that need no training: the trained ones (and the default set) run in the shared determined run's
 #: fixture and tests/local_ray/test_attack.py, once per session.
-UNTRAINED = AttackConfig(attackers="telea+O,ns+O")
+UNTRAINED = AttackConfig(attackers="telea+O,ns+O", ladder="off", linkage=False)
 
 
 def determine(run, thresholds, settings=FP32, adaptive=AdaptivePlan(), redo=False, report=True, log=_quiet,

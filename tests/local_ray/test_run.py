@@ -35,7 +35,7 @@ def test_run_on_a_trained_run_retrains_nothing_and_determines(tiny_run, tmp_path
     # --set, as are the training epochs: the same config as the flags, so nothing is retrained.
     flags = [f for i, f in enumerate(SAME) if "--epochs" not in SAME[max(0, i - 1):i + 1]]
     assert main(["run", "--run", str(run), *flags, "--set", "train.epochs=4",
-                 "--set", "attack.attackers=telea+O,ns+O"]) == 0
+                 "--set", "attack.attackers=telea+O,ns+O", "--attacker-ladder", "off", "--no-linkage"]) == 0
     out = capsys.readouterr().out
     assert out.count("not retrained") == 3, out[-3000:]
     record = json.loads((run / "run.json").read_text())

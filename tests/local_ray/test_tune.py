@@ -35,7 +35,7 @@ def test_tuned_thresholds_reproduce_their_choice_in_the_determination(determined
     assert tuned.to_dict() == summary["best_thresholds"] and tuned.attack_top == 3
     # The file is a --thresholds for the select job: the determination picks exactly the tuned masks.
     result = determine(run, DetermineConfig(test_data=TINY_DATA, repeats=1), tuned, settings, report=False,
-                       log=lambda *_: None, attackers=AttackConfig(attackers="O,R+O"))
+                       log=lambda *_: None, attackers=AttackConfig(attackers="O,R+O", ladder="off", linkage=False))
     assert [t["mask_id"] for t in result["targets"]] == summary["selection"]["mask_ids"].split(",")
     saved = json.loads((out / "tune.json").read_text())
     assert saved["selection"]["mask_ids"] == summary["selection"]["mask_ids"]

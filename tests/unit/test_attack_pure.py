@@ -97,8 +97,11 @@ def test_attacker_names_flags_and_yaml():
     assert parse_attackers("default") == DEFAULT_ATTACKERS and "adaptive-known" not in DEFAULT_ATTACKERS
     assert parse_attackers("all") == ATTACKERS
     assert parse_attackers("ns+O") == ("O", "R+O", "ns+O")  # O and R+O are Table 2's own, always measured
-    assert AttackConfig().trained == ("family",) and AttackConfig(attackers="all").trained == ("family", "known")
-    assert AttackConfig(attackers="telea+O").trained == ()
+    assert AttackConfig().trained == ("family", "linkage")
+    assert AttackConfig(attackers="all", linkage=False).trained == ("family", "known")
+    assert AttackConfig(attackers="telea+O", ladder="off", linkage=False).trained == ()
+    assert AttackConfig(attackers="telea+O", linkage=False).trained == ("family",)  # the ladder's top rung
+    assert AttackConfig(attackers="telea+O", ladder="16,64").trained == ("linkage",)  # no 'all' rung: no family
     with pytest.raises(MaskcryptError, match="--attackers"):
         AttackConfig(attackers="O,psychic")
     with pytest.raises(MaskcryptError, match="--attack-epochs"):
@@ -110,6 +113,15 @@ def test_attacker_names_flags_and_yaml():
     with pytest.raises(MaskcryptError, match="cpus per trial"):
         AttackConfig(trial_cpus=-1)
     assert AttackConfig().trial_cpus == 0  # auto (auto_trial_cpus, checked on the session's cluster)
+    args = build_parser().parse_args(["determine", "--no-linkage", "--no-fidelity", "--attacker-ladder", "off",
+                                      "--linkage-victims", "0.3", "--attacker-weights", "w.pt"])
+    attack = build_config(args, RUN_FLAGS).attack
+    assert (attack.linkage, attack.fidelity, attack.rungs(), attack.linkage_victims, attack.attacker_weights) == (
+        False, False, (), 0.3, "w.pt")
+    assert build_config(build_parser().parse_args(["determine"]), RUN_FLAGS).attack == AttackConfig()
+    for bad in ({"linkage_victims": 1.0}, {"linkage_victims": 0.0}, {"linkage_epochs": 0}):
+        with pytest.raises(MaskcryptError, match="--linkage-"):
+            AttackConfig(**bad)
     assert RunConfig.from_dict({"attack": {"attackers": "telea+O", "epochs": 1}}).attack.names() == ("O", "R+O",
                                                                                                     "telea+O")
     tune_args = build_parser().parse_args(["tune", "--max-attacker", "0.4"])
@@ -136,3 +148,43 @@ def test_classical_inpainting_fills_only_the_hole():
     with pytest.raises(MaskcryptError, match="expected one of"):
         inpaint_numpy(images, mask, "lama")
 
+
+
+def test_ladder_photos_are_stratified_nested_seeded_and_every_rung_as_long_as_the_full_one():
+    from maskcrypt.config import parse_ladder
+    from maskcrypt.selection.ladder import photo_order, rung_rows, rungs
+
+    labels = np.repeat(np.arange(5), [10, 3, 7, 1, 9])
+    order = photo_order(labels, 4)
+    assert sorted(order.tolist()) == list(range(len(labels)))  # every photo once
+    assert order.tolist() == photo_order(labels, 4).tolist() != photo_order(labels, 5).tolist()
+    for n in (5, 8, 13):  # every prefix as even over identities as n allows (the 1-photo identity runs out)
+        counts = np.bincount(labels[order[:n]], minlength=5)
+        assert counts.max() - counts[np.arange(5) != 3].min() <= 1, (n, counts)
+    rows = rung_rows(order, 8, len(labels))
+    assert len(rows) == len(labels) and set(rows.tolist()) == set(order[:8].tolist())
+    assert set(order[:8].tolist()) < set(order[:13].tolist())
+    assert rungs(parse_ladder("256,1024,all"), 800) == [0, 256, 800] and rungs((), 800) == []
+    assert rungs(parse_ladder("10,20"), 15) == [0, 10, 15]
+    assert parse_ladder("off") == () and parse_ladder("16, 64 ,ALL") == (16, 64, None)
+    for bad in ("0", "64,16", "all,16", "x", "all,all"):
+        with pytest.raises(MaskcryptError, match="--attacker-ladder"):
+            parse_ladder(bad)
+    with pytest.raises(MaskcryptError, match="ladder"):
+        rung_rows(order, 0, len(labels))
+
+
+def test_ladder_table_turns_rung_counts_into_intervals_and_names_what_is_missing():
+    from maskcrypt.selection.ladder import COLUMNS, ladder_table
+
+    counts = pd.DataFrame({"mask_id": ["a", "a"], "split": ["selection", "confirmation"], "n": [20, 10],
+                           "correct_O_masked": [2, 1], "ladder:8": [9, 5], "atk:adaptive-family": [15, 8]})
+    alist = pd.DataFrame({"mask_id": ["a"], "bucket": [3]})
+    t = ladder_table(counts, alist, {0: "correct_O_masked", 8: "ladder:8", 40: "atk:adaptive-family"},
+                     chance=0.1)
+    assert list(t.columns) == COLUMNS and len(t) == 6
+    sel = t[t["split"] == "selection"]
+    assert sel["photos"].tolist() == [0, 8, 40] and sel["accuracy"].tolist() == [0.1, 0.45, 0.75]
+    assert (t["accuracy_lo"] <= t["accuracy"]).all() and (t["accuracy"] <= t["accuracy_hi"]).all()
+    with pytest.raises(MaskcryptError, match=r"ladder:64"):
+        ladder_table(counts, alist, {64: "ladder:64"})

@@ -1,0 +1,89 @@
+"""The report's privacy sections beyond the worst attacker: the attacker ladder and (later) linkage.
+
+Each section reads its own table under ``results/`` and is absent when the table is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from maskcrypt.reporting.markdown import md_table
+from maskcrypt.reporting.pictures import plot_ladder
+
+
+def _pct(row: Any) -> str:
+    return f"{100 * row['accuracy']:.1f} [{100 * row['accuracy_lo']:.1f}, {100 * row['accuracy_hi']:.1f}]"
+
+
+def ladder_section(res: Path, result: dict[str, Any], shown: list[str], labels: dict[int, str]) -> list[str]:
+    """"What an attacker gets with N photos": per shown mask and split, the accuracy of every rung."""
+    path = res / "attacker_ladder.parquet"
+    if not path.exists():
+        return []
+    table = pd.read_parquet(path)
+    shown = [m for m in shown if m in set(table["mask_id"])] or list(dict.fromkeys(table["mask_id"]))[:3]
+    info = (result.get("attack") or {}).get("ladder") or {}
+    photos = sorted(table["photos"].unique())
+    rows = []
+    for mid in shown:
+        mine = table[table["mask_id"] == mid]
+        for split in ("selection", "confirmation"):
+            part = mine[mine["split"] == split].set_index("photos")
+            if part.empty:
+                continue
+            rows.append([f"`{mid}`", labels.get(int(mine["bucket"].iloc[0]), ""), split,
+                         *[_pct(part.loc[p]) if p in part.index else "" for p in photos]])
+    plot_ladder(table, shown, res / "attacker_ladder.png", labels)
+    total = int(info.get("photos_total") or 0)
+    return ["", "## What an attacker gets with N photos", "",
+            "The family attacker (O fine-tuned under fresh masks of the target buckets, the mask itself unknown) "
+            "trained on N of its labelled photos, for each N of the ladder; 0 is O itself. Every rung starts from "
+            "O's weights (the attacker holds O: the worst case) and takes the same number of optimizer steps; the "
+            f"photos are drawn stratified per identity, seeded and nested (of {total:,} photos of "
+            f"{info.get('identities')} identities). Identification accuracy in % with its Wilson interval; "
+            f"chance {100 * float(table['chance'].iloc[0]):.2f}%. All attacked masks: "
+            "`results/attacker_ladder.parquet`.", "",
+            "![attacker ladder](results/attacker_ladder.png)", "",
+            md_table(["mask", "bucket", "split", *[f"{p} photos" for p in photos]], rows)]
+
+
+def _fraction(v: Any) -> str:
+    return "" if pd.isna(v) else f"{100 * float(v):.1f}"
+
+
+def linkage_section(res: Path, result: dict[str, Any], shown: list[str], labels: dict[int, str]) -> list[str]:
+    """"Linkage of identities the attacker never saw": per shown mask and split, each model's Recall@1 and TAR."""
+    info = (result.get("attack") or {}).get("linkage") or {}
+    head = ["", "## Linkage of identities the attacker never saw", ""]
+    if info.get("skipped"):
+        return [*head, f"Not measured on this run: {info['skipped']}."]
+    path = res / "linkage.parquet"
+    if not path.exists():
+        return []
+    table = pd.read_parquet(path)
+    shown = [m for m in shown if m in set(table["mask_id"])] or list(dict.fromkeys(table["mask_id"]))[:3]
+    rows = []
+    for r in table[table["mask_id"].isin(shown)].to_dict("records"):
+        rows.append([f"`{r['mask_id']}`", labels.get(int(r["bucket"]), ""), r["split"], r["model"],
+                     f"{_fraction(r['recall_at_1'])} (chance {_fraction(r['recall_at_1_chance'])})",
+                     _fraction(r["tar_at_far_1e-2"]), _fraction(r["tar_at_far_1e-3"]), r["n_probes"], r["n_gallery"],
+                     f"{int(r['impostor_pairs']):,}"])
+    init = info.get("init", "random")
+    return [*head,
+            f"A realistic adversary trains on photos of other people and links a victim's masked uploads to a clean "
+            f"photo of the victim found elsewhere. The test identities are split (seeded) into "
+            f"{len(info.get('victims', []))} victims and the others; the attacker's embedder starts from "
+            f"{'random weights' if init == 'random' else f'`{init}`'} and trains with the family recipe (fresh masks "
+            f"of the target buckets) for {info.get('epochs')} epoch(s) on {info.get('photos', 0):,} photos of "
+            f"{info.get('attacker_identities')} identities, none of them a victim. Each victim's masked probes are "
+            "matched against a clean gallery of the victims (other photos): Recall@1 (1:N identification, its "
+            "chance 1 / the victims) and TAR at FAR 1e-2 and 1e-3 of masked-probe-vs-clean-photo verification, in "
+            "%. A TAR is left empty where the impostor pairs number fewer than 10 / FAR (too few to resolve that "
+            "FAR). O and E are reference rows under the same protocol: they were trained on the operator's photos, "
+            "which may include the victims, so they are an upper bound, not this attacker. All attacked masks: "
+            "`results/linkage.parquet`.", "",
+            md_table(["mask", "bucket", "split", "model", "Recall@1", "TAR@FAR 1e-2", "TAR@FAR 1e-3", "probes",
+                      "gallery", "impostor pairs"], rows)]
