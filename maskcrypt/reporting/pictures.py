@@ -214,38 +214,45 @@ def plot_attackers(table: pd.DataFrame, mask_ids: Sequence[str], path: Path, lab
 
 def plot_ladder(table: pd.DataFrame, mask_ids: Sequence[str], path: Path, labels: dict[int, str] | None = None,
                 ) -> Path:
-    """The attacker ladder: accuracy against the attacker's labelled photos, one line per mask and split.
+    """The attacker ladder: accuracy against the attacker's labelled photos, one colour per mask.
 
-    The x axis is symmetric-log (0 photos, O itself, sits at the left edge); intervals are
-    shaded; chance is dashed.
+    Selection solid, confirmation dotted; intervals shaded; chance dashed. The x axis is
+    symmetric-log with a tick at every rung (0 photos, O itself, at the left edge).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(8.0, 3.8))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, mid in enumerate(mask_ids):
         mine = table[table["mask_id"] == mid]
         bucket = int(mine["bucket"].iloc[0]) if len(mine) else 0
+        colour = colours[i % len(colours)]
         for split, style in (("selection", "-"), ("confirmation", ":")):
             part = mine[mine["split"] == split].sort_values("photos")
             if part.empty:
                 continue
             x = part["photos"].to_numpy()
-            colour = colours[i % len(colours)]
             ax.plot(x, 100 * part["accuracy"], style, marker="o", ms=3, color=colour,
-                    label=f"{mid} {labels.get(bucket, '') if labels else ''} ({split})")
-            ax.fill_between(x, 100 * part["accuracy_lo"], 100 * part["accuracy_hi"], color=colour, alpha=0.12)
+                    label=f"{mid} {labels.get(bucket, '') if labels else ''}" if split == "selection" else None)
+            ax.fill_between(x, 100 * part["accuracy_lo"], 100 * part["accuracy_hi"], color=colour, alpha=0.08)
+    photos = sorted(int(p) for p in table["photos"].unique())
+    positive = [p for p in photos if p > 0]
+    ax.set_xscale("symlog", linthresh=max(1.0, min(positive, default=2) / 2))
+    ax.set_xticks(photos, [f"{p:,}" for p in photos], fontsize=7)
+    ax.minorticks_off()
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], ls="-", c="grey", label="selection"),
+                Line2D([], [], ls=":", c="grey", label="confirmation")]
     if len(table):
-        ax.axhline(100 * float(table["chance"].iloc[0]), ls="--", c="k", lw=1, label="chance")
-    ax.set_xscale("symlog", linthresh=max(1, int(table.loc[table["photos"] > 0, "photos"].min()) if
-                                          (table["photos"] > 0).any() else 1))
+        handles.append(ax.axhline(100 * float(table["chance"].iloc[0]), ls="--", c="k", lw=1, label="chance"))
     ax.set_xlabel("the attacker's labelled photos (0: O itself)", fontsize=8)
     ax.set_ylabel("identification accuracy (%)", fontsize=8)
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=6, loc="lower right")
+    ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("What an attacker gets with N photos", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
