@@ -160,7 +160,8 @@ RUN_FLAGS: list[tuple[tuple[str, ...], tuple[str, ...], dict[str, Any], str]] = 
      "share of the test identities that are victims (the attacker trains on the others' photos)"),
     (("--linkage-epochs",), ("attack.linkage_epochs",), {"type": int}, "epochs of the linkage embedder"),
     (("--attacker-weights",), ("attack.attacker_weights",), {},
-     "public face weights the linkage embedder starts from (default: random initialisation)"),
+     "public face weights the linkage embedder starts from (empty: random initialisation; never O, which saw "
+     "the victims)"),
     (("--attack-cpus",), ("attack.trial_cpus",), {"type": float},
      "CPUs (torch threads) per attacker training trial; the trials run side by side on the cluster's CPUs "
      "(0 = auto: spread over the trials, a lone trial gets its node's, up to 8)"),

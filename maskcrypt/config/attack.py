@@ -119,8 +119,10 @@ class AttackConfig:
 
     @property
     def trained(self) -> tuple[str, ...]:
-        """The adaptive attackers' models to train: ``family`` (also the ladder's top rung) and/or ``known``."""
+        """The adaptive attackers' models to train: ``family`` (also the ladder's top rung), ``known``, ``linkage``."""
         names = self.names()
-        family = {"adaptive-family", "adaptive-family+R"} & set(names) or None in self.rungs()
+        # The ladder is built on the family model's job (its masks and K) and caps a rung above the attacker's
+        # photos at all of them, which is the family model: trained whenever the ladder is on.
+        family = {"adaptive-family", "adaptive-family+R"} & set(names) or self.rungs()
         return tuple(k for k, wanted in (("family", family), ("known", {"adaptive-known"} & set(names)),
                                          ("linkage", self.linkage)) if wanted)

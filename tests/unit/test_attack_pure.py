@@ -101,7 +101,7 @@ def test_attacker_names_flags_and_yaml():
     assert AttackConfig(attackers="all", linkage=False).trained == ("family", "known")
     assert AttackConfig(attackers="telea+O", ladder="off", linkage=False).trained == ()
     assert AttackConfig(attackers="telea+O", linkage=False).trained == ("family",)  # the ladder's top rung
-    assert AttackConfig(attackers="telea+O", ladder="16,64").trained == ("linkage",)  # no 'all' rung: no family
+    assert AttackConfig(attackers="telea+O", ladder="16,64", linkage=False).trained == ("family",)  # the template
     with pytest.raises(MaskcryptError, match="--attackers"):
         AttackConfig(attackers="O,psychic")
     with pytest.raises(MaskcryptError, match="--attack-epochs"):
