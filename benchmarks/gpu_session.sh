@@ -10,7 +10,8 @@
 #      on an exported image folder, Ray Train workers on the GPU (--gpus-per-worker 1,
 #      NCCL), evaluation actors sharing it (--eval-gpus), the attackers' Tune trials too;
 #   3. Serve on the GPU: benchmarks/serve_probe.py deploys that run with --gpus 1 per
-#      replica, checks an answer and drives it (one image per request, and 16);
+#      replica, checks an answer and drives it (one image per request, and 16), then 1, 2 and 4
+#      replicas sharing the GPU (one image per request: images/s per node);
 #   4. the capacity job at its default size (100,000 masks at 112 px): generation, read-back,
 #      Table 1 and the race's first round on 10 faces per mask (1M masked images), against
 #      the bare forward on the same GPU share.
@@ -77,7 +78,7 @@ fi
 
 if want serve && [ -f /tmp/faces112/targets.json ]; then
   echo "== Serve on the GPU: one replica with --gpus 1, the run's target masks"
-  timeout "${SERVE_LIMIT:-150}" python3 benchmarks/serve_probe.py /tmp/faces112 --gpus 1 2>&1 | tee "$OUT/serve.txt"
+  timeout "${SERVE_LIMIT:-240}" python3 benchmarks/serve_probe.py /tmp/faces112 --gpus 1 --replicas 1,2,4 2>&1 | tee "$OUT/serve.txt"
 fi
 
 if want capacity; then

@@ -1,13 +1,17 @@
 """Serve a run as ``maskcrypt serve`` does, check one answer, then drive it: req/s where the replica runs.
 
     python benchmarks/serve_probe.py RUN [--gpus 1] [--concurrency 32] [--seconds 10]
+    python benchmarks/serve_probe.py RUN --gpus 1 --replicas 1,2,4   # replicas sharing one node's GPU
 
 A short check for a machine where ``benchmarks/serve_load.py`` (2-CPU sizing, py-spy,
 autoscaling) is too much: starts a local Ray, deploys the run's service with
 ``--gpus`` per replica (the config path ``maskcrypt serve --gpus`` takes), posts one
 test face and prints the answer and the replica's device, then drives ``/v1/recognize``
 (one PNG per request) and ``/v1/recognize/batch`` (16 per request) with closed-loop
-clients. Ends with ``RESULT`` lines. ``benchmarks/gpu_session.sh`` runs it on the GPU.
+clients. ``--replicas 1,2,4`` then redeploys with each count of replicas sharing the
+node's ``--gpus`` evenly (and its CPUs) and drives one image per request again: images/s
+per node against replicas, the question of how many replicas one GPU node should run.
+Ends with ``RESULT`` lines. ``benchmarks/gpu_session.sh`` runs it on the GPU.
 """
 
 from __future__ import annotations
@@ -30,7 +34,14 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--replicas", default="", help="comma list of replica counts sharing the node, e.g. 1,2,4")
     args = ap.parse_args()
+    try:
+        sweep = [int(r) for r in args.replicas.split(",") if r.strip()]
+    except ValueError:
+        ap.error(f"--replicas: expected a comma list of counts, got {args.replicas!r}")
+    if any(r < 1 for r in sweep):
+        ap.error(f"--replicas: counts must be >= 1, got {args.replicas!r}")
 
     import ray
     from ray import serve
@@ -64,10 +75,24 @@ def main() -> int:
           f"{16 * batched['req_per_s']:.0f} images/s, p50 {batched['p50_ms']:.1f} ms, errors {batched['errors']}")
     print(f"RESULT serve_probe_req_per_s {single['req_per_s']:.1f}")
     print(f"RESULT serve_probe_batch_images_per_s {16 * batched['req_per_s']:.1f}")
-    print(f"RESULT serve_probe_errors {single['errors'] + batched['errors']}")
+    errors = single["errors"] + batched["errors"]
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    for r in sweep:  # replicas sharing the node: its GPUs split evenly, a CPU each while the proxy keeps one
+        serve.delete("probe")
+        app = build_app(ServiceConfig(run=str(run)), num_replicas=r, num_gpus=args.gpus / r,
+                        num_cpus=max(0.25, min(1.0, (cpus - 1) / r)))
+        serve.run(app, name="probe", route_prefix="/")
+        drive(f"{url}/v1/recognize", body, args.concurrency, 3.0)  # warm-up
+        got = drive(f"{url}/v1/recognize", body, args.concurrency, args.seconds)
+        errors += got["errors"]
+        print(f"{r} replica(s) x {args.gpus / r:g} GPU, one image per request, concurrency {args.concurrency}: "
+              f"{got['req_per_s']:.0f} images/s per node, p50 {got['p50_ms']:.1f} ms, p99 {got['p99_ms']:.1f} ms, "
+              f"errors {got['errors']}")
+        print(f"RESULT serve_probe_replicas_{r}_images_per_s {got['req_per_s']:.1f}")
+    print(f"RESULT serve_probe_errors {errors}")
     serve.shutdown()
     ray.shutdown()
-    return 0 if single["errors"] + batched["errors"] == 0 else 1
+    return 0 if errors == 0 else 1
 
 
 if __name__ == "__main__":
