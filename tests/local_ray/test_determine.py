@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
+import torch.nn.functional as F
 from conftest import TINY_DATA, TINY_SIZE
 from plain_loops import open_set_reference
 
@@ -18,7 +21,7 @@ from maskcrypt.determine.inputs import open_determination
 from maskcrypt.determine.race import evaluate_adaptive
 from maskcrypt.determine.stage import determine as run_determination
 from maskcrypt.evaluation.testset import prepare_test
-from maskcrypt.masks import MaskLibrary, mask_sha256, unpack_masks
+from maskcrypt.masks import MaskLibrary, mask_sha256, overlay, unpack_masks
 from maskcrypt.models import Recognizer
 from maskcrypt.selection.rules import Thresholds
 
@@ -182,8 +185,10 @@ def test_missing_checkpoint_is_named(tiny_run, tmp_path):
 def test_open_set_determination_runs_every_stage(tiny_run):
     """Open-set scoring through every stage; its per-mask figures equal a plain loop on the same images."""
     run, _ = tiny_run
+    # Linkage on: the open-set path of it (the test set's own gallery) end to end.
     result = determine(run, LOOSE, repeats=1, scoring="open", enroll=1,
-                       confirm_fraction=0.0, settings=FP32, redo=True, report=False, log=_quiet)
+                       confirm_fraction=0.0, settings=FP32, redo=True, report=False, log=_quiet,
+                       attackers=AttackConfig(attackers="telea+O,ns+O", ladder="off"))
     assert result["scoring"] == "open" and result["splits"] == {"selection": 12}  # 6 identities x (3 - 1)
     t2 = pd.read_parquet(run / "results" / "table2.parquet")
     assert (t2["n"] == 12).all() and t2["O_inpainted"].between(0, 1).all()
@@ -206,6 +211,22 @@ def test_open_set_determination_runs_every_stage(tiny_run):
         assert round(row.O_masked * row.n) == want["O"]["selection"], row.mask_id
         checked += 1
     assert checked == len(t2) > 0
+    # Linkage: the victims' gallery is the test set's own (one photo each), their probes the rest; E's Recall@1
+    # under the first attacked mask recomputed in process (masked probes, clean gallery, nearest photo).
+    info = result["attack"]["linkage"]
+    link = pd.read_parquet(run / "results" / "linkage.parquet")
+    victims = np.isin(np.asarray(ts.classes)[ts.labels], info["victims"])
+    assert (info["gallery"], info["probes"]) == (3, 6) and set(link["split"]) == {"selection"}
+    mid = link["mask_id"].iloc[0]
+    mask = torch.from_numpy(lib.get([mid]).masks[0])
+    x = torch.from_numpy(ts.images)
+    g, p = np.flatnonzero(ts.gallery & victims), np.flatnonzero(~ts.gallery & victims)
+    with torch.inference_mode():
+        ge = F.normalize(models["E"].embed(x[g]), dim=1)
+        pe = F.normalize(models["E"].embed(overlay(x[p], mask)), dim=1)
+    want_recall = (ts.labels[g][(pe @ ge.T).argmax(1).numpy()] == ts.labels[p]).mean()
+    row = link[(link["mask_id"] == mid) & (link["model"] == "E")].iloc[0]
+    assert row["recall_at_1"] == pytest.approx(want_recall) and (row["n_probes"], row["n_gallery"]) == (6, 3)
 
 
 def test_every_artifact_names_the_same_targets_when_the_basic_form_rejects_a_candidate(determined_run, tmp_path):
