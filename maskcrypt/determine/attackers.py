@@ -414,6 +414,10 @@ def linkage_job(d: Any, data: dict[str, Any], masks: np.ndarray, k: int, o_ckpt:
     reason in ``d.result["attack"]["linkage"]``, when either side has fewer than two
     identities.
     """
+    weights = d.attack.attacker_weights
+    if weights and not Path(weights).is_file():
+        raise MaskcryptError(f"--attacker-weights {weights}: no such file (the public face weights the linkage "
+                             "embedder starts from; leave it empty for random initialisation)")
     test_names = [str(d.test.classes[i]) for i in np.unique(d.test.labels)]
     seed = int(o_meta["train_config"]["seed"])
     victims, _ = split_identities(test_names, d.attack.linkage_victims, seed)

@@ -59,3 +59,27 @@ def test_recall_at_1_and_tar_equal_a_brute_force_and_small_sets_leave_the_tar_em
     assert np.isnan(small["tar_at_far_1e-2"]) and 0 <= small["recall_at_1"] <= 1
     with pytest.raises(MaskcryptError, match="at least one probe"):
         linkage_figures(probes[:0], p_labels[:0], gallery, g_labels)
+
+
+def test_linkage_refuses_missing_weights_by_name_and_skips_with_too_few_identities(tmp_path):
+    """The linkage job's inputs (no model, no Ray): a missing --attacker-weights file is named; a test set whose
+    identities cannot fill both sides is skipped with the reason recorded."""
+    from types import SimpleNamespace
+
+    from maskcrypt.config import AttackConfig
+    from maskcrypt.determine.attackers import linkage_job
+
+    def determination(weights: str, test_ids: int):
+        test = SimpleNamespace(classes=[f"id{i}" for i in range(6)], labels=np.arange(test_ids).repeat(3))
+        return SimpleNamespace(test=test, attack=AttackConfig(attacker_weights=weights), result={"attack": {}},
+                               log=lambda *_: None, paths=SimpleNamespace(attackers=tmp_path))
+
+    data = {"labels": np.arange(6).repeat(4), "class_names": [f"id{i}" for i in range(6)], "spec": "x",
+            "sha256": "0"}
+    meta = {"train_config": {"seed": 0}}
+    with pytest.raises(MaskcryptError, match=r"--attacker-weights .*nowhere\.pt: no such file"):
+        linkage_job(determination(str(tmp_path / "nowhere.pt"), 6), data, np.ones((2, 8, 8), np.uint8), 1,
+                    tmp_path, meta)
+    d = determination("", 1)
+    assert linkage_job(d, data, np.ones((2, 8, 8), np.uint8), 1, tmp_path, meta) is None
+    assert "too few identities" in d.result["attack"]["linkage"]["skipped"]
