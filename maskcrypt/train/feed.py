@@ -119,6 +119,11 @@ def array_batches(data: dict[str, Any], seed: int, per_rank: int, steps: int, ra
 RESIDENT_SHARE = 0.25
 
 
+def fits_on_device(nbytes: int, free_bytes: int, share: float = RESIDENT_SHARE) -> bool:
+    """Whether a training set of ``nbytes`` may live in a GPU with ``free_bytes`` free (at most ``share`` of it)."""
+    return nbytes <= share * free_bytes
+
+
 def resident(data: dict[str, np.ndarray], device: Any) -> dict[str, Any]:
     """An in-memory training set with its images in GPU memory, where the device is a GPU with room for them.
 
@@ -134,7 +139,7 @@ def resident(data: dict[str, np.ndarray], device: Any) -> dict[str, Any]:
     import torch
 
     free, _ = torch.cuda.mem_get_info(device)
-    if data["image"].nbytes > RESIDENT_SHARE * free:
+    if not fits_on_device(data["image"].nbytes, free):
         return data
     return {**data, "image": torch.from_numpy(np.ascontiguousarray(data["image"])).to(device)}
 

@@ -110,3 +110,17 @@ def test_an_epoch_fed_from_tensors_kept_on_the_device_equals_one_fed_from_host_a
     assert all(s in originals or s in flipped for s in seen)
     assert any(s in flipped and s not in originals for s in seen)  # the flips happened on both paths
     assert dev_loss == host_loss
+
+
+def test_a_training_set_stays_on_the_host_past_its_share_of_free_gpu_memory_and_on_a_cpu():
+    """``resident``'s limit, crossed with small numbers (a real GPU's free memory is what it is compared with)."""
+    import numpy as np
+    import torch
+
+    from maskcrypt.train.feed import RESIDENT_SHARE, fits_on_device, resident
+
+    free = 1_000
+    assert fits_on_device(int(RESIDENT_SHARE * free), free) and not fits_on_device(int(RESIDENT_SHARE * free) + 1, free)
+    assert fits_on_device(100, 1_000, share=0.1) and not fits_on_device(101, 1_000, share=0.1)
+    data = {"image": np.zeros((2, 3, 4, 4), np.uint8), "label": np.zeros(2, np.int64)}
+    assert resident(data, torch.device("cpu")) is data  # a CPU worker keeps the numpy arrays
