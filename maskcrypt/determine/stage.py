@@ -182,16 +182,20 @@ def ladder_columns(d: Determination, trained: dict[str, Any]) -> dict[int, str]:
     if not info:
         return {}
     total = int(info["photos_total"])
+    names = set(d.attack.names())
+    # The family model is trained whenever the ladder is on; when no family attacker is asked it is only the top
+    # rung, so it leaves ``trained["family"]`` (the scorer would otherwise run it as F as well, for nothing).
+    family = trained["family"] if {"adaptive-family", "adaptive-family+R"} & names else trained.pop("family")
     columns = {}
     for photos in info["rungs"]:
         if photos == 0:
             columns[0] = "correct_O_masked"
-        elif photos == total and "adaptive-family" in d.attack.names():
+        elif photos == total and "adaptive-family" in names:
             columns[photos] = "atk:adaptive-family"
         else:
             columns[photos] = f"{LADDER}{photos}"
-            if photos == total:  # the family model, counted as a rung when adaptive-family itself is not asked
-                trained[columns[photos]] = trained["family"]
+            if photos == total:  # the family model, counted as a rung where adaptive-family itself is not asked
+                trained[columns[photos]] = family
     return columns
 
 

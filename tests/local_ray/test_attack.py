@@ -393,3 +393,27 @@ def test_linkage_of_unseen_victims_equals_a_plain_loop_and_its_embedder_never_sa
                 assert row["n_probes"] == sel.sum() and row["n_gallery"] == len(lay.gallery)
                 assert row["recall_at_1_chance"] == 1 / 3
     assert table["tar_at_far_1e-2"].isna().all() and (table["impostor_pairs"] < 1000).all()  # too few to resolve
+
+
+def test_a_ladder_without_the_family_attackers_counts_its_top_rung_with_the_family_model_once(attacked, tmp_path):
+    """Re-determining a copy with only telea+O asked and the ladder on: every attacker is complete (nothing
+    trains), the top rung is the family model's count under its own column, and no adaptive-family row exists."""
+    from conftest import TINY_LADDER
+
+    from maskcrypt.config import DetermineConfig, EvalSettings
+    from maskcrypt.determine.stage import determine
+
+    run = tmp_path / "run"
+    shutil.copytree(attacked.run, run)
+    before = pd.read_parquet(run / "results" / "attacker_ladder.parquet")
+    loose = Thresholds(**json.loads((run / "targets.json").read_text())["thresholds"])
+    result = determine(run, DetermineConfig(test_data=TINY_DATA, repeats=1), loose,
+                       EvalSettings(precision="fp32", actors=1), log=lambda *_: None, report=False,
+                       attackers=AttackConfig(attackers="telea+O", ladder=TINY_LADDER, linkage=False))
+    assert {r["state"] for r in result["attack"]["training"]["attackers"].values()} == {"done"}
+    assert "adaptive-family" not in set(pd.read_parquet(run / "results" / "attacks.parquet")["attacker"])
+    after = pd.read_parquet(run / "results" / "attacker_ladder.parquet")
+    key = ["mask_id", "split", "photos"]
+    pd.testing.assert_frame_equal(after.sort_values(key).reset_index(drop=True),
+                                  before.sort_values(key).reset_index(drop=True))
+    assert not (run / "results" / "linkage.parquet").exists()  # turned off: no earlier table looks current
