@@ -3,8 +3,28 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
+
+# Ray 2.60 turns token authentication on. Left to itself, the first local ``ray.init()`` writes ~/.ray/auth_token and
+# every later ``ray start --head`` (RAY_AUTH_MODE=token) reads it: a suite that passes only once a token is already
+# in the home directory. The suite brings its own: a fresh token in a temporary folder, named by
+# RAY_AUTH_TOKEN_PATH, which every Ray process and client the tests start inherits. Nothing under ~/.ray is read
+# or written; tests/cluster/test_jobs.py gives its head node a token of its own on top.
+_AUTH_DIR = Path(tempfile.mkdtemp(prefix="maskcrypt-test-auth-"))
+(_AUTH_DIR / "auth_token").write_text(secrets.token_hex(32))
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN_PATH"] = str(_AUTH_DIR / "auth_token")
+os.environ.pop("RAY_AUTH_TOKEN", None)  # it would win over the file
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_AUTH_DIR, ignore_errors=True)
+
 
 # Ray Train's controller polls its workers every 2 s: a tiny training run then waits ~7 s for its own end.
 # Polling faster changes nothing else; every Ray process the tests start (the shared session, and the clusters

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -51,8 +52,13 @@ def _stop_cluster(proc: subprocess.Popen, temp: Path) -> None:
 def head_node(tmp_path_factory):
     temp = tmp_path_factory.mktemp("rayhead")
     gcs, dash = free_port(), free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
+    # The head's own token, as docs/cluster.md has users create one: nothing from ~/.ray or another cluster.
+    token = temp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN_PATH": str(token)}
+    for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN"):
+        env.pop(name, None)
     log = open(temp / "head.log", "w")  # noqa: SIM115 - lives as long as the head node
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
@@ -126,11 +132,21 @@ def test_select_job_runs_the_whole_method_under_ray_job_submit(head_node, tmp_pa
     assert result["thresholds"]["t_gap"] == 0.0 and (run / "report.md").exists() and result["target_buckets"]
     assert json.loads((run / "run.json").read_text())["stages"]["determine"]["targets"] == [
         t["mask_id"] for t in result["targets"]]
-    # Without the token setting, the client is refused: what docs/cluster.md tells users to set.
-    no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
+    # A client with another token, or with none (and an empty home: no ~/.ray/auth_token to fall back on), is
+    # refused: the token docs/cluster.md tells users to pass is what lets a client in.
+    other = tmp_path / "other_token"
+    other.write_text(secrets.token_hex(32))
+    home = tmp_path / "home"
+    home.mkdir()
+    for client in ({**env, "RAY_AUTH_TOKEN_PATH": str(other)},
+                   {**{k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")},
+                    "HOME": str(home)}):
+        r = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], capture_output=True,
+                           text=True, env=client, timeout=120)
+        assert r.returncode != 0, r.stdout[-2000:]
     r = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], capture_output=True, text=True,
-                       env=no_token, timeout=120)
-    assert r.returncode != 0
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_capacity_job_reports_throughput_memory_and_a_projection(tmp_path):
