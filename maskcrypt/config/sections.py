@@ -261,8 +261,13 @@ class EvalSettings:
     precision: str = "auto"
     per_image: bool = False  # also emit per-image correctness, bit-packed (hits_<model>)
     timing: bool = False  # also emit when each row was done, by which worker and on which node (benchmarks)
+    #: Open-set race: MB of masked-gallery centroids one actor keeps between rounds (a mask's gallery is embedded
+    #: once per race while it fits; past it the least recently measured masks are re-embedded if measured again).
+    gallery_cache_mb: int = 1024
 
     def __post_init__(self) -> None:
+        if self.gallery_cache_mb < 0:
+            raise MaskcryptError(f"evaluation.gallery_cache_mb: expected MB >= 0, got {self.gallery_cache_mb}")
         if min(self.actors, self.masks_per_batch, self.masks_per_block) < 1 or self.images_per_chunk < 0:
             raise MaskcryptError("evaluation: actors and masks per batch/block must be >= 1, images_per_chunk >= 1 "
                                  "(0 = the device's default)")

@@ -39,6 +39,16 @@ def _range_tasks(todo: pd.DataFrame, bits: dict[str, bytes], actors: int) -> lis
     return tasks
 
 
+def owners(mask_ids: Sequence[str], actors: int) -> dict[str, int]:
+    """Open set: the actor that measures each mask in every round (round robin over the library's order).
+
+    A mask's masked-gallery centroids are embedded once, in its first round, and kept by
+    the actor that embedded them (:class:`~maskcrypt.evaluation.scorer.CentroidCache`), so
+    every later round of that mask must reach the same actor.
+    """
+    return {m: i % actors for i, m in enumerate(mask_ids)}
+
+
 def evaluate_adaptive(
     library: Any,
     test: TestSet,
@@ -61,7 +71,10 @@ def evaluate_adaptive(
     and many; starting a pool per round cost 10-15 s each). Returns the counts (one row
     per mask, ``split`` = selection, ``rounds`` = how many times it was measured) and one
     record per round: masks, masked images (and why: first round, boundary, completion),
-    forward passes, still open, seconds. ``max_rounds`` stops the race early (the capacity
+    forward passes (every model on the probes, plus ``gallery_passes``), still open, seconds.
+    In open set a mask's masked gallery is embedded once per race, not once per round: every
+    round of a mask goes to the same actor (:func:`owners`), which keeps the centroids until
+    the race releases the mask. ``max_rounds`` stops the race early (the capacity
     measurement samples a few rounds of a huge library); the last record's ``open`` then
     says how many masks were left.
     """
@@ -91,9 +104,11 @@ def evaluate_adaptive(
     check_gpus(settings)
     scorer = ray.remote(CrossProductScorer).options(num_cpus=settings.cpus_per_actor,
                                                      num_gpus=settings.gpus_per_actor)
-    constructor = scorer_kwargs(test.subset(reveal), resolved, ("selection",), settings, "masks")
+    constructor = scorer_kwargs(test.subset(reveal), resolved, ("selection",), settings, "masks",
+                                gallery_cache_mb=settings.gallery_cache_mb)
     actors = [scorer.remote(**constructor) for _ in range(max(1, min(settings.actors, len(masks))))]
     pool = ActorPool(actors)
+    owner = owners(ids, len(actors)) if gallery else {}
     full = len(masks) * population
     n_buckets = int(masks["bucket"].nunique())
     first = plan.first_for(len(masks), population, keep, n_buckets)
@@ -102,17 +117,33 @@ def evaluate_adaptive(
             f"(full mode: {full:,} masked images per model) with {', '.join(resolved)}; error probability "
             f"{plan.delta:g}, tolerance {plan.tolerance:g}; first round {len(masks):,} x {first:,} on "
             f"{len(actors)} actor(s)")
-    t_start, t_logged, spent = time.perf_counter(), 0.0, 0
+    t_start, t_logged, spent, embedded = time.perf_counter(), 0.0, 0, 0
 
     def measure(todo: pd.DataFrame) -> pd.DataFrame:
-        found = [pd.DataFrame(r) for r in pool.map_unordered(lambda a, t: a.score.remote(t),
-                                                               _range_tasks(todo, bits, len(actors)))]
-        return pd.concat(found, ignore_index=True)
+        nonlocal embedded
+        if owner:  # open set: each mask to the actor that holds its gallery centroids
+            mine = todo["mask_id"].map(owner).to_numpy()
+            refs = [actors[a].score.remote(t) for a in np.unique(mine)
+                    for t in _range_tasks(todo[mine == a], bits, 1)]
+            found = [pd.DataFrame(r) for r in ray.get(refs)]
+        else:
+            found = [pd.DataFrame(r) for r in pool.map_unordered(lambda a, t: a.score.remote(t),
+                                                                   _range_tasks(todo, bits, len(actors)))]
+        got = pd.concat(found, ignore_index=True)
+        embedded = int(got["gallery_passes"].sum())
+        return got.drop(columns=["gallery_passes"])
+
+    def release(done: list[str]) -> None:
+        """The race is through with these masks: their actors drop the galleries they keep for them."""
+        for a in sorted({owner[m] for m in done}):
+            actors[a].forget.remote([m for m in done if owner[m] == a])
 
     def on_round(record: dict[str, Any], state: pd.DataFrame) -> None:
         nonlocal t_logged, spent
-        # The gallery is embedded once per measured mask (open set), by every model.
-        record["forward_passes"] = (record["images"] + record["masks"] * gallery) * len(resolved)
+        # Probes by every model, plus the gallery images the actors embedded this round (open set: each mask's
+        # masked gallery once per race, and each actor's clean galleries once).
+        record["gallery_passes"] = embedded
+        record["forward_passes"] = record["images"] * len(resolved) + embedded
         spent += record["images"]
         elapsed = time.perf_counter() - t_start
         # Every round that ends 10 s after the last line (so a long race reports as it goes), and the last.
@@ -124,7 +155,8 @@ def evaluate_adaptive(
                 f"{record['settled_buckets']} of {n_buckets} buckets settled")
 
     try:
-        state, rounds = run_race(masks, population, keep, plan, measure, on_round, max_rounds)
+        state, rounds = run_race(masks, population, keep, plan, measure, on_round, max_rounds,
+                                 release=release if owner else None)
     finally:
         for a in actors:
             ray.kill(a)

@@ -49,6 +49,7 @@ from maskcrypt.reporting.report import write_report
 from maskcrypt.runtime.cluster import require_ray
 from maskcrypt.selection.attacks import attacker_figures, attacks_table, chance_level, worst_attackers
 from maskcrypt.selection.ladder import ladder_table
+from maskcrypt.selection.race import full_mode_passes, versus_full
 from maskcrypt.selection.rules import (
     Decision,
     Empty,
@@ -116,6 +117,7 @@ def rank(d: Determination, buckets: list[int], pm_counts: pd.DataFrame | None) -
     n_masks = d.library.table(measured, columns=["mask_id"]).num_rows
     n_sel = d.test.probes("selection")
     mode = rank_mode_for(d.config, n_masks, n_sel, pm_counts is not None)
+    gallery = int(d.test.gallery.sum()) if d.test.scoring == "open" else 0
     resumed: set[str] = set()
     if pm_counts is None and mode == "adaptive":
         def race() -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -140,16 +142,20 @@ def rank(d: Determination, buckets: list[int], pm_counts: pd.DataFrame | None) -
             d.log(f"adaptive: reused the race of results/cache/ ({len(pm_counts)} masks; same models, test data, "
                   "masks, plan and attack_top)")
         spent_e = sum(r["forward_passes"] for r in rounds)
-        spent_o = int(extra.get("o_masks", 0)) * d.images_per_mask
-        full_cost = n_masks * d.images_per_mask * len(d.models)
+        gallery_e = sum(int(r.get("gallery_passes", 0)) for r in rounds)
+        # O on the attack list: its probes, and its clean gallery once per actor of that pool (open set).
+        o_masks = int(extra.get("o_masks", 0))
+        spent_o = full_mode_passes(o_masks, n_sel, gallery, 0, 1, d.settings.actors) if o_masks else 0
+        full_cost = full_mode_passes(n_masks, n_sel, gallery, 1, 1, d.settings.actors)
         d.result["adaptive"] = {"rounds": rounds, "forward_passes": spent_e + spent_o, "forward_passes_E": spent_e,
-                                "forward_passes_O": spent_o, "o_masks": int(extra.get("o_masks", 0)),
+                                "gallery_passes_E": gallery_e, "forward_passes_O": spent_o, "o_masks": o_masks,
                                 "full_forward_passes": full_cost, "delta": d.adaptive.delta,
                                 "tolerance": d.adaptive.tolerance, "keep": d.thresholds.attack_top,
                                 "reused": reused}
-        d.log(f"adaptive: {spent_e + spent_o:,} forward passes (E {spent_e:,} racing, O {spent_o:,} on the "
-              f"{extra.get('o_masks', 0)} masks of the attack list) against {full_cost:,} in full mode "
-              f"({full_cost / max(spent_e + spent_o, 1):.1f}x fewer); error probability {d.adaptive.delta:g}")
+        d.log(f"adaptive: {spent_e + spent_o:,} forward passes (E {spent_e:,} racing"
+              + (f", of which {gallery_e:,} embedded the masked galleries, once per mask" if gallery else "")
+              + f"; O {spent_o:,} on the {o_masks} masks of the attack list) against {full_cost:,} in full mode "
+              f"({versus_full(full_cost, spent_e + spent_o)}); error probability {d.adaptive.delta:g}")
     elif pm_counts is None:
         before = read_parts(d.parts)
         resumed = set(before["mask_id"]) if len(before) else set()
@@ -164,7 +170,7 @@ def rank(d: Determination, buckets: list[int], pm_counts: pd.DataFrame | None) -
     # Masks measured by this stage: none when Table 1's full mode measured them, nor resumed parts.
     fresh = 0 if d.config.table1_mode == "full" else len(set(pm["mask_id"]) - resumed)
     passes = d.result["adaptive"]["forward_passes"] if "adaptive" in d.result else (
-        fresh * d.images_per_mask * len(d.models))
+        full_mode_passes(fresh, n_sel, gallery, 1, 1, d.settings.actors) if fresh else 0)
     rate = passes / max(seconds, 1e-9)
     d.log(f"per-mask: {len(pm)} masks x {n_sel} images ({fresh} evaluated now) in {seconds:.1f}s "
           + (f"({rate:,.0f} masked images recognized/s over {len(d.models)} models); " if fresh else "")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -67,6 +68,56 @@ def fidelity_sums(filler: str, outputs: dict[str, Any]) -> dict[str, Any]:
             if k.startswith("fidelity:")}
 
 
+class CentroidCache:
+    """Each racing mask's masked-gallery centroids, kept between the race's rounds, least recently used out first.
+
+    In open set, E judges a probe against the gallery embedded under the same mask, so a
+    race that re-embedded the gallery every round it measures a mask would pay the gallery
+    many times over (160 images a mask on the embedded default, ~3,400 on LFW) to measure
+    16-100 probes. The cache makes it once per mask: the driver sends every round of a
+    mask to the same actor, and releases the mask (:meth:`drop`) when the race stops
+    measuring it. ``budget_bytes`` caps what one actor holds (LFW's 1,680 identities x 512
+    floats are 3.4 MB a mask): past it the least recently measured masks go, and come back
+    at the price of one more gallery if the race returns to them, which the counts report.
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget = int(budget_bytes)
+        self.entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.nbytes = 0
+        self.evicted = 0
+
+    @staticmethod
+    def _size(centroids: dict[str, Any]) -> int:
+        return sum(int(t.numel()) * t.element_size() for t in centroids.values())
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        found = self.entries.get(key)
+        if found is not None:
+            self.entries.move_to_end(key)
+        return found
+
+    def put(self, key: str, centroids: dict[str, Any]) -> None:
+        self.drop([key])
+        size = self._size(centroids)
+        while self.entries and self.nbytes + size > self.budget:
+            _, old = self.entries.popitem(last=False)
+            self.nbytes -= self._size(old)
+            self.evicted += 1
+        if size <= self.budget:
+            self.entries[key] = centroids
+            self.nbytes += size
+
+    def drop(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            old = self.entries.pop(key, None)
+            if old is not None:
+                self.nbytes -= self._size(old)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
 class CrossProductScorer:
     """Counts per input row and split, for one of three kinds of rows (``mode``).
 
@@ -86,7 +137,7 @@ class CrossProductScorer:
                  precision: str = "auto", images_per_chunk: int = 0, mode: str = "masks",
                  bucket_masks: Any = None, inpainter: str | None = None, per_image: bool = False,
                  timing: bool = False, gpus: float = 0.0, attackers: Sequence[str] = (),
-                 known: dict[str, str] | None = None, fidelity: bool = True):
+                 known: dict[str, str] | None = None, fidelity: bool = True, gallery_cache_mb: int = 1024):
         import ray
         import torch
 
@@ -129,10 +180,15 @@ class CrossProductScorer:
         self.timing = timing
         self.node = ray.get_runtime_context().get_node_id() if timing and ray.is_initialized() else ""
         self.clean_centroids: dict[str, Any] = {}
+        self.race_cache = CentroidCache(gallery_cache_mb << 20)
+        #: Gallery images embedded and not yet reported (the clean galleries' once-per-actor pass, here; the race's
+        #: masked galleries as they are embedded): the next result row carries them as ``gallery_passes``.
+        self.unreported_gallery = 0
         if self.open:
             clean = [n for n in self.names if clean_gallery(n)]
             for name, emb in self._outputs(self.gallery, None, clean).items():
                 self.clean_centroids[name] = self.predictor.centroids(emb, self.y[self.gallery], self.n_classes)
+            self.unreported_gallery = n_gallery * len(clean)
 
     # -- building blocks -------------------------------------------------------------------------------
     def _outputs(self, rows: slice, masks_for: Callable[[int, int], Any] | None, names: Sequence[str],
@@ -191,14 +247,36 @@ class CrossProductScorer:
         sums = self._per_split({"psnr_sum_R": psnr_r.double(), "psnr_sum_mean_fill": psnr_mean.double()})
         return [row | {k: v for k, v in extra.items() if k.startswith("psnr_")} for row, extra in zip(found, sums)]
 
-    def _range_counts(self, mask: Any, start: int, stop: int) -> list[dict[str, Any]]:
-        """Counts for one mask on probes ``start:stop`` only (positions among the probes): the adaptive race."""
+    def _race_centroids(self, mask_id: str, masks_for: Callable[[int, int], Any]) -> dict[str, Any]:
+        """Open set: the gallery centroids a racing mask is judged against, its masked ones embedded once per race."""
+        if not self.open:
+            return {}
+        masked = self.race_cache.get(mask_id)
+        if masked is None:
+            names = [n for n in self.names if not clean_gallery(n)]
+            masked = {n: c for n, c in self._gallery_centroids(masks_for).items() if n in names}
+            self.race_cache.put(mask_id, masked)
+            self.unreported_gallery += (self.gallery.stop - self.gallery.start) * len(names)
+        return {**masked, **self.clean_centroids}
+
+    def forget(self, mask_ids: Sequence[str]) -> int:
+        """Drop masks the race will not measure again; returns how many masks the actor still holds."""
+        self.race_cache.drop(list(mask_ids))
+        return len(self.race_cache)
+
+    def _range_counts(self, mask: Any, start: int, stop: int, mask_id: str) -> list[dict[str, Any]]:
+        """Counts for one mask on probes ``start:stop`` only (positions among the probes): the adaptive race.
+
+        ``gallery_passes``: gallery images this call embedded (open set: the mask's first
+        call on this actor, and the actor's clean galleries on its very first call).
+        """
         def fixed(s: int, e: int) -> Any:
             return mask
 
-        cents = self._gallery_centroids(fixed)
+        cents = self._race_centroids(mask_id, fixed)
         rows = slice(self.probes.start + start, self.probes.start + stop)
-        row: dict[str, Any] = {"split": "selection", "n": stop - start}
+        row: dict[str, Any] = {"split": "selection", "n": stop - start, "gallery_passes": self.unreported_gallery}
+        self.unreported_gallery = 0
         for name, out in self._outputs(rows, fixed, self.names).items():
             correct, score = self._judge(name, out, cents, rows)
             row[f"correct_{name}"] = int(correct.sum())
@@ -287,7 +365,8 @@ class CrossProductScorer:
                 if self.mode == "masks":
                     key["bucket"] = int(batch["bucket"][i])
                     if "start" in batch:
-                        found = self._range_counts(masks[i], int(batch["start"][i]), int(batch["stop"][i]))
+                        found = self._range_counts(masks[i], int(batch["start"][i]), int(batch["stop"][i]),
+                                                   key["mask_id"])
                     else:
                         found = self._counts(lambda s, e, m=masks[i]: m)
                 else:

@@ -27,6 +27,7 @@ from maskcrypt.reporting.markdown import md_table
 from maskcrypt.reporting.pictures import plot_attackers, plot_table1, plot_table2, save_png, target_gallery
 from maskcrypt.reporting.privacy import ladder_section, linkage_section
 from maskcrypt.selection.attacks import DESCRIPTIONS, FIDELITY
+from maskcrypt.selection.race import versus_full
 from maskcrypt.verification.protocol import FARS, far_key, far_label
 
 
@@ -112,7 +113,9 @@ def _ranking(res: Path, result: dict[str, Any], th: dict[str, Any]) -> list[str]
             how = f"a race on {ad['confidence']:.0%} Wilson bounds per mask, top {ad['keep']} kept per bucket"
         out += ["", f"Ranked adaptively ({how}): {ad['forward_passes']:,} forward passes (E {passes_e:,}, "
                 f"O {passes_o:,}) against {ad['full_forward_passes']:,} in full mode "
-                f"({ad['full_forward_passes'] / max(ad['forward_passes'], 1):.1f}x fewer), {len(rounds)} rounds.", "",
+                f"({versus_full(ad['full_forward_passes'], ad['forward_passes'])}), {len(rounds)} rounds"
+                + (f"; E embedded each racing mask's masked gallery once ({ad['gallery_passes_E']:,} passes)"
+                   if ad.get("gallery_passes_E") else "") + ".", "",
                 md_table(["round", "masks", "masked images", "forward passes", "still open after", "seconds"],
                          [[r["round"], r["masks"], f"{r['images']:,}", f"{r['forward_passes']:,}", r["open"],
                            r["seconds"]] for r in rounds])]

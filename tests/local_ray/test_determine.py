@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -183,13 +184,26 @@ def test_missing_checkpoint_is_named(tiny_run, tmp_path):
 
 
 def test_open_set_determination_runs_every_stage(tiny_run):
-    """Open-set scoring through every stage; its per-mask figures equal a plain loop on the same images."""
+    """Open-set scoring through every stage; its per-mask figures equal a plain loop on the same images.
+
+    The ranking is the adaptive race on two actors, in steps of 3, 6 and 12 probes: several rounds, so a mask's
+    later rounds must find the masked-gallery centroids its first round left on its actor. The passes the actors
+    report are checked by hand: each measured mask's probes plus its gallery once.
+    """
     run, _ = tiny_run
     # Linkage on: the open-set path of it (the test set's own gallery) end to end.
-    result = determine(run, LOOSE, repeats=1, scoring="open", enroll=1,
-                       confirm_fraction=0.0, settings=FP32, redo=True, report=False, log=_quiet,
+    result = determine(run, LOOSE, repeats=1, scoring="open", enroll=1, rank_mode="adaptive",
+                       adaptive=AdaptivePlan(first=3, growth=2.0), confirm_fraction=0.0,
+                       settings=dataclasses.replace(FP32, actors=2), redo=True, report=False, log=_quiet,
                        attackers=AttackConfig(attackers="telea+O,ns+O", ladder="off"))
     assert result["scoring"] == "open" and result["splits"] == {"selection": 12}  # 6 identities x (3 - 1)
+    race, gallery = result["adaptive"], 6  # one enrolled photo of each of the 6 identities
+    pm = pd.read_parquet(run / "results" / "per_mask.parquet")
+    assert len(race["rounds"]) >= 3 and result["rank_mode"] == "adaptive"
+    assert race["forward_passes_E"] == int(pm["n"].sum()) + gallery * len(pm)  # every measured mask's gallery once
+    assert race["gallery_passes_E"] == gallery * len(pm)
+    assert race["forward_passes_O"] == race["o_masks"] * 12 + gallery * 2  # O's clean gallery: once per actor
+    assert race["full_forward_passes"] == len(pm) * (2 * 12 + gallery) + gallery * 2
     t2 = pd.read_parquet(run / "results" / "table2.parquet")
     assert (t2["n"] == 12).all() and t2["O_inpainted"].between(0, 1).all()
     # The same test set as the stage built (same spec, enroll, seed), and E and O from the run's checkpoints.
@@ -200,7 +214,13 @@ def test_open_set_determination_runs_every_stage(tiny_run):
     ts = prepare_test(raw.images, raw.labels, raw.class_names, meta["class_names"], scoring="open",
                       confirm_fraction=0.0, enroll=1, seed=0, trained_classes=meta.get("trained_classes"))
     lib = MaskLibrary.open(str(run / "masks"))
-    pm = pd.read_parquet(run / "results" / "per_mask.parquet").set_index("mask_id")
+    # Every mask the race measured on all 12 probes has full mode's count (a plain loop over the same images).
+    complete = pm[pm["n"] == 12]
+    assert len(complete) >= len(t2)
+    for row in complete.itertuples():
+        want = open_set_reference(models, ts, lib.get([row.mask_id]).masks[0])
+        assert round(row.third * 12) == want["E"]["selection"], row.mask_id
+    pm = pm.set_index("mask_id")
     checked = 0
     for row in t2.itertuples():
         want = open_set_reference(models, ts, lib.get([row.mask_id]).masks[0])

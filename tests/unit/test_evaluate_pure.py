@@ -1,4 +1,4 @@
-"""The Ray Data evaluator against a plain in-process loop, on the tiny trained run (fp32)."""
+"""The evaluator's pure parts: test-set preparation, sampled-mode shipping, the race's gallery cache and its cost."""
 
 from __future__ import annotations
 
@@ -57,3 +57,38 @@ def test_prepare_test_scoring_gallery_and_splits():
     with pytest.raises(MaskcryptError, match="at least two identities"):
         prepare_test(images[:8], labels[:8], names, ["x"])
 
+
+
+def test_the_race_keeps_each_masks_gallery_centroids_once_within_a_budget():
+    """The open-set race's per-actor cache: least recently used out first, dropped masks free their bytes."""
+    import torch
+
+    from maskcrypt.evaluation.scorer import CentroidCache
+
+    def cents(v: float) -> dict[str, torch.Tensor]:
+        return {"E": torch.full((4, 8), v)}  # 4 x 8 float32: 128 bytes a mask
+
+    cache = CentroidCache(budget_bytes=3 * 128)
+    for key in "abc":
+        cache.put(key, cents(float(ord(key))))
+    assert len(cache) == 3 and cache.nbytes == 3 * 128
+    assert cache.get("a") is not None  # "a" is now the most recently used: "b" goes first
+    cache.put("d", cents(1.0))
+    assert cache.get("b") is None and cache.evicted == 1 and {k for k in "acd" if cache.get(k)} == set("acd")
+    cache.drop(["c", "zz"])  # an unknown id is no error: the race releases masks an actor may have evicted
+    assert len(cache) == 2 and cache.nbytes == 2 * 128
+    cache.put("a", cents(2.0))  # replacing an entry counts its bytes once
+    assert cache.nbytes == 2 * 128 and float(cache.get("a")["E"][0, 0]) == 2.0
+    off = CentroidCache(budget_bytes=0)  # gallery_cache_mb 0: nothing kept, every round re-embeds
+    off.put("a", cents(1.0))
+    assert len(off) == 0 and off.nbytes == 0
+
+
+def test_full_modes_passes_count_a_masked_gallery_per_mask_and_a_clean_one_per_actor():
+    from maskcrypt.selection.race import full_mode_passes, versus_full
+
+    # Closed set: every model on every probe of every mask.
+    assert full_mode_passes(600, 240, 0, 1, 1, actors=2) == 600 * 240 * 2
+    # Open set: E re-embeds the 160-image gallery under each mask, O embeds its clean one once in each actor.
+    assert full_mode_passes(600, 160, 160, 1, 1, actors=2) == 600 * (160 * 2 + 160) + 160 * 2
+    assert versus_full(1000, 400) == "2.5x fewer" and versus_full(1000, 1800) == "1.8x more"

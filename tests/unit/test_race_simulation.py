@@ -10,6 +10,7 @@ within the tolerance of full mode's k-th, except with probability at most ``delt
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from maskcrypt.config import AdaptivePlan
@@ -81,3 +82,34 @@ def test_the_plan_divides_delta_over_every_mask_and_step_and_maps_the_old_confid
     # A selection split smaller than the smallest first round: every mask sees all of it at once.
     assert AdaptivePlan().first_for(60000, 10, 5, 6) == 10 and AdaptivePlan(first=50).first_for(60, 10, 5, 6) == 10
     assert list(AdaptivePlan().steps(10, 10)) == [10]
+
+
+def test_the_race_releases_each_mask_once_and_never_measures_it_again():
+    """``release`` (the open-set actors drop a mask's gallery centroids on it) comes after a mask's last round."""
+    from maskcrypt.selection.race import run_race
+
+    correct, buckets = _matrix(3)
+    cum = np.concatenate([np.zeros((len(correct), 1), np.int64), np.cumsum(correct, axis=1)], axis=1)
+    masks = pd.DataFrame({"mask_id": [f"m{i:03d}" for i in range(len(correct))], "bucket": buckets})
+    released: dict[str, int] = {}
+    measured: dict[str, list[int]] = {}
+    rounds_seen = [0]
+
+    def measure(todo: pd.DataFrame) -> pd.DataFrame:
+        rounds_seen[0] += 1
+        i = todo["mask_id"].str[1:].astype(int).to_numpy()
+        for m in todo["mask_id"]:
+            measured.setdefault(m, []).append(rounds_seen[0])
+        start, stop = todo["start"].to_numpy(), todo["stop"].to_numpy()
+        return pd.DataFrame({"mask_id": todo["mask_id"].to_numpy(), "n": stop - start,
+                             "correct_E": cum[i, stop] - cum[i, start]})
+
+    def release(ids: list[str]) -> None:
+        for m in ids:
+            assert m not in released, m
+            released[m] = rounds_seen[0]
+
+    _, rounds = run_race(masks, correct.shape[1], KEEP, AdaptivePlan(first=16), measure, release=release)
+    assert len(rounds) > 2 and set(released) == set(masks["mask_id"])  # a finished race releases every mask
+    assert all(max(measured[m]) <= r for m, r in released.items())
+    assert any(r < len(rounds) for r in released.values())  # some are released early, not all at the end
