@@ -1,6 +1,7 @@
 """Capacity measurement for large mask libraries: the figures a user needs to size a cluster.
 
     python jobs/capacity.py --quick                         # 2,000 masks at 32 px, a few minutes here
+    python jobs/capacity.py --run runs/default --stages race  # the run's library, E and test split, as it races
     ray job submit --working-dir . -- python jobs/capacity.py --count 100000 --size 112 \\
         --arch iresnet50 --eval-gpus 1 --eval-actors 8 --out /mnt/maskcrypt/capacity
 

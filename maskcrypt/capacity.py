@@ -1,16 +1,19 @@
 """Capacity: the figures a user needs to size a cluster for a large mask library, measured.
 
-:func:`measure` generates N masks (or copies a library), then, with a recognizer of the
-configured architecture (untrained unless ``model`` names a checkpoint: speed does not
-depend on the weights, the adaptive race's pruning does) and synthetic test faces at the
-same size, runs the configured ``stages``: reading the whole library back (decode and
-unpack in one process), Table 1 in sampled mode, and the adaptive per-mask ranking over
-every bucket. It reports masks/s generated and read, library bytes per mask, forward
-passes and wall time per stage, peak driver, actor and object-store memory, masked
-images/s per evaluation device, and the projected time of full (and, when the race ran,
-adaptive) ranking on G devices for a test set of ``project_images`` (default 13,233: LFW).
-Leaving the race out lets a CPU machine measure the cheap stages of a library whose race
-needs GPUs; the projection then rests on Table 1's rate, which runs on the same actors.
+:func:`measure` generates N masks (or copies a library), then, with a recognizer E and test
+faces at E's size, runs the configured ``stages``: reading the whole library back (decode
+and unpack in one process), Table 1 in sampled mode, and the adaptive per-mask ranking over
+every bucket. E and the faces come from one of three places: a trained run (``run``: its E,
+its test split scored as its determination scores it, its ``attack_top``, and by default its
+own library), a checkpoint with the user's test data (``model`` and ``determine``, scored as
+``maskcrypt determine`` would with the same flags), or, by default, synthetic held-out faces
+(E untrained unless ``model`` names a checkpoint: speed does not depend on the weights, the
+adaptive race's pruning does). It reports masks/s generated and read, library bytes per
+mask, forward passes and wall time per stage, peak driver, actor and object-store memory,
+masked images/s per evaluation device, and the projected time of full (and, when the race
+ran, adaptive) ranking on G devices for a test set of ``project_images`` (default 13,233:
+LFW). Leaving the race out lets a CPU machine measure the cheap stages of a library whose
+race needs GPUs; the projection then rests on Table 1's rate, which runs on the same actors.
 
 :func:`forward_rate` is the bare-forward baseline every throughput figure is compared
 with (the same :class:`~maskcrypt.models.predictor.Predictor`, no overlay, pre-built
@@ -26,15 +29,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maskcrypt.config import AdaptivePlan, EvalSettings, ModelSettings
+from maskcrypt.config import AdaptivePlan, DetermineConfig, EvalSettings, ModelSettings
+from maskcrypt.config.thresholds import Thresholds
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.fileio import write_parquet
 from maskcrypt.core.precision import use_bf16
+from maskcrypt.core.rundir import Run
 from maskcrypt.data import load
 from maskcrypt.data.synthetic import DEFAULT_IDENTITIES, held_out_spec
+from maskcrypt.determine.inputs import load_test, recorded_determination
 from maskcrypt.determine.race import evaluate_adaptive
 from maskcrypt.evaluation.crossproduct import evaluate_sampled
 from maskcrypt.evaluation.scorer import choose_device
-from maskcrypt.evaluation.testset import pixels, prepare_test
+from maskcrypt.evaluation.testset import TestSet, pixels, prepare_test
 from maskcrypt.masks import MaskLibrary, overlay
 from maskcrypt.masks.generate import generate_into
 from maskcrypt.models import Recognizer
@@ -43,6 +50,7 @@ from maskcrypt.models.predictor import Predictor
 from maskcrypt.models.recognizer import RecognizerConfig
 from maskcrypt.runtime.cluster import require_ray, wait_for_free_cpu
 from maskcrypt.runtime.monitor import PeakRSS
+from maskcrypt.selection.race import full_mode_passes, versus_full
 
 
 def forward_rate(predictor: Any, images: Any, masks: Any = None, seconds: float = 3.0,
@@ -64,6 +72,10 @@ def forward_rate(predictor: Any, images: Any, masks: Any = None, seconds: float 
 
 #: What :func:`measure` can run after building the library, in this order.
 STAGES = ("read", "table1", "race")
+#: What is measured when neither a run, a model nor a library says otherwise.
+DEFAULT_COUNT, DEFAULT_SIZE, DEFAULT_KEEP = 100_000, 112, 5
+#: The race's per-mask counts in the output folder, beside capacity.json.
+RACE_COUNTS = "race_counts.parquet"
 
 
 def _default_width() -> int:
@@ -72,17 +84,19 @@ def _default_width() -> int:
 
 @dataclass(frozen=True)
 class CapacityConfig:
-    """What the capacity measurement generates and runs (defaults: 100k masks at 112 px)."""
+    """What the capacity measurement builds, scores it on and runs (defaults: 100k masks at 112 px, synthetic faces)."""
 
-    count: int = 100_000
-    size: int = 112
+    count: int = 0  # masks to generate; 0 = DEFAULT_COUNT, or with ``run`` and no ``masks`` the run's own library
+    size: int = 0  # image and mask size; 0 = E's (``run`` or ``model``), else the copied library's, else DEFAULT_SIZE
     masks: str = ""  # an existing library to copy in instead of generating
     arch: str = "compact"
     width: int = dataclasses.field(default_factory=_default_width)  # the pipeline's recognizer width
     model: str = ""  # a trained recognizer checkpoint (folder) instead of untrained weights
-    images: int = 400
+    run: str = ""  # a trained run: its E, its test split scored as its determination does, its attack_top
+    determine: DetermineConfig | None = None  # with ``model``: the test data and its scoring, as determine's flags
+    images: int = 400  # synthetic test faces; with a real test set, the images of the bare-forward baseline
     repeats: int = 5
-    keep: int = 5
+    keep: int = 0  # masks the race keeps per bucket; 0 = the run's attack_top with ``run``, else DEFAULT_KEEP
     max_rounds: int = 0  # 0 = race to the end; else stop after this many rounds and project the rest
     first: int = AdaptivePlan.first  # the race's first step: test images every mask sees in round 1 (0 = auto)
     stages: tuple[str, ...] = STAGES
@@ -90,8 +104,9 @@ class CapacityConfig:
     project_devices: tuple[int, ...] = (1, 8, 64)
 
     def __post_init__(self) -> None:
-        if self.count < 1 or self.images < 2 or self.repeats < 1 or self.keep < 1 or self.max_rounds < 0:
-            raise MaskcryptError("capacity: count >= 1, images >= 2, repeats >= 1, keep >= 1, max_rounds >= 0")
+        if min(self.count, self.size, self.keep, self.max_rounds) < 0 or self.images < 2 or self.repeats < 1:
+            raise MaskcryptError("capacity: count >= 0, size >= 0, images >= 2, repeats >= 1, keep >= 0, "
+                                 "max_rounds >= 0")
         if self.first < 0:
             raise MaskcryptError(f"--first: expected images >= 0 for the race's first round (0 = auto), got "
                                  f"{self.first}")
@@ -101,37 +116,110 @@ class CapacityConfig:
                                  f"{','.join(self.stages) or 'none'}")
         if not self.project_devices or min(self.project_devices) < 1:
             raise MaskcryptError(f"--project-devices: expected device counts >= 1, got {self.project_devices}")
+        test_flags = "--test-data, --scoring, --enroll, --confirm-fraction"
+        if self.run and self.model:
+            raise MaskcryptError("--model: with --run, E is the run's (RUN/models/encrypted); give --run or --model")
+        if self.run and self.determine is not None:
+            raise MaskcryptError(f"{test_flags}: with --run, the test set and its scoring are those of the run's "
+                                 "determination; give them with --model instead")
+        if self.determine is not None and not self.determine.test_data:
+            raise MaskcryptError("--scoring, --enroll, --confirm-fraction: expected --test-data with them (the "
+                                 "synthetic faces are E's own classes, scored closed set)")
+        if self.determine is not None and not self.model:
+            raise MaskcryptError("--test-data: expected --model too, the trained E that scores it (or --run, a "
+                                 "run's E and test split)")
 
 
-def _model(root: Path, cfg: CapacityConfig, classes: list[str]) -> Path:
-    """A checkpoint folder of the configured architecture (untrained), or the given one."""
-    if cfg.model:
-        return Path(cfg.model).resolve()
+@dataclass(frozen=True)
+class Inputs:
+    """What a measurement runs on, resolved from its config and checked before any library or Ray work."""
+
+    size: int
+    count: int  # masks to generate (0 when ``source`` is copied)
+    source: Any  # the MaskLibrary copied in, or None
+    model: Path | None  # E's folder; None = untrained weights of the configured architecture
+    meta: dict[str, Any]  # E's checkpoint metadata ({} untrained)
+    test: DetermineConfig | None  # how the test data is split and scored; None = synthetic held-out faces
+    spec: str  # the test data ("" for synthetic faces)
+    keep: int
+
+
+def resolve(cfg: CapacityConfig, log: Callable[[str], None] = print) -> Inputs:
+    """E, the test data and its scoring, the race's keep, the library and the size, from ``cfg`` (and its run).
+
+    With ``cfg.run`` everything is the run's determination's, read from ``run.json``, so the
+    race measures what the determination's race measures; a run not determined yet is
+    scored as ``maskcrypt determine`` would score it by default (said in the log). Reads
+    only small files: a wrong run, E, size or library fails here, before the library is
+    built or Ray starts.
+    """
+    model = Path(cfg.model).resolve() if cfg.model else None
+    test, keep, library = cfg.determine, cfg.keep or DEFAULT_KEEP, cfg.masks
+    spec = test.test_data if test else ""
+    if cfg.run:
+        run = Run.open(cfg.run)
+        if not run.root.is_dir():
+            raise MaskcryptError(f"--run {run.root}: no such directory (expected a run trained by maskcrypt train)")
+        model = run.paths.models / "encrypted"
+        recorded = recorded_determination(run)
+        if recorded is None:
+            log(f"run {run.root}: not determined yet: its test split is scored as a determination with the default "
+                f"settings would score it, and the race keeps {cfg.keep or Thresholds().attack_top} per bucket")
+        test, thresholds = recorded or (DetermineConfig(), Thresholds())
+        spec, keep = test.test_data or run.data, cfg.keep or thresholds.attack_top
+        library = library or ("" if cfg.count else str(run.paths.masks))
+    meta: dict[str, Any] = {}
+    if model is not None:
+        try:
+            meta = find_checkpoint(model, kind="recognizer")[1]
+        except MaskcryptError as exc:
+            raise MaskcryptError(f"--run {cfg.run}: expected a trained E ({exc})" if cfg.run
+                                 else f"--model: {exc}") from None
+    try:
+        source = MaskLibrary.open(library) if library else None
+    except MaskcryptError as exc:
+        raise MaskcryptError(f"--masks: {exc}") from None
+    size = cfg.size or (int(meta["image_size"]) if meta else source.height if source is not None else DEFAULT_SIZE)
+    if meta and int(meta["image_size"]) != size:
+        raise MaskcryptError(f"--size {size}: E ({model}) takes {meta['image_size']} px images (leave --size out "
+                             "to use E's)")
+    if source is not None and (source.height, source.width) != (size, size):
+        raise MaskcryptError(f"--masks {library}: holds {source.height}x{source.width} masks, expected {size}x{size} "
+                             "(the test images' size)")
+    return Inputs(size, 0 if source is not None else cfg.count or DEFAULT_COUNT, source, model, meta, test, spec, keep)
+
+
+def _untrained(root: Path, cfg: CapacityConfig, size: int, classes: list[str]) -> Path:
+    """A checkpoint folder of the configured architecture with untrained weights."""
     import torch
 
     torch.manual_seed(0)
-    rc = RecognizerConfig(arch=cfg.arch, width=cfg.width, num_classes=len(classes), image_size=cfg.size)
+    rc = RecognizerConfig(arch=cfg.arch, width=cfg.width, num_classes=len(classes), image_size=size)
     meta = {"kind": "recognizer", "role": "capacity", "model_config": dataclasses.asdict(rc),
-            "class_names": classes, "image_size": cfg.size, "channels": 3, "epoch": 0}
+            "class_names": classes, "image_size": size, "channels": 3, "epoch": 0}
     save_checkpoint(root / "model" / "checkpoint_epoch_0000", Recognizer(rc).eval(), meta)
     return root / "model"
 
 
-def _library(out: Path, cfg: CapacityConfig, log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
-    lib = MaskLibrary.open_or_create(str(out / "masks"), cfg.size, cfg.size)
+def _library(out: Path, inputs: Inputs, log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+    """The measured library under ``out/masks``: the source copied (its bucket edges kept), or generated."""
+    source = inputs.source
+    lib = MaskLibrary.open_or_create(str(out / "masks"), inputs.size, inputs.size,
+                                     **({"edges": source.edges} if source is not None else {}))
     t0 = time.perf_counter()
-    if cfg.masks:
-        source = MaskLibrary.open(cfg.masks)
-        lib.append((b.masks, b.mask_ids, b.sources or [cfg.masks] * len(b)) for b in source.iter_batches())
+    if source is not None:
+        lib.append((b.masks, b.mask_ids, b.sources or [source.uri] * len(b)) for b in source.iter_batches())
     else:
-        generate_into(lib, cfg.count, seed=0)
-    seconds = round(time.perf_counter() - t0, 1)
+        generate_into(lib, inputs.count, seed=0)
+    seconds = time.perf_counter() - t0
     disk = sum(p.stat().st_size for p in (out / "masks").rglob("*.parquet"))
-    report = {"library_seconds": seconds, "masks": len(lib),
-              "masks_per_s_generated": round(len(lib) / max(seconds, 1e-9), 1),
+    report = {"library": source.uri if source is not None else "generated", "library_seconds": round(seconds, 1),
+              "masks": len(lib), "masks_per_s_generated": round(len(lib) / max(seconds, 1e-9), 1),
               "library_bytes_per_mask": round(disk / max(len(lib), 1), 1)}
-    log(f"library: {len(lib):,} masks at {cfg.size} px in {seconds} s ({report['masks_per_s_generated']:,.0f} "
-        f"masks/s), {report['library_bytes_per_mask']} bytes/mask on disk")
+    log(f"library: {len(lib):,} masks at {inputs.size} px "
+        + (f"copied from {source.uri} " if source is not None else "")
+        + f"in {seconds:.1f} s ({report['masks_per_s_generated']:,.0f} masks/s), {report['library_bytes_per_mask']} "
+        "bytes/mask on disk")
     return lib, report
 
 
@@ -154,13 +242,16 @@ def measure(out: Path, cfg: CapacityConfig = CapacityConfig(), settings: EvalSet
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Build the library, run ``cfg.stages``, project; returns what ``capacity.json`` holds.
 
-    Table 1 and the race need a running Ray; the library and its read-back do not.
+    Table 1 and the race need a running Ray; the library and its read-back do not. The
+    test set is loaded before the library is built, so that bad test data fails first.
     """
+    inputs = resolve(cfg, log)
     evaluates = [s for s in cfg.stages if s != "read"]
     if evaluates:
 
         require_ray("capacity")
-    report: dict[str, Any] = {"count": cfg.count, "size": cfg.size, "arch": cfg.arch, "width": cfg.width,
+    report: dict[str, Any] = {"count": inputs.count, "size": inputs.size, "arch": cfg.arch, "width": cfg.width,
+                              "model": None if inputs.model is None else str(inputs.model), "run": cfg.run or None,
                               "images": cfg.images, "stages": list(cfg.stages)}
     if evaluates:
 
@@ -168,13 +259,16 @@ def measure(out: Path, cfg: CapacityConfig = CapacityConfig(), settings: EvalSet
         report["precision"] = (settings.precision if settings.gpus_per_actor > 0
                                else "bf16" if use_bf16(settings.precision, "cpu") else "fp32")
     with PeakRSS(object_store=bool(evaluates)) as peak:
-        lib, lib_report = _library(out, cfg, log)
+        if evaluates:
+            ts, model, test_report = _test_set(out, cfg, inputs, log)
+            report |= test_report
+        lib, lib_report = _library(out, inputs, log)
         report |= lib_report
         if "read" in cfg.stages:
             report |= _read_back(lib, log)
         rate = None
         if evaluates:
-            report |= _evaluate(out, cfg, settings, lib, log)
+            report |= _evaluate(out, cfg, settings, inputs.keep, lib, ts, model, log)
             rate = report["masked_images_per_s_per_device"]
     report |= {"peak_driver_mb": round(peak.driver_mb),
                "peak_actor_mb": round(peak.actor_mb) if evaluates else None,
@@ -191,9 +285,9 @@ def measure(out: Path, cfg: CapacityConfig = CapacityConfig(), settings: EvalSet
                 "not reported by Ray" if peak.object_store_mb is None else f"{peak.object_store_mb:.1f} MB"))
     else:
         log(f"peak RSS driver {peak.driver_mb:.0f} MB")
-    if "race" in cfg.stages and not cfg.model:
+    if "race" in cfg.stages and inputs.model is None:
         log("note: untrained weights score every mask alike, so the adaptive search cannot drop any; pass "
-            "--model with a trained E for a realistic reduction")
+            "--run or --model with a trained E for a realistic reduction")
     if rate is None:
         return report
     # An unfinished race's reduction is that of its first rounds only: no adaptive projection rests on it.
@@ -222,7 +316,7 @@ def _bare_task(model: str, images: Any, mask: Any, precision: str, chunk: int, g
                                                                torch.from_numpy(mask))))
 
 
-def _bare_rate(model: Path, ts: Any, lib: Any, settings: EvalSettings) -> float:
+def _bare_rate(model: Path, ts: TestSet, images: int, lib: Any, settings: EvalSettings) -> float:
     """E's bare forward per device on pre-masked test faces: what the evaluator's rate is a ratio of.
 
     Measured as ``settings.actors`` concurrent Ray tasks with an actor's CPUs and GPUs, so the
@@ -234,50 +328,72 @@ def _bare_rate(model: Path, ts: Any, lib: Any, settings: EvalSettings) -> float:
     mask = next(lib.iter_batches(batch_size=1)).masks[0]
     task = ray.remote(_bare_task).options(num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor)
     wait_for_free_cpu()
-    rates = ray.get([task.remote(str(model), ts.images, mask, settings.precision, settings.images_per_chunk,
+    # The first ``images`` faces: enough for a steady rate, few enough that a large test set stays in the store.
+    rates = ray.get([task.remote(str(model), ts.images[:images], mask, settings.precision, settings.images_per_chunk,
                                  settings.gpus_per_actor) for _ in range(settings.actors)])
     return sum(rates) / len(rates)
 
 
-def _evaluate(out: Path, cfg: CapacityConfig, settings: EvalSettings, lib: Any,
-              log: Callable[[str], None]) -> dict[str, Any]:
-    """Table 1 (sampled) and/or the race on synthetic held-out faces, through the evaluator's actors."""
-    people = DEFAULT_IDENTITIES
-    if cfg.model:  # a trained E: its classes are the synthetic identities it was trained on
+def _test_set(out: Path, cfg: CapacityConfig, inputs: Inputs,
+              log: Callable[[str], None]) -> tuple[TestSet, Path, dict[str, Any]]:
+    """The test set, E's folder, and what capacity.json records of the test set.
 
-        people = len(find_checkpoint(cfg.model, kind="recognizer")[1]["class_names"])
+    A run's or the user's test data is loaded and split by the determination's own loader
+    (:func:`~maskcrypt.determine.inputs.load_test`), so the race probes the images the
+    determination's race probes and the record carries the same ``test_data``,
+    ``test_data_fingerprint`` and ``scoring``. Otherwise: synthetic held-out faces.
+    """
+    if inputs.test is not None and inputs.model is not None:
+        loaded = load_test(inputs.spec, inputs.meta, inputs.test, out / "cache" / "files.parquet", log)
+        return loaded.test, inputs.model, {k: v for k, v in loaded.key.items() if k != "size"}
+    # Faces no training set renders, of E's classes (--model: the synthetic identities it was trained on), so a
+    # trained E is measured on images it never saw.
+    people = len(inputs.meta["class_names"]) if inputs.meta else DEFAULT_IDENTITIES
     per_id = max(2, -(-cfg.images // people))
-    # Faces no training set renders: a trained E (--model) is measured on images it never saw.
-    test = load(f"{held_out_spec(people, per_id)},limit={cfg.images}", size=cfg.size)
+    spec = f"{held_out_spec(people, per_id)},limit={cfg.images}"
+    test = load(spec, size=inputs.size)
     ts = prepare_test(test.images, test.labels, test.class_names, test.class_names, confirm_fraction=0.0)
-    models = {"E": _model(out, cfg, test.class_names)}
+    model = inputs.model or _untrained(out, cfg, inputs.size, test.class_names)
+    return ts, model, {"test_data": spec, "test_data_fingerprint": None, "scoring": ts.scoring}
+
+
+def _evaluate(out: Path, cfg: CapacityConfig, settings: EvalSettings, keep: int, lib: Any, ts: TestSet, model: Path,
+              log: Callable[[str], None]) -> dict[str, Any]:
+    """Table 1 (sampled) and/or the race on ``ts``, through the evaluator's actors; the race's counts written."""
+    models = {"E": model}
+    probes, gallery = ts.probes("selection"), int(ts.gallery.sum()) if ts.scoring == "open" else 0
     buckets = sorted({int(b) for b in lib.column("bucket")} - {-1})
     report: dict[str, Any] = {}
     if "table1" in cfg.stages:
         t0 = time.perf_counter()
         evaluate_sampled(lib, ts, models, repeats=cfg.repeats, buckets=buckets, settings=settings)
         seconds = time.perf_counter() - t0
-        passes = (len(buckets) + 1) * cfg.repeats * len(ts)
+        # Every bucket's repetitions, and the clean row once (it does not depend on a draw).
+        passes = (len(buckets) * cfg.repeats + 1) * (probes + gallery)
         report["sampled"] = {"seconds": round(seconds, 1), "forward_passes": passes}
         report |= {"masked_images_per_s_per_device": round(passes / seconds / settings.actors, 1),
                    "rate_from": "Table 1"}
         log(f"Table 1 sampled: {passes:,} forward passes in {seconds:.1f} s")
     if "race" in cfg.stages:
         t0 = time.perf_counter()
-        _, rounds = evaluate_adaptive(lib, ts, models, buckets, keep=cfg.keep, settings=settings,
-                                      plan=AdaptivePlan(first=cfg.first), max_rounds=cfg.max_rounds or None)
+        counts, rounds = evaluate_adaptive(lib, ts, models, buckets, keep=keep, settings=settings,
+                                           plan=AdaptivePlan(first=cfg.first), max_rounds=cfg.max_rounds or None)
         seconds = time.perf_counter() - t0
+        # Per mask: n of the selection probes seen (all of them for the masks the race completed), E's counts.
+        write_parquet(counts[["mask_id", "bucket", "n", "correct_E", "score_E", "rounds"]], out / RACE_COUNTS)
         passes = sum(r["forward_passes"] for r in rounds)
-        full = len(lib) * len(ts)
+        full = full_mode_passes(len(lib), probes, gallery, masked_models=1, clean_models=0, actors=settings.actors)
         finished = rounds[-1]["open"] == 0
         report["adaptive"] = {"seconds": round(seconds, 1), "forward_passes": passes, "rounds": rounds,
                               "finished": finished, "full_forward_passes": full,
-                              "reduction": round(full / passes, 2)}
+                              "reduction": round(full / passes, 2), "keep": keep,
+                              "probes": ts.probes("selection"), "counts": RACE_COUNTS}
         # The race's rate is the one a user's ranking runs at: it supersedes Table 1's.
         report |= {"masked_images_per_s_per_device": round(passes / seconds / settings.actors, 1),
                    "rate_from": "the race"}
-        log(f"adaptive ranking: {passes:,} forward passes in {seconds:.1f} s over {len(rounds)} rounds"
+        log(f"adaptive ranking: {passes:,} forward passes in {seconds:.1f} s over {len(rounds)} rounds, {keep} kept "
+            "per bucket"
             + ("" if finished else f" (stopped at --max-rounds {cfg.max_rounds}, {rounds[-1]['open']} masks open)")
-            + f"; full mode would need {full:,} ({report['adaptive']['reduction']}x more)")
-    report["bare_forward_per_s"] = round(_bare_rate(models["E"], ts, lib, settings), 1)
+            + f"; full mode would need {full:,} (the race: {versus_full(full, passes)}); counts: {out / RACE_COUNTS}")
+    report["bare_forward_per_s"] = round(_bare_rate(model, ts, cfg.images, lib, settings), 1)
     return report

@@ -15,15 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from maskcrypt.config import AdaptivePlan, AttackConfig, DetermineConfig, EvalSettings, check_same_training
+from maskcrypt.config.runconfig import section
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.fileio import write_json, write_parquet
 from maskcrypt.core.rundir import Run, RunPaths
-from maskcrypt.data import labelled, source_split
+from maskcrypt.data import SourceSplit, labelled, source_split
 from maskcrypt.data.identity import describe_change
-from maskcrypt.evaluation.testset import TestSet, prepare_test
+from maskcrypt.evaluation.testset import TestSet, choose_scoring, prepare_test
 from maskcrypt.masks import MaskLibrary, bucket_label
 from maskcrypt.models.checkpoint import find_checkpoint, sha256_file
 from maskcrypt.selection.rules import Thresholds
@@ -76,12 +78,6 @@ class Determination:
     @property
     def parts(self) -> Path:
         return self.paths.results / "per_mask.parts"
-
-    @property
-    def images_per_mask(self) -> int:
-        """Forward passes per model and mask on the selection split (gallery included in open set)."""
-        gallery = int(self.test.gallery.sum()) if self.test.scoring == "open" else 0
-        return self.test.probes("selection") + gallery
 
     def write(self, df: pd.DataFrame, name: str) -> pd.DataFrame:
         write_parquet(df, self.paths.results / f"{name}.parquet")
@@ -144,6 +140,69 @@ def _check_parts_key(parts: Path, key: dict[str, Any], redo: bool,
         write_json(key_file, key)
 
 
+@dataclass(frozen=True)
+class LoadedTest:
+    """A determination's test set, loaded and split, with the entries of the parts key that identify it."""
+
+    test: TestSet
+    source: SourceSplit  # the split as indexed (names how its files changed since a recorded fingerprint)
+    images: int  # images that decoded (unreadable ones are left out)
+    key: dict[str, Any]  # test_data, its sha256 and fingerprint, size, scoring, confirm_fraction, enroll, seed
+
+    @property
+    def spec(self) -> str:
+        return str(self.key["test_data"])
+
+
+def load_test(spec: str, e_meta: dict[str, Any], config: DetermineConfig, file_digests: Path | None,
+              log: Callable[[str], None]) -> LoadedTest:
+    """Decode ``spec``'s test split at E's size into the object store and split it as ``config`` says.
+
+    The one place a test set is made the way a determination scores it (open or closed set,
+    gallery, selection/confirmation split, seed), so that whatever else measures E on it
+    (the capacity job) scores the same images the same way and records the same
+    fingerprint. A closed set E cannot score is refused before any image is decoded.
+    ``file_digests`` caches the files' content hashes (``None``: hash them all).
+    """
+    raw = source_split(spec, default_split="test", size=int(e_meta["image_size"]),
+                       channels=int(e_meta.get("channels", 3)))
+    trained = e_meta.get("trained_classes")
+    choose_scoring(sorted({str(raw.class_names[i]) for i in np.unique(raw.labels)}),
+                   e_meta["class_names"] if trained is None else trained, config.scoring)
+    # Decoded by Ray tasks into the object store: the driver holds references and labels only.
+    images, kept = raw.to_object_store()
+    if kept.size < len(raw):
+        log(f"test data {labelled(raw.spec)} {len(raw) - kept.size} unreadable image(s) left out")
+    test = prepare_test(images, raw.labels[kept], raw.class_names, e_meta["class_names"], scoring=config.scoring,
+                        confirm_fraction=config.confirm_fraction, enroll=config.enroll, seed=config.seed,
+                        trained_classes=trained)
+    log(f"test data {labelled(raw.spec)} {kept.size} images, {len(test.classes)} identities, {test.scoring}-set scoring"
+        + (f" (gallery {int(test.gallery.sum())} images, {config.enroll} per identity)" if test.scoring == "open"
+           else "")
+        + f"; selection {test.probes('selection')} / confirmation {test.probes('confirmation')} probe images"
+        + (f"; dropped identities with too few images: {test.dropped}" if test.dropped else ""))
+    fingerprint = raw.fingerprint(file_digests)
+    key = {"test_data": raw.spec.text, "test_data_sha256": hashlib.sha256(fingerprint.encode() + kept.tobytes()
+                                                                          ).hexdigest(),
+           "test_data_fingerprint": fingerprint, "size": int(e_meta["image_size"]), "scoring": test.scoring,
+           "confirm_fraction": config.confirm_fraction, "enroll": config.enroll, "seed": config.seed}
+    return LoadedTest(test, raw, int(kept.size), key)
+
+
+def recorded_determination(run: Run) -> tuple[DetermineConfig, Thresholds] | None:
+    """The settings of the run's last determination (``run.json``, ``stages.determine``); None before one.
+
+    What another measurement of the run (the capacity job) needs to score its test set as
+    the determination did and to race with its ``attack_top``.
+    """
+    recorded = run.recorded("stages").get("determine")
+    if not isinstance(recorded, dict):
+        return None
+    where = f"{run.paths.run_json}: stages.determine"
+    return (section(DetermineConfig, recorded.get("config", {}), f"{where}.config"),
+            section(Thresholds, recorded.get("thresholds", {}), f"{where}.thresholds"))
+
+
 def open_determination(run: str | os.PathLike[str] | Run, config: DetermineConfig, thresholds: Thresholds,
                        settings: EvalSettings, adaptive: AdaptivePlan, redo: bool,
                        log: Callable[[str], None]) -> Determination:
@@ -154,41 +213,21 @@ def open_determination(run: str | os.PathLike[str] | Run, config: DetermineConfi
     metas = {k: find_checkpoint(p, kind="recognizer")[1] for k, p in models.items()}
     check_same_training(metas["O"], metas["E"])
     _, r_meta = find_checkpoint(paths.models / "inpainter", kind="inpainter")
-    spec = config.test_data or run.data
-    e = metas["E"]
-    # Decoded by Ray tasks into the object store: the driver holds references and labels only.
-    raw = source_split(spec, default_split="test", size=int(e["image_size"]), channels=int(e.get("channels", 3)))
-    images, kept = raw.to_object_store()
-    if kept.size < len(raw):
-        log(f"test data {labelled(raw.spec)} {len(raw) - kept.size} unreadable image(s) left out")
-    labels = raw.labels[kept]
-    test = prepare_test(images, labels, raw.class_names, e["class_names"], scoring=config.scoring,
-                        confirm_fraction=config.confirm_fraction, enroll=config.enroll, seed=config.seed,
-                        trained_classes=e.get("trained_classes"))
-    log(f"test data {labelled(raw.spec)} {kept.size} images, {len(test.classes)} identities, {test.scoring}-set scoring"
-        + (f" (gallery {int(test.gallery.sum())} images, {config.enroll} per identity)" if test.scoring == "open"
-           else "")
-        + f"; selection {test.probes('selection')} / confirmation {test.probes('confirmation')} probe images"
-        + (f"; dropped identities with too few images: {test.dropped}" if test.dropped else ""))
+    loaded = load_test(config.test_data or run.data, metas["E"], config, paths.file_digests, log)
     lib = MaskLibrary.open(str(paths.masks))
-    fingerprint = raw.fingerprint(paths.file_digests)
-    digest = hashlib.sha256(fingerprint.encode() + kept.tobytes()).hexdigest()
-    key = {"test_data": raw.spec.text, "test_data_sha256": digest, "test_data_fingerprint": fingerprint,
-           "size": int(e["image_size"]),
-           "scoring": test.scoring, "confirm_fraction": config.confirm_fraction, "enroll": config.enroll,
-           "seed": config.seed, "precision": settings.precision, "library_sha256": _library_sha(lib),
+    key = {**loaded.key, "precision": settings.precision, "library_sha256": _library_sha(lib),
            "per_image": settings.per_image, "inpainter_sha256": r_meta.get("model_sha256"),
            **{f"model_{k}_sha256": m.get("model_sha256") for k, m in metas.items()}}
-    d = Determination(run, config, thresholds, settings, adaptive, test, raw.spec.text, int(kept.size), lib, models,
-                      paths.models / "inpainter", key, log, redo=redo)
+    d = Determination(run, config, thresholds, settings, adaptive, loaded.test, loaded.spec, loaded.images, lib,
+                      models, paths.models / "inpainter", key, log, redo=redo)
     if not d.present:
         raise MaskcryptError(f"mask library {lib.uri}: no mask in any bucket (empty library)")
     def explain(before: dict[str, Any]) -> str:
-        old = before.get("test_data_fingerprint")
-        if before.get("test_data") != raw.spec.text or old == fingerprint:
+        old, raw = before.get("test_data_fingerprint"), loaded.source
+        if before.get("test_data") != loaded.spec or old == loaded.key["test_data_fingerprint"]:
             return ""
-        return f"test data {raw.spec.text} changed: " + (describe_change(paths.manifests, old, raw) if old else
-                                                          "its files were not recorded one by one then")
+        return f"test data {loaded.spec} changed: " + (describe_change(paths.manifests, old, raw) if old else
+                                                        "its files were not recorded one by one then")
 
     _check_parts_key(d.parts, {k: v for k, v in key.items() if k != "inpainter_sha256"}, redo, explain)
     return d
