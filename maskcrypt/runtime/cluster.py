@@ -12,14 +12,15 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from maskcrypt.core.errors import MaskcryptError
 
-#: Set on autoscaling clusters whose GPU nodes start on demand: GPU requests are then not refused up front.
+#: "1" on clusters whose GPU nodes start on demand: GPU requests are then not refused up front. The shipped
+#: cluster.yaml and deploy/k8s/rayjob-select.yaml set it on the head, whose environment the job drivers inherit.
 AUTOSCALING_GPUS = "MASKCRYPT_AUTOSCALING_GPUS"
 
 
@@ -154,20 +155,56 @@ def require_ray(what: str) -> None:
 
 
 def check_gpus(flag: str, per_unit: float, units: int = 1) -> None:
-    """Refuse a GPU request the cluster cannot meet now and will not meet later.
+    """Refuse a GPU request the cluster cannot meet now and will not meet later (see :func:`judge_gpu_request`).
 
-    Ray would otherwise wait forever for workers or actors no node can host. On an
-    autoscaling cluster whose GPU nodes start on demand, set
-    ``MASKCRYPT_AUTOSCALING_GPUS=1`` to skip the check.
+    Ray would otherwise wait forever for workers or actors no node can host. Reads Ray
+    only for a GPU request: a CPU stage asks the GCS nothing.
     """
     import ray
 
-    if per_unit <= 0 or os.environ.get(AUTOSCALING_GPUS):
+    if per_unit <= 0:
         return
-    have = ray.cluster_resources().get("GPU", 0)
-    if have < per_unit:
-        raise MaskcryptError(f"{flag} {per_unit:g}: the Ray cluster has {have:g} GPU(s) and none will appear; use 0 "
-                             f"on CPU machines (on an autoscaling cluster that adds GPU nodes on demand set "
-                             f"{AUTOSCALING_GPUS}=1)")
-    if units * per_unit > have:
-        raise MaskcryptError(f"{flag} {per_unit:g} x {units} needs {units * per_unit:g} GPUs; the cluster has {have:g}")
+    judge_gpu_request(flag, per_unit, units, ray.cluster_resources(), autoscaled_gpu_limit(), os.environ)
+
+
+def autoscaled_gpu_limit() -> float | None:
+    """The most GPUs the autoscaler's node types can ever hold, or None where no autoscaler publishes them.
+
+    An autoscaler may report its node types (resources and max count of each group) to
+    the GCS; Ray Train's own check before it waits for a placement group reads them with
+    this same accessor. Ray 2.60's open-source autoscaler (``ray up`` and KubeRay alike)
+    does not report them, so on those clusters this is None and only
+    ``MASKCRYPT_AUTOSCALING_GPUS`` can say that GPU nodes will start.
+    """
+    from ray._private.state import state
+
+    try:
+        limits = state.get_max_resources_from_cluster_config()
+    except Exception:  # a private accessor, and no GCS connection on a Ray Client driver: unknown, not zero
+        return None
+    return None if limits is None else float(limits.get("GPU", 0))
+
+
+def judge_gpu_request(flag: str, per_unit: float, units: int, cluster: Mapping[str, float], most: float | None,
+                      environ: Mapping[str, str]) -> None:
+    """Refuse ``units`` x ``per_unit`` GPUs that no node has now and none can bring (pure: Ray read by the caller).
+
+    ``cluster`` is what ``ray.cluster_resources()`` says now; ``most`` is the GPUs the
+    autoscaler's node types can ever hold (None: no autoscaler publishes node types, so
+    what the cluster has now is all it will have). ``MASKCRYPT_AUTOSCALING_GPUS=1`` in
+    ``environ`` is the explicit override for clusters that add GPU nodes on demand without
+    telling Ray: the request is then left to Ray and the autoscaler.
+    """
+    if environ.get(AUTOSCALING_GPUS) == "1":
+        return
+    have = cluster.get("GPU", 0.0)
+    ceiling = have if most is None else max(have, most)
+    if per_unit > ceiling:
+        later = ("and no autoscaler tells Ray it can add any" if most is None
+                 else f"and its autoscaler's node types hold at most {most:g}")
+        raise MaskcryptError(f"{flag} {per_unit:g}: the Ray cluster has {have:g} GPU(s) {later}; use 0 on CPU "
+                             f"machines (on a cluster that adds GPU nodes on demand set {AUTOSCALING_GPUS}=1)")
+    if units * per_unit > ceiling:
+        bound = f"the cluster has {have:g}" + ("" if most is None else f" and can grow to {most:g}")
+        raise MaskcryptError(f"{flag} {per_unit:g} x {units} needs {units * per_unit:g} GPUs; {bound}: expected "
+                             f"at most {ceiling:g} in all")
