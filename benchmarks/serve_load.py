@@ -20,8 +20,9 @@ face as PNG to ``/v1/recognize`` (server-side masking with the best target):
 * **profile** (``--profile S``): py-spy samples Serve's proxy and the replica for S
   seconds under the batched load at concurrency 32 and prints where their time goes
   (the functions with the most samples, ours and Ray's);
-* **autoscaling** (1-2 replicas, ``target_ongoing_requests`` 4, short delays): the
-  replica count sampled every second under concurrency 32, then idle.
+* **autoscaling** (``--autoscale`` 1,2 replicas, ``--target-ongoing-requests`` 4, short
+  delays): deployed as ``maskcrypt serve --autoscale`` deploys; the replica count sampled
+  every second under concurrency 32, then idle.
 
 ``--throughput-optimized`` runs everything with Ray 2.60's throughput-optimized Serve
 (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: direct ingress to replicas, gRPC inside), for a
@@ -221,7 +222,14 @@ def main() -> int:
     p.add_argument("--throughput-optimized", action="store_true",
                    help="Ray Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1)")
     p.add_argument("--profile", type=float, default=0.0, metavar="S", help="py-spy the proxy and the replica for S s")
+    p.add_argument("--autoscale", default="1,2", metavar="MIN,MAX", help="replicas of the autoscaling measurement")
+    p.add_argument("--target-ongoing-requests", type=float, default=4.0, metavar="N",
+                   help="of the autoscaling measurement (default 4: concurrency 32 then asks for every replica)")
     args = p.parse_args()
+    from maskcrypt.serving.scaling import replica_options
+
+    # maskcrypt serve's flags to Serve's config, checked before anything is measured.
+    scaling = replica_options(None, args.autoscale, args.target_ongoing_requests)["autoscaling_config"]
     if args.throughput_optimized:
         import os
 
@@ -286,8 +294,8 @@ def main() -> int:
                         print(f"  {pct:5.1f}%  {frame}")
         serve.delete("load")
 
-    scaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4, "upscale_delay_s": 2,
-               "downscale_delay_s": 8, "metrics_interval_s": 1, "look_back_period_s": 2}
+    # Serve's delays shortened so that a run of seconds sees a scale-up and a scale-down.
+    scaling.update(upscale_delay_s=2, downscale_delay_s=8, metrics_interval_s=1, look_back_period_s=2)
     serve.run(build_app(config, max_batch_size=16, batch_wait_timeout_s=args.batch_wait, autoscaling_config=scaling),
               name="load", route_prefix="/")
     timeline: list[tuple[float, int]] = []
@@ -308,7 +316,7 @@ def main() -> int:
     sampler.join()
     serve.shutdown()
     ray.shutdown()
-    print("autoscaling under concurrency 32 for "
+    print(f"autoscaling {args.autoscale} under concurrency 32 for "
           f"{4 * seconds:.0f} s, then idle: {busy['req_per_s']:.1f} req/s, p99 {busy['p99_ms']:.1f} ms, errors "
           f"{busy['errors']}")
     print("replicas over time: " + " ".join(f"{t:.0f}s:{n}" for t, n in timeline))

@@ -11,6 +11,9 @@ from typing import Any
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a run on this machine's (or RAY_ADDRESS's) Ray until interrupted."""
+    from maskcrypt.serving.scaling import replica_options
+
+    scaling = replica_options(args.replicas, args.autoscale, args.target_ongoing_requests)  # refused before Ray
     from ray import serve
 
     from maskcrypt.serving.deployment import build_app
@@ -30,7 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     init_ray()  # before our handler: ray.init installs its own for SIGTERM
     # Checked before anything starts (the run's targets, the GPUs asked for): a refusal stops nothing.
-    app = build_app(config, max_batch_size=args.max_batch_size, num_replicas=args.replicas, num_gpus=args.gpus)
+    app = build_app(config, max_batch_size=args.max_batch_size, num_gpus=args.gpus, **scaling)
     signal.signal(signal.SIGTERM, _stop)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
@@ -54,7 +57,12 @@ def add_parser(sub: Any) -> None:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--allow-candidates", action="store_true", help="serve the best candidates when no target")
-    sv.add_argument("--replicas", type=int, default=1)
+    sv.add_argument("--replicas", type=int, default=None, help="a fixed number of replicas (default 1)")
+    sv.add_argument("--autoscale", metavar="MIN,MAX", default=None,
+                    help="let Serve scale between MIN and MAX replicas by load instead of --replicas (MIN 0: none "
+                         "when idle, the next request waits for one to start)")
+    sv.add_argument("--target-ongoing-requests", type=float, default=None, metavar="N",
+                    help="with --autoscale: requests in flight per replica that Serve scales to keep (default 8)")
     sv.add_argument("--max-batch-size", type=int, default=0, help="images per forward (default: 16 on CPU, 128 "
                     "with --gpus)")
     sv.add_argument("--gpus", type=float, default=0.0, help="GPUs per replica (a cluster without them is refused)")

@@ -37,6 +37,7 @@ from maskcrypt.serving.requests import (
     rank,
     read_images,
 )
+from maskcrypt.serving.scaling import replicas_at_start
 
 api = FastAPI(title="maskcrypt", description="Mask, then recognize.")
 
@@ -233,9 +234,12 @@ def build_app(config: ServiceConfig | dict[str, Any], max_batch_size: int | None
 
     ``num_gpus`` per replica (``maskcrypt serve --gpus``, or ``num_gpus`` in the Serve
     config's args): a cluster without GPUs is refused at once, instead of replicas that
-    wait forever for one. Precision and batch size follow the replica's device.
+    wait forever for one. Precision and batch size follow the replica's device. The check
+    covers the replicas that must start at once: the fixed count, or the autoscaler's
+    ``min_replicas`` (at least one: the first request starts one). Replicas the autoscaler
+    adds above that wait for a GPU to free or a node to join, as Serve intends.
     """
-    check_gpus("--gpus (per replica)", num_gpus)
+    check_gpus("--gpus (per replica)", num_gpus, replicas_at_start(num_replicas, autoscaling_config))
     cfg = ServiceConfig.from_dict(config) if isinstance(config, dict) else config
     changes: dict[str, Any] = {"run": str(Path(cfg.run).resolve())}
     if max_batch_size:

@@ -489,3 +489,85 @@ def test_gpu_replicas_are_refused_at_once_without_gpus_and_the_config_sets_them(
     app = build_app({"run": str(run)}, num_gpus=1)
     options = app._bound_deployment.ray_actor_options
     assert options["num_gpus"] == 1 and app._bound_deployment.user_config["max_batch_size"] == 128
+
+
+def _deployment_details(app: str) -> dict:
+    """``app``'s RecognitionService as Serve's controller reports it (what ``serve status`` and the dashboard show)."""
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client().get_serve_details()["applications"][app]["deployments"]["RecognitionService"]
+
+
+def test_autoscaled_open_set_service_answers_and_a_scaled_up_replica_sees_the_gallery(served, tmp_path):
+    """``maskcrypt serve --autoscale 1,2 --target-ongoing-requests 1 --scoring open`` over real HTTP.
+
+    Deployed through the CLI's replica_options, with Serve's delays shortened as the load
+    benchmark does. It answers, and Serve reports the range and target the flags asked for.
+    Load from 2 clients then makes Serve's autoscaler start a second replica *after* a first
+    enrollment (the load stops once Serve decided, leaving the CPUs to the start). Every
+    answer, from either replica, sees that identity and one enrolled after the scale-up,
+    wherever that enrollment landed (the replicas share ``RUN/gallery/`` and re-read it when
+    it changes). 24 requests from 8 threads reach both replicas.
+    """
+    import threading
+    import time
+
+    from ray import serve
+
+    from maskcrypt.serving.deployment import build_app
+    from maskcrypt.serving.scaling import replica_options
+
+    base, src, _ = served
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    config = ServiceConfig(run=str(run), api_key=KEY, precision="fp32", scoring="open")
+    url, name = f"{base}/auto", "maskcrypt-autoscale"
+    test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
+    wanted = replica_options(None, "1,2", 1.0)["autoscaling_config"]
+    # Scale up on the first second of load (Serve waits 30 s by default), down only after the test.
+    quick = {**wanted, "upscale_delay_s": 0, "metrics_interval_s": 0.5, "look_back_period_s": 1}
+
+    def running() -> int:
+        return serve.status().applications[name].deployments["RecognitionService"].replica_states.get("RUNNING", 0)
+
+    serve.run(build_app(config, max_batch_size=8, num_cpus=0.25, autoscaling_config=quick), name=name,
+              route_prefix="/auto")
+    stop = threading.Event()
+    try:
+        reported = _deployment_details(name)["deployment_config"]["autoscaling_config"]
+        assert {k: reported[k] for k in quick} == quick and running() == 1
+        status, health = _call(f"{url}/healthz", key=None)
+        assert status == 200 and health["scoring"] == "open" and health["identities"] == 0
+        status, got = _call(f"{url}/v1/enroll?identity=before-scale-up", _png(test.images[0]))
+        assert status == 200, got
+        status, got = _call(f"{url}/v1/recognize", _png(test.images[2]))
+        assert status == 200 and got["identity"] == "before-scale-up", got
+
+        def load_loop() -> None:
+            while not stop.is_set():
+                _call(f"{url}/v1/recognize", _png(test.images[3]))
+
+        clients = [threading.Thread(target=load_loop, daemon=True) for _ in range(2)]
+        for t in clients:
+            t.start()
+        deadline = time.monotonic() + 120
+        while _deployment_details(name)["target_num_replicas"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stop.set()
+        for t in clients:
+            t.join(timeout=60)
+        while running() < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        replicas = [r for r in _deployment_details(name)["replicas"] if r["state"] == "RUNNING"]
+        assert len({r["replica_id"] for r in replicas}) == 2, replicas
+        status, got = _call(f"{url}/v1/enroll?identity=after-scale-up", _png(test.images[1]))
+        assert status == 200, got
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: _call(f"{url}/v1/recognize?top_k=2", _png(test.images[i % len(test)])),
+                                    range(24)))
+        assert all(s == 200 for s, _ in answers), answers
+        assert {(a["gallery_size"], frozenset(t["identity"] for t in a["top_k"])) for _, a in answers} == {
+            (2, frozenset({"before-scale-up", "after-scale-up"}))}
+    finally:
+        stop.set()
+        serve.delete(name)
