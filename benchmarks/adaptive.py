@@ -12,7 +12,19 @@ and tolerance ``--tolerance``. Agreement, the race's promise: in every bucket, e
 the race ranks in the top k (k = 3 and keep) has a full-mode accuracy within the
 tolerance of full mode's k-th. Reported: forward passes and wall time of both, their
 ratios, agreement, where the race's passes went (first round, boundary masks,
-completing the winners) and the rounds. ``--full-cache`` keeps full mode's table, which
+completing the winners) and the rounds. Full mode keeps every face's answer
+(``hits_E``), so three figures come from the very answers the race saw:
+
+* **the oracle** (:func:`maskcrypt.selection.race.oracle_passes`): what a race that knew
+  each bucket's k-th accuracy would spend with exact bounds, the limit beside the
+  reduction (``RESULT race_oracle_reduction``);
+* **the replay**: the pure race (:func:`~maskcrypt.selection.race.simulate_race`) on full
+  mode's answers in the race's reveal order, which must spend what the Ray race spent;
+* **shared difficulty**: for pairs of masks of a bucket near its k-th, Var(X_i - X_j) /
+  (Var X_i + Var X_j) over faces (1: they fail independent faces; near 0: the same
+  faces), the figure that decides whether bounds on paired differences would pay.
+
+``--full-cache`` keeps full mode's table (answers included), which
 ``benchmarks/race_simulation.py --rates`` can replay without models.
 """
 
@@ -49,15 +61,20 @@ def main() -> int:
     p.add_argument("--test-data", default="", help="test images (default: the run's test split)")
     p.add_argument("--held-out", type=int, default=0, metavar="K",
                    help="test on K new faces per identity of the run's synthetic identities, disjoint from every "
-                   "training image by construction (e.g. 40: 2,000 faces); overrides --test-data")
+                   "training image by construction (the default run's 80 identities: 25 gives 2,000 faces, 125 "
+                   "gives 10,000); overrides --test-data")
+    p.add_argument("--bounds", default=AdaptivePlan.bounds, choices=("hypergeometric", "kl-serfling"),
+                   help="the race's bounds (AdaptivePlan.bounds)")
     p.add_argument("--actors", type=int, default=2)
     p.add_argument("--full-cache", default="", help="Parquet file keeping full mode's per-mask table between runs "
                    "with the same masks, test data and run (to compare adaptive settings); written when missing")
     args = p.parse_args()
     n_masks = args.masks or (600 if args.quick else 2000)
     plan = AdaptivePlan(first=args.first, delta=args.delta, confidence=args.confidence, tolerance=args.tolerance,
-                        growth=args.growth or AdaptivePlan.growth, share=args.share or AdaptivePlan.share)
+                        growth=args.growth or AdaptivePlan.growth, share=args.share or AdaptivePlan.share,
+                        bounds=args.bounds)
 
+    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
@@ -69,6 +86,7 @@ def main() -> int:
     from maskcrypt.evaluation.testset import prepare_test
     from maskcrypt.masks import MaskLibrary
     from maskcrypt.masks.generate import generate_into
+    from maskcrypt.selection.race import oracle_passes, simulate_race
     from maskcrypt.selection.rules import per_mask_table, rank_masks
 
     run = Path(args.run)
@@ -91,12 +109,13 @@ def main() -> int:
     models = {"E": run / "models" / "encrypted"}
     ray.init(num_cpus=args.actors, include_dashboard=False, log_to_driver=False)
     settings = EvalSettings(actors=args.actors, masks_per_block=32)
+    full_settings = EvalSettings(actors=args.actors, masks_per_block=32, per_image=True)  # every face's answer
     with tempfile.TemporaryDirectory() as tmp:
         lib = MaskLibrary.create(str(Path(tmp) / "masks"), prep["size"], prep["size"])
         generate_into(lib, n_masks, seed=7)
         buckets = sorted({int(b) for b in lib.column("bucket")} - {-1})
         key = json.dumps({"masks": n_masks, "test": args.test_data or prep["data"], "run": str(run.resolve()),
-                          "trained": (run / "models" / "encrypted").stat().st_mtime_ns})
+                          "trained": (run / "models" / "encrypted").stat().st_mtime_ns, "answers": "hits_E"})
         cache = Path(args.full_cache) if args.full_cache else None
         if cache is not None and cache.exists() and pq.read_metadata(cache).metadata.get(b"key") == key.encode():
             table = pq.read_table(cache)
@@ -104,7 +123,7 @@ def main() -> int:
             print(f"full mode read from {cache} (measured earlier in {t_full:.1f} s)")
         else:
             t0 = time.perf_counter()
-            full = per_mask_table(evaluate_masks(lib, ts, models, buckets=buckets, settings=settings)
+            full = per_mask_table(evaluate_masks(lib, ts, models, buckets=buckets, settings=full_settings)
                                   .assign(correct_O=0).drop(columns="split"))
             t_full = time.perf_counter() - t0
             if cache is not None:
@@ -145,7 +164,37 @@ def main() -> int:
     spread = full.groupby("bucket")["third"].agg(["min", "max", "mean"])
     print("E's per-mask accuracy per bucket (full mode):")
     print(spread.to_string(float_format=lambda v: f"{v:.3f}"))
+    # Every face's answer under every mask, in the order the race revealed the faces (AdaptivePlan.seed's order of
+    # the selection probes, which are every test image here).
+    reveal = np.random.default_rng([plan.seed, 0xADA]).permutation(len(ts))
+    answers = np.stack([np.unpackbits(np.frombuffer(h, np.uint8))[:len(ts)] for h in full["hits_E"]]).astype(bool)
+    answers = answers[:, reveal]
+    masks_b = full["bucket"].to_numpy()
+    oracle = oracle_passes(answers, masks_b, args.keep, plan)
+    _, replay_rounds = simulate_race(answers, masks_b, args.keep, plan)
+    replayed = sum(r["images"] for r in replay_rounds)
+    print(f"oracle (knows each bucket's {args.keep}-th, exact bounds at delta / 2M): {oracle:,} masked images, "
+          f"{passes_full / oracle:.2f}x fewer than full mode; the race reaches {oracle / passes_fast:.2f} of it")
+    print(f"replay of the pure race on full mode's answers: {replayed:,} masked images in {len(replay_rounds)} "
+          f"rounds (the Ray race: {passes_fast:,} in {len(rounds)})")
+    ratios = []
+    for b in buckets:
+        rows = np.flatnonzero(masks_b == b)
+        near = rows[np.argsort(-full["third"].to_numpy()[rows], kind="stable")[:2 * args.keep]]
+        x = answers[near].astype(np.float64)
+        var = x.var(axis=1)
+        for i in range(len(near)):
+            for j in range(i + 1, len(near)):
+                if var[i] + var[j] > 0:
+                    ratios.append(float((x[i] - x[j]).var() / (var[i] + var[j])))
+    pair_ratio = float(np.median(ratios)) if ratios else float("nan")
+    print(f"shared difficulty: Var(X_i - X_j) / (Var X_i + Var X_j) over faces for the {2 * args.keep} best masks "
+          f"of each bucket, {len(ratios)} pairs: median {pair_ratio:.2f}, quartiles "
+          f"{np.percentile(ratios, 25):.2f}-{np.percentile(ratios, 75):.2f} (1 = independent faces, 0 = the same)")
     print(f"RESULT adaptive_forward_pass_reduction {passes_full / passes_fast:.2f}")
+    print(f"RESULT race_oracle_reduction {passes_full / oracle:.2f}")
+    print(f"RESULT adaptive_replay_passes {replayed}")
+    print(f"RESULT adaptive_pair_variance_ratio {pair_ratio:.3f}")
     print(f"RESULT adaptive_wall_time_reduction {t_full / t_fast:.2f}")
     print(f"RESULT adaptive_topk_agreement {int(agree)}")
     print(f"RESULT adaptive_error_probability {plan.delta:g}")

@@ -26,6 +26,7 @@ REQUIRED = {
     "torchvision": "torchvision",
     "ray": "ray",
     "cv2": "opencv-python-headless",  # the default attackers telea+O and ns+O
+    "scipy": "scipy",  # the adaptive race's exact hypergeometric bounds
 }
 
 

@@ -130,6 +130,9 @@ RUN_FLAGS: list[tuple[tuple[str, ...], tuple[str, ...], dict[str, Any], str]] = 
      "adaptive: error probability of the whole race (its top k within the tolerance of full mode's otherwise)"),
     (("--adaptive-confidence",), ("adaptive.confidence",), {"type": float},
      "adaptive: the same as --adaptive-delta 1-C (the older spelling)"),
+    (("--adaptive-bounds",), ("adaptive.bounds",), {"choices": ("hypergeometric", "kl-serfling")},
+     "adaptive: how a mask's accuracy is bounded: exact hypergeometric bounds, or the looser KL and "
+     "Hoeffding-Serfling bounds the race used before"),
     (("--adaptive-first",), ("adaptive.first",), {"type": int},
      "adaptive: images every mask sees first (0: fewer the larger the library)"),
     (("--adaptive-share",), ("adaptive.share",), {"type": float},

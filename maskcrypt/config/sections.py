@@ -276,6 +276,10 @@ class EvalSettings:
         check_precision(self.precision)
 
 
+#: The race's bounds on a mask's accuracy (AdaptivePlan.bounds): exact hypergeometric, or KL + Hoeffding-Serfling.
+RACE_BOUNDS = ("hypergeometric", "kl-serfling")
+
+
 @dataclass(frozen=True)
 class AdaptivePlan:
     """The adaptive race's knobs: its error probability, first step of images, how steps grow, ties, sampling.
@@ -292,8 +296,11 @@ class AdaptivePlan:
     delta: float = 0.05  # error probability of the whole race
     seed: int = 0  # order in which selection images are revealed
     tolerance: float = 0.02  # ties: stop once the top ``keep`` is provably within this of every other mask
-    share: float = 0.1  # per round, the share of open challengers measured further (docs/benchmarks.md)
+    share: float = 0.02  # per round, the share of open challengers measured further (docs/benchmarks.md)
     confidence: float | None = None  # deprecated spelling of 1 - delta (--adaptive-confidence)
+    #: How each mask's accuracy is bounded: ``hypergeometric`` (exact, the default) or ``kl-serfling`` (the
+    #: looser closed-form bounds the race used first). A field of the plan, so it is part of the race's cache key.
+    bounds: str = "hypergeometric"
 
     def __post_init__(self) -> None:
         if self.confidence is not None:
@@ -310,6 +317,8 @@ class AdaptivePlan:
             raise MaskcryptError(f"--adaptive-delta: expected an error probability in (0, 0.5], got {self.delta}")
         if not 0.0 < self.share <= 1.0:
             raise MaskcryptError(f"adaptive share: expected a fraction in (0, 1], got {self.share}")
+        if self.bounds not in RACE_BOUNDS:
+            raise MaskcryptError(f"--adaptive-bounds: expected one of {', '.join(RACE_BOUNDS)}, got {self.bounds!r}")
 
     def first_for(self, masks: int, population: int, keep: int, buckets: int) -> int:
         """Images of the first round: ``first`` if set, else fewer the larger the library.

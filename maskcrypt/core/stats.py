@@ -121,3 +121,51 @@ def sampling_bounds(correct: Any, n: Any, population: int, error: float) -> tupl
     lo = np.where(m > 0, np.where(exact, p, np.clip(lo, 0.0, 1.0)), 0.0)
     hi = np.where(m > 0, np.where(exact, p, np.clip(hi, 0.0, 1.0)), 1.0)
     return lo, hi
+
+
+def hypergeometric_bounds(correct: Any, n: Any, population: int, error: float) -> tuple[np.ndarray, np.ndarray]:
+    """Exact bounds on the accuracy over all ``population`` images from ``correct`` of a uniform sample of ``n``.
+
+    The same question as :func:`sampling_bounds`, answered exactly: the ``n`` images are
+    drawn without replacement from ``population`` images of which an unknown ``K`` are
+    right, so ``correct`` is hypergeometric. The upper bound is the largest ``K`` whose
+    lower tail at ``correct`` still exceeds ``error / 2``, the lower bound the smallest
+    ``K`` whose upper tail does (each bound fails with probability at most ``error / 2``,
+    the interval with at most ``error``; Buonaccorsi 1987 for the construction). No
+    approximation: the finite population shrinks the bounds as ``n`` nears ``N``, the
+    variance near 0 and 1 keeps them tight where E's accuracies sit, and at ``n = N`` they
+    are the exact count. At ``n = 0``, [0, 1]. Vectorized: a bisection over ``K`` for all
+    pairs at once (the tails are monotone in ``K``); scipy computes the tails.
+    """
+    from scipy.stats import hypergeom
+
+    if not 0.0 < error < 1.0:
+        raise ValueError(f"error: expected a probability in (0, 1), got {error}")
+    k, m = np.broadcast_arrays(np.asarray(correct, dtype=np.int64), np.asarray(n, dtype=np.int64))
+    big = int(population)
+    if (m < 0).any() or (m > big).any() or (k < 0).any() or (k > m).any():
+        raise ValueError(f"hypergeometric bounds: expected 0 <= correct <= n <= {big}")
+    tail = error / 2.0
+    # K lies in [k, N - (n - k)]: the sample's right answers, plus every unseen image right at most.
+    least, most = k.copy(), big - (m - k)
+    # Upper: the largest K with P_K(X <= k) > tail (true at K = k, where X <= k always).
+    ok, bad = least.copy(), most + 1
+    for _ in range(int(np.ceil(np.log2(big + 2))) + 1):
+        probe = (ok + bad) // 2
+        active = bad - ok > 1
+        inside = hypergeom.cdf(k, big, np.minimum(probe, big), m) > tail
+        ok = np.where(active & inside, probe, ok)
+        bad = np.where(active & ~inside, probe, bad)
+    upper = ok
+    # Lower: the smallest K with P_K(X >= k) > tail (true at K = N - (n - k), where X >= k always).
+    ok, bad = most.copy(), least - 1
+    for _ in range(int(np.ceil(np.log2(big + 2))) + 1):
+        probe = (ok + bad + 1) // 2
+        active = ok - bad > 1
+        inside = hypergeom.sf(k - 1, big, np.maximum(probe, 0), m) > tail
+        ok = np.where(active & inside, probe, ok)
+        bad = np.where(active & ~inside, probe, bad)
+    lower = ok
+    lo = np.where(m > 0, lower / big, 0.0)
+    hi = np.where(m > 0, upper / big, 1.0)
+    return lo.astype(np.float64), hi.astype(np.float64)

@@ -49,7 +49,7 @@ from maskcrypt.reporting.report import write_report
 from maskcrypt.runtime.cluster import require_ray
 from maskcrypt.selection.attacks import attacker_figures, attacks_table, chance_level, worst_attackers
 from maskcrypt.selection.ladder import ladder_table
-from maskcrypt.selection.race import full_mode_passes, versus_full
+from maskcrypt.selection.race import RACE_RULE, full_mode_passes, versus_full
 from maskcrypt.selection.rules import (
     Decision,
     Empty,
@@ -135,7 +135,8 @@ def rank(d: Determination, buckets: list[int], pm_counts: pd.DataFrame | None) -
             return counts, {"rounds": rounds, "o_masks": len(complete)}
 
         pm_counts, extra, reused = d.cached("adaptive", {"plan": dataclasses.asdict(d.adaptive), "buckets": measured,
-                                                         "keep": d.thresholds.attack_top, "race_models": ["E"]}, race)
+                                                         "keep": d.thresholds.attack_top, "race_models": ["E"],
+                                                         "rule": RACE_RULE}, race)
         rounds = extra["rounds"]
         if reused:
             resumed = set(pm_counts["mask_id"])
