@@ -37,7 +37,7 @@ LAZY_IMPORTERS: tuple[str, ...] = ("cli",)
 #: else, the standard library included, is imported at module level.
 HEAVY_PACKAGES: frozenset[str] = frozenset({
     "torch", "torchvision", "ray", "pandas", "pyarrow", "matplotlib", "fastapi", "starlette", "cv2", "onnx",
-    "onnxruntime", "onnxscript", "PIL", "yaml", "numpy",
+    "onnxruntime", "onnxscript", "PIL", "yaml", "numpy", "scipy",
 })
 
 

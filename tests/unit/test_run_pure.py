@@ -94,7 +94,8 @@ def test_the_default_config_file_is_the_embedded_default():
     """configs/default.yaml (what docs cite for the embedded default's figures) reads back as RunConfig()."""
     root = Path(__file__).resolve().parents[2]
     assert RunConfig.from_yaml(root / "configs" / "default.yaml") == RunConfig()
-    for name in ("faces112.yaml", "faces112-gpu.yaml", "faces25k.yaml"):  # every measured config still loads
+    # every measured config still loads
+    for name in ("faces112.yaml", "faces112-gpu.yaml", "faces25k.yaml", "faces-openset.yaml"):
         RunConfig.from_yaml(root / "configs" / name)
 
 
