@@ -21,7 +21,7 @@ from maskcrypt.config import STAGES
 from maskcrypt.config.runconfig import RunConfig
 from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.rundir import Run
-from maskcrypt.data.spec import absolute_spec
+from maskcrypt.data.spec import absolute_spec, closed_held_out
 from maskcrypt.determine.stage import determine, format_table1, format_target
 from maskcrypt.masks import MaskLibrary, bucket_label
 from maskcrypt.prepare import prepare
@@ -105,7 +105,8 @@ def train_stage(config: RunConfig, run: Run, retrain: bool, log: Callable[[str],
         log(f"{role:>10}: {figure} after {meta['epoch']} epochs -> {paths.models / role}")
     out: dict[str, Any] = {"models": metas}
     if set(metas) == {"original", "encrypted", "inpainter"}:
-        quality = cached_training_quality(run, config.prepare.data, seed=config.train.seed,
+        # closed set: E's and O's accuracy on unseen images of the training identities (val under split_by=identity)
+        quality = cached_training_quality(run, closed_held_out(config.prepare.data), seed=config.train.seed,
                                           settings=config.evaluation, log=log)
         log(format_quality(quality))
         out["quality"] = quality

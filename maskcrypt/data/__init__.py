@@ -111,7 +111,7 @@ def _prepare(spec: DataSpec) -> _Prepared:
         labels = remap[labels[mask]]
     names = [index.class_names[i] for i in keep_classes]
     if spec.get("split_by") == "identity":
-        splits = split_by_identity(labels, spec.get("test_fraction"), spec.get("seed"))
+        splits = split_by_identity(labels, spec.get("test_fraction"), spec.get("seed"), spec.get("val_fraction"))
     elif index.own_split is not None:
         splits = index.own_split[items]
     else:

@@ -36,6 +36,9 @@ COMMON: dict[str, tuple[type, Any]] = {
     "seed": (int, 0),
     "test_fraction": (float, 0.2),
     "split_by": (str, "image"),  # image | identity (disjoint identities, for open-set tests)
+    # identity splits: the fraction of each training identity's images held out as ``val`` (training's closed-set
+    # held-out images: the test split has none of the training classes)
+    "val_fraction": (float, 0.1),
     "min_images_per_identity": (int, 0),
     "max_classes": (int, 0),
     "crop": (str, ""),  # "" = kind default, "none", "center", "S" (centre S x S), "x0,y0,x1,y1"
@@ -80,6 +83,12 @@ class DataSpec:
         _validate(self.text, self.kind, opts)
         return replace(self, options=opts)
 
+    def held_out(self) -> DataSpec:
+        """The split of this source holding unseen images of its *training* identities: ``val`` under
+        ``split_by=identity`` (whose test split has other identities), else ``test``. Training measures
+        its held-out accuracy there, and the training report its closed-set table."""
+        return self.with_options(split="val" if self.get("split_by") == "identity" else "test")
+
     def __str__(self) -> str:
         return self.text
 
@@ -123,6 +132,8 @@ def _validate(spec: str, kind: str, opts: dict[str, Any]) -> None:
         raise MaskcryptError(f"data spec {spec!r}: split_by must be image or identity, got {opts['split_by']!r}")
     if not 0.0 < opts["test_fraction"] < 1.0:
         raise MaskcryptError(f"data spec {spec!r}: test_fraction must be in (0, 1), got {opts['test_fraction']}")
+    if not 0.0 <= opts["val_fraction"] < 1.0:
+        raise MaskcryptError(f"data spec {spec!r}: val_fraction must be in [0, 1), got {opts['val_fraction']}")
     if opts["channels"] not in (0, 1, 3):
         raise MaskcryptError(f"data spec {spec!r}: channels must be 1 or 3, got {opts['channels']}")
     for key in ("limit", "min_images_per_identity", "max_classes"):
@@ -182,6 +193,16 @@ def parse_spec(text: str) -> DataSpec:
     opts.update(_parse_options(text, frag, known))
     _validate(text, kind, opts)
     return DataSpec(kind=kind, path=path, options=opts, text=text)
+
+
+def closed_held_out(text: str) -> str:
+    """The spec of a source's unseen images of its *training* identities, for closed-set figures (training's
+    report): under ``split_by=identity`` its ``val`` split (its test split holds other identities); otherwise the
+    text unchanged (the caller's default ``test`` split is that already). An explicit split is kept."""
+    spec = parse_spec(text)
+    if spec.get("split_by") != "identity" or spec.split not in ("", "train"):
+        return text
+    return text + ("" if text.endswith(("#", ",")) else "," if "#" in text else "#") + "split=val"
 
 
 def absolute_spec(text: str) -> str:

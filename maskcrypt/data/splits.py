@@ -7,7 +7,10 @@ Two kinds, both a pure function of (labels, seed, fraction):
   ``round(fraction * n)`` go to test, at least one when a class has two or more
   images, none when it has one;
 * by identity (open set: test identities are never seen in training), a seeded
-  ``round(fraction * K)`` of the classes, at least one, go to test.
+  ``round(fraction * K)`` of the classes, at least one, go to test; within the other
+  classes a seeded ``val_fraction`` of each class's images goes to ``val``, the closed-set
+  held-out images that training and its report measure E and O on (the test split has none
+  of their classes).
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ def split_by_image(labels: np.ndarray, test_fraction: float, seed: int) -> np.nd
     return out
 
 
-def split_by_identity(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
-    """``'train'``/``'test'`` per item, whole classes assigned (disjoint identities)."""
+def split_by_identity(labels: np.ndarray, test_fraction: float, seed: int, val_fraction: float = 0.0) -> np.ndarray:
+    """``'train'``/``'val'``/``'test'`` per item: whole classes to test (disjoint identities), then ``val`` a
+    fraction of each remaining class's images, by the by-image rule (none with ``val_fraction`` 0)."""
     labels = np.asarray(labels)
     classes = np.unique(labels)
     if classes.size < 2:
@@ -42,4 +46,8 @@ def split_by_identity(labels: np.ndarray, test_fraction: float, seed: int) -> np
     n_test = min(max(round(test_fraction * classes.size), 1), classes.size - 1)
     order = np.random.default_rng([seed, 0x1DE7]).permutation(classes.size)
     test_classes = classes[order[:n_test]]
-    return np.where(np.isin(labels, test_classes), "test", "train").astype("<U5")
+    out = np.where(np.isin(labels, test_classes), "test", "train").astype("<U5")
+    if val_fraction > 0:
+        kept = np.flatnonzero(out == "train")
+        out[kept] = np.char.replace(split_by_image(labels[kept], val_fraction, seed), "test", "val")
+    return out

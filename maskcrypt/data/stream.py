@@ -130,7 +130,11 @@ class SourceSplit:
         if self._fingerprint and (cache is None or self.paths is None or self._manifest_written):
             return self._fingerprint
         h = hashlib.sha256()
-        opts = {k: v for k, v in self.spec.options.items() if k not in ("pairs", "pairs_per_fold")}
+        # val_fraction moves images only between the train and val splits of an identity split: elsewhere it stays
+        # out, so the fingerprints of runs made before it existed still match
+        moves = self.spec.get("split_by") == "identity" and self.split != "test"
+        unused = ("pairs", "pairs_per_fold") + (() if moves else ("val_fraction",))
+        opts = {k: v for k, v in self.spec.options.items() if k not in unused}
         h.update(repr((self.spec.kind, self.spec.path, sorted(opts.items()), self.split, self.size,
                        self.channels, self.crop)).encode())
         h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())

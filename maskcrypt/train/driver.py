@@ -390,12 +390,14 @@ def train_run(
     roles = sources.roles()
     spec = parse_spec(train_data)
     train = source_split(spec, default_split="train", size=size)
-    val = source_split(sources.val_data or spec.with_options(split="test" if spec.split in ("", "train") else "val"),
+    val = source_split(sources.val_data or (spec.held_out() if spec.split in ("", "train")
+                                            else spec.with_options(split="val")),
                        default_split="test", size=size)
     if set(np.unique(val.labels)) - set(np.unique(train.labels)) or val.class_names != train.class_names:
         raise MaskcryptError(
             f"--val-data {val.spec.text}: its classes are not the training classes; held-out accuracy needs "
-            "images of the training identities (e.g. the training source's test split)"
+            "images of the training identities (the training source's test split, or its val split under "
+            "split_by=identity)"
         )
     pool_uri = sources.masks or str(paths.masks_train)
     pool = _pool(pool_uri, size)

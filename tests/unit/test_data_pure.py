@@ -8,8 +8,9 @@ import pytest
 from datasets import write_celeba, write_idx, write_imagefolder, write_lfw
 
 from maskcrypt.core.errors import MaskcryptError
-from maskcrypt.data import describe, load, parse_spec
+from maskcrypt.data import describe, load, parse_spec, source_split
 from maskcrypt.data.sources import read_idx
+from maskcrypt.data.spec import closed_held_out
 
 
 # -- specs -----------------------------------------------------------------------------------
@@ -62,7 +63,37 @@ def test_identity_split_is_disjoint():
     spec = "synthetic:identities=10,per_identity=3,size=16#split_by=identity,test_fraction=0.3"
     train, test = load(spec, default_split="train"), load(spec, default_split="test")
     assert set(train.labels).isdisjoint(set(test.labels))
-    assert len(set(test.labels)) == 3 and len(train) + len(test) == 30
+    assert len(set(test.labels)) == 3 and len(train) + len(load(spec, default_split="val")) + len(test) == 30
+
+
+def test_identity_split_holds_out_val_images_of_the_training_identities():
+    """Training measures held-out accuracy on unseen images of its own classes: under split_by=identity that is
+    ``val`` (a seeded val_fraction of each training identity's images), since test has only other identities."""
+    spec = "synthetic:identities=10,per_identity=10,size=16#split_by=identity,test_fraction=0.3,val_fraction=0.2"
+    train, val, test = (load(spec, default_split=s) for s in ("train", "val", "test"))
+    assert set(test.labels).isdisjoint(set(train.labels)) and set(val.labels) == set(train.labels)
+    assert (len(train), len(val), len(test)) == (56, 14, 30)
+    assert load(spec.replace("val_fraction=0.2", "val_fraction=0"), default_split="train").labels.size == 70
+    # the test identities do not move with val_fraction
+    assert set(load(spec.replace("0.2", "0.5"), default_split="test").labels) == set(test.labels)
+    assert closed_held_out(spec) == spec + ",split=val"
+    assert closed_held_out("synthetic:identities=4") == "synthetic:identities=4"  # by image: test already is
+    assert closed_held_out(spec + ",split=test") == spec + ",split=test"  # an explicit split is kept
+    with pytest.raises(MaskcryptError, match="val_fraction"):
+        parse_spec(spec.replace("0.2", "1.5"))
+
+
+def test_val_fraction_leaves_the_fingerprints_of_image_splits_unchanged():
+    """val_fraction moves images only between an identity split's train and val, so it is in their fingerprints
+    only (runs made before it existed keep matching)."""
+    plain = source_split("synthetic:identities=4,per_identity=5,size=16", default_split="test")
+    other = source_split("synthetic:identities=4,per_identity=5,size=16#val_fraction=0.5", default_split="test")
+    assert plain.fingerprint() == other.fingerprint()
+    ident = "synthetic:identities=6,per_identity=5,size=16#split_by=identity"
+    assert (source_split(ident, default_split="test").fingerprint()
+            == source_split(ident + ",val_fraction=0.4", default_split="test").fingerprint())
+    assert (source_split(ident, default_split="train").fingerprint()
+            != source_split(ident + ",val_fraction=0.4", default_split="train").fingerprint())
 
 
 # -- imagefolder -----------------------------------------------------------------------------
