@@ -176,3 +176,10 @@ def describe_change(manifests: Path, old_fingerprint: str, split: object) -> str
     change = compare(list(old["path"]), list(old["sha256"]), list(old["label"]), list(new["path"]),
                      list(new["sha256"]), list(new["label"]))
     return change.describe() if change else "the same files under other options (size, crop, split)"
+
+
+def content_overlap(first: Sequence[str], second: Sequence[str]) -> tuple[int, str]:
+    """How many items of ``first`` have a content digest that ``second`` also has, and one such digest ("")."""
+    shared = set(map(str, first)) & set(map(str, second))
+    common = [d for d in map(str, first) if d in shared]
+    return len(common), (common[0] if common else "")

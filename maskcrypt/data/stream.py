@@ -154,6 +154,26 @@ class SourceSplit:
             self._manifest_written = True
         return self._fingerprint
 
+    def item_digests(self, cache: Path | None = None) -> np.ndarray | None:
+        """A content digest per item, to compare two sources image by image (the attackers' leak guard).
+
+        Files: the sha256 of each file's bytes (``cache`` as :meth:`fingerprint`'s). Arrays:
+        the sha256 of each image's pixels as loaded. Synthetic faces: the rendering's
+        inputs (seed, identity, variant), which determine the pixels. Two items with the
+        same digest are the same image; a re-encoded or resized copy of an image is not
+        caught (a guard, not a proof).
+        """
+        if self.paths is not None:
+            return np.asarray(content_digests(self.paths, cache)[0], dtype=object).astype(str)
+        if self.arrays is not None:
+            return np.asarray([hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() for a in self.arrays])
+        if self.items is not None:
+            r = self.render
+            per, off = int(r["per_identity"]), int(r.get("offset") or 0)
+            return np.asarray([f"synthetic:{r['seed']}:{int(i) // per}:{off + int(i) % per}:{self.channels}:"
+                               f"{self.size[0]}x{self.size[1]}" for i in self.items])
+        return None
+
     def read(self, positions: np.ndarray) -> np.ndarray:
         """A handful of the split's images decoded here, in this process (pictures, a first look)."""
         positions = np.asarray(positions, dtype=np.int64)

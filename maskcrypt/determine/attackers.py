@@ -1,11 +1,9 @@
 """The attackers: what a chosen mask really hides, against the attackers a real adversary has.
 
-**Threat model** (docs/determination.md, "What an attacker gets"). The adversary sees masked images (a
-stored or intercepted upload, or the server's input) and wants the identity. It may
-hold an ordinary recognizer trained on clean faces, an inpainter, classical image
-processing and labelled photos of its own; it may know the mask (the service shares
-masks with clients, and a binary mask leaves exact zeros, so the hole shows in every
-encrypted image) or only how masks are generated.
+**Threat model** (docs/determination.md, "What an attacker gets"): the adversary sees
+masked images and wants the identity; it may hold an ordinary recognizer, an inpainter,
+classical image processing and labelled photos of its own, and may know the mask (the
+hole shows in every encrypted image) or only how masks are generated.
 
 **Attackers** (:data:`maskcrypt.config.ATTACKERS`), each a function of (mask, split) ->
 counts, measured for every mask the attack stage measures (the ``attack_top`` of each
@@ -35,9 +33,8 @@ project's one recognizer training step (:class:`maskcrypt.train.loop.RecognizerS
 ``RUN/models/attackers/<mask_id>/`` (``family/`` for the family model, ``ladder/<N>/`` for
 a rung of the attacker ladder, ``linkage/`` for the linkage embedder that never saw a
 victim) in the repo's checkpoint format: a relaunch skips complete attackers and resumes
-incomplete ones.
-
-The table building is pure: :mod:`maskcrypt.selection.attacks`.
+incomplete ones. The table building is pure: :mod:`maskcrypt.selection.attacks`; the
+leak guards are :mod:`maskcrypt.determine.guards`.
 """
 
 from __future__ import annotations
@@ -63,6 +60,7 @@ from maskcrypt.core.errors import MaskcryptError
 from maskcrypt.core.fileio import sha256_file
 from maskcrypt.core.precision import channels_last, use_bf16
 from maskcrypt.data import labelled, source_split
+from maskcrypt.determine.guards import check_attacker_overlap, check_attacker_weights
 from maskcrypt.evaluation.scorer import choose_device
 from maskcrypt.evaluation.testset import LADDER, pixels
 from maskcrypt.masks import MaskLibrary, mask_sha256
@@ -104,11 +102,11 @@ def load_attacker_data(spec: str, o_meta: dict[str, Any], scoring: str,
     Identities that are O's classes keep O's classifier (labels mapped by name); other
     identities need a new classifier and are usable only as an embedder, in open-set
     scoring: closed-set scoring judges the attacker's classifier against the test labels.
+    ``digests``: a content digest per image, for :func:`~maskcrypt.determine.guards.check_attacker_overlap`.
     """
-    # Decoded by Ray tasks into the object store (the trials fetch them): the driver holds no image.
     split = source_split(spec, default_split="train", size=int(o_meta["image_size"]),
                          channels=int(o_meta.get("channels", 3)))
-    images, kept = split.to_object_store()
+    images, kept = split.to_object_store()  # decoded by Ray tasks into the object store: the trials fetch them
     raw = split
     raw_labels = split.labels[kept]
     o_classes = [str(c) for c in o_meta["class_names"]]
@@ -125,7 +123,9 @@ def load_attacker_data(spec: str, o_meta: dict[str, Any], scoring: str,
     else:
         labels, classes = np.asarray(raw_labels, np.int64), [str(c) for c in raw.class_names]
     digest = hashlib.sha256(split.fingerprint(cache).encode() + kept.tobytes()).hexdigest()
-    return {"images": images, "labels": labels, "class_names": classes, "spec": raw.spec.text, "sha256": digest}
+    found = split.item_digests(cache)
+    return {"images": images, "labels": labels, "class_names": classes, "spec": raw.spec.text, "sha256": digest,
+            "digests": None if found is None else found[kept]}
 
 
 def make_job(name: str, folder: Path, masks: np.ndarray, k: int, o_checkpoint: Path, o_meta: dict[str, Any],
@@ -415,16 +415,24 @@ def linkage_job(d: Any, data: dict[str, Any], masks: np.ndarray, k: int, o_ckpt:
     identities.
     """
     weights = d.attack.attacker_weights
-    if weights and not Path(weights).is_file():
-        raise MaskcryptError(f"--attacker-weights {weights}: no such file (the public face weights the linkage "
-                             "embedder starts from; leave it empty for random initialisation)")
+    init = check_attacker_weights(weights, d.paths.models) if weights else None
     test_names = [str(d.test.classes[i]) for i in np.unique(d.test.labels)]
     seed = int(o_meta["train_config"]["seed"])
     victims, _ = split_identities(test_names, d.attack.linkage_victims, seed)
     names = [str(c) for c in data["class_names"]]
-    present = sorted({names[i] for i in np.unique(data["labels"])} - set(victims))
+    mine = {names[i] for i in np.unique(data["labels"])}
+    present = sorted(mine - set(victims))
+    # Victims leave the attacker's photos by name: that works only where the two sources name people alike.
+    shared = len(mine & set(test_names))
     info: dict[str, Any] = {"victims": victims, "attacker_identities": len(present), "seed": seed,
-                            "init": d.attack.attacker_weights or "random", "epochs": d.attack.linkage_epochs}
+                            "init": weights or "random", "init_sha256": init["sha256"] if init else None,
+                            "epochs": d.attack.linkage_epochs, "excluded_by_name": len(mine & set(victims)),
+                            "names_shared": shared}
+    if not shared:
+        info["name_exclusion"] = (f"not applicable: none of the attacker data's {len(mine)} identity names is a test "
+                                  "identity's name, so no victim could be excluded by name (content overlap is still "
+                                  "refused)")
+        d.log(f"linkage: {info['name_exclusion']}")
     d.result["attack"]["linkage"] = info
     if len(victims) < 2 or len(present) < 2:
         info["skipped"] = (f"too few identities for both sides: {len(victims)} victim(s) among the "
@@ -460,6 +468,7 @@ def train_for(d: Any, alist: pd.DataFrame) -> dict[str, Path]:
     o_ckpt, o_meta = find_checkpoint(d.paths.models / "original", kind="recognizer")
     _, e_meta = find_checkpoint(d.paths.models / "encrypted", kind="recognizer")
     data = load_attacker_data(attacker_spec(d), o_meta, d.test.scoring, d.paths.file_digests)
+    d.result["attack"]["data_overlap"] = check_attacker_overlap(data, d.test_digests(), d.test_spec)
     jobs: dict[str, dict[str, Any]] = {}
     buckets = sorted(int(b) for b in alist["bucket"].unique())
     k = int((e_meta.get("mask_sampling") or {}).get("k", 4))

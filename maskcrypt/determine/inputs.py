@@ -30,6 +30,10 @@ from maskcrypt.masks import MaskLibrary, bucket_label
 from maskcrypt.models.checkpoint import find_checkpoint, sha256_file
 from maskcrypt.selection.rules import Thresholds
 
+#: What the count tables hold, in the parts key: parts of another format are refused (or recomputed with
+#: ``--redetermine``), never mixed. 2: per-identity counts (``idc:``/``idn``) beside the sums.
+COUNTS_FORMAT = 2
+
 
 @dataclass
 class Determination:
@@ -52,6 +56,15 @@ class Determination:
     result: dict[str, Any] = field(default_factory=dict)
     attack: AttackConfig = field(default_factory=AttackConfig)
     redo: bool = False
+    test_source: Any = None  # the test data's SourceSplit and its decoded rows: the attackers' content guard
+    test_rows: np.ndarray | None = None
+
+    def test_digests(self) -> np.ndarray | None:
+        """A content digest per test image (None when the source kind has none), for the attackers' leak guard."""
+        if self.test_source is None or self.test_rows is None:
+            return None
+        found = self.test_source.item_digests(self.paths.file_digests)
+        return None if found is None else found[self.test_rows]
 
     @property
     def paths(self) -> RunPaths:
@@ -148,6 +161,7 @@ class LoadedTest:
     source: SourceSplit  # the split as indexed (names how its files changed since a recorded fingerprint)
     images: int  # images that decoded (unreadable ones are left out)
     key: dict[str, Any]  # test_data, its sha256 and fingerprint, size, scoring, confirm_fraction, enroll, seed
+    kept: np.ndarray | None = None  # the source's items decoded (the test images' rows of ``source``)
 
     @property
     def spec(self) -> str:
@@ -186,7 +200,7 @@ def load_test(spec: str, e_meta: dict[str, Any], config: DetermineConfig, file_d
                                                                           ).hexdigest(),
            "test_data_fingerprint": fingerprint, "size": int(e_meta["image_size"]), "scoring": test.scoring,
            "confirm_fraction": config.confirm_fraction, "enroll": config.enroll, "seed": config.seed}
-    return LoadedTest(test, raw, int(kept.size), key)
+    return LoadedTest(test, raw, int(kept.size), key, kept)
 
 
 def recorded_determination(run: Run) -> tuple[DetermineConfig, Thresholds] | None:
@@ -216,10 +230,12 @@ def open_determination(run: str | os.PathLike[str] | Run, config: DetermineConfi
     loaded = load_test(config.test_data or run.data, metas["E"], config, paths.file_digests, log)
     lib = MaskLibrary.open(str(paths.masks))
     key = {**loaded.key, "precision": settings.precision, "library_sha256": _library_sha(lib),
-           "per_image": settings.per_image, "inpainter_sha256": r_meta.get("model_sha256"),
+           "per_image": settings.per_image, "counts_format": COUNTS_FORMAT,
+           "inpainter_sha256": r_meta.get("model_sha256"),
            **{f"model_{k}_sha256": m.get("model_sha256") for k, m in metas.items()}}
     d = Determination(run, config, thresholds, settings, adaptive, loaded.test, loaded.spec, loaded.images, lib,
-                      models, paths.models / "inpainter", key, log, redo=redo)
+                      models, paths.models / "inpainter", key, log, redo=redo, test_source=loaded.source,
+                      test_rows=loaded.kept)
     if not d.present:
         raise MaskcryptError(f"mask library {lib.uri}: no mask in any bucket (empty library)")
     def explain(before: dict[str, Any]) -> str:

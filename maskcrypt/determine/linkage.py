@@ -4,9 +4,11 @@ The linkage embedder (``models/attackers/linkage/``, trained by
 :func:`maskcrypt.determine.attackers.linkage_job` on the attacker identities' photos
 only, from random or public weights) embeds each victim's masked probes and clean
 gallery photos; so do O and E as reference rows (they were trained on the operator's
-photos, which include the victims in a closed-set run: an upper bound, not an
-attacker). For every attacked mask and split: Recall@1 against the gallery and TAR at
-FAR 1e-2 and 1e-3 of masked-probe-vs-clean-photo pairs
+photos, which include the victims in a closed-set run; they are references, not bounds on
+the attacker: O, which never saw a mask, links fewer victims than the outsider does, and E
+is the deployed system, not an attacker). For every attacked mask and split: Recall@1
+against the gallery (with its interval over the victims) and TAR at FAR 1e-2 and 1e-3 of
+masked-probe-vs-clean-photo pairs
 (:func:`maskcrypt.verification.linkage.linkage_figures`). The same protocol for every
 row: masked probes, a clean gallery.
 
@@ -38,7 +40,8 @@ MODELS = ("linkage", "O", "E")
 
 def _linkage_task(models: dict[str, str], settings: EvalSettings, images: Any, n_gallery: int,
                   gallery_labels: np.ndarray, probe_labels: np.ndarray, probe_split: np.ndarray,
-                  splits: list[str], mask_ids: list[str], bits: list[bytes], size: tuple[int, int]) -> list[dict]:
+                  splits: list[str], mask_ids: list[str], bits: list[bytes], size: tuple[int, int],
+                  confidence: float = 0.95) -> list[dict]:
     """One share of the masks: every model's figures per mask and split (runs in a Ray task)."""
     import torch
 
@@ -58,7 +61,8 @@ def _linkage_task(models: dict[str, str], settings: EvalSettings, images: Any, n
                     continue
                 sel = probe_split == k
                 rows.append({"mask_id": mid, "split": split, "model": name,
-                             **linkage_figures(emb[sel], probe_labels[sel], gallery[name], gallery_labels)})
+                             **linkage_figures(emb[sel], probe_labels[sel], gallery[name], gallery_labels,
+                                               confidence)})
     return rows
 
 
@@ -90,7 +94,8 @@ def evaluate_linkage(d: Any, alist: pd.DataFrame, folder: Path | None) -> pd.Dat
     task = ray.remote(_linkage_task).options(num_cpus=s.cpus_per_actor, num_gpus=s.gpus_per_actor)
     shares = np.array_split(np.arange(len(ids)), min(len(ids), s.actors))
     futures = [task.remote(models, s, ref, len(layout.gallery), g_labels, p_labels, layout.probe_split, d.splits,
-                           [batch.mask_ids[i] for i in share], [bits[i] for i in share], d.test.size)
+                           [batch.mask_ids[i] for i in share], [bits[i] for i in share], d.test.size,
+                           d.thresholds.confidence)
                for share in shares if len(share)]
     rows = [r for part in ray.get(futures) for r in part]
     table = pd.DataFrame(rows).merge(alist[["mask_id", "bucket"]], on="mask_id", how="left")

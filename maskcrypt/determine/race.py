@@ -18,6 +18,7 @@ import pandas as pd
 
 from maskcrypt.config import AdaptivePlan, EvalSettings
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.stats import IDC, IDN, decode_counts, encode_counts
 from maskcrypt.evaluation.crossproduct import check_gpus, check_library, check_models, scorer_kwargs
 from maskcrypt.evaluation.scorer import CrossProductScorer
 from maskcrypt.evaluation.testset import TestSet
@@ -118,6 +119,17 @@ def evaluate_adaptive(
             f"{plan.delta:g}, tolerance {plan.tolerance:g}; first round {len(masks):,} x {first:,} on "
             f"{len(actors)} actor(s)")
     t_start, t_logged, spent, embedded = time.perf_counter(), 0.0, 0, 0
+    # Open set: each mask's per-identity counts, added up over its rounds (the race itself decides on the totals).
+    people: dict[str, dict[str, np.ndarray]] = {}
+
+    def keep_people(got: pd.DataFrame) -> pd.DataFrame:
+        blobs = [c for c in got.columns if c == IDN or c.startswith(IDC)]
+        for row in got[["mask_id", *blobs]].itertuples(index=False):
+            mine = people.setdefault(str(row[0]), {})
+            for col, blob in zip(blobs, row[1:]):
+                counts = decode_counts(blob)
+                mine[col] = counts if col not in mine else mine[col] + counts
+        return got.drop(columns=blobs)
 
     def measure(todo: pd.DataFrame) -> pd.DataFrame:
         nonlocal embedded
@@ -131,7 +143,7 @@ def evaluate_adaptive(
                                                                    _range_tasks(todo, bits, len(actors)))]
         got = pd.concat(found, ignore_index=True)
         embedded = int(got["gallery_passes"].sum())
-        return got.drop(columns=["gallery_passes"])
+        return keep_people(got.drop(columns=["gallery_passes"]))
 
     def release(done: list[str]) -> None:
         """The race is through with these masks: their actors drop the galleries they keep for them."""
@@ -160,4 +172,10 @@ def evaluate_adaptive(
     finally:
         for a in actors:
             ray.kill(a)
-    return state.assign(split="selection"), rounds
+    state = state.assign(split="selection")
+    if people:  # only masks measured on every selection probe: a partial sample's people are not the split's
+        full_rows = state["n"].to_numpy() >= population
+        for col in sorted({c for m in people.values() for c in m}):
+            state[col] = [encode_counts(people[m][col]) if done and m in people else None
+                          for m, done in zip(state["mask_id"], full_rows)]
+    return state, rounds

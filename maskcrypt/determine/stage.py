@@ -38,7 +38,9 @@ import pandas as pd
 from maskcrypt.config import AdaptivePlan, AttackConfig, DetermineConfig, EvalSettings
 from maskcrypt.core.fileio import write_json, write_parquet
 from maskcrypt.core.rundir import Run
+from maskcrypt.core.stats import IDC, IDN
 from maskcrypt.determine.attackers import LINKAGE, train_for
+from maskcrypt.determine.guards import check_attacker_weights
 from maskcrypt.determine.inputs import Determination, open_determination
 from maskcrypt.determine.linkage import evaluate_linkage
 from maskcrypt.determine.race import evaluate_adaptive
@@ -102,7 +104,7 @@ def table1(d: Determination) -> tuple[pd.DataFrame, pd.DataFrame | None]:
                                    log=d.log)
         counts = full_table1_counts(clean, pm_counts)
         what = f"every mask of {len(d.present)} buckets ({len(pm_counts)} masks) x {n_sel} images"
-    t1 = table1_of(counts, d.thresholds, d.labels)
+    t1 = table1_of(counts, d.thresholds, d.labels, by_identity=d.test.scoring == "open")
     t1.insert(2, "mode", cfg.table1_mode)
     d.write(t1, "table1")
     d.timings["table1"] = time.perf_counter() - t0
@@ -131,7 +133,8 @@ def rank(d: Determination, buckets: list[int], pm_counts: pd.DataFrame | None) -
             complete = ranked[ranked["rank"] <= d.thresholds.attack_top]["mask_id"].tolist()
             o = evaluate_masks(d.library, d.test, {"O": d.models["O"]}, buckets=measured, settings=d.settings,
                                mask_ids=complete)
-            counts = counts.merge(o[["mask_id", "correct_O", "score_O"]], on="mask_id", how="left")
+            o_cols = ["mask_id", "correct_O", "score_O", *(c for c in o.columns if c == IDC + "correct_O")]
+            counts = counts.merge(o[o_cols], on="mask_id", how="left")
             return counts, {"rounds": rounds, "o_masks": len(complete)}
 
         pm_counts, extra, reused = d.cached("adaptive", {"plan": dataclasses.asdict(d.adaptive), "buckets": measured,
@@ -164,7 +167,8 @@ def rank(d: Determination, buckets: list[int], pm_counts: pd.DataFrame | None) -
                                    parts=d.parts, log=d.log)
     d.result["rank_mode"] = mode
     counts = pm_counts[pm_counts["bucket"].isin(measured)]
-    pm = d.write(per_mask_table(counts.drop(columns=["split"]), d.thresholds), "per_mask")
+    pm = d.write(per_mask_table(counts.drop(columns=["split"]), d.thresholds, by_identity=d.test.scoring == "open"),
+                 "per_mask")
     cands = d.write(candidates(pm, buckets, d.thresholds), "candidates")
     d.result["ties_at_cutoff"] = {str(b): n for b, n in ties_at_cutoff(pm, buckets, d.thresholds.top_k).items()}
     d.timings["per_mask"] = seconds = time.perf_counter() - t0
@@ -236,12 +240,13 @@ def attack(d: Determination, pm: pd.DataFrame, buckets: list[int]) -> dict[str, 
     tables = {}
     paired = ["mask_id", "n", "both", "before_only", "after_only", "neither", "correct_O_masked",
               "correct_O_inpainted"]
+    paired += [c for c in counts.columns if c == IDN or c[len(IDC):] in paired]
     for split in d.splits:
         part = counts.loc[counts["split"] == split, paired]
         if split == "selection":
             part = part.merge(alist[["mask_id", "third", "acc_O"]], on="mask_id")
-        tables[split] = table2(part, alist, d.thresholds).merge(worst_attackers(found, split), on="mask_id",
-                                                                how="left")
+        t2 = table2(part, alist, d.thresholds, by_identity=d.test.scoring == "open")
+        tables[split] = t2.merge(worst_attackers(found, split), on="mask_id", how="left")
     d.timings["attack"] = time.perf_counter() - t0
     cost = {k: int(counts[k].sum()) for k in ("forward_passes", "fills_R", "fills_classical")}
     d.result.setdefault("attack", {}).update({**cost, "masks": len(alist), "chance": chance_level(d.test),
@@ -342,6 +347,8 @@ def determine(
     started = time.perf_counter()
     d = open_determination(run, config, thresholds, settings, adaptive, redo, log)
     d.attack = attackers
+    if attackers.attacker_weights:  # refused before any stage runs: the run's own model as "public" weights
+        check_attacker_weights(attackers.attacker_weights, d.paths.models)
     t1, pm_counts = table1(d)
     buckets, _ = target_buckets(t1, thresholds)
     log(f"target buckets (first - second > {thresholds.t_gap:.2f}): "

@@ -5,7 +5,10 @@ the adaptive race). It receives the test set once (an object reference, resolved
 the constructor), builds a :class:`~maskcrypt.models.predictor.Predictor` over the
 recognizers (and R for the attack), and answers each input row with small rows of
 counts per split: ``n``, ``correct_<model>``, ``score_<model>`` (the sum of the
-per-image scores), optionally the per-image correctness bit-packed (``hits_<model>``).
+per-image scores), optionally the per-image correctness bit-packed (``hits_<model>``);
+and where intervals over people need them (every attack row; open set's rows) the same
+counts per identity (``idc:<column>``, with ``idn`` the probes per identity:
+:data:`maskcrypt.core.stats.IDC`), a few bytes per identity.
 It never materializes the images x masks cross product: each mask is overlaid chunk by
 chunk inside the predictor. :mod:`maskcrypt.selection.rules` turns the counts into tables.
 """
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.stats import IDC, IDN, encode_counts
 from maskcrypt.evaluation.testset import LADDER, SPLITS, clean_gallery, pixels
 from maskcrypt.masks.core import unpack_masks
 from maskcrypt.models.predictor import Predictor
@@ -173,6 +177,18 @@ class CrossProductScorer:
         bounds = np.cumsum([n_gallery] + [test.probes(s) for s in SPLITS])
         self.ranges = {s: (int(bounds[i]), int(bounds[i + 1])) for i, s in enumerate(SPLITS)}
         self.probes = slice(min(self.ranges[s][0] for s in self.splits), max(self.ranges[s][1] for s in self.splits))
+        # Each probe's identity as a position among its split's identities (sorted labels), for per-identity counts.
+        labels = np.asarray(test.labels)
+        self.identity = np.zeros(self.probes.stop - self.probes.start, dtype=np.int64)
+        self.identities: dict[str, int] = {}
+        for s in self.splits:
+            a, b = self.ranges[s]
+            present = np.unique(labels[a:b])
+            self.identity[a - self.probes.start:b - self.probes.start] = np.searchsorted(present, labels[a:b])
+            self.identities[s] = int(present.size)
+        # Per-identity counts: always for the attack (its figures are about people), and in open set (Table 1, Table
+        # 2 and the per-mask figures are about people there too).
+        self.by_identity = test.scoring == "open" or mode == "attack"
         self.order = np.asarray(test.order)
         self.n_input = test.n_input
         self.mode = mode
@@ -216,18 +232,32 @@ class CrossProductScorer:
         """Per-probe correctness and score from a model's outputs on the probes (or on ``rows``)."""
         return self.predictor.judge(out, self.y[self.probes if rows is None else rows], centroids.get(name))
 
+    def _by_identity(self, a: int, b: int, split: str, counts: dict[str, Any]) -> dict[str, bytes]:
+        """``idn`` and ``idc:<key>`` of probes ``a:b`` (positions among the probes) for the count vectors ``counts``."""
+        where, k = self.identity[a:b], self.identities[split]
+        out = {IDN: encode_counts(np.bincount(where, minlength=k))}
+        for key, part in counts.items():
+            out[IDC + key] = encode_counts(np.bincount(where, weights=part.cpu().numpy().astype(np.float64),
+                                                       minlength=k).round())
+        return out
+
     def _per_split(self, vectors: dict[str, Any]) -> list[dict[str, Any]]:
-        """Sum per-probe vectors over each split: ``n``, and per key ``correct_``/``score_``."""
+        """Sum per-probe vectors over each split: ``n``, and per key ``correct_``/``score_`` (and per identity)."""
         rows = []
         for s in self.splits:
             a, b = self.ranges[s]
             a, b = a - self.probes.start, b - self.probes.start
             row: dict[str, Any] = {"split": s, "n": b - a}
+            counts = {}
             for key, v in vectors.items():
                 part = v[a:b]
                 row[key] = float(part.double().sum()) if part.is_floating_point() else int(part.sum())
+                if not part.is_floating_point():
+                    counts[key] = part
                 if self.per_image and key.startswith("correct_"):
                     row["hits_" + key[len("correct_"):]] = np.packbits(part.cpu().numpy()).tobytes()
+            if self.by_identity:
+                row.update(self._by_identity(a, b, s, counts))
             rows.append(row)
         return rows
 
@@ -277,10 +307,14 @@ class CrossProductScorer:
         rows = slice(self.probes.start + start, self.probes.start + stop)
         row: dict[str, Any] = {"split": "selection", "n": stop - start, "gallery_passes": self.unreported_gallery}
         self.unreported_gallery = 0
+        counts = {}
         for name, out in self._outputs(rows, fixed, self.names).items():
             correct, score = self._judge(name, out, cents, rows)
             row[f"correct_{name}"] = int(correct.sum())
             row[f"score_{name}"] = float(score.double().sum())
+            counts[f"correct_{name}"] = correct
+        if self.by_identity:  # open set: the race's driver adds them up over a mask's rounds
+            row.update(self._by_identity(start, stop, "selection", counts))
         return [row]
 
     def _attack(self, mask: Any, mask_id: str = "") -> list[dict[str, Any]]:
@@ -394,7 +428,7 @@ class CrossProductScorer:
                 rows.extend(key | r for r in found)
         else:
             raise MaskcryptError(f"scorer: unknown mode {self.mode!r}")
-        return {k: np.asarray([r[k] for r in rows], dtype=object if k.startswith("hits_") else None)
+        return {k: np.asarray([r[k] for r in rows], dtype=object if k.startswith(("hits_", IDC, IDN)) else None)
                 for k in rows[0]}
 
     def score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -43,9 +43,14 @@ def ladder_section(res: Path, result: dict[str, Any], shown: list[str], labels: 
             "trained on N of its labelled photos, for each N of the ladder; 0 is O itself. Every rung starts from "
             "O's weights (the attacker holds O: the worst case) and takes the same number of optimizer steps; the "
             f"photos are drawn stratified per identity, seeded and nested (of {total:,} photos of "
-            f"{info.get('identities')} identities). Identification accuracy in % with its Wilson interval; "
-            f"chance {100 * float(table['chance'].iloc[0]):.2f}%. All attacked masks: "
+            f"{info.get('identities')} identities). Identification accuracy in % with its interval over the test "
+            f"identities; chance {100 * float(table['chance'].iloc[0]):.2f}%. All attacked masks: "
             "`results/attacker_ladder.parquet`.", "",
+            "*What it measures:* how fast an attacker who already holds O adapts to the masks with N labelled "
+            "photos. *What it does not:* how many photos a stranger must collect"
+            + (": in closed set O already trained on clean photos of every scored person, so even rung 0 knows them."
+               if result.get("scoring") != "open" else
+               ": O was trained on other people here, but it still hands every rung a strong face embedder."), "",
             "![attacker ladder](results/attacker_ladder.png)", "",
             md_table(["mask", "bucket", "split", *[f"{p} photos" for p in photos]], rows)]
 
@@ -68,10 +73,19 @@ def linkage_section(res: Path, result: dict[str, Any], shown: list[str], labels:
     rows = []
     for r in table[table["mask_id"].isin(shown)].to_dict("records"):
         rows.append([f"`{r['mask_id']}`", labels.get(int(r["bucket"]), ""), r["split"], r["model"],
-                     f"{_fraction(r['recall_at_1'])} (chance {_fraction(r['recall_at_1_chance'])})",
+                     f"{_fraction(r['recall_at_1'])}"
+                     + (f" [{_fraction(r['recall_at_1_lo'])}, {_fraction(r['recall_at_1_hi'])}]"
+                        if "recall_at_1_lo" in r else "") + f" (chance {_fraction(r['recall_at_1_chance'])})",
                      _fraction(r["tar_at_far_1e-2"]), _fraction(r["tar_at_far_1e-3"]), r["n_probes"], r["n_gallery"],
                      f"{int(r['impostor_pairs']):,}"])
     init = info.get("init", "random")
+    guards = []
+    if init != "random":
+        guards.append(f"The embedder's initial weights `{init}` (sha256 {str(info.get('init_sha256'))[:12]}...) are "
+                      "none of this run's models (checked by sha256); public face weights may still have been "
+                      "trained on photos of the victims, which would overstate this attacker.")
+    if info.get("name_exclusion"):
+        guards.append(f"Victims could not be excluded by name: {info['name_exclusion']}.")
     return [*head,
             f"A realistic adversary trains on photos of other people and links a victim's masked uploads to a clean "
             f"photo of the victim found elsewhere. The test identities are split (seeded) into "
@@ -82,8 +96,12 @@ def linkage_section(res: Path, result: dict[str, Any], shown: list[str], labels:
             "matched against a clean gallery of the victims (other photos): Recall@1 (1:N identification, its "
             "chance 1 / the victims) and TAR at FAR 1e-2 and 1e-3 of masked-probe-vs-clean-photo verification, in "
             "%. A TAR is left empty where the impostor pairs number fewer than 10 / FAR (too few to resolve that "
-            "FAR). O and E are reference rows under the same protocol: they were trained on the operator's photos, "
-            "which may include the victims, so they are an upper bound, not this attacker. All attacked masks: "
-            "`results/linkage.parquet`.", "",
+            "FAR). Recall@1's interval (in brackets) is over the victims: their probes clustered by person, the "
+            "gallery fixed. O and E are reference rows under the same protocol, not attackers and not bounds: they "
+            "trained on the operator's photos (in closed set, of the victims too), and O, which never saw a mask, "
+            "links fewer victims than the outsider. All attacked masks: `results/linkage.parquet`.", "",
+            "*What it measures:* whether a masked upload can be tied to a clean photo of the same person by someone "
+            "who never had the operator's data. *What it does not:* an outsider with a pretrained face model of "
+            "real strength (give `--attacker-weights`), or linkage across two masks.", "", *guards,
             md_table(["mask", "bucket", "split", "model", "Recall@1", "TAR@FAR 1e-2", "TAR@FAR 1e-3", "probes",
                       "gallery", "impostor pairs"], rows)]

@@ -51,10 +51,24 @@ def _header(root: Path, result: dict[str, Any]) -> list[str]:
             "images (held out: no rule sees it).",
             "Thresholds: " + ", ".join(f"{k} = {v}" for k, v in th.items()) + ".",
             _rule_sentence(result.get("rule", "bucketed")),
-            f"Every interval is a {th['confidence']:.0%} interval over the test images (the masks are fixed): it "
-            "says how much another draw of test images could move the figure.",
+            _intervals_sentence(result.get("scoring", "closed"), th["confidence"]),
             f"Mask library: {result.get('out_of_range_masks', 0)} mask(s) lie outside every bucket (bucket -1): "
             "kept in the library and counted here, never measured."]
+
+
+def _intervals_sentence(scoring: str, confidence: float) -> str:
+    """Which interval each table carries, and what it covers (the masks and models are fixed in both)."""
+    people = ("the attackers' table, the attacker ladder, linkage and verification"
+              + (", and here, in open set, Table 1, Table 2 and the per-mask figures too" if scoring == "open" else ""))
+    images = ("" if scoring == "open" else
+              " Table 1, Table 2 and the per-mask figures keep intervals *over the test images*: closed set, they are "
+              "about the enrolled people's own images, and say how far another draw of those people's photos could "
+              "move the figure.")
+    return (f"Every interval is at {confidence:.0%}, for fixed masks and models. Intervals *over people* ({people}) "
+            "treat the identities as the sample and a person's photos as clustered within them (the design-effect "
+            "Wilson interval; verification's TAR@FAR: a bootstrap over subjects): they say how far another set of "
+            f"people could move a claim about people.{images} The race's bounds stay per image: they bound full "
+            "mode's accuracy on the same images.")
 
 
 def _rule_sentence(rule: str) -> str:
@@ -72,8 +86,9 @@ def _table1(res: Path, th: dict[str, Any]) -> list[str]:
     spread = ("repetitions" if mode == "sampled" else "the bucket's masks")
     return ["", "## Table 1: accuracy per bucket (selection split)", "",
             f"Mode `{mode}`; accuracies in %, mean ± std over {int(t1['repeats'].max())} {spread}; in brackets "
-            f"the Wilson interval of the pooled accuracy on the {int(t1['n_images'].max())} distinct test images "
-            "(the repetitions reuse the same images, so they narrow the std, not this interval).", "",
+            f"the {'interval over people' if 'first_deff' in t1.columns else 'Wilson interval'} of the pooled "
+            f"accuracy on the {int(t1['n_images'].max())} distinct test images (the repetitions reuse the same "
+            "images, so they narrow the std, not this interval).", "",
             "![Table 1](results/table1.png)", "",
             md_table(["bucket", "first (E)", "±", "second (O)", "±", "gap", "target", "gap near t_gap"],
                      [[r["range"], _interval(r, "first"), _pct(r["first_std"]), _interval(r, "second"),
@@ -169,10 +184,18 @@ def _attackers(res: Path, result: dict[str, Any], th: dict[str, Any]) -> list[st
            "The adversary sees masked images and wants the identity; it may hold an ordinary recognizer, an "
            "inpainter, classical image processing and labelled photos of its own, and may know the mask (the "
            "service shares masks with clients; the hole shows in every encrypted image). Each attacker's "
-           f"identification accuracy in %, with its {th['confidence']:.0%} Wilson interval, on the selection and "
-           f"the held-out confirmation split; **worst** marks the strongest attacker of a mask and split, the "
-           f"privacy figure. Chance (guessing among the test identities): {100 * chance:.2f}%. Every attacked mask's "
-           "figures are in `results/attacks.parquet`.", "",
+           f"identification accuracy in %, with its {th['confidence']:.0%} interval over the "
+           f"{_identities(table)} test identities of each split (their photos clustered within them), on the "
+           "selection and the held-out confirmation split; **worst** marks the strongest attacker of a mask and "
+           f"split, the privacy figure. Chance (guessing among the test identities): {100 * chance:.2f}%. Every "
+           "attacked mask's figures are in `results/attacks.parquet`.", "",
+           "*What it measures:* the share of the test people's masked photos each attacker names correctly, "
+           "given the attacker's own labelled photos (the run's training data unless `--attacker-data` says "
+           "otherwise). *What it does not:* an attacker with other data, a stronger recipe or more training; "
+           + ("in closed set the attackers start from O, which trained on clean photos of these same people, so "
+              "this is the worst case of an insider, not of a stranger (the linkage section is the stranger)."
+              if result.get("scoring") != "open" else
+              "the attackers start from O, trained on other people than these: the stranger's case."), "",
            *[f"- `{a}`: {DESCRIPTIONS.get(a, a)}" for a in present], ""]
     if fidelity:
         out += ["For every attacker that inpaints, its fill against the original image (selection / confirmation, "
@@ -211,6 +234,14 @@ def _table2(res: Path, th: dict[str, Any]) -> list[str]:
                        _interval(r, "drop"), "yes" if r["drop_uncertain"] else "", _pct(r.get("O_masked")),
                        _pct(r.get("O_inpainted")), _worst(r), "yes" if r["target"] else ""]
                       for _, r in t2.iterrows()])]
+
+
+def _identities(table: pd.DataFrame) -> str:
+    """The identity count(s) the attack table's intervals rest on, per split ("80" or "40 / 38")."""
+    if "identities" not in table.columns or table["identities"].isna().all():
+        return "(uncounted: a table of an older run, per-image intervals)"
+    counts = table.dropna(subset=["identities"]).groupby("split", sort=False)["identities"].max()
+    return " / ".join(str(int(v)) for v in counts)
 
 
 def _worst(row: Any) -> str:
@@ -262,14 +293,23 @@ def _verification(res: Path) -> list[str]:
     first = v.iloc[0]
     rows = []
     for _, r in v.iterrows():
-        tars = [_pct(r[f"tar_{far_key(f)}"]) + ("" if r[f"resolvable_{far_key(f)}"] else "*") for f in FARS]
+        tars = [_pct(r[f"tar_{far_key(f)}"]) + ("" if r[f"resolvable_{far_key(f)}"] else "*")
+                + (f" [{_pct(r[f'tar_{far_key(f)}_lo'])}, {_pct(r[f'tar_{far_key(f)}_hi'])}]"
+                   if f"tar_{far_key(f)}_lo" in r and pd.notna(r[f"tar_{far_key(f)}_lo"]) else "") for f in FARS]
         rows.append([r["model"], r["condition"], r["side"], r["mask_id"] or "-", r["range"],
-                     f"{_pct(r['accuracy'])} ± {_pct(r['accuracy_std'])}", *tars, _pct(r["auc"]), r["negatives"]])
+                     f"{_pct(r['accuracy'])} ± {_pct(r['accuracy_std'])}"
+                     + (f" [{_pct(r['accuracy_lo'])}, {_pct(r['accuracy_hi'])}]" if "accuracy_lo" in r else ""),
+                     *tars, _pct(r["auc"]), r["negatives"]])
     return ["", "## Verification (the field's protocol)", "",
             f"All {first['pairs']} pairs of `{first['pairs_source']}` ({first['positives']} same, {first['negatives']} "
             f"different, {first['folds']} folds): flip-sum embeddings, cosine similarity, accuracy with the threshold "
-            "chosen on the other nine folds (mean ± std over folds, insightface's `Accuracy-Flip`), TAR at each FAR "
-            "on all pairs (`*`: fewer than 1/FAR negative pairs, so no false accept allowed). E sees both images "
+            "chosen on the other nine folds (mean ± std over folds, insightface's `Accuracy-Flip`"
+            + (f"; in brackets its interval over the {int(first['subjects'])} subjects, the pairs clustered by their "
+               "first image's person" if "subjects" in first else "")
+            + "), TAR at each FAR on all pairs (`*`: fewer than 1/FAR negative pairs, so no false accept allowed"
+            + ("; in brackets a bootstrap interval over subjects" if "subjects" in first else "")
+            + "). The fold spread is not a confidence interval: it says how the folds differ, not how far other "
+            "people could move the figure. E sees both images "
             "under the mask (the deployed system); O on clean pairs is the utility reference; the attacker rows are "
             "O on masked, R-inpainted, Telea- and Navier-Stokes-filled pairs and, when trained, the adaptive-family "
             "recognizer (`family`) on masked and inpainted pairs. In %.", "", "![ROC](results/roc.png)", "",

@@ -15,7 +15,7 @@ import pandas as pd
 
 from maskcrypt.config import ATTACKERS, Thresholds
 from maskcrypt.core.errors import MaskcryptError
-from maskcrypt.core.stats import wilson_interval
+from maskcrypt.core.stats import IDC, IDN, clustered_wilson, identity_design_effects, wilson_interval
 
 #: Open set only: the known-mask attacker's probes against a gallery masked with the same mask.
 MASKED_GALLERY = "adaptive-known/masked-gallery"
@@ -38,7 +38,7 @@ FILLS = {"R+O": "R", "telea+O": "telea", "ns+O": "ns", "adaptive-family+R": "R"}
 #: A fill's fidelity against the original, averaged over the split's probes (see maskcrypt.models.fidelity).
 FIDELITY = ("psnr_hole", "ssim_hole", "psnr_image", "ssim_image")
 COLUMNS = ["mask_id", "bucket", "split", "attacker", "n", "correct", "accuracy", "accuracy_lo", "accuracy_hi",
-           "chance", *FIDELITY, "worst_attacker", "worst_accuracy"]
+           "identities", "deff", "chance", *FIDELITY, "worst_attacker", "worst_accuracy"]
 FAMILY = "family"
 
 
@@ -46,7 +46,9 @@ def attacker_counts(counts: pd.DataFrame) -> pd.DataFrame:
     """The scorer's attack rows in long form: ``mask_id``, ``split``, ``attacker``, ``n``, ``correct``, fidelity.
 
     ``O`` and ``R+O`` are Table 2's ``correct_O_masked`` / ``correct_O_inpainted``; every
-    other attacker is an ``atk:<name>`` column. An inpainting attacker's fidelity
+    other attacker is an ``atk:<name>`` column. With the scorer's per-identity counts
+    (``idn``, ``idc:<column>``), each row's design effect (``deff``) and ``identities``;
+    NaN without them. An inpainting attacker's fidelity
     (:data:`FIDELITY`) is the mean over the split's probes of its fill's figures (the
     scorer's ``fid:<fill>:<figure>`` sums over ``n``); the others get NaN.
     """
@@ -59,8 +61,13 @@ def attacker_counts(counts: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise MaskcryptError(f"attack counts: missing column(s) {missing}")
     parts = []
+    people = IDN in counts.columns
     for name, col in source.items():
         part = counts[["mask_id", "split", "n"]].assign(attacker=name, correct=counts[col].astype(int))
+        if people and IDC + col in counts.columns:
+            part["deff"], part["identities"] = identity_design_effects(counts[IDC + col], counts[IDN])
+        else:
+            part["deff"], part["identities"] = np.nan, np.nan
         for fig in FIDELITY:  # sums over the split's probes -> means; NaN where the attacker fills nothing
             key = f"fid:{FILLS.get(name)}:{fig}"
             part[fig] = counts[key].astype(float) / counts["n"] if key in counts.columns else np.nan
@@ -70,8 +77,12 @@ def attacker_counts(counts: pd.DataFrame) -> pd.DataFrame:
 
 def attacks_table(counts: pd.DataFrame, ranks: pd.DataFrame, th: Thresholds = Thresholds(),
                   chance: float = float("nan")) -> pd.DataFrame:
-    """``results/attacks.parquet``: one row per (mask, split, attacker) with a Wilson interval and, for an
+    """``results/attacks.parquet``: one row per (mask, split, attacker) with an interval over people and, for an
     inpainting attacker, its fill's PSNR and SSIM against the originals (in the hole and over the image).
+
+    The interval is the design-effect Wilson interval over the split's identities
+    (:func:`people_interval`): an attacker's figure is a claim about the people behind
+    the masked images, whose photos are clustered within them.
 
     ``counts``: the attack stage's rows (one per mask and split, see
     :func:`attacker_counts`); ``ranks``: the attack list (``mask_id``, ``bucket``).
@@ -88,7 +99,7 @@ def attacks_table(counts: pd.DataFrame, ranks: pd.DataFrame, th: Thresholds = Th
                              "are not in the attack list")
     out["bucket"] = out["bucket"].astype(int)
     out["accuracy"] = out["correct"] / out["n"]
-    out["accuracy_lo"], out["accuracy_hi"] = wilson_interval(out["correct"], out["n"], th.confidence)
+    out["accuracy_lo"], out["accuracy_hi"] = people_interval(out, th)
     out["chance"] = float(chance)
     out["_order"] = out["attacker"].map({a: i for i, a in enumerate(ORDER)})
     out = out.sort_values(["bucket", "mask_id", "split", "_order"]).reset_index(drop=True)
@@ -97,6 +108,18 @@ def attacks_table(counts: pd.DataFrame, ranks: pd.DataFrame, th: Thresholds = Th
              .rename(columns={"attacker": "worst_attacker", "accuracy": "worst_accuracy"}))
     out = out.merge(worst, on=["mask_id", "split"], how="left").drop(columns="_order")
     return out[COLUMNS]
+
+
+def people_interval(table: pd.DataFrame, th: Thresholds) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``correct / n`` interval over people (``deff``, ``identities``), or per image where not counted."""
+    lo, hi = wilson_interval(table["correct"], table["n"], th.confidence)
+    known = table["identities"].notna().to_numpy()
+    if known.any():
+        ids = table["identities"].fillna(2).to_numpy()
+        clo, chi = clustered_wilson(table["correct"], table["n"], table["deff"].fillna(1.0).to_numpy(), ids,
+                                    th.confidence)
+        lo, hi = np.where(known, clo, lo), np.where(known, chi, hi)
+    return lo, hi
 
 
 def worst_attackers(table: pd.DataFrame, split: str) -> pd.DataFrame:

@@ -2,9 +2,10 @@
 
 The family attacker (``adaptive-family``) fine-tunes O on *all* of the attacker's
 labelled photos: one point of a curve. The ladder trains the same attacker on N photos
-for a few N (``--attacker-ladder``, default 256, 1,024 and all), so a privacy engineer
-sees how much an adversary must collect. Rung 0 is O itself (no photo: the ordinary
-recognizer on the masked image). Every rung starts from O's weights (the attacker holds
+for a few N (``--attacker-ladder``, default 256, 1,024 and all): how fast an attacker who
+already holds O adapts to the masks with N photos (not how many photos a stranger must
+collect: in closed set O trained on clean photos of every scored person). Rung 0 is O
+itself (no photo: the ordinary recognizer on the masked image). Every rung starts from O's weights (the attacker holds
 O: the worst case) and takes the same number of optimizer steps, so a rung differs from
 the next only in the photos.
 
@@ -21,11 +22,12 @@ import pandas as pd
 
 from maskcrypt.config import Thresholds
 from maskcrypt.core.errors import MaskcryptError
-from maskcrypt.core.stats import wilson_interval
+from maskcrypt.core.stats import IDC, IDN, identity_design_effects
+from maskcrypt.selection.attacks import people_interval
 
 #: ``results/attacker_ladder.parquet``'s columns.
 COLUMNS = ["mask_id", "bucket", "split", "photos", "n", "correct", "accuracy", "accuracy_lo", "accuracy_hi",
-           "chance"]
+           "identities", "deff", "chance"]
 
 
 def photo_order(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -62,7 +64,7 @@ def rung_rows(order: np.ndarray, photos: int, total: int) -> np.ndarray:
 
 def ladder_table(counts: pd.DataFrame, attack_list: pd.DataFrame, columns: dict[int, str],
                  th: Thresholds = Thresholds(), chance: float = float("nan")) -> pd.DataFrame:
-    """``results/attacker_ladder.parquet``: per (mask, split, rung) the count, accuracy and Wilson interval.
+    """``results/attacker_ladder.parquet``: per (mask, split, rung) the count, accuracy and interval over people.
 
     ``counts``: the attack stage's rows (``mask_id``, ``split``, ``n`` and the count
     columns); ``columns``: photos -> the count column of that rung (0 ->
@@ -71,14 +73,20 @@ def ladder_table(counts: pd.DataFrame, attack_list: pd.DataFrame, columns: dict[
     missing = [c for c in ("mask_id", "split", "n", *columns.values()) if c not in counts.columns]
     if missing:
         raise MaskcryptError(f"attacker ladder: the attack counts lack column(s) {missing}")
-    parts = [counts[["mask_id", "split", "n"]].assign(photos=int(p), correct=counts[c].astype(int))
-             for p, c in sorted(columns.items())]
+    parts = []
+    for p, c in sorted(columns.items()):
+        part = counts[["mask_id", "split", "n"]].assign(photos=int(p), correct=counts[c].astype(int))
+        if IDN in counts.columns and IDC + c in counts.columns:
+            part["deff"], part["identities"] = identity_design_effects(counts[IDC + c], counts[IDN])
+        else:
+            part["deff"], part["identities"] = np.nan, np.nan
+        parts.append(part)
     out = pd.concat(parts, ignore_index=True).merge(attack_list[["mask_id", "bucket"]], on="mask_id", how="left",
                                                      validate="many_to_one")
     if out["bucket"].isna().any() or (out["correct"] > out["n"]).any() or (out["n"] <= 0).any():
         raise MaskcryptError("attacker ladder: counts outside the attack list, or not 0 <= correct <= n > 0")
     out["bucket"] = out["bucket"].astype(int)
     out["accuracy"] = out["correct"] / out["n"]
-    out["accuracy_lo"], out["accuracy_hi"] = wilson_interval(out["correct"], out["n"], th.confidence)
+    out["accuracy_lo"], out["accuracy_hi"] = people_interval(out, th)
     out["chance"] = float(chance)
     return out.sort_values(["bucket", "mask_id", "split", "photos"]).reset_index(drop=True)[COLUMNS]

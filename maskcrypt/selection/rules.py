@@ -19,6 +19,10 @@ tables. Accuracies are fractions in [0, 1]; so are thresholds.
 Every accuracy carries a Wilson interval; every drop a paired (Newcombe) interval,
 since the same images are recognized before and after inpainting. A column says
 whether each decision is within its interval, i.e. could flip with other test images.
+In open set (``by_identity``) the figures are claims about people the recognizer never
+trained on, so the intervals are over people: the design-effect versions
+(:func:`maskcrypt.core.stats.clustered_wilson`) from the per-identity counts; closed-set
+Table 1 and Table 2 are about the enrolled people's own images and keep per-image ones.
 When a rule empties the set, :class:`Empty` says which rule and the closest values.
 """
 
@@ -27,11 +31,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from maskcrypt.config.thresholds import Thresholds
 from maskcrypt.core.errors import MaskcryptError
-from maskcrypt.core.stats import paired_difference_interval, wilson_interval
+from maskcrypt.core.stats import (
+    IDC,
+    IDN,
+    clustered_wilson,
+    decode_counts,
+    design_effect,
+    paired_difference_interval,
+    wilson_interval,
+)
 
 
 @dataclass(frozen=True)
@@ -54,8 +67,54 @@ def require_columns(df: pd.DataFrame, columns: list[str], what: str) -> None:
         raise MaskcryptError(f"{what}: negative image counts")
 
 
+# -- intervals over people --------------------------------------------------------------------------------
+def people_design_effect(df: pd.DataFrame, columns: list[str], paired: bool = False) -> tuple[Any, Any] | None:
+    """Per row: the design effect and the identities of the count ``sum(df[columns])``, from its per-identity blobs.
+
+    ``paired``: ``columns`` are (first only, second only) of a paired difference. None when
+    the table has no per-identity counts for these columns; a row whose blobs are missing
+    (a mask the race did not measure on every probe) gets deff 1 and no identity count
+    (NaN): its interval stays per image.
+    """
+    blobs = [IDC + c for c in columns]
+    if IDN not in df.columns or any(b not in df.columns for b in blobs):
+        return None
+    deff, ids = np.ones(len(df)), np.full(len(df), np.nan)
+    for i, (m, *cs) in enumerate(df[[IDN, *blobs]].itertuples(index=False)):
+        if not all(isinstance(v, (bytes, bytearray, memoryview)) for v in (m, *cs)):
+            continue  # missing (None, NaN or NA after a merge): a partial mask, per image
+        m = decode_counts(m)
+        arrays = [decode_counts(c) for c in cs]
+        if paired:
+            diff = arrays[0] - arrays[1]
+            deff[i] = design_effect(diff, arrays[0] + arrays[1], m)
+        else:
+            total = np.sum(arrays, axis=0)
+            deff[i] = design_effect(total, total, m)
+        ids[i] = int((m > 0).sum())
+    return deff, ids
+
+
+def accuracy_interval(df: pd.DataFrame, columns: list[str], th: Thresholds,
+                      by_identity: bool) -> tuple[Any, Any, Any]:
+    """``sum(df[columns]) / df["n"]``'s interval: over people where asked and counted (else per image), and deff.
+
+    Returns (lo, hi, deff); deff is NaN on per-image rows.
+    """
+    correct = df[columns].sum(axis=1).astype(float)
+    lo, hi = wilson_interval(correct, df["n"], th.confidence)
+    found = people_design_effect(df, columns) if by_identity else None
+    if found is None:
+        return lo, hi, np.full(len(df), np.nan)
+    deff, ids = found
+    known = ~np.isnan(ids)
+    clo, chi = clustered_wilson(correct, df["n"], deff, np.where(known, ids, 2), th.confidence)
+    return np.where(known, clo, lo), np.where(known, chi, hi), np.where(known, deff, np.nan)
+
+
 # -- Table 1 -------------------------------------------------------------------------------------------
-def table1(counts: pd.DataFrame, th: Thresholds = Thresholds(), labels: dict[int, str] | None = None) -> pd.DataFrame:
+def table1(counts: pd.DataFrame, th: Thresholds = Thresholds(), labels: dict[int, str] | None = None,
+           by_identity: bool = False) -> pd.DataFrame:
     """First (E) and second (O) accuracy per bucket, over repetitions.
 
     ``counts`` has one row per (bucket, repeat) with ``n``, ``correct_E``, ``correct_O``
@@ -67,7 +126,9 @@ def table1(counts: pd.DataFrame, th: Thresholds = Thresholds(), labels: dict[int
     ``n_images`` images: what another draw of test images could do to the figure.
     ``gap = first - second``; ``target`` marks gap > t_gap (never bucket 0);
     ``gap_uncertain`` says t_gap lies within the gap's interval (the difference of the
-    two Wilson bounds, a conservative band).
+    two Wilson bounds, a conservative band). ``by_identity`` (open set): the intervals are
+    over people, each repetition's design effect from its per-identity counts and the
+    bucket's the mean over repetitions (``first_deff``, ``second_deff``).
     """
     require_columns(counts, ["bucket", "repeat", "n", "correct_E", "correct_O"], "table1 counts")
     df = counts.copy()
@@ -89,8 +150,17 @@ def table1(counts: pd.DataFrame, th: Thresholds = Thresholds(), labels: dict[int
         "correct_O": g["correct_O"].sum(),
     }).reset_index()
     pooled_e, pooled_o = out["correct_E"] / out["n"], out["correct_O"] / out["n"]
-    out["first_lo"], out["first_hi"] = wilson_interval(pooled_e * out["n_images"], out["n_images"], th.confidence)
-    out["second_lo"], out["second_hi"] = wilson_interval(pooled_o * out["n_images"], out["n_images"], th.confidence)
+    for key, name, pooled in (("first", "E", pooled_e), ("second", "O", pooled_o)):
+        found = people_design_effect(df, [f"correct_{name}"]) if by_identity else None
+        if found is None:
+            out[f"{key}_lo"], out[f"{key}_hi"] = wilson_interval(pooled * out["n_images"], out["n_images"],
+                                                                 th.confidence)
+            continue
+        per = pd.DataFrame({"bucket": df["bucket"], "deff": found[0], "ids": found[1]}).groupby("bucket", sort=True)
+        deff, ids = per["deff"].mean().to_numpy(), per["ids"].max().to_numpy()
+        out[f"{key}_lo"], out[f"{key}_hi"] = clustered_wilson(pooled * out["n_images"], out["n_images"], deff, ids,
+                                                              th.confidence)
+        out[f"{key}_deff"] = deff
     out["gap"] = out["first"] - out["second"]
     gap_lo, gap_hi = out["first_lo"] - out["second_hi"], out["first_hi"] - out["second_lo"]
     out["target"] = (out["bucket"] > 0) & (out["gap"] > th.t_gap)
@@ -111,7 +181,8 @@ def full_table1_counts(clean: pd.DataFrame, per_mask: pd.DataFrame) -> pd.DataFr
     pm = per_mask.sort_values(["bucket", "mask_id"]).copy()
     pm["repeat"] = pm.groupby("bucket").cumcount()
     cols = ["bucket", "repeat", "n", "correct_E", "correct_O"]
-    return pd.concat([clean[cols], pm[cols]], ignore_index=True)
+    people = [c for c in (IDN, IDC + "correct_E", IDC + "correct_O") if c in clean.columns and c in pm.columns]
+    return pd.concat([clean[cols + people], pm[cols + people]], ignore_index=True)
 
 
 def target_buckets(t1: pd.DataFrame, th: Thresholds = Thresholds()) -> tuple[list[int], Empty | None]:
@@ -131,12 +202,15 @@ def target_buckets(t1: pd.DataFrame, th: Thresholds = Thresholds()) -> tuple[lis
 
 
 # -- per mask, candidates ---------------------------------------------------------------------------------
-def per_mask_table(counts: pd.DataFrame, th: Thresholds = Thresholds()) -> pd.DataFrame:
+def per_mask_table(counts: pd.DataFrame, th: Thresholds = Thresholds(), by_identity: bool = False) -> pd.DataFrame:
     """Third accuracy (E) and O's accuracy per mask, with intervals and the basic rule's verdict.
 
     ``counts``: one row per mask with ``mask_id``, ``bucket``, ``n``, ``correct_E``, ``correct_O``
     (missing for masks the adaptive race measured on E alone: ``has_O`` is false there and
-    the O figures are NaN; the basic rule never passes such a mask).
+    the O figures are NaN; the basic rule never passes such a mask). ``by_identity`` (open
+    set): intervals over people where the counts carry per-identity blobs (``third_deff``,
+    ``acc_O_deff``; NaN where the interval is per image, e.g. a mask the race left on part
+    of the probes). The blobs are dropped from the table.
     """
     require_columns(counts, ["mask_id", "bucket", "n", "correct_E", "correct_O"], "per-mask counts")
     if counts["mask_id"].duplicated().any():
@@ -149,8 +223,12 @@ def per_mask_table(counts: pd.DataFrame, th: Thresholds = Thresholds()) -> pd.Da
     # The race measures O only on the masks it measured on every image: the others have no O figures.
     out["has_O"] = out["correct_O"].notna()
     out["acc_O"] = out["correct_O"] / out["n"]
-    out["third_lo"], out["third_hi"] = wilson_interval(out["correct_E"], out["n"], th.confidence)
-    out["acc_O_lo"], out["acc_O_hi"] = wilson_interval(out["correct_O"], out["n"], th.confidence)
+    out["third_lo"], out["third_hi"], out["third_deff"] = accuracy_interval(out, ["correct_E"], th, by_identity)
+    has_o = out["has_O"].to_numpy()
+    lo, hi, deff = accuracy_interval(out.fillna({"correct_O": 0}), ["correct_O"], th, by_identity)
+    out["acc_O_lo"], out["acc_O_hi"] = np.where(has_o, lo, np.nan), np.where(has_o, hi, np.nan)
+    out["acc_O_deff"] = np.where(has_o, deff, np.nan)
+    out = out.drop(columns=[c for c in out.columns if c == IDN or c.startswith(IDC)])
     for name in ("E", "O"):
         if f"score_{name}" in out.columns:
             out[f"mean_score_{name}"] = out[f"score_{name}"] / out["n"]
@@ -219,7 +297,8 @@ def attack_list(per_mask: pd.DataFrame, buckets: list[int], th: Thresholds = Thr
 
 
 # -- Table 2 ------------------------------------------------------------------------------------------------
-def table2(attack: pd.DataFrame, ranks: pd.DataFrame, th: Thresholds = Thresholds()) -> pd.DataFrame:
+def table2(attack: pd.DataFrame, ranks: pd.DataFrame, th: Thresholds = Thresholds(),
+           by_identity: bool = False) -> pd.DataFrame:
     """Fourth (E on masked) and fifth (E on inpainted) accuracy, the drop and its paired interval.
 
     ``attack``: one row per attacked mask with ``mask_id``, ``n`` and the paired counts
@@ -227,7 +306,9 @@ def table2(attack: pd.DataFrame, ranks: pd.DataFrame, th: Thresholds = Threshold
     ``neither``; optionally ``correct_O_inpainted`` (O on the inpainted images) and
     ``correct_O_masked``. ``ranks``: the attack list (``mask_id``, ``bucket``, ``rank``).
     Figures and ``*_uncertain`` flags only: which masks are targets is decided once, by
-    :func:`decide`, and marked on the table by :func:`mark_decision`.
+    :func:`decide`, and marked on the table by :func:`mark_decision`. ``by_identity``
+    (open set): intervals over people from the per-identity blobs (the drop's from the
+    per-identity paired difference); ``deff`` is the fourth accuracy's design effect.
     """
     require_columns(attack, ["mask_id", "n", "both", "before_only", "after_only", "neither"], "attack counts")
     total = attack[["both", "before_only", "after_only", "neither"]].sum(axis=1)
@@ -241,10 +322,14 @@ def table2(attack: pd.DataFrame, ranks: pd.DataFrame, th: Thresholds = Threshold
     n = out["n"]
     out["fourth"] = (out["both"] + out["before_only"]) / n
     out["fifth"] = (out["both"] + out["after_only"]) / n
-    out["fourth_lo"], out["fourth_hi"] = wilson_interval(out["both"] + out["before_only"], n, th.confidence)
-    out["fifth_lo"], out["fifth_hi"] = wilson_interval(out["both"] + out["after_only"], n, th.confidence)
+    out["fourth_lo"], out["fourth_hi"], out["deff"] = accuracy_interval(out, ["both", "before_only"], th,
+                                                                        by_identity)
+    out["fifth_lo"], out["fifth_hi"], _ = accuracy_interval(out, ["both", "after_only"], th, by_identity)
+    paired = people_design_effect(out, ["before_only", "after_only"], paired=True) if by_identity else None
+    deff, dof = (None, None) if paired is None else (paired[0], np.nan_to_num(paired[1] - 1.0, nan=np.inf))
     out["drop"], out["drop_lo"], out["drop_hi"] = paired_difference_interval(
-        out["both"], out["before_only"], out["after_only"], out["neither"], th.confidence)
+        out["both"], out["before_only"], out["after_only"], out["neither"], th.confidence, deff=deff, dof=dof)
+    out = out.drop(columns=[c for c in out.columns if c == IDN or c.startswith(IDC)])
     if "correct_O_inpainted" in out.columns:
         out["O_inpainted"] = out["correct_O_inpainted"] / n
     if "correct_O_masked" in out.columns:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.stats import clustered_wilson, design_effect
 from maskcrypt.verification.protocol import tar_at_far
 
 #: The FARs of linkage verification, and the column of each.
@@ -28,8 +29,9 @@ LINKAGE_FARS = {1e-2: "tar_at_far_1e-2", 1e-3: "tar_at_far_1e-3"}
 #: A TAR at FAR is reported only where the impostor pairs number at least this many / FAR (ten false accepts).
 MIN_FALSE_ACCEPTS = 10
 #: ``results/linkage.parquet``'s columns (``impostor_pairs``: what each TAR at FAR rests on).
-COLUMNS = ["mask_id", "bucket", "split", "model", "recall_at_1", "recall_at_1_chance", *LINKAGE_FARS.values(),
-           "n_probes", "n_gallery", "impostor_pairs"]
+COLUMNS = ["mask_id", "bucket", "split", "model", "recall_at_1", "recall_at_1_lo", "recall_at_1_hi",
+           "recall_at_1_chance", *LINKAGE_FARS.values(), "n_probes", "n_gallery", "victims", "deff",
+           "impostor_pairs"]
 
 
 def split_identities(names: Sequence[str], victims: float, seed: int) -> tuple[list[str], list[str]]:
@@ -92,11 +94,15 @@ def victim_layout(labels: np.ndarray, split: np.ndarray, gallery: np.ndarray, cl
 
 
 def linkage_figures(probes: np.ndarray, probe_labels: np.ndarray, gallery: np.ndarray,
-                    gallery_labels: np.ndarray) -> dict[str, float | int]:
+                    gallery_labels: np.ndarray, confidence: float = 0.95) -> dict[str, float | int]:
     """Recall@1 and TAR at each FAR of unit embeddings ``probes`` (masked) against ``gallery`` (clean).
 
     Recall@1: the share of probes whose most similar gallery photo (cosine) is of the
-    same identity; chance is 1 / the gallery's identities. Verification: every (probe,
+    same identity; chance is 1 / the gallery's identities. Its interval
+    (``recall_at_1_lo``/``_hi``) is over the victims: the probes are clustered by their
+    identity and the gallery held fixed, the design-effect Wilson interval
+    (:func:`maskcrypt.core.stats.clustered_wilson`), which is what resampling the probe
+    identities estimates, without a bootstrap's collapse at 0% or 100%. Verification: every (probe,
     gallery photo) pair, genuine when the identities match; TAR at FAR from
     :func:`maskcrypt.verification.protocol.tar_at_far`, NaN where the impostor pairs are
     fewer than ``MIN_FALSE_ACCEPTS / FAR`` (too few to resolve that FAR), or there is no
@@ -108,8 +114,14 @@ def linkage_figures(probes: np.ndarray, probe_labels: np.ndarray, gallery: np.nd
         raise MaskcryptError("linkage: needs at least one probe and one gallery photo")
     sims = probes @ gallery.T
     same = probe_labels[:, None] == gallery_labels[None, :]
+    hits = (gallery_labels[sims.argmax(1)] == probe_labels).astype(np.float64)
+    _, who = np.unique(probe_labels, return_inverse=True)
+    per = np.bincount(who, weights=hits)
+    deff = design_effect(per, per, np.bincount(who))
+    lo, hi = clustered_wilson(hits.sum(), len(hits), deff, int(who.max()) + 1, confidence)
     out: dict[str, float | int] = {
-        "recall_at_1": float((gallery_labels[sims.argmax(1)] == probe_labels).mean()),
+        "recall_at_1": float(hits.mean()), "recall_at_1_lo": float(lo), "recall_at_1_hi": float(hi),
+        "victims": int(who.max()) + 1, "deff": deff,
         "recall_at_1_chance": 1.0 / len(np.unique(gallery_labels)),
         "n_probes": len(probes), "n_gallery": len(gallery), "impostor_pairs": int((~same).sum()),
     }

@@ -19,7 +19,9 @@ computes it), with two departures that make it exact:
 
 Accuracy: for each of the 10 folds, the threshold is chosen on the other nine and the
 accuracy measured on it; the figure is the mean and the (population) standard
-deviation over folds, insightface's ``Accuracy-Flip: mean+-std``.
+deviation over folds, insightface's ``Accuracy-Flip: mean+-std``. The fold spread is
+not a confidence interval: given each pair's subject, :func:`evaluate` adds intervals over
+subjects (accuracy: design-effect Wilson; TAR@FAR: a bootstrap over subjects).
 
 TAR@FAR is computed on *all* pairs (the ROC's operating point): the threshold is the
 lowest similarity above which at most ``floor(FAR x negatives)`` negative pairs fall;
@@ -36,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from maskcrypt.core.errors import MaskcryptError
+from maskcrypt.core.stats import clustered_wilson, design_effect
 from maskcrypt.data.pairs import FOLDS, consecutive_folds  # noqa: F401  (part of the protocol's API)
 
 #: The FARs every verification table reports.
@@ -183,9 +186,56 @@ def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
 
 
+def subject_accuracy_interval(sims: np.ndarray, same: np.ndarray, folds: np.ndarray, chosen: np.ndarray,
+                              subjects: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """The 10-fold accuracy's interval over subjects: each pair judged at its fold's threshold, pairs clustered
+    by subject, the design-effect Wilson interval (:func:`maskcrypt.core.stats.clustered_wilson`)."""
+    f = np.asarray(folds).ravel()
+    ids = np.unique(f)
+    t = np.asarray(chosen, np.float64)[np.searchsorted(ids, f)]
+    right = ((sims > t) == same).astype(np.float64)
+    _, who = np.unique(np.asarray(subjects).ravel(), return_inverse=True)
+    per = np.bincount(who, weights=right)
+    deff = design_effect(per, per, np.bincount(who))
+    lo, hi = clustered_wilson(right.sum(), right.size, deff, int(who.max()) + 1, confidence)
+    return float(lo), float(hi)
+
+
+def subject_bootstrap_tar(sims: np.ndarray, same: np.ndarray, subjects: np.ndarray, far: float,
+                          confidence: float = 0.95, replicates: int = 200, seed: int = 0) -> tuple[float, float]:
+    """TAR at ``far``'s percentile interval from a bootstrap over subjects (Bolle et al.'s subsets bootstrap).
+
+    Each replicate draws the subjects with replacement and takes every pair of a drawn
+    subject (its first image's) as many times as it was drawn; the threshold is found
+    again on each replicate's impostors. Seeded: the same pairs give the same interval.
+    """
+    s, y = _check(sims, same)
+    _, who = np.unique(np.asarray(subjects).ravel(), return_inverse=True)
+    k = int(who.max()) + 1 if who.size else 0
+    members = np.split(np.argsort(who, kind="stable"), np.cumsum(np.bincount(who, minlength=k))[:-1])
+    rng = np.random.default_rng([seed, 0x5B])
+    tars = []
+    for _ in range(replicates):
+        rows = np.concatenate([members[i] for i in rng.integers(0, k, k)])
+        if y[rows].all() or not y[rows].any():
+            continue
+        tars.append(tar_at_far(s[rows], y[rows], far).tar)
+    if not tars:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(tars, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(lo), float(hi)
+
+
 def evaluate(sims: np.ndarray, same: np.ndarray, folds: np.ndarray, fars: tuple[float, ...] = FARS,
-             thresholds: np.ndarray | None = None) -> dict[str, Any]:
-    """Every figure of one condition: 10-fold accuracy, TAR at each FAR, AUC, and the ROC arrays."""
+             thresholds: np.ndarray | None = None, subjects: np.ndarray | None = None,
+             confidence: float = 0.95) -> dict[str, Any]:
+    """Every figure of one condition: 10-fold accuracy, TAR at each FAR, AUC, and the ROC arrays.
+
+    With ``subjects`` (each pair's subject: its first image's identity), intervals over
+    subjects: ``accuracy_lo``/``_hi`` (:func:`subject_accuracy_interval`) and
+    ``tar_<far>_lo``/``_hi`` (:func:`subject_bootstrap_tar`); a subject's pairs are not
+    independent draws, so the fold standard deviation alone says little about other people.
+    """
     s, y = _check(sims, same)
     fa = fold_accuracy(s, y, folds, thresholds)
     fpr, tpr, _ = roc(s, y)
@@ -201,6 +251,12 @@ def evaluate(sims: np.ndarray, same: np.ndarray, folds: np.ndarray, fars: tuple[
         out[f"threshold_{key}"] = r.threshold
         out[f"far_achieved_{key}"] = r.far_achieved
         out[f"resolvable_{key}"] = r.resolvable
+        if subjects is not None:
+            out[f"tar_{key}_lo"], out[f"tar_{key}_hi"] = subject_bootstrap_tar(s, y, subjects, far, confidence)
+    if subjects is not None:
+        out["accuracy_lo"], out["accuracy_hi"] = subject_accuracy_interval(s, y, folds, fa.thresholds, subjects,
+                                                                           confidence)
+        out["subjects"] = int(np.unique(subjects).size)
     return out
 
 

@@ -123,7 +123,7 @@ def decode_pair_images(split: Any, pairs: np.ndarray, log: Callable[[str], None]
 def _row(model: str, condition: str, side: str, mask_id: str, bucket: int, label: str, emb: np.ndarray,
          pairs: np.ndarray) -> dict[str, Any]:
     sims = (emb[pairs[:, 0]] * emb[pairs[:, 1]]).sum(1).astype(np.float64)
-    figures = evaluate(sims, pairs[:, 2] == 1, pairs[:, 3])
+    figures = evaluate(sims, pairs[:, 2] == 1, pairs[:, 3], subjects=pairs[:, 4] if pairs.shape[1] > 4 else None)
     fpr, tpr = figures.pop("roc")
     return {"model": model, "condition": condition, "side": side, "mask_id": mask_id, "bucket": bucket,
             "range": label, **figures, "roc_fpr": fpr.astype(np.float32), "roc_tpr": tpr.astype(np.float32)}
@@ -292,6 +292,10 @@ def verify(run: str | os.PathLike[str] | Run, pairs: str = "", mask_ids: list[st
     log(f"verify: {labelled(spec)} {len(prs)} pairs ({same} same, {len(prs) - same} different) of "
         f"{np.unique(prs[:, :2]).size} images, {np.unique(prs[:, 3]).size} folds, pairs {origin}; {len(masks)} "
         f"{what}; flip-sum embeddings on {where}")
+    # Each pair's subject (its first image's identity): the verification's intervals are over subjects. A source
+    # without identities (a .bin) makes every first image its own subject: the intervals are then per pair.
+    labels = np.asarray(split.labels, np.int64)
+    prs = np.column_stack([prs, labels[prs[:, 0]] if np.unique(labels).size > 1 else prs[:, 0]])
     images, prs = decode_pair_images(split, prs, log)
     table = verify_on_ray(images, prs, masks, models, r_dir if r_dir.exists() else None, settings, log)
     table.insert(0, "pairs_source", spec)
@@ -338,9 +342,11 @@ def verify_determination(run: str | os.PathLike[str] | Run, test_spec: str, sett
 
 
 def format_verification(table: pd.DataFrame) -> str:
-    """A fixed-width table: accuracy mean ± std and TAR at each FAR (``*``: not resolvable), per row."""
+    """A fixed-width table: accuracy mean ± fold std [interval over subjects] and TAR at each FAR (``*``: not
+    resolvable), per row."""
     heads = "".join(f" {'TAR@FAR=' + far_label(far):>16}" for far in FARS)
-    lines = [f"{'model':>6} {'condition':>10} {'mask':>14} {'bucket':>11} {'accuracy':>16}{heads} {'negatives':>9}"]
+    lines = [f"{'model':>6} {'condition':>10} {'mask':>14} {'bucket':>11} {'accuracy [over subjects]':>32}{heads} "
+             f"{'negatives':>9}"]
     flagged = False
     for _, r in table.iterrows():
         d = r.to_dict()
@@ -352,7 +358,9 @@ def format_verification(table: pd.DataFrame) -> str:
             tar = "{:.2%}".format(d["tar_" + k]) + ("" if ok else "*")
             cells += f" {tar:>16}"
         acc = f"{r['accuracy']:.2%} ± {r['accuracy_std']:.2%}"
-        lines.append(f"{r['model']:>6} {r['condition']:>10} {r['mask_id'] or '-':>14} {r['range']:>11} {acc:>16}"
+        if "accuracy_lo" in d:
+            acc += f" [{d['accuracy_lo']:.1%}, {d['accuracy_hi']:.1%}]"
+        lines.append(f"{r['model']:>6} {r['condition']:>10} {r['mask_id'] or '-':>14} {r['range']:>11} {acc:>32}"
                      f"{cells} {r['negatives']:>9,}")
     if flagged:
         lines.append("* not resolvable: fewer than 1/FAR negative pairs, so no false accept is allowed (TAR at FAR 0)")

@@ -239,6 +239,12 @@ def test_determination_writes_attacks_and_every_artifact_agrees_with_it(attacked
         assert (rows["worst_accuracy"] == best["accuracy"]).all() and rows["n"].nunique() == 1
         assert t2[s].set_index("mask_id").loc[mid, "worst_accuracy"] == best["accuracy"]
     assert set(table["mask_id"]) == set(t2["selection"]["mask_id"])
+    # Intervals over people: the split's probe identities, a design effect >= 1, the interval from both.
+    from maskcrypt.core.stats import clustered_wilson
+
+    assert (table["identities"] == 6).all() and (table["deff"] >= 1).all()
+    lo, hi = clustered_wilson(table["correct"], table["n"], table["deff"], table["identities"])
+    assert np.allclose(lo, table["accuracy_lo"]) and np.allclose(hi, table["accuracy_hi"])
     for t in result["targets"]:  # targets.json carries each target's attacker figures
         for s in SPLITS:
             for a, fig in t["attackers"][s]["attackers"].items():
@@ -393,6 +399,10 @@ def test_linkage_of_unseen_victims_equals_a_plain_loop_and_its_embedder_never_sa
                 assert row["n_probes"] == sel.sum() and row["n_gallery"] == len(lay.gallery)
                 assert row["recall_at_1_chance"] == 1 / 3
     assert table["tar_at_far_1e-2"].isna().all() and (table["impostor_pairs"] < 1000).all()  # too few to resolve
+    # Recall@1's interval is over the victims (probes clustered by person), around the figure.
+    assert (table["recall_at_1_lo"] <= table["recall_at_1"]).all()
+    assert (table["recall_at_1"] <= table["recall_at_1_hi"]).all()
+    assert table["victims"].between(1, 3).all() and (table["deff"] >= 1).all()  # victims probed in the split
 
 
 def test_a_ladder_without_the_family_attackers_counts_its_top_rung_with_the_family_model_once(attacked, tmp_path):
@@ -417,3 +427,32 @@ def test_a_ladder_without_the_family_attackers_counts_its_top_rung_with_the_fami
     pd.testing.assert_frame_equal(after.sort_values(key).reset_index(drop=True),
                                   before.sort_values(key).reset_index(drop=True))
     assert not (run / "results" / "linkage.parquet").exists()  # turned off: no earlier table looks current
+
+
+def test_leak_guards_refuse_the_runs_own_weights_and_test_images_as_attacker_data(attacked, tmp_path):
+    """`--attacker-weights` = O's own model.pt stops the determination before any stage, naming the file; attacker
+    data that are the test images stop the attackers' training with a count (nothing trains)."""
+    from maskcrypt.config import AdaptivePlan, DetermineConfig, EvalSettings
+    from maskcrypt.core.errors import MaskcryptError
+    from maskcrypt.determine.attackers import train_for
+    from maskcrypt.determine.inputs import open_determination
+    from maskcrypt.determine.stage import determine
+
+    run = tmp_path / "run"
+    shutil.copytree(attacked.run, run, ignore=shutil.ignore_patterns("attackers"))
+    loose = Thresholds(**json.loads((run / "targets.json").read_text())["thresholds"])
+    config, settings = DetermineConfig(test_data=TINY_DATA, repeats=1), EvalSettings(precision="fp32", actors=1)
+    own = sorted((run / "models" / "original").rglob("model.pt"))[-1]
+    before = (run / "results" / "table1.parquet").stat().st_mtime_ns
+    refused = rf"--attacker-weights .*: the same file .* own model {re.escape(str(own))}"
+    with pytest.raises(MaskcryptError, match=refused):
+        determine(run, config, loose, settings, log=lambda *_: None, report=False,
+                  attackers=AttackConfig(attacker_weights=str(own)))
+    assert (run / "results" / "table1.parquet").stat().st_mtime_ns == before  # refused before Table 1
+    d = open_determination(run, config, loose, settings, AdaptivePlan(), False, lambda *_: None)
+    d.attack = AttackConfig(data=TINY_DATA + "#split=test")
+    n_test = len(d.test.labels)
+    alist = pd.read_parquet(run / "results" / "table2.parquet")[["mask_id", "bucket"]]
+    with pytest.raises(MaskcryptError, match=rf"{n_test} of its {n_test} images are also test images"):
+        train_for(d, alist)
+    assert not (run / "models" / "attackers").exists()

@@ -72,7 +72,8 @@ def test_linkage_refuses_missing_weights_by_name_and_skips_with_too_few_identiti
     def determination(weights: str, test_ids: int):
         test = SimpleNamespace(classes=[f"id{i}" for i in range(6)], labels=np.arange(test_ids).repeat(3))
         return SimpleNamespace(test=test, attack=AttackConfig(attacker_weights=weights), result={"attack": {}},
-                               log=lambda *_: None, paths=SimpleNamespace(attackers=tmp_path))
+                               log=lambda *_: None,
+                               paths=SimpleNamespace(attackers=tmp_path, models=tmp_path / "models"))
 
     data = {"labels": np.arange(6).repeat(4), "class_names": [f"id{i}" for i in range(6)], "spec": "x",
             "sha256": "0"}
