@@ -35,7 +35,7 @@ from maskcrypt.core.rundir import Run, RunPaths, check_resumable, code_version
 from maskcrypt.data import labelled, source_split
 from maskcrypt.masks import MaskLibrary, overlay, parse_buckets
 from maskcrypt.masks.generate import generate_into
-from maskcrypt.masks.pools import attacker_pool
+from maskcrypt.masks.pools import attacker_pool, held_out_for_attackers, per_bucket_share
 from maskcrypt.reporting.pictures import auto_scale, grid_image, mask_grid, save_png
 
 
@@ -72,14 +72,27 @@ def _prepare(paths: RunPaths, config: PrepareConfig, restart: bool, log: Any) ->
     size = (config.size, config.size)
     lib = MaskLibrary.open_or_create(str(paths.masks), *size)
     buckets = parse_buckets(config.buckets, lib.edges)
+    source, spared, drawn, generated = None, [], [], None
     if config.selection_masks:
         source = MaskLibrary.open(config.selection_masks)
         if (source.height, source.width) != size:
             raise MaskcryptError(f"--selection-masks {config.selection_masks}: masks are {source.height}x"
                                  f"{source.width}, the run is {size[0]}x{size[1]} (--size)")
-        res = lib.append((b.masks, b.mask_ids, b.sources or [config.selection_masks] * len(b))
-                         for b in source.iter_batches())
-        log(f"masks/        {len(lib)} selection masks copied from {config.selection_masks} ({res.added} new)")
+        # The attackers' share of the deployed distribution, held out before any mask is ranked.
+        index = source.table(columns=["mask_id", "bucket", "sha256"], edges=lib.edges)
+        spared, drawn, generated = held_out_for_attackers(
+            index.column("mask_id").to_pylist(), index.column("bucket").to_numpy(), index.column("sha256").to_pylist(),
+            buckets, per_bucket_share(config.attacker_mask_count, buckets), config.attacker_mask_seed)
+        out = set(spared)
+
+        def kept(b: Any) -> tuple[Any, list[str], list[str]]:
+            keep = [i for i, m in enumerate(b.mask_ids) if m not in out]
+            sources = b.sources or [config.selection_masks] * len(b)
+            return b.masks[keep], [b.mask_ids[i] for i in keep], [sources[i] for i in keep]
+
+        res = lib.append(kept(b) for b in source.iter_batches())
+        log(f"masks/        {len(lib)} selection masks copied from {config.selection_masks} ({res.added} new; "
+            f"{len(spared)} held out for the attackers)")
     else:
         res = generate_into(lib, config.mask_count, config.mask_seed, buckets)
         log(f"masks/        {len(lib)} selection masks ({res.added} new)")
@@ -95,7 +108,7 @@ def _prepare(paths: RunPaths, config: PrepareConfig, restart: bool, log: Any) ->
                           exclude_sha256=set(lib.column("sha256")) | set(pool.column("sha256")))
     log(f"masks_heldout/ {len(held)} masks for figures on unseen masks during training, disjoint from both "
         f"({res_h.added} new)")
-    attacker = attacker_pool(paths, config, log)
+    attacker = attacker_pool(paths, config, log, source=source, held=spared, generated=generated)
 
     # The splits' indexes only: the training set is decoded by Ray Data during training, never here.
     train = source_split(config.data, default_split="train", size=config.size)
@@ -129,7 +142,11 @@ def _prepare(paths: RunPaths, config: PrepareConfig, restart: bool, log: Any) ->
             "masks": {"count": len(lib), "stats": lib.stats()["buckets"]},
             "masks_train": {"count": len(pool)},
             "masks_heldout": {"count": len(held)},
-            "masks_attacker": {"count": len(attacker)},
+            # Where the attackers' masks come from, per bucket: the imported library's own held-out share, or the
+            # generator (every bucket when the selection masks are generated too).
+            "masks_attacker": {"count": len(attacker), "from_library": drawn,
+                               "generated": parse_buckets(config.buckets, lib.edges) if generated is None
+                               else generated},
         },
         "stages": {"prepare": {"seconds": round(time.perf_counter() - t0, 2),
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}},

@@ -12,7 +12,8 @@ t_gap, candidates = top k of each, targets = candidates with drop > t_drop passi
 basic form t_enc/t_orig). The choice is *feasible* when every chosen mask keeps O's
 accuracy on masked images <= ``o_masked``, O's accuracy on inpainted images <=
 ``o_inpainted`` and its inpainting drop >= ``min_drop`` (and, with ``max_attacker``, its
-worst attacker's accuracy, ``results/attacks.parquet``, <= that); every chosen mask counts
+worst attacker's accuracy, ``results/attacks.parquet``, <= that; with ``max_linkage``, the
+outsider's linkage Recall@1, ``results/linkage.parquet``, <= that); every chosen mask counts
 because ``mask=random`` or an explicit id can serve any of them. A feasible trial scores
 its *utility*: E's mean accuracy over the chosen masks (``utility="best"``: the best
 mask's, what ``mask=best`` serves). An infeasible trial scores ``-1 - violation`` (the
@@ -93,23 +94,30 @@ def assess(chosen: pd.DataFrame, budget: Budget) -> dict[str, Any]:
     if chosen.empty:
         return {"targets": 0, "mask_ids": "", "utility": 0.0, "best_E": 0.0, "mean_E": 0.0,
                 "leak_masked": float("nan"), "leak_inpainted": float("nan"), "leak_attacker": float("nan"),
+                "leak_linkage": float("nan"),
                 "min_drop": float("nan"), "feasible": False, "violation": float("nan"), "score": EMPTY}
-    needed = ["O_masked", "O_inpainted"] + (["worst_accuracy"] if budget.max_attacker is not None else [])
+    needed = (["O_masked", "O_inpainted"] + (["worst_accuracy"] if budget.max_attacker is not None else [])
+              + (["worst_linkage"] if budget.max_linkage is not None else []))
     for col in needed:
         if col not in chosen.columns:
             raise MaskcryptError(f"table2 has no {col} column: rerun the determination with this version")
     mean_e, best_e = float(chosen["fourth"].mean()), float(chosen["fourth"].max())
     leak_m, leak_i = float(chosen["O_masked"].max()), float(chosen["O_inpainted"].max())
     leak_a = float(chosen["worst_accuracy"].max()) if "worst_accuracy" in chosen.columns else float("nan")
+    # A chosen mask without a linkage figure (linkage off or skipped) counts as fully linked under --max-linkage.
+    leak_l = float(chosen["worst_linkage"].fillna(1.0).max()) if "worst_linkage" in chosen.columns else float("nan")
     drop = float(chosen["drop"].min())
     violation = (max(0.0, leak_m - budget.o_masked) + max(0.0, leak_i - budget.o_inpainted)
                  + max(0.0, budget.min_drop - drop))
     if budget.max_attacker is not None:  # the worst attacker of every chosen mask (results/attacks.parquet)
         violation += max(0.0, leak_a - budget.max_attacker)
+    if budget.max_linkage is not None:  # the outsider's linkage of every chosen mask (results/linkage.parquet)
+        violation += max(0.0, leak_l - budget.max_linkage)
     utility = best_e if budget.utility == "best" else mean_e
     feasible = violation == 0.0
     return {"targets": len(chosen), "mask_ids": ",".join(chosen["mask_id"]), "utility": utility, "best_E": best_e,
             "mean_E": mean_e, "leak_masked": leak_m, "leak_inpainted": leak_i, "leak_attacker": leak_a,
+            "leak_linkage": leak_l,
             "min_drop": drop, "feasible": feasible, "violation": violation,
             "score": utility if feasible else INFEASIBLE - violation}
 
@@ -198,10 +206,12 @@ def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, budget: Budget, path:
     ax.scatter(100 * pts.loc[ok, "leak"], 100 * pts.loc[ok, "utility"], c="tab:blue", s=14, label="feasible")
     if len(front):
         ax.plot(100 * front["leak"], 100 * front["utility"], "-o", c="tab:red", ms=4, label="Pareto front")
-    caps = [b for b in (budget.o_masked, budget.o_inpainted, budget.max_attacker) if b is not None]
+    caps = [b for b in (budget.o_masked, budget.o_inpainted, budget.max_attacker, budget.max_linkage)
+            if b is not None]
     ax.axvline(100 * min(caps), ls="--", c="k", lw=1, label="privacy budget")
-    ax.set_xlabel("O's accuracy, worst chosen mask, masked or inpainted (%)" if budget.max_attacker is None
-                  else "worst chosen mask: O masked or inpainted, or the worst attacker (%)")
+    ax.set_xlabel("O's accuracy, worst chosen mask, masked or inpainted (%)"
+                  if budget.max_attacker is None and budget.max_linkage is None
+                  else "worst chosen mask: O masked or inpainted, the worst attacker or linkage (%)")
     ax.set_ylabel(f"E's accuracy, {budget.utility} of chosen masks (%)")
     ax.legend(fontsize=8, loc="lower right")
     return save_figure(fig, path)
@@ -212,7 +222,7 @@ def _confirmation(tables: Tables, ids: list[str], budget: Budget) -> dict[str, A
         return None
     conf = tables.confirmation.set_index("mask_id").loc[ids].reset_index()
     cols = [c for c in ("mask_id", "bucket", "n", "fourth", "fourth_lo", "fourth_hi", "fifth", "drop", "drop_lo",
-                        "drop_hi", "O_masked", "O_inpainted", "worst_attacker", "worst_accuracy")
+                        "drop_hi", "O_masked", "O_inpainted", "worst_attacker", "worst_accuracy", "worst_linkage")
             if c in conf.columns]
     return {**assess(conf, budget), "masks": conf[cols].to_dict("records")}
 
@@ -254,7 +264,8 @@ def search(run: str | os.PathLike[str] | Run, budget: Budget = Budget(), mode: s
     keys = ["t_gap", "t_enc", "t_orig", "t_drop", "top_k"]
     trials = pd.DataFrame([{**{k: r.config[k] for k in keys}, **r.metrics} for r in grid])
     trials = trials[[*keys, *assess(pd.DataFrame(), budget).keys()]]
-    leaks = ["leak_masked", "leak_inpainted"] + (["leak_attacker"] if budget.max_attacker is not None else [])
+    leaks = (["leak_masked", "leak_inpainted"] + (["leak_attacker"] if budget.max_attacker is not None else [])
+             + (["leak_linkage"] if budget.max_linkage is not None else []))
     trials["leak"] = trials[leaks].max(axis=1)
     trials = trials.sort_values(["score", "targets", "t_gap", "t_drop"], ascending=[False, False, True, True],
                                 kind="stable").reset_index(drop=True)
@@ -270,7 +281,8 @@ def search(run: str | os.PathLike[str] | Run, budget: Budget = Budget(), mode: s
         "t_gap_floor": t_gap_floor(tables.table1, tables.table2),
         "run_thresholds": tables.thresholds.to_dict(), "best_thresholds": th.to_dict(),
         "selection": {**assess(chosen, budget), "masks": chosen[[c for c in ("mask_id", "bucket", "n", "fourth",
-                      "fifth", "drop", "O_masked", "O_inpainted", "worst_attacker", "worst_accuracy")
+                      "fifth", "drop", "O_masked", "O_inpainted", "worst_attacker", "worst_accuracy",
+                      "worst_linkage")
                       if c in chosen.columns]].to_dict("records")},
         "confirmation": _confirmation(tables, ids, budget),
         "run_choice": assess(choose(tables.table1, tables.table2, tables.thresholds), budget),

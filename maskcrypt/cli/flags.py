@@ -159,6 +159,9 @@ RUN_FLAGS: list[tuple[tuple[str, ...], tuple[str, ...], dict[str, Any], str]] = 
      "PSNR and SSIM of every inpainting attacker's fill, in the hole and over the image"),
     (("--linkage",), ("attack.linkage",), {"action": argparse.BooleanOptionalAction},
      "linkage of identities the attacker never saw: Recall@1 and TAR@FAR of an embedder trained on other people"),
+    (("--unlinkability",), ("attack.unlinkability",), {"action": argparse.BooleanOptionalAction},
+     "unlinkability across the target masks: D_sys of a person's photos under mask A against mask B (E and the "
+     "linkage embedder)"),
     (("--linkage-victims",), ("attack.linkage_victims",), {"type": float},
      "share of the test identities that are victims (the attacker trains on the others' photos)"),
     (("--linkage-epochs",), ("attack.linkage_epochs",), {"type": int}, "epochs of the linkage embedder"),
@@ -170,7 +173,7 @@ RUN_FLAGS: list[tuple[tuple[str, ...], tuple[str, ...], dict[str, Any], str]] = 
      "(0 = auto: spread over the trials, a lone trial gets its node's, up to 8)"),
     (("--attack-gpus",), ("attack.trial_gpus",), {"type": float}, "GPUs per attacker training trial"),
     (("--thresholds",), ("thresholds",), {"type": _thresholds},
-     "JSON/YAML file of thresholds (t_enc, t_orig, t_gap, t_drop, top_k, attack_top, confidence, t_attack); "
+     "JSON/YAML file of thresholds (t_enc, t_orig, t_gap, t_drop, top_k, attack_top, confidence, t_attack, t_link); "
      "fractions"),
 ]
 
@@ -184,6 +187,8 @@ TUNE_FLAGS: list[tuple[tuple[str, ...], tuple[str, ...], dict[str, Any], str]] =
     (("--min-drop",), ("tune.budget.min_drop",), {"type": float}, "floor on every chosen mask's inpainting drop"),
     (("--max-attacker",), ("tune.budget.max_attacker",), {"type": float},
      "privacy budget: the worst attacker's accuracy (results/attacks.parquet), every chosen mask (default off)"),
+    (("--max-linkage",), ("tune.budget.max_linkage",), {"type": float},
+     "privacy budget: the outsider's linkage Recall@1 (results/linkage.parquet), every chosen mask (default off)"),
     (("--utility",), ("tune.budget.utility",), {"choices": ("mean", "best")},
      "E's accuracy averaged over the chosen masks, or the best one's (what mask=best serves)"),
     (("--search",), ("tune.search",), {"choices": ("random", "grid")}, ""),
@@ -201,16 +206,45 @@ def _default(dotted: str) -> Any:
     return obj
 
 
+#: Metavars by what a value is (the field's last name, or its ending): what a user types, not the config path.
+METAVARS = {"run": "DIR", "models": "DIR", "masks": "LIB", "selection_masks": "LIB", "thresholds": "FILE",
+            "attacker_weights": "FILE", "init_original": "FILE", "init_encrypted": "FILE", "init_inpainter": "FILE",
+            "vgg_weights": "FILE", "buckets": "LIST", "attackers": "LIST", "ladder": "LIST", "depth": "LIST",
+            "arch": "NAME", "k": "K"}
+
+
+def metavar(field: str, kwargs: dict[str, Any]) -> str | None:
+    """A readable placeholder for a flag's value: SPEC for data, FILE, DIR, LIB, N for counts, X for fractions."""
+    if "action" in kwargs or "choices" in kwargs:
+        return None  # argparse shows the choices, or the flag takes no value
+    name = field.rsplit(".", 1)[-1]
+    if name in METAVARS:
+        return METAVARS[name]
+    if name == "data" or name.endswith("_data"):
+        return "SPEC"
+    kind = kwargs.get("type")
+    if kind is int:
+        return "N"
+    if kind is float:
+        return "X"
+    return name.upper()
+
+
 def add_flags(parser: argparse.ArgumentParser, table: list[tuple[tuple[str, ...], tuple[str, ...], dict[str, Any],
                                                                str]], title: str = "run") -> None:
-    """Add ``table``'s flags; each defaults to "not given" so that only given flags override a config file."""
+    """Add ``table``'s flags; each defaults to "not given" so that only given flags override a config file.
+
+    The help ends with the default once: the field's, unless the text already says what it is.
+    """
     group = parser.add_argument_group(title)
     for names, fields, kwargs, text in table:
         default = _default(fields[0]) if fields[0] != "thresholds" else "the source's examples"
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f"{text} (default {shown!r})" if text else f"default {shown!r}"
+        help_text = text if "(default" in text else f"{text} (default {shown!r})" if text else f"default {shown!r}"
+        placeholder = kwargs.get("metavar") or metavar(fields[0], kwargs)
+        extra = {"metavar": placeholder} if placeholder and "metavar" not in kwargs else {}
         group.add_argument(*names, dest="cfg__" + fields[0].replace(".", "__"), default=argparse.SUPPRESS,
-                           help=help_text, **kwargs)
+                           help=help_text, **extra, **kwargs)
 
 
 def given(args: argparse.Namespace,

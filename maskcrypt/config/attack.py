@@ -94,6 +94,9 @@ class AttackConfig:
     linkage_victims: float = 0.5
     #: Epochs of the linkage embedder (the family recipe: K fresh masks of the target buckets per photo and epoch).
     linkage_epochs: int = 4
+    #: Unlinkability across the target masks (Gomez-Barrero et al.'s D_sys of mated and non-mated scores between
+    #: a person's photos under two masks; results/unlinkability.parquet).
+    unlinkability: bool = True
     #: Weights the linkage embedder starts from (public face weights: ``maskcrypt.models.weights``); "" = random
     #: initialisation. Never O's: O saw the victims.
     attacker_weights: str = ""

@@ -404,11 +404,13 @@ class Budget:
     utility: str = "mean"  # or "best": E's accuracy of the best chosen mask
     #: The worst attacker's accuracy (results/attacks.parquet, selection split), every chosen mask; None = off.
     max_attacker: float | None = None
+    #: The worst linkage (the outsider's Recall@1, results/linkage.parquet, selection split), every chosen mask.
+    max_linkage: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("o_masked", "o_inpainted", "min_drop", "max_attacker"):
+        for name in ("o_masked", "o_inpainted", "min_drop", "max_attacker", "max_linkage"):
             v = getattr(self, name)
-            if name == "max_attacker" and v is None:
+            if name in ("max_attacker", "max_linkage") and v is None:
                 continue
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise MaskcryptError(f"budget {name}: expected a fraction in [0, 1], got {v!r}")

@@ -29,11 +29,14 @@ class Thresholds:
     confidence: float = 0.95  # level of every interval
     #: Optional: a target's worst attacker accuracy (selection split, results/attacks.parquet) must be below it.
     t_attack: float | None = None
+    #: Optional: a target's worst linkage (the outsider's Recall@1, selection split, results/linkage.parquet) must be
+    #: below it.
+    t_link: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("t_enc", "t_orig", "t_gap", "t_drop", "t_attack"):
+        for name in ("t_enc", "t_orig", "t_gap", "t_drop", "t_attack", "t_link"):
             v = getattr(self, name)
-            if name == "t_attack" and v is None:
+            if name in ("t_attack", "t_link") and v is None:
                 continue
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise MaskcryptError(

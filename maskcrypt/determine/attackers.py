@@ -40,10 +40,8 @@ leak guards are :mod:`maskcrypt.determine.guards`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -54,19 +52,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from maskcrypt.config import AttackConfig, PrepareConfig, config_hash
+from maskcrypt.config import AttackConfig, PrepareConfig
 from maskcrypt.config.runconfig import section
 from maskcrypt.core.errors import MaskcryptError
-from maskcrypt.core.fileio import sha256_file
 from maskcrypt.core.precision import channels_last, use_bf16
-from maskcrypt.data import labelled, source_split
+from maskcrypt.data import labelled
 from maskcrypt.determine.guards import check_attacker_overlap, check_attacker_weights
+from maskcrypt.determine.jobs import (
+    FAMILY,
+    LINKAGE,
+    folder_name,
+    job_state,
+    known_mask_job,
+    load_attacker_data,
+    make_job,
+    masks_per_photo,
+)
 from maskcrypt.evaluation.scorer import choose_device
 from maskcrypt.evaluation.testset import LADDER, pixels
-from maskcrypt.masks import MaskLibrary, mask_sha256
+from maskcrypt.masks import MaskLibrary
 from maskcrypt.masks.pools import attacker_pool
 from maskcrypt.models.checkpoint import (
-    MODEL_FILE,
     STATE_FILE,
     find_checkpoint,
     list_checkpoints,
@@ -81,106 +87,8 @@ from maskcrypt.train.loop import RecognizerSteps, train_epoch
 from maskcrypt.train.progress import EpochPrinter
 from maskcrypt.verification.linkage import split_identities
 
-FAMILY = "family"
-#: The linkage embedder's job and folder name (``models/attackers/linkage/``).
-LINKAGE = "linkage"
-
 
 # -- the adaptive attackers: training on Ray Tune ----------------------------------------------------------------
-def folder_name(mask_id: str) -> str:
-    """A mask's attacker folder under ``RUN/models/attackers/``: its id, made safe (never ``family``)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", mask_id)
-    if safe != mask_id or safe in (FAMILY, LINKAGE, "ladder", "") or safe.startswith("."):
-        safe = f"{safe.strip('.') or 'mask'}-{hashlib.sha256(mask_id.encode()).hexdigest()[:8]}"
-    return safe
-
-
-def load_attacker_data(spec: str, o_meta: dict[str, Any], scoring: str,
-                       cache: Path | None = None) -> dict[str, Any]:
-    """The attacker's labelled images (train split unless the spec names one), labels in O's class space.
-
-    Identities that are O's classes keep O's classifier (labels mapped by name); other
-    identities need a new classifier and are usable only as an embedder, in open-set
-    scoring: closed-set scoring judges the attacker's classifier against the test labels.
-    ``digests``: a content digest per image, for :func:`~maskcrypt.determine.guards.check_attacker_overlap`.
-    """
-    split = source_split(spec, default_split="train", size=int(o_meta["image_size"]),
-                         channels=int(o_meta.get("channels", 3)))
-    images, kept = split.to_object_store()  # decoded by Ray tasks into the object store: the trials fetch them
-    raw = split
-    raw_labels = split.labels[kept]
-    o_classes = [str(c) for c in o_meta["class_names"]]
-    present = [str(raw.class_names[i]) for i in np.unique(raw_labels)]
-    if set(present) <= set(o_classes):
-        where = {c: i for i, c in enumerate(o_classes)}
-        labels = np.asarray([where[str(raw.class_names[k])] for k in raw_labels], np.int64)
-        classes = o_classes
-    elif scoring == "closed":
-        raise MaskcryptError(f"--attacker-data {raw.spec.text}: identities "
-                             f"{sorted(set(present) - set(o_classes))[:5]} are not O's classes; closed-set scoring "
-                             "needs the attacker's photos labelled with the test identities (use open-set scoring for "
-                             "an attacker with other identities)")
-    else:
-        labels, classes = np.asarray(raw_labels, np.int64), [str(c) for c in raw.class_names]
-    digest = hashlib.sha256(split.fingerprint(cache).encode() + kept.tobytes()).hexdigest()
-    found = split.item_digests(cache)
-    return {"images": images, "labels": labels, "class_names": classes, "spec": raw.spec.text, "sha256": digest,
-            "digests": None if found is None else found[kept]}
-
-
-def make_job(name: str, folder: Path, masks: np.ndarray, k: int, o_checkpoint: Path, o_meta: dict[str, Any],
-             data: dict[str, Any], epochs: int, extra: dict[str, Any] | None = None,
-             rows: np.ndarray | None = None, init: str | None = "O") -> dict[str, Any]:
-    """One attacker's training: O's TrainConfig with ``epochs``, from O's weights, under ``masks`` (K per image).
-
-    ``rows``: the attacker photos it trains on, as rows of ``data`` (a ladder rung's, each
-    photo possibly several times); None: every photo once. ``init``: ``"O"`` (O's weights,
-    the worst case), a weights file, or None (random initialisation). The job hash covers everything
-    the model depends on (O's weights, the data, the rows, the masks, the settings), so a
-    relaunch reuses exactly the attackers trained from the same inputs. The global batch
-    is capped at the samples per epoch (a small attacker data set still trains).
-    """
-    samples = (len(data["labels"]) if rows is None else len(rows)) * int(k)
-    tc = {**o_meta["train_config"], "epochs": int(epochs)}
-    tc["batch_size"] = int(min(tc["batch_size"], samples))
-    if tc["batch_size"] < 2:
-        raise MaskcryptError(f"attacker {name}: {samples} training sample(s); needs at least 2 (--attacker-data)")
-    model_config = {**o_meta["model_config"], "num_classes": len(data["class_names"])}
-    shas = [mask_sha256(m) for m in masks]
-    init_file = str(Path(o_checkpoint) / MODEL_FILE) if init == "O" else init
-    key = {"attacker": name if name in (FAMILY, LINKAGE) else "known", "init": init if init != "O" else None,
-           "init_sha256": sha256_file(Path(init)) if init not in ("O", None) else None,
-           "o_model_sha256": o_meta.get("model_sha256"),
-           "attacker_data": data["spec"], "attacker_data_sha256": data["sha256"], "train_config": tc,
-           "model_config": model_config, "masks_sha256": sorted(shas), "k": int(k),
-           **({} if rows is None else {"rows_sha256": hashlib.sha256(np.asarray(rows, np.int64).tobytes())
-                                       .hexdigest()})}
-    meta = {"kind": "recognizer", "role": "attacker", "attacker": key["attacker"], "name": name,
-            "model_config": model_config, "train_config": tc, "train_config_sha256": config_hash(tc),
-            "class_names": data["class_names"],
-            "trained_classes": [data["class_names"][i] for i in np.unique(data["labels"])],
-            "image_size": int(o_meta["image_size"]), "channels": int(o_meta.get("channels", 3)),
-            "attack_epochs": int(epochs), "attacker_data": data["spec"], "attacker_data_sha256": data["sha256"],
-            "init": str(o_checkpoint) if init == "O" else (init or "random"),
-            "init_model_sha256": o_meta.get("model_sha256") if init == "O" else key["init_sha256"], "masks": len(shas),
-            "masks_sha256": shas if len(shas) <= 16 else config_hash({"sha256": sorted(shas)}), "k": int(k),
-            "job_sha256": config_hash(key), **(extra or {})}
-    return {"name": name, "folder": str(folder), "masks": np.ascontiguousarray(masks, np.uint8), "k": int(k),
-            "meta": meta, "init": init_file, "cpus": 1.0, "gpus": 0.0,
-            "rows": None if rows is None else np.asarray(rows, np.int64)}
-
-
-def job_state(job: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
-    """``done`` (complete, same inputs), ``resume`` (an epoch or more done), ``new``, or ``stale`` (other inputs)."""
-    ckpts = list_checkpoints(job["folder"]) if Path(job["folder"]).is_dir() else []
-    if not ckpts:
-        return "new", None
-    meta = ckpts[-1][1]
-    if meta.get("job_sha256") != job["meta"]["job_sha256"]:
-        return "stale", meta
-    return ("done" if meta.get("epoch") == meta.get("epochs") else "resume"), meta
-
-
 def _save(folder: Path, epoch: int, model: Any, meta: dict[str, Any], state: dict[str, Any], keep: int = 2) -> None:
     """A checkpoint written under a hidden name and renamed; only the newest ``keep`` stay."""
     final = folder / f"checkpoint_epoch_{epoch:04d}"
@@ -380,6 +288,16 @@ def family_masks(d: Any, buckets: Sequence[int]) -> np.ndarray:
     return masks
 
 
+def pool_source(record: dict[str, Any], buckets: Sequence[int]) -> dict[str, Any]:
+    """Where the family attacker's masks of ``buckets`` come from: the imported selection library's held-out share
+    (``from_library``) or the generator (``generated``), as ``prepare`` recorded it."""
+    imported = (record.get("prepare") or {}).get("selection_masks") or ""
+    info = (record.get("inputs") or {}).get("masks_attacker") or {}
+    from_library = set(info.get("from_library") or [])
+    return {"selection_masks": imported, "from_library": [int(b) for b in buckets if b in from_library],
+            "generated": [int(b) for b in buckets if b not in from_library]}
+
+
 def ladder_jobs(d: Any, family: dict[str, Any], data: dict[str, Any], o_ckpt: Path,
                 o_meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The attacker ladder's rungs below ``all`` (``ladder:<photos>``): the family attacker's job on the first N
@@ -457,8 +375,9 @@ def train_for(d: Any, alist: pd.DataFrame) -> dict[str, Path]:
 
     ``family`` for ``adaptive-family``/``adaptive-family+R`` (masks of the attacked
     buckets from ``masks_attacker/``, K per image as E's sample), one folder per mask for
-    ``adaptive-known`` (K = 1: one mask). Records the settings and each attacker's state
-    in ``d.result["attack"]``.
+    ``adaptive-known`` (K copies of its one mask per image: the same optimizer steps as the
+    family attacker, so the two differ only in what they know of the mask). Records the
+    settings and each attacker's state in ``d.result["attack"]``.
     """
     kinds = d.attack.trained
     d.result["attack"] = {"attackers": list(d.attack.names()), "epochs": d.attack.epochs}
@@ -471,9 +390,10 @@ def train_for(d: Any, alist: pd.DataFrame) -> dict[str, Path]:
     d.result["attack"]["data_overlap"] = check_attacker_overlap(data, d.test_digests(), d.test_spec)
     jobs: dict[str, dict[str, Any]] = {}
     buckets = sorted(int(b) for b in alist["bucket"].unique())
-    k = int((e_meta.get("mask_sampling") or {}).get("k", 4))
+    k = masks_per_photo(e_meta)
     if "family" in kinds or "linkage" in kinds:
         masks = family_masks(d, buckets)
+        d.result["attack"]["pool"] = pool_source(d.run.record, buckets)
     if "family" in kinds:
         jobs[FAMILY] = make_job(FAMILY, d.paths.attackers / FAMILY, masks, k, o_ckpt, o_meta, data, d.attack.epochs,
                                 {"buckets": buckets})
@@ -485,8 +405,8 @@ def train_for(d: Any, alist: pd.DataFrame) -> dict[str, Path]:
     if "known" in kinds:
         batch = d.library.get(alist["mask_id"].tolist())
         for mid, mask in zip(batch.mask_ids, batch.masks):
-            jobs[mid] = make_job(mid, d.paths.attackers / folder_name(mid), mask[None], 1, o_ckpt, o_meta, data,
-                                 d.attack.epochs, {"mask_id": mid})
+            jobs[mid] = known_mask_job(mid, d.paths.attackers / folder_name(mid), mask, k, o_ckpt, o_meta, data,
+                                       d.attack.epochs)
     d.log(f"attacker data {labelled(data['spec'])} {len(data['labels'])} images of {len(set(data['labels'].tolist()))} "
           f"identities; {len(jobs)} adaptive attacker(s), {d.attack.epochs} epoch(s) each")
     folders, record = train_attackers(jobs, {"images": data["images"], "labels": data["labels"]},

@@ -14,7 +14,8 @@ writes it under ``RUN/results/`` as it completes:
    :mod:`maskcrypt.determine.attackers` on the same masks (the adaptive ones trained first, on Ray
    Tune): ``results/attacks.parquet``, the worst attacker per mask on Table 2;
 4. :func:`choose` - the one target decision (:func:`maskcrypt.selection.rules.decide`), marked
-   on both Table 2 files;
+   on both Table 2 files; then unlinkability across the target masks
+   (:mod:`maskcrypt.determine.unlinkability`);
 5. :func:`write_targets` - ``targets.json``, ``targets.parquet`` and ``run.json``;
    then the report.
 
@@ -44,12 +45,19 @@ from maskcrypt.determine.guards import check_attacker_weights
 from maskcrypt.determine.inputs import Determination, open_determination
 from maskcrypt.determine.linkage import evaluate_linkage
 from maskcrypt.determine.race import evaluate_adaptive
+from maskcrypt.determine.unlinkability import PICTURE, evaluate_unlinkability
 from maskcrypt.evaluation.crossproduct import evaluate_attack, evaluate_masks, evaluate_sampled, read_parts
 from maskcrypt.evaluation.testset import LADDER
 from maskcrypt.masks import MaskLibrary
 from maskcrypt.reporting.report import write_report
 from maskcrypt.runtime.cluster import require_ray
-from maskcrypt.selection.attacks import attacker_figures, attacks_table, chance_level, worst_attackers
+from maskcrypt.selection.attacks import (
+    attacker_figures,
+    attacks_table,
+    chance_level,
+    worst_attackers,
+    worst_linkages,
+)
 from maskcrypt.selection.ladder import ladder_table
 from maskcrypt.selection.race import RACE_RULE, full_mode_passes, versus_full
 from maskcrypt.selection.rules import (
@@ -246,7 +254,8 @@ def attack(d: Determination, pm: pd.DataFrame, buckets: list[int]) -> dict[str, 
         if split == "selection":
             part = part.merge(alist[["mask_id", "third", "acc_O"]], on="mask_id")
         t2 = table2(part, alist, d.thresholds, by_identity=d.test.scoring == "open")
-        tables[split] = t2.merge(worst_attackers(found, split), on="mask_id", how="left")
+        tables[split] = t2.merge(worst_attackers(found, split), on="mask_id", how="left").merge(
+            worst_linkages(linkage, split), on="mask_id", how="left")
     d.timings["attack"] = time.perf_counter() - t0
     cost = {k: int(counts[k].sum()) for k in ("forward_passes", "fills_R", "fills_classical")}
     d.result.setdefault("attack", {}).update({**cost, "masks": len(alist), "chance": chance_level(d.test),
@@ -272,8 +281,11 @@ def choose(d: Determination, t1: pd.DataFrame, tables: dict[str, pd.DataFrame],
 def _figures(row: pd.Series) -> dict[str, Any]:
     keys = ["fourth", "fourth_lo", "fourth_hi", "fifth", "fifth_lo", "fifth_hi", "drop", "drop_lo", "drop_hi",
             "drop_uncertain", "third", "third_lo", "third_hi", "acc_O", "acc_O_lo", "acc_O_hi", "mean_score_E",
-            "O_masked", "O_inpainted", "worst_attacker", "worst_accuracy", "rank", "n"]
-    return {k: (row[k].item() if hasattr(row[k], "item") else row[k]) for k in keys if k in row.index}
+            "O_masked", "O_inpainted", "worst_attacker", "worst_accuracy", "worst_linkage", "linkage_chance", "rank",
+            "n"]
+    out = {k: (row[k].item() if hasattr(row[k], "item") else row[k]) for k in keys if k in row.index}
+    # A figure not measured (linkage off or skipped) is null in targets.json, not NaN (which is not JSON).
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in out.items()}
 
 
 def write_targets(d: Determination, decision: Decision, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
@@ -373,6 +385,12 @@ def determine(
         pm, _ = rank(d, buckets, pm_counts)
         tables = attack(d, pm, buckets)
     decision = choose(d, t1, tables, pm)
+    found = evaluate_unlinkability(d, decision.ids) if attackers.unlinkability and tables else None
+    if found is not None:
+        d.write(found, "unlinkability")
+    else:  # off, skipped or nothing attacked: no earlier table looks current
+        for stale in ("unlinkability.parquet", PICTURE):
+            (d.paths.results / stale).unlink(missing_ok=True)
     d.timings["total"] = time.perf_counter() - started
     result = write_targets(d, decision, tables)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -254,5 +254,32 @@ def plot_ladder(table: pd.DataFrame, mask_ids: Sequence[str], path: Path, labels
     ax.set_ylim(0, 105)
     ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("What an attacker gets with N photos", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_unlinkability(curves: dict[str, Any], path: Path) -> Path:
+    """The local D(s) of the worst pair of masks per model, over the mated and non-mated score densities.
+
+    ``curves``: a title per panel -> an :class:`~maskcrypt.verification.unlinkability.Unlinkability`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, max(1, len(curves)), figsize=(4.6 * max(1, len(curves)), 3.4), squeeze=False)
+    for ax, (title, u) in zip(axes[0], curves.items()):
+        width = float(u.centres[1] - u.centres[0]) if len(u.centres) > 1 else 1.0
+        ax.bar(u.centres, u.mated_density / width, width=width, alpha=0.35, color="tab:red", label="mated")
+        ax.bar(u.centres, u.non_mated_density / width, width=width, alpha=0.35, color="tab:blue", label="non-mated")
+        ax.set_xlabel("cosine score, mask A vs mask B", fontsize=8)
+        ax.set_ylabel("density", fontsize=8)
+        twin = ax.twinx()
+        twin.plot(u.centres, u.local, c="k", lw=1.2, label="D(s)")
+        twin.set_ylim(0, 1.05)
+        twin.set_ylabel("local D(s)", fontsize=8)
+        ax.set_title(f"{title}: D_sys = {u.d_sys:.2f}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return save_figure(fig, path)

@@ -105,3 +105,35 @@ def linkage_section(res: Path, result: dict[str, Any], shown: list[str], labels:
             "real strength (give `--attacker-weights`), or linkage across two masks.", "", *guards,
             md_table(["mask", "bucket", "split", "model", "Recall@1", "TAR@FAR 1e-2", "TAR@FAR 1e-3", "probes",
                       "gallery", "impostor pairs"], rows)]
+
+
+def unlinkability_section(res: Path, result: dict[str, Any]) -> list[str]:
+    """"Unlinkability across masks": D_sys per model over the pairs of target masks, and the worst pair's curve."""
+    info = result.get("unlinkability") or {}
+    head = ["", "## Unlinkability across masks", ""]
+    if info.get("skipped"):
+        return [*head, f"Not measured on this run: {info['skipped']}."]
+    path = res / "unlinkability.parquet"
+    if not path.exists():
+        return []
+    table = pd.read_parquet(path)
+    rows = []
+    for (model, split), part in table.groupby(["model", "split"], sort=False):
+        worst = part.loc[part["d_sys"].idxmax()]
+        rows.append([model, split, len(part), f"{part['d_sys'].median():.3f}", f"{part['d_sys'].min():.3f}",
+                     f"{worst['d_sys']:.3f} (`{worst['mask_a']}` vs `{worst['mask_b']}`)",
+                     f"{int(part['mated_pairs'].median()):,}", f"{int(part['non_mated_pairs'].median()):,}"])
+    return [*head,
+            "Can one person's images under one mask (a service, or a mask before it was reissued) be linked to the "
+            "same person's images under another? For every pair of target masks, each probe under mask A is "
+            "compared with the same person's other probes under mask B (mated scores; a photo is never compared "
+            "with itself, since both masks keep some of its pixels) and with other people's (non-mated), by cosine "
+            "similarity; D_sys (Gomez-Barrero et al., IEEE TIFS 2018, prior ratio 1, histogram densities of 100 "
+            "bins normalized separately) is 0 when a score says nothing about whether two images are of one person "
+            "and 1 when it always does. `E` is the operator's recognizer (the worst case: trained to see through "
+            "every mask); `linkage` the outsider's embedder, on its victims only. *What it measures:* linkability "
+            "of the chosen masks against each other by these models. *What it does not:* linkage to clean photos "
+            "(the section above) or by a model trained for it. All pairs: `results/unlinkability.parquet`.", "",
+            f"![unlinkability](results/{path.with_suffix('.png').name})", "",
+            md_table(["model", "split", "pairs", "median D_sys", "lowest", "highest (pair)", "mated pairs",
+                      "non-mated pairs"], rows)]

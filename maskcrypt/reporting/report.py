@@ -25,7 +25,7 @@ from maskcrypt.core.rundir import Run, code_version
 from maskcrypt.evaluation.testset import pixels
 from maskcrypt.reporting.markdown import md_table
 from maskcrypt.reporting.pictures import plot_attackers, plot_table1, plot_table2, save_png, target_gallery
-from maskcrypt.reporting.privacy import ladder_section, linkage_section
+from maskcrypt.reporting.privacy import ladder_section, linkage_section, unlinkability_section
 from maskcrypt.selection.attacks import DESCRIPTIONS, FIDELITY
 from maskcrypt.selection.race import versus_full
 from maskcrypt.verification.protocol import FARS, far_key, far_label
@@ -204,6 +204,13 @@ def _attackers(res: Path, result: dict[str, Any], th: dict[str, Any]) -> list[st
                 "whole image. These measure fidelity, not privacy: identity can leak from a poor reconstruction "
                 "(the accuracy columns say how much), and a faithful-looking fill can still be of the wrong face.",
                 ""]
+    pool = info.get("pool") or {}
+    if pool.get("selection_masks"):
+        out += [(f"The selection masks were imported (`{pool['selection_masks']}`): the family attacker's masks are "
+                 "a seeded share of that library held out before ranking, disjoint from the ranked masks"
+                 + (f", except for bucket(s) {pool['generated']}, too small to spare one: there the family attacker "
+                    "trained on generated masks instead, another distribution than the deployed masks, and may be "
+                    "underestimated" if pool.get("generated") else "") + "."), ""]
     if info.get("data"):
         out += [f"The adaptive attackers trained from O's weights for {info.get('epochs')} epoch(s) (O's "
                 f"TrainConfig otherwise) on `{info['data']}` ({info.get('data_images')} images): "
@@ -211,11 +218,11 @@ def _attackers(res: Path, result: dict[str, Any], th: dict[str, Any]) -> list[st
                 + (" ..." if len(trained) > 8 else "") + ".", ""]
     if not shown:
         return [*out, "No mask to show.", *ladder_section(res, result, shown, labels),
-            *linkage_section(res, result, shown, labels)]
+            *linkage_section(res, result, shown, labels), *unlinkability_section(res, result)]
     return [*out, f"Per {which}:", "", "![attackers](results/attacks.png)", "",
             md_table(["mask", "bucket", "attacker", "selection", "confirmation",
                       *[FIDELITY_HEADERS[f] for f in fidelity]], rows), *ladder_section(res, result, shown, labels),
-            *linkage_section(res, result, shown, labels)]
+            *linkage_section(res, result, shown, labels), *unlinkability_section(res, result)]
 
 
 def _table2(res: Path, th: dict[str, Any]) -> list[str]:
@@ -226,14 +233,24 @@ def _table2(res: Path, th: dict[str, Any]) -> list[str]:
     return ["", "## Table 2: the inpainting attack (selection split)", "",
             "E on the masked images (fourth), on the same images inpainted by R (fifth), the drop with its paired "
             f"{th['confidence']:.0%} interval, and O on both: what an attacker holding an inpainter and an ordinary "
-            "model gets back. `target` is the run's decision (every rule applied).", "",
+            "model gets back. The worst attacker and the worst linkage (the outsider's Recall@1 of unseen victims, "
+            "see below) are the privacy figures beside them. `target` is the run's decision (every rule applied).",
+            "",
             "![Table 2](results/table2.png)", "",
             md_table(["bucket", "rank", "mask", "fourth", "fifth", "drop", "drop near t_drop", "O masked",
-                      "O inpainted", "worst attacker", "target"],
+                      "O inpainted", "worst attacker", "worst linkage", "target"],
                      [[r["bucket"], r["rank"], r["mask_id"], _interval(r, "fourth"), _interval(r, "fifth"),
                        _interval(r, "drop"), "yes" if r["drop_uncertain"] else "", _pct(r.get("O_masked")),
-                       _pct(r.get("O_inpainted")), _worst(r), "yes" if r["target"] else ""]
+                       _pct(r.get("O_inpainted")), _worst(r), _linkage(r), "yes" if r["target"] else ""]
                       for _, r in t2.iterrows()])]
+
+
+def _linkage(row: Any) -> str:
+    """The outsider's Recall@1 with its chance, or empty (linkage off or skipped)."""
+    value = row.get("worst_linkage") if hasattr(row, "get") else None
+    if value is None or pd.isna(value):
+        return ""
+    return f"{_pct(value)} (chance {_pct(row.get('linkage_chance'))})"
 
 
 def _identities(table: pd.DataFrame) -> str:

@@ -128,6 +128,16 @@ def worst_attackers(table: pd.DataFrame, split: str) -> pd.DataFrame:
     return rows[["mask_id", "worst_attacker", "worst_accuracy"]].reset_index(drop=True)
 
 
+def worst_linkages(linkage: pd.DataFrame | None, split: str) -> pd.DataFrame:
+    """Per mask on ``split``: ``worst_linkage`` (the outsider embedder's Recall@1, the ``model == "linkage"`` row; O
+    and E are reference rows) and ``linkage_chance`` (1 / the victims); empty without a linkage table."""
+    if linkage is None or linkage.empty:
+        return pd.DataFrame(columns=["mask_id", "worst_linkage", "linkage_chance"])
+    rows = linkage[(linkage["split"] == split) & (linkage["model"] == "linkage")]
+    return rows[["mask_id", "recall_at_1", "recall_at_1_chance"]].rename(
+        columns={"recall_at_1": "worst_linkage", "recall_at_1_chance": "linkage_chance"}).reset_index(drop=True)
+
+
 def attacker_figures(table: pd.DataFrame, mask_id: str) -> dict[str, Any]:
     """``targets.json``'s attacker figures of one mask: per split, per attacker, and the worst."""
     out: dict[str, Any] = {}

@@ -14,7 +14,7 @@ tables. Accuracies are fractions in [0, 1]; so are thresholds.
 * :func:`table2` / :func:`target_masks` - fourth (E on masked) and fifth (E on inpainted)
   accuracy and the drop; target masks are candidates whose drop > ``t_drop`` that pass
   the basic form (and, with the optional ``t_attack``, whose worst attacker stays below
-  it), best first.
+  it; with the optional ``t_link``, whose worst linkage stays below it), best first.
 
 Every accuracy carries a Wilson interval; every drop a paired (Newcombe) interval,
 since the same images are recognized before and after inpainting. A column says
@@ -349,7 +349,8 @@ def target_masks(t2: pd.DataFrame, th: Thresholds = Thresholds()) -> tuple[pd.Da
     not a target. It is judged on the attack's own masked figures (``fourth``, and
     ``O_masked`` when O was measured). The optional ``t_attack`` (off by default) also
     needs ``worst_accuracy`` below it: the strongest measured attacker's accuracy on the
-    selection split (:mod:`maskcrypt.determine.attackers`). Decided from ``rank``, ``drop`` and those
+    selection split (:mod:`maskcrypt.determine.attackers`); the optional ``t_link`` needs
+    ``worst_linkage`` below it (a mask without a linkage figure fails it). Decided from ``rank``, ``drop`` and those
     columns with ``th``, so a threshold search reuses one table.
     """
     is_cand = t2["rank"] <= th.top_k
@@ -361,16 +362,27 @@ def target_masks(t2: pd.DataFrame, th: Thresholds = Thresholds()) -> tuple[pd.Da
     if th.t_attack is not None:  # the optional rule: what the strongest measured attacker gets stays below it
         require_columns(t2, ["worst_accuracy"], "t_attack: Table 2")
         hidden = t2["worst_accuracy"] < th.t_attack
-    chosen = t2[dropped & basic & hidden]
+    unlinked = pd.Series(True, index=t2.index)
+    if th.t_link is not None:  # the optional rule: what the outsider links stays below it (no figure: fails)
+        require_columns(t2, ["worst_linkage"], "t_link: Table 2")
+        unlinked = t2["worst_linkage"].fillna(1.0) < th.t_link
+    chosen = t2[dropped & basic & hidden & unlinked]
     chosen = chosen.sort_values(["fourth", "mask_id"], ascending=[False, True]).reset_index(drop=True)
     if len(chosen):
         return chosen, None
-    if (dropped & basic).any():
+    if (dropped & basic).any() and th.t_attack is not None and not (dropped & basic & hidden).any():
         failed = t2[dropped & basic].sort_values("worst_accuracy").head(3)
         closest = [{"mask_id": r.mask_id, "bucket": int(r.bucket), "worst_attacker": r.worst_attacker,
                     "worst_accuracy": float(r.worst_accuracy)} for r in failed.itertuples()]
         return chosen, Empty("t_attack", f"{int((dropped & basic).sum())} candidate(s) pass every other rule, none "
                                          f"with its worst attacker's accuracy < {th.t_attack:.2f}", closest)
+    if (dropped & basic & hidden).any():  # only t_link is left to fail
+        failed = t2[dropped & basic & hidden].sort_values("worst_linkage").head(3)
+        closest = [{"mask_id": r.mask_id, "bucket": int(r.bucket), "worst_linkage": float(r.worst_linkage)}
+                   for r in failed.itertuples()]
+        missing = " (no linkage figure: linkage off or skipped)" if failed["worst_linkage"].isna().all() else ""
+        return chosen, Empty("t_link", f"{int((dropped & basic & hidden).sum())} candidate(s) pass every other "
+                                       f"rule, none with the outsider's Recall@1 < {th.t_link:.2f}{missing}", closest)
     if dropped.any():
         failed = t2[dropped].sort_values("fourth", ascending=False).head(3)
         closest = [{"mask_id": r.mask_id, "bucket": int(r.bucket), "fourth": float(r.fourth),
@@ -419,9 +431,10 @@ def decide(t1: pd.DataFrame, t2: pd.DataFrame | None, th: Thresholds = Threshold
     """
     if rule not in RULES:
         raise MaskcryptError(f"--rule: expected one of {', '.join(RULES)}, got {rule!r}")
-    if rule == "basic" and th.t_attack is not None:
-        raise MaskcryptError("t_attack: judges the attacked masks of the bucketed rule; --rule basic chooses masks "
-                             "the attack did not measure (leave t_attack out)")
+    for name in ("t_attack", "t_link"):
+        if rule == "basic" and getattr(th, name) is not None:
+            raise MaskcryptError(f"{name}: judges the attacked masks of the bucketed rule; --rule basic chooses masks "
+                                 f"the attack did not measure (leave {name} out)")
     if rule == "basic":
         if per_mask is None or per_mask.empty:
             raise MaskcryptError("--rule basic: needs the per-mask table of every mask")

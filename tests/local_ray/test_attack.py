@@ -15,13 +15,14 @@ import torch
 from conftest import TINY_DATA, TINY_SIZE
 
 from maskcrypt.config import ATTACKERS, DEFAULT_ATTACKERS, AttackConfig
-from maskcrypt.determine.attackers import (
+from maskcrypt.determine.attackers import train_attacker, train_attackers
+from maskcrypt.determine.jobs import (
     folder_name,
     job_state,
+    known_mask_job,
     load_attacker_data,
     make_job,
-    train_attacker,
-    train_attackers,
+    masks_per_photo,
 )
 from maskcrypt.selection.attacks import COLUMNS, FIDELITY, FILLS, MASKED_GALLERY, attacker_counts
 from maskcrypt.selection.rules import Thresholds, decide
@@ -60,7 +61,8 @@ def attacked(determined_run, tmp_path_factory):
     data = load_attacker_data(TINY_DATA, o_meta, "closed")
     arrays = {"images": data["images"], "labels": data["labels"]}
     masks = MaskLibrary.open(str(run / "masks")).get(ids).masks
-    jobs = {m: make_job(m, run / "models" / "attackers" / folder_name(m), mk[None], 1, o_ckpt, o_meta, data, 1)
+    k = masks_per_photo(find_checkpoint(run / "models" / "encrypted", kind="recognizer")[1])
+    jobs = {m: known_mask_job(m, run / "models" / "attackers" / folder_name(m), mk, k, o_ckpt, o_meta, data, 1)
             for m, mk in zip(ids, masks)}
     assert [m["epoch"] for m in train_attacker(jobs[ids[0]], arrays)] == [1]  # the earlier launch
     first, _ = find_checkpoint(jobs[ids[0]]["folder"])
@@ -456,3 +458,53 @@ def test_leak_guards_refuse_the_runs_own_weights_and_test_images_as_attacker_dat
     with pytest.raises(MaskcryptError, match=rf"{n_test} of its {n_test} images are also test images"):
         train_for(d, alist)
     assert not (run / "models" / "attackers").exists()
+
+
+def test_the_known_mask_attacker_takes_as_many_optimizer_steps_as_the_family_attacker(attacked):
+    """Equal budgets: K copies of its one mask per photo, so an epoch of the known-mask attacker is as many
+    optimizer steps as an epoch of the family attacker (K fresh masks per photo) on the same photos."""
+    from maskcrypt.models.checkpoint import find_checkpoint
+
+    _, family = find_checkpoint(attacked.run / "models" / "attackers" / "family")
+    _, e_meta = find_checkpoint(attacked.run / "models" / "encrypted", kind="recognizer")
+    assert family["k"] == masks_per_photo(e_meta) > 1
+    for mid in attacked.ids:
+        _, known = find_checkpoint(attacked.trained[mid])
+        assert (known["k"], known["masks"]) == (family["k"], 1)
+        assert known["metrics"]["steps"] == family["metrics"]["steps"] > 0
+        assert known["train_config"]["batch_size"] == family["train_config"]["batch_size"]
+
+
+def test_unlinkability_across_the_target_masks_equals_a_plain_loop(attacked):
+    """``results/unlinkability.parquet`` of the determined run: every pair of target masks, both models, the
+    splits where someone has two probes, D_sys in [0, 1]; E's D_sys of the first row recomputed in process."""
+    import itertools
+
+    import torch.nn.functional as F
+
+    from maskcrypt.data import load
+    from maskcrypt.evaluation.testset import prepare_test
+    from maskcrypt.masks import MaskLibrary, overlay
+    from maskcrypt.models import Recognizer
+    from maskcrypt.verification.unlinkability import COLUMNS as UNLINK_COLUMNS
+    from maskcrypt.verification.unlinkability import cross_mask_scores, unlinkability
+
+    run = attacked.run
+    table = pd.read_parquet(run / "results" / "unlinkability.parquet")
+    targets = [t["mask_id"] for t in json.loads((run / "targets.json").read_text())["targets"]]
+    assert list(table.columns) == UNLINK_COLUMNS and set(table["model"]) == {"E", "linkage"}
+    assert set(zip(table["mask_a"], table["mask_b"])) == set(itertools.combinations(targets, 2))
+    assert table["d_sys"].between(0, 1).all() and (table["mated_pairs"] > 0).all()
+    assert (run / "results" / "unlinkability.png").stat().st_size > 1000
+    row = table[table["model"] == "E"].iloc[0]
+    a, b = row["mask_a"], row["mask_b"]
+    test = load(TINY_DATA, default_split="test", size=TINY_SIZE)
+    ts = prepare_test(test.images, test.labels, test.class_names, test.class_names, confirm_fraction=0.5)
+    sel = np.flatnonzero(~ts.gallery & (ts.split == SPLITS.index(row["split"])))
+    x = torch.from_numpy(ts.images[sel])
+    e = Recognizer.from_checkpoint(run / "models" / "encrypted")
+    masks = dict(zip([a, b], MaskLibrary.open(str(run / "masks")).get([a, b]).masks))
+    with torch.inference_mode():
+        emb = {m: F.normalize(e.embed(overlay(x, torch.from_numpy(masks[m]))), dim=1).numpy() for m in (a, b)}
+    want = unlinkability(*cross_mask_scores(emb[a], emb[b], ts.labels[sel]))
+    assert row["d_sys"] == pytest.approx(want.d_sys, abs=0.02) and row["mated_pairs"] == want.mated_pairs

@@ -13,7 +13,7 @@ import torch
 from maskcrypt.config import ATTACKERS, DEFAULT_ATTACKERS, AttackConfig, Budget, parse_attackers
 from maskcrypt.config.runconfig import RunConfig
 from maskcrypt.core.errors import MaskcryptError
-from maskcrypt.determine.attackers import folder_name
+from maskcrypt.determine.jobs import folder_name
 from maskcrypt.selection.attacks import COLUMNS, attacker_counts, attacks_table, worst_attackers
 from maskcrypt.selection.rules import Thresholds, decide, target_masks
 
@@ -188,3 +188,36 @@ def test_ladder_table_turns_rung_counts_into_intervals_and_names_what_is_missing
     assert (t["accuracy_lo"] <= t["accuracy"]).all() and (t["accuracy"] <= t["accuracy_hi"]).all()
     with pytest.raises(MaskcryptError, match=r"ladder:64"):
         ladder_table(counts, alist, {64: "ladder:64"})
+
+
+def test_worst_linkage_t_link_and_the_linkage_budget(tmp_path):
+    """The outsider's Recall@1 (the linkage rows; O and E are references) becomes worst_linkage; t_link (off by
+    default) keeps targets below it and a mask without a figure fails it; --max-linkage caps the search."""
+    from maskcrypt.cli.flags import TUNE_FLAGS, build_config
+    from maskcrypt.cli.main import build_parser
+    from maskcrypt.selection.attacks import worst_linkages
+    from maskcrypt.tune import assess
+
+    linkage = pd.DataFrame({"mask_id": ["a", "a", "b", "b", "a"], "split": ["selection"] * 4 + ["confirmation"],
+                            "model": ["linkage", "E", "linkage", "O", "linkage"],
+                            "recall_at_1": [0.5, 0.9, 0.2, 0.01, 0.4], "recall_at_1_chance": [0.025] * 5})
+    worst = worst_linkages(linkage, "selection").set_index("mask_id")
+    assert worst.loc["a", "worst_linkage"] == 0.5 and worst.loc["b", "worst_linkage"] == 0.2
+    assert worst.loc["a", "linkage_chance"] == 0.025 and worst_linkages(None, "selection").empty
+    t2 = _t2().merge(worst.reset_index(), on="mask_id", how="left")  # c: no linkage figure
+    th = Thresholds(t_drop=0.05)
+    assert th.t_link is None and target_masks(t2, th)[0]["mask_id"].tolist() == ["b", "a", "c"]
+    chosen, why = target_masks(t2, dataclasses.replace(th, t_link=0.3))
+    assert chosen["mask_id"].tolist() == ["b"] and why is None
+    chosen, why = target_masks(t2, dataclasses.replace(th, t_link=0.1))
+    assert chosen.empty and why.rule == "t_link" and why.closest[0]["mask_id"] == "b"
+    with pytest.raises(MaskcryptError, match="threshold t_link"):
+        Thresholds(t_link=-0.1)
+    with pytest.raises(MaskcryptError, match="t_link: judges"):
+        decide(pd.DataFrame(), None, Thresholds(t_link=0.5), "basic", pd.DataFrame({"mask_id": ["a"]}))
+    chosen = t2[t2["mask_id"] != "c"].assign(O_inpainted=0.2)
+    assert assess(chosen, Budget())["leak_linkage"] == 0.5
+    capped = assess(chosen, Budget(max_linkage=0.4))
+    assert not capped["feasible"] and capped["violation"] == pytest.approx(0.1)
+    assert build_config(build_parser().parse_args(["tune", "--max-linkage", "0.3"]),
+                        TUNE_FLAGS).tune.budget.max_linkage == 0.3

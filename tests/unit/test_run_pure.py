@@ -124,3 +124,33 @@ def test_set_overrides_any_field_typed_and_validated_like_the_yaml():
     ]:
         with pytest.raises(MaskcryptError, match=message):
             config(*argv)
+
+
+def test_an_imported_library_lends_the_attackers_a_held_out_share_of_its_own_masks(tmp_path):
+    """The attackers' pool is drawn from the deployed distribution: per bucket a seeded share of the imported
+    library, held out of the selection masks (disjoint by sha256), and generated only where a bucket is too small
+    to spare one (recorded in run.json); preparing again draws the same share."""
+    import json
+
+    from maskcrypt.masks.generate import generate_into
+
+    own = MaskLibrary.create(str(tmp_path / "nvidia"), 16, 16)
+    generate_into(own, 100, seed=5, buckets=(1, 2, 3, 4, 5))
+    generate_into(own, 3, seed=9, buckets=(6,))  # below 2 x the share of 4
+    args = ["prepare", "--run", str(tmp_path / "run"), *TINY, "--selection-masks", str(tmp_path / "nvidia"),
+            "--attacker-mask-count", "24"]
+    assert main(args) == 0
+    lib = MaskLibrary.open(str(tmp_path / "run" / "masks"))
+    pool = MaskLibrary.open(str(tmp_path / "run" / "masks_attacker"))
+    imported = set(own.column("sha256"))
+    table = pool.table(columns=["sha256", "bucket"]).to_pandas()
+    from_own = table[table["sha256"].isin(imported)]
+    assert sorted(from_own["bucket"].unique()) == [1, 2, 3, 4, 5] and (from_own["bucket"].value_counts() == 4).all()
+    assert not table.loc[table["bucket"] == 6, "sha256"].isin(imported).any()  # generated for the small bucket
+    assert set(lib.column("sha256")).isdisjoint(table["sha256"])
+    assert set(lib.column("sha256")) | set(from_own["sha256"]) == imported
+    record = json.loads((tmp_path / "run" / "run.json").read_text())["inputs"]["masks_attacker"]
+    assert record["from_library"] == [1, 2, 3, 4, 5] and record["generated"] == [6]
+    before = sorted(pool.column("sha256"))
+    assert main(args) == 0
+    assert sorted(MaskLibrary.open(str(tmp_path / "run" / "masks_attacker")).column("sha256")) == before
