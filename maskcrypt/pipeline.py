@@ -13,6 +13,7 @@ working directory is a temporary copy.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,18 +70,39 @@ def run_pipeline(config: RunConfig, start: str = "prepare", restart: bool = Fals
     run = Run.open(config.run)
     log(f"run {run.root}: {' -> '.join(stages)}")
     out: dict[str, Any] = {}
+    started = time.perf_counter()
+    walls: dict[str, float] = {}
     if "prepare" in stages:
         out["prepare"] = prepare_stage(config, run, restart, log)
         record_config(run, config)  # a run started from later stages keeps its record; those stages record theirs
+        walls["prepare"] = time.perf_counter() - started
     elif not run.root.is_dir():
         raise MaskcryptError(f"run {run.root}: does not exist (prepare and train it first: maskcrypt run)")
-    if "train" in stages:
-        out["train"] = train_stage(config, run, retrain, log)
-    if "determine" in stages:
-        out["determine"] = determine_stage(config, run, redetermine, log)
-    if "tune" in stages:
-        out["tune"] = tune_stage(config, run, log)
+    for name, stage in (("train", lambda: train_stage(config, run, retrain, log)),
+                        ("determine", lambda: determine_stage(config, run, redetermine, log)),
+                        ("tune", lambda: tune_stage(config, run, log))):
+        if name in stages:
+            t0 = time.perf_counter()
+            out[name] = stage()
+            walls[name] = time.perf_counter() - t0
+    determined = (out.get("determine") or {}).get("seconds") or {}
+    log(time_line(time.perf_counter() - started, walls, determined))
     return out
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes else f"{seconds:.1f} s"
+
+
+def time_line(total: float, stages: dict[str, float], determine: dict[str, float]) -> str:
+    """The run's last line: its wall time, each stage's, and the determination's own stages (``seconds`` of
+    targets.json), so a change that slows one stage shows where."""
+    parts = []
+    for name, seconds in stages.items():
+        inner = [f"{k} {v:.0f} s" for k, v in determine.items() if k != "total"] if name == "determine" else []
+        parts.append(f"{name} {_duration(seconds)}" + (f" [{', '.join(inner)}]" if inner else ""))
+    return f"time: {_duration(total)} wall; " + "; ".join(parts)
 
 
 def prepare_stage(config: RunConfig, run: Run, restart: bool, log: Callable[[str], None]) -> dict[str, Any]:

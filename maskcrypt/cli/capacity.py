@@ -95,7 +95,9 @@ def add_parser(sub: Any) -> None:
     ca.add_argument("--eval-actors", type=int, default=2)
     ca.add_argument("--eval-gpus", type=float, default=0.0)
     ca.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
-    ca.add_argument("--project-images", type=int, default=13_233, help="test images of the projection (LFW)")
-    ca.add_argument("--project-devices", default="1,8,64", help="device counts of the projection")
+    ca.add_argument("--project-images", type=int, default=13_233, metavar="N",
+                    help="test images of the projection (default 13,233: LFW)")
+    ca.add_argument("--project-devices", default="1,8,64", metavar="LIST",
+                    help="device counts of the projection (default 1,8,64)")
     add_flags(ca, _test_flags(), "test set, with --model (default: synthetic faces; --run brings its own)")
     ca.set_defaults(func=cmd_capacity)

@@ -30,7 +30,7 @@ def add_parser(sub: Any) -> None:
     ex.add_argument("--out", required=True, help="the .onnx file to write")
     ex.add_argument("--input", default="uint8", choices=("uint8", "float"),
                     help="input type: uint8 pixels, or float32 pixels in 0..255 (normalization is inside)")
-    ex.add_argument("--opset", type=int, default=18)
+    ex.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset (default 18)")
     ex.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"),
                     help="torch's exporter: dynamo (default) or the legacy torchscript tracer (faster, deprecated)")
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with torch")

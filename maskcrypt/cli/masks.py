@@ -99,14 +99,15 @@ def add_parser(sub: Any) -> None:
     msub = masks.add_subparsers(dest="command", required=True)
     g = msub.add_parser("generate", help="generate free-form masks evenly over buckets")
     g.add_argument("--out", required=True, help="library directory (created or appended to)")
-    g.add_argument("--count", type=int, required=True)
+    g.add_argument("--count", type=int, required=True, metavar="N", help="masks to generate, spread over the buckets")
     g.add_argument("--size", default="112", help="N or HxW pixels (default 112)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="generator seed: mask ids are g<seed>-<index> (default 0)")
     g.add_argument("--buckets", default="1-6", help="buckets to fill, e.g. 1-6 or 5,6 (default 1-6)")
     g.add_argument("--boxes", type=float, default=0.0, metavar="P",
                    help="probability that a drawing step adds a box instead of a stroke segment")
-    g.add_argument("--chunk", type=int, default=10_000, help="masks per written part")
-    g.add_argument("--quiet", action="store_true")
+    g.add_argument("--chunk", type=int, default=10_000, metavar="N", help="masks per written part (default 10,000)")
+    g.add_argument("--quiet", action="store_true", help="no progress lines")
     g.set_defaults(func=cmd_masks_generate)
 
     i = msub.add_parser("import", help="import a directory of mask images (PNG/JPG/BMP)")

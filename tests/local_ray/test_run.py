@@ -7,6 +7,7 @@ here the commands run in the test process on the shared Ray and the shared train
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -42,6 +43,9 @@ def test_run_on_a_trained_run_retrains_nothing_and_determines(tiny_run, tmp_path
     assert set(record["stages"]) == {"prepare", "train", "determine"}
     assert record["config"]["attack"]["attackers"] == "telea+O,ns+O" and (run / "masks_attacker").is_dir()
     assert "Table 1" in out and (run / "results" / "table1.parquet").exists() and (run / "report.md").exists()
+    # The run ends with its time line: wall time, each stage's, the determination's own stages.
+    last = out.strip().splitlines()[-1]
+    assert re.match(r"time: .* wall; prepare .*; train .*; determine .* \[table1 \d+ s, ", last), last
     # Impossible thresholds + --require-targets exit 3, with the reason; the determine command alone suffices.
     (tmp_path / "th.json").write_text(json.dumps({"t_gap": 1.0}))
     assert main(["determine", "--run", str(run), "--repeats", "1", "--thresholds", str(tmp_path / "th.json"),
