@@ -205,6 +205,13 @@ class SourceSplit:
         ds = ds.materialize()
         refs = ds.to_numpy_refs(column="image")
         items = ray.get(ds.to_numpy_refs(column="item"))
+        # Ray Data may finish the read tasks in any order; each block is a contiguous run of the asked order, so
+        # sorting the blocks by their first item's place restores it. Without this, the same split could come
+        # back in another order, and every hash over ``kept`` (the attackers' data key) would change.
+        asked = np.arange(len(self)) if order is None else np.asarray(order, dtype=np.int64)
+        rank = {int(item): pos for pos, item in enumerate(asked)}
+        by_place = sorted(range(len(items)), key=lambda b: rank.get(int(items[b][0]), -1) if len(items[b]) else -1)
+        refs, items = [refs[b] for b in by_place], [items[b] for b in by_place]
         counts = tuple(len(i) for i in items)
         kept = np.concatenate(items).astype(np.int64) if items else np.zeros(0, np.int64)
         if kept.size == 0:

@@ -104,3 +104,15 @@ def test_file_digests_are_by_content_cached_by_stat_and_hashed_in_ray_tasks_past
     assert (change.changed, change.added, change.removed, change.relabelled) == (["b"], ["d"], ["c"], ["a"])
     assert change.describe().startswith("1 file(s) changed (e.g. b), 1 file(s) added (e.g. d)")
 
+
+
+def test_the_object_store_copy_keeps_the_asked_order_whatever_order_the_tasks_finish(ray_session):
+    """Several blocks decoded by Ray tasks come back in the split's (or the asked) order, so a hash over the
+    decoded items (the attackers' data key) is the same on every launch."""
+    from maskcrypt.data import source_split
+
+    split = source_split("synthetic:identities=10,per_identity=120#size=8", default_split="all")  # several blocks
+    for order in (None, np.random.default_rng(3).permutation(len(split))[:900]):
+        images, kept = split.to_object_store(order=order)
+        want = np.arange(len(split)) if order is None else order
+        assert (kept == want).all() and len(images.counts) >= 2
