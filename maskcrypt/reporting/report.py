@@ -234,7 +234,8 @@ def _table2(res: Path, th: dict[str, Any]) -> list[str]:
             "E on the masked images (fourth), on the same images inpainted by R (fifth), the drop with its paired "
             f"{th['confidence']:.0%} interval, and O on both: what an attacker holding an inpainter and an ordinary "
             "model gets back. The worst attacker and the worst linkage (the outsider's Recall@1 of unseen victims, "
-            "see below) are the privacy figures beside them. `target` is the run's decision (every rule applied).",
+            "from the sections above) are the privacy figures beside them. `target` is the run's decision (every "
+            "rule applied).",
             "",
             "![Table 2](results/table2.png)", "",
             md_table(["bucket", "rank", "mask", "fourth", "fifth", "drop", "drop near t_drop", "O masked",

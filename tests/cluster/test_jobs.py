@@ -170,7 +170,7 @@ def test_capacity_job_reports_throughput_memory_and_a_projection(tmp_path):
 
 
 def test_capacity_read_stage_alone_needs_no_ray_and_bad_stages_are_named(tmp_path):
-    """A CPU machine measures a library's generation and read-back without the race (issue 14, item 6)."""
+    """A CPU machine measures a library's generation and read-back without the race."""
     from maskcrypt.capacity import CapacityConfig, measure
     from maskcrypt.core.errors import MaskcryptError
 

@@ -1,4 +1,4 @@
-"""The capacity job on a user's run (issue 33): the run's E and test split, raced as its determination races them."""
+"""The capacity job on a user's run: the run's E and test split, raced as its determination races them."""
 
 from __future__ import annotations
 
