@@ -158,29 +158,6 @@ def decode_counts(blob: Any) -> np.ndarray:
 IDN, IDC = "idn", "idc:"
 
 
-def identity_design_effects(correct: Any, probes: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of a count table: the design effect of a right/wrong count and the identities it spans.
-
-    ``correct`` and ``probes``: a row's ``idc:<column>`` and ``idn`` blobs. Vectorized
-    over rows (a list or Series of blobs).
-    """
-    deffs, ids = [], []
-    for c, m in zip(correct, probes):
-        c, m = decode_counts(c), decode_counts(m)
-        deffs.append(design_effect(c, c, m))
-        ids.append(int((m > 0).sum()))
-    return np.asarray(deffs, dtype=np.float64), np.asarray(ids, dtype=np.int64)
-
-
-def paired_design_effects(first_only: Any, second_only: Any, probes: Any) -> np.ndarray:
-    """Per row: the design effect of a paired difference (first only - second only), from per-identity blobs."""
-    out = []
-    for b, c, m in zip(first_only, second_only, probes):
-        b, c, m = decode_counts(b), decode_counts(c), decode_counts(m)
-        out.append(design_effect(b - c, b + c, m))
-    return np.asarray(out, dtype=np.float64)
-
-
 def _kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Bernoulli KL divergence kl(p || q), with 0 log 0 = 0 (q kept inside (0, 1))."""
     q = np.clip(q, 1e-15, 1 - 1e-15)

@@ -15,7 +15,8 @@ import pandas as pd
 
 from maskcrypt.config import ATTACKERS, Thresholds
 from maskcrypt.core.errors import MaskcryptError
-from maskcrypt.core.stats import IDC, IDN, clustered_wilson, identity_design_effects, wilson_interval
+from maskcrypt.core.stats import clustered_wilson, wilson_interval
+from maskcrypt.selection.rules import people_design_effect
 
 #: Open set only: the known-mask attacker's probes against a gallery masked with the same mask.
 MASKED_GALLERY = "adaptive-known/masked-gallery"
@@ -61,13 +62,9 @@ def attacker_counts(counts: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise MaskcryptError(f"attack counts: missing column(s) {missing}")
     parts = []
-    people = IDN in counts.columns
     for name, col in source.items():
         part = counts[["mask_id", "split", "n"]].assign(attacker=name, correct=counts[col].astype(int))
-        if people and IDC + col in counts.columns:
-            part["deff"], part["identities"] = identity_design_effects(counts[IDC + col], counts[IDN])
-        else:
-            part["deff"], part["identities"] = np.nan, np.nan
+        part["deff"], part["identities"] = people_columns(counts, col)
         for fig in FIDELITY:  # sums over the split's probes -> means; NaN where the attacker fills nothing
             key = f"fid:{FILLS.get(name)}:{fig}"
             part[fig] = counts[key].astype(float) / counts["n"] if key in counts.columns else np.nan
@@ -108,6 +105,15 @@ def attacks_table(counts: pd.DataFrame, ranks: pd.DataFrame, th: Thresholds = Th
              .rename(columns={"attacker": "worst_attacker", "accuracy": "worst_accuracy"}))
     out = out.merge(worst, on=["mask_id", "split"], how="left").drop(columns="_order")
     return out[COLUMNS]
+
+
+def people_columns(counts: pd.DataFrame, column: str) -> tuple[Any, Any]:
+    """``deff`` and ``identities`` of one count column per row (NaN both where it has no per-identity counts)."""
+    found = people_design_effect(counts, [column])
+    if found is None:
+        return np.nan, np.nan
+    deff, ids = found
+    return np.where(np.isnan(ids), np.nan, deff), ids
 
 
 def people_interval(table: pd.DataFrame, th: Thresholds) -> tuple[np.ndarray, np.ndarray]:

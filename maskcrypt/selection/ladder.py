@@ -22,8 +22,7 @@ import pandas as pd
 
 from maskcrypt.config import Thresholds
 from maskcrypt.core.errors import MaskcryptError
-from maskcrypt.core.stats import IDC, IDN, identity_design_effects
-from maskcrypt.selection.attacks import people_interval
+from maskcrypt.selection.attacks import people_columns, people_interval
 
 #: ``results/attacker_ladder.parquet``'s columns.
 COLUMNS = ["mask_id", "bucket", "split", "photos", "n", "correct", "accuracy", "accuracy_lo", "accuracy_hi",
@@ -76,10 +75,7 @@ def ladder_table(counts: pd.DataFrame, attack_list: pd.DataFrame, columns: dict[
     parts = []
     for p, c in sorted(columns.items()):
         part = counts[["mask_id", "split", "n"]].assign(photos=int(p), correct=counts[c].astype(int))
-        if IDN in counts.columns and IDC + c in counts.columns:
-            part["deff"], part["identities"] = identity_design_effects(counts[IDC + c], counts[IDN])
-        else:
-            part["deff"], part["identities"] = np.nan, np.nan
+        part["deff"], part["identities"] = people_columns(counts, c)
         parts.append(part)
     out = pd.concat(parts, ignore_index=True).merge(attack_list[["mask_id", "bucket"]], on="mask_id", how="left",
                                                      validate="many_to_one")
