@@ -20,15 +20,30 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from maskcrypt.masks import MaskLibrary, plan_masks
-from maskcrypt.masks.generate import render_plan
+from maskcrypt.masks.generate import generated_names, render_plan
 
 
 def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _column_bytes(path: Path) -> dict[str, int]:
+    """Compressed bytes per column over a library's Parquet files: what the mask bits
+    cost against the per-mask names and hashes beside them."""
+    out: dict[str, int] = {}
+    for f in path.rglob("*.parquet"):
+        meta = pq.ParquetFile(f).metadata
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for c in range(group.num_columns):
+                col = group.column(c)
+                out[col.path_in_schema] = out.get(col.path_in_schema, 0) + col.total_compressed_size
+    return out
 
 
 def main() -> int:
@@ -52,10 +67,10 @@ def main() -> int:
     try:
         for r in range(args.repeats):
             lib_dir = work / f"lib{r}"
-            ids = [f"m{i}" for i in range(count)]
+            ids, sources = generated_names(0, count, range(count))
             t0 = time.perf_counter()
             lib = MaskLibrary.create(str(lib_dir), args.size, args.size)
-            lib.append([(masks, ids, ["bench"] * count)])
+            lib.append([(masks, ids, sources)])
             write.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             n = sum(len(b) for b in MaskLibrary.open(str(lib_dir)).iter_batches(4096))
@@ -71,6 +86,7 @@ def main() -> int:
             base_read.append(time.perf_counter() - t0)
             assert back.shape == masks.shape
         lib_bytes = _dir_bytes(work / "lib0")
+        columns = _column_bytes(work / "lib0")
         raw_bytes = (work / "raw0.npy").stat().st_size
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -84,7 +100,8 @@ def main() -> int:
     print(f"{'baseline npy write':24}{bw:>10.3f}{count / bw:>12.0f}{raw_mb / bw:>14.1f}")
     print(f"{'baseline npy read':24}{br:>10.3f}{count / br:>12.0f}{raw_mb / br:>14.1f}")
     print(f"bytes per mask: library {lib_bytes / count:.0f}, raw npy {raw_bytes / count:.0f} "
-          f"({raw_bytes / lib_bytes:.1f}x smaller)")
+          f"({raw_bytes / lib_bytes:.1f}x smaller); per column: "
+          + ", ".join(f"{k} {v / count:.0f}" for k, v in sorted(columns.items(), key=lambda kv: -kv[1])))
     print(f"RESULT masks_generate_per_s {count / gen_s:.0f}")
     print(f"RESULT library_write_MBps {raw_mb / w:.1f}")
     print(f"RESULT library_read_MBps {raw_mb / rd:.1f}")

@@ -3,9 +3,8 @@
     python benchmarks/train.py --quick     # ~2 minutes
     python benchmarks/train.py             # more epochs
 
-Both sides train the same recognizer (compact ResNet, width 32: the embedded default's
-until it became 16, kept so that docs/benchmarks.md's rows stay comparable; 32 x 32
-synthetic faces, 50 classes) on the same arrays with the same global batch, optimizer,
+Both sides train the same recognizer (compact ResNet at the embedded default's width,
+32 x 32 synthetic faces, 50 classes) on the same arrays with the same global batch, optimizer,
 precision (auto: bf16 + channels_last where supported) and augmentation. The plain loop
 is one process using every core (torch threads = cores); Ray Train is ``workers`` DDP
 processes with one core each. Reported: steady-state images/s (epochs after the first)
@@ -26,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maskcrypt.config import Resources, TrainConfig
+from maskcrypt.config import ModelSettings, Resources, TrainConfig
 from maskcrypt.core.precision import autocast, use_bf16
 from maskcrypt.data import load
 from maskcrypt.models.recognizer import RecognizerConfig
@@ -86,7 +85,7 @@ def main() -> int:
     epochs = args.epochs or (3 if args.quick else 6)
     train = load(SPEC, default_split="train")
     val = load(SPEC, default_split="test")
-    cfg = RecognizerConfig(num_classes=50, image_size=32)
+    cfg = RecognizerConfig(num_classes=50, image_size=32, width=ModelSettings().width)
     tc = TrainConfig(epochs=epochs, precision=args.precision)
 
     t0 = time.perf_counter()
@@ -109,7 +108,7 @@ def main() -> int:
     steady_plain = statistics.median(plain[1:]) if len(plain) > 1 else plain[0]
     steady_ray = statistics.median(rates[1:]) if len(rates) > 1 else rates[0]
     imgs = epochs * (len(train) // tc.batch_size) * tc.batch_size
-    print(f"model compact w32 at 32x32, {len(train)} images, batch {tc.batch_size}, {epochs} epochs, "
+    print(f"model compact w{cfg.width} at 32x32, {len(train)} images, batch {tc.batch_size}, {epochs} epochs, "
           f"precision {meta['precision_used']}, {os.cpu_count()} cores")
     print(f"{'':28}{'img/s per epoch':>40}{'steady':>9}{'wall s':>8}")
     print(f"{'plain loop (1 process)':28}{' '.join(f'{r:.0f}' for r in plain):>40}{steady_plain:>9.0f}"
