@@ -22,7 +22,11 @@ measured in the same run:
   :class:`~maskcrypt.models.predictor.Predictor` (auto precision: bf16 autocast where the
   CPU has it; and fp32) with 16 images per pass against 64, for the compact recognizer
   and ResNet-18 (``maskcrypt.core.precision.default_chunk`` scales the CPU chunk by pixels);
-  the 8-image case is printed too.
+  the 8-image case is printed too;
+* ``bf16_forward_ratio`` / ``bf16_train_ratio``: the compact recognizer (width 16,
+  channels_last) under bf16 autocast against fp32, forced whatever ``--precision auto``
+  would choose: the figure behind ``maskcrypt.core.precision.cpu_supports_bf16`` (oneDNN
+  runs bf16 on plain AVX-512 by converting, and is slower there than fp32).
 """
 
 from __future__ import annotations
@@ -111,6 +115,39 @@ def inpainter_cases(seconds: float) -> dict[str, float]:
     return out
 
 
+def bf16_cases(seconds: float) -> dict[str, float]:
+    """The default recognizer in bf16 autocast and in fp32, forward and training step."""
+    import torch
+    import torch.nn.functional as F
+
+    from maskcrypt.models.recognizer import Recognizer, RecognizerConfig
+
+    out = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = Recognizer(RecognizerConfig(num_classes=80, width=16)).to(memory_format=torch.channels_last)
+        x = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 80, (128,))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def forward(m=model, x=x[:64], on=precision == "bf16") -> None:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=on):
+                m(x)
+
+        def train_step(m=model, x=x, y=y, opt=opt, on=precision == "bf16") -> None:
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=on):
+                loss = F.cross_entropy(m(x), y)
+            loss.backward()
+            opt.step()
+
+        model.eval()
+        out[f"{precision}_fwd_b64"] = rate(forward, 64, seconds)
+        model.train()
+        out[f"{precision}_train_b128"] = rate(train_step, 128, seconds)
+    return out
+
+
 def chunk_cases(seconds: float) -> dict[str, float]:
     """The Predictor at 112 px on 64 images, per architecture, precision and images per pass."""
     import torch
@@ -144,11 +181,15 @@ def main() -> None:
     torch.set_num_threads(1)
     runs: dict[str, list[float]] = {}
     for _ in range(repeats):
-        cases = {**recognizer_cases(seconds), **inpainter_cases(seconds), **chunk_cases(seconds)}
+        cases = {**recognizer_cases(seconds), **inpainter_cases(seconds), **bf16_cases(seconds),
+                 **chunk_cases(seconds)}
         for name, value in cases.items():
             runs.setdefault(name, []).append(value)
     med = {name: statistics.median(values) for name, values in runs.items()}
-    print(f"one torch thread, {repeats} interleaved repeats of {seconds:g} s, median images/s:")
+    from maskcrypt.core.precision import cpu_supports_bf16
+
+    print(f"one torch thread, {repeats} interleaved repeats of {seconds:g} s, median images/s; "
+          f"bf16 instructions: {'yes' if cpu_supports_bf16() else 'no (auto = fp32)'}")
     for name, value in med.items():
         print(f"  {name:<24} {value:9,.0f}")
     ratios = {
@@ -159,6 +200,8 @@ def main() -> None:
         "width16_train_ratio": med["w16_cl_train_b128"] / med["w32_cl_train_b128"],
         "rfr_channels_last_forward_ratio": med["rfr_cl_fwd_b64"] / med["rfr_nchw_fwd_b64"],
         "rfr_channels_last_train_ratio": med["rfr_cl_train_b32"] / med["rfr_nchw_train_b32"],
+        "bf16_forward_ratio": med["bf16_fwd_b64"] / med["fp32_fwd_b64"],
+        "bf16_train_ratio": med["bf16_train_b128"] / med["fp32_train_b128"],
         **{f"chunk16_112px_{arch}_{precision}_ratio":
            med[f"{arch}_112_{precision}_chunk16"] / med[f"{arch}_112_{precision}_chunk64"]
            for arch in ("compact", "resnet18") for precision in ("auto", "fp32")},
