@@ -76,7 +76,8 @@ class TrainConfig:
     """Training hyperparameters of a recognizer (O and E share one instance)."""
 
     #: 7 on the embedded default (50 images per person): more images and fewer epochs than 30 x 12 at about the
-    #: same compute, E ~7 points better under (0.5,0.6] (docs/benchmarks.md, "The embedded default").
+    #: same compute; with label smoothing E 81.7% under (0.5,0.6] against 70.2% (docs/benchmarks.md, "E's
+    #: training recipe").
     epochs: int = 7
     batch_size: int = 128  # global, over all workers
     optimizer: str = "sgd"  # sgd | adamw
@@ -126,7 +127,7 @@ class InpaintTrainConfig:
 
     #: 3 on the embedded default (3,520 training faces): about the images of 6 epochs over the earlier 1,920.
     #: On one core of the 2-core default machine R's image costs ~5x one of E, so R's epochs set its share of
-    #: the training time (docs/benchmarks.md, "The embedded default").
+    #: the training time (docs/benchmarks.md, "The embedded default": the stage table).
     epochs: int = 3
     batch_size: int = 32
     lr: float = 2e-4
@@ -168,8 +169,8 @@ class ModelSettings:
     """Architectures of the three models (the recognizers share one)."""
 
     arch: str = "compact"
-    #: compact only. 16 on the embedded default: E within 0-4 points of width 32 under every bucket, at ~1/4 the
-    #: compute (docs/benchmarks.md, "The embedded default").
+    #: compact only. 16 on the embedded default: 2.4x the forward and the training rate of width 32 on one
+    #: CPU thread (docs/benchmarks.md, "CPU layout"), for E a few points lower under large masks.
     width: int = 16
     depth: tuple[int, ...] = (1, 1, 1, 1)
     head: str = "softmax"

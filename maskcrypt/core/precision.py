@@ -34,7 +34,7 @@ def cpu_supports_bf16() -> bool:
     Not torch's ``mkldnn._is_mkldnn_bf16_supported()``: oneDNN also runs bf16 on plain
     AVX-512 by converting to fp32 and back, and reports it as supported there. On such a
     Xeon (AVX-512, no AVX512-BF16 or AMX) the compact recognizer ran in bf16 autocast at
-    0.63x its fp32 training rate and 0.62x its inference rate (one thread, 2026-12-07;
+    0.53x its fp32 training rate and 0.51x its inference rate (one thread, 2026-12-07;
     ``benchmarks/cpu_layout.py``'s ``bf16_*_ratio``), so ``auto`` must not choose it and
     ``bf16`` refuses it.
     """

@@ -57,8 +57,9 @@ def training_slots(resources: Resources, cluster: dict[str, float], streams: boo
     groups they train concurrently (each its own ``TorchTrainer``), and the start-up and
     end of one training no longer leave the machine idle. On the 2-core default
     machine the training stage took 617 s this way against 767 s one model at a time on
-    2 DDP workers each (docs/benchmarks.md). When the data streams from files, one CPU
-    stays free for Ray Data's decode tasks.
+    2 DDP workers each (2026-11-30, an earlier default; the git history of
+    docs/benchmarks.md). When the data streams from files, one CPU stays free for Ray
+    Data's decode tasks.
     """
     need_cpu = resources.workers * resources.cpus_per_worker
     slots = int((cluster.get("CPU", 0.0) - (1.0 if streams else 0.0)) // need_cpu)
